@@ -1,0 +1,390 @@
+//! Typed configuration: `media-server.toml`, overridden key by key from the environment.
+//!
+//! Every key `[section] key` can be overridden by `MEDIA_SERVER_{SECTION}_{KEY}` in upper case,
+//! e.g. `MEDIA_SERVER_HTTP_LISTEN=127.0.0.1:9000` or `MEDIA_SERVER_HLS_PART_TARGET_MS=300`.
+//! [`Config::load`] reads the file, applies the overrides, deserialises and validates; every
+//! failure is one [`ConfigError`] whose message names the key and the problem, so `main` can
+//! print one line and exit with code 2. The rest of the server only ever sees a valid `Config`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix of environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "MEDIA_SERVER_";
+
+/// A configuration problem, always naming the key (or file) at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path that was tried.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or a key has the wrong type or is unknown.
+    #[error("config: {0}")]
+    Parse(String),
+    /// An environment override could not be applied.
+    #[error("config: environment variable {var}: {problem}")]
+    Env {
+        /// The variable's name.
+        var: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A key has a value of the right type that is out of range.
+    #[error("config: {key}: {problem}")]
+    Invalid {
+        /// `section.key`.
+        key: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Process-wide settings.
+    pub server: ServerConfig,
+    /// The HTTP listener (API, HLS).
+    pub http: HttpConfig,
+    /// The RTMP listener (publish and play).
+    pub rtmp: RtmpConfig,
+    /// LL-HLS packaging.
+    pub hls: HlsConfig,
+    /// Authentication bootstrap.
+    pub auth: AuthConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Directory holding the SQLite database (and, later, recordings).
+    pub data_dir: PathBuf,
+    /// Milliseconds to wait for tasks to finish on shutdown.
+    pub shutdown_timeout_ms: u64,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address the HTTP server binds.
+    pub listen: SocketAddr,
+    /// Base URL printed in play URLs (no trailing slash).
+    pub public_url: String,
+    /// Per-request timeout for non-blocking requests, in milliseconds.
+    pub request_timeout_ms: u64,
+}
+
+/// `[rtmp]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtmpConfig {
+    /// Address the RTMP server binds.
+    pub listen: SocketAddr,
+    /// Base URL printed for publishers (no trailing slash).
+    pub public_url: String,
+    /// Connections accepted at once; more are closed on accept.
+    pub max_connections: u32,
+    /// Largest RTMP message accepted (bytes); a larger declared length closes the connection.
+    pub max_message_bytes: u32,
+    /// Time allowed for the handshake and the connect/publish commands, in milliseconds.
+    pub handshake_timeout_ms: u64,
+    /// A connection that sends nothing for this long is closed, in milliseconds.
+    pub idle_timeout_ms: u64,
+    /// Chunk size the server announces for what it sends.
+    pub out_chunk_size: u32,
+}
+
+/// `[hls]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HlsConfig {
+    /// Target duration of a partial segment, in milliseconds.
+    pub part_target_ms: u32,
+    /// Target duration of a segment, in milliseconds (segments are cut on keyframes).
+    pub segment_target_ms: u32,
+    /// Segments kept in the live playlist.
+    pub window_segments: u32,
+    /// After the publisher leaves, how long a reconnect with the same key continues the same
+    /// playlist (with `EXT-X-DISCONTINUITY`) before it is ended with `EXT-X-ENDLIST`.
+    pub grace_period_ms: u64,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// When set, the first start uses this admin token instead of generating one.
+    pub admin_token: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            shutdown_timeout_ms: 5000,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            public_url: "http://localhost:8080".into(),
+            request_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Default for RtmpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 1935)),
+            public_url: "rtmp://localhost:1935".into(),
+            max_connections: 1000,
+            max_message_bytes: 8 * 1024 * 1024,
+            handshake_timeout_ms: 10_000,
+            idle_timeout_ms: 30_000,
+            out_chunk_size: 4096,
+        }
+    }
+}
+
+impl Default for HlsConfig {
+    fn default() -> Self {
+        Self {
+            part_target_ms: 200,
+            segment_target_ms: 2000,
+            window_segments: 6,
+            grace_period_ms: 10_000,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, applies `MEDIA_SERVER_*` overrides from the process environment and
+    /// validates the result.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml_and_env(&text, std::env::vars())
+    }
+
+    /// Parses `text`, applies the overrides in `env` (name, value) and validates.
+    pub fn from_toml_and_env(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            ConfigError::Parse(one_line(&e.to_string()))
+        })?;
+        apply_env(&mut table, env)?;
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(one_line(&e.to_string())))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and relations that types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, problem: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                problem: problem.to_owned(),
+            })
+        };
+        if self.server.data_dir.as_os_str().is_empty() {
+            return invalid("server.data_dir", "must not be empty");
+        }
+        if self.rtmp.max_connections == 0 {
+            return invalid("rtmp.max_connections", "must be at least 1");
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.rtmp.max_message_bytes) {
+            return invalid(
+                "rtmp.max_message_bytes",
+                "must be between 1024 and 16777216",
+            );
+        }
+        if !(128..=0xFF_FFFF).contains(&self.rtmp.out_chunk_size) {
+            return invalid("rtmp.out_chunk_size", "must be between 128 and 16777215");
+        }
+        if self.rtmp.handshake_timeout_ms == 0 || self.rtmp.idle_timeout_ms == 0 {
+            return invalid("rtmp.*_timeout_ms", "timeouts must be greater than 0");
+        }
+        if !(50..=5000).contains(&self.hls.part_target_ms) {
+            return invalid("hls.part_target_ms", "must be between 50 and 5000");
+        }
+        if self.hls.segment_target_ms < self.hls.part_target_ms
+            || self.hls.segment_target_ms > 60_000
+        {
+            return invalid(
+                "hls.segment_target_ms",
+                "must be at least hls.part_target_ms and at most 60000",
+            );
+        }
+        if !(2..=100).contains(&self.hls.window_segments) {
+            return invalid("hls.window_segments", "must be between 2 and 100");
+        }
+        for (key, url) in [
+            ("http.public_url", &self.http.public_url),
+            ("rtmp.public_url", &self.rtmp.public_url),
+        ] {
+            if url.ends_with('/') || !url.contains("://") {
+                return invalid(key, "must be an absolute URL without a trailing slash");
+            }
+        }
+        if let Some(token) = &self.auth.admin_token {
+            if token.len() < 16 {
+                return invalid("auth.admin_token", "must be at least 16 characters");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Applies `MEDIA_SERVER_{SECTION}_{KEY}` variables to the parsed table. The type of each key
+/// is taken from the defaults, so `MEDIA_SERVER_RTMP_MAX_CONNECTIONS=abc` is reported as a bad
+/// integer rather than as a confusing type error later.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let defaults = toml::Table::try_from(Config::default())
+        .map_err(|e| ConfigError::Parse(one_line(&e.to_string())))?;
+    for (var, raw) in env {
+        let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let rest = rest.to_ascii_lowercase();
+        let env_err = |problem: String| ConfigError::Env {
+            var: var.clone(),
+            problem,
+        };
+        let (section, key) = ["server", "http", "rtmp", "hls", "auth"]
+            .iter()
+            .find_map(|s| {
+                rest.strip_prefix(s)
+                    .and_then(|r| r.strip_prefix('_'))
+                    .map(|k| (*s, k.to_owned()))
+            })
+            .ok_or_else(|| env_err("does not name a config section".into()))?;
+        let default = defaults
+            .get(section)
+            .and_then(|s| s.as_table())
+            .and_then(|s| s.get(&key));
+        let value = match default {
+            Some(toml::Value::Integer(_)) => raw
+                .parse::<i64>()
+                .map(toml::Value::Integer)
+                .map_err(|_| env_err(format!("{raw:?} is not an integer")))?,
+            Some(toml::Value::Boolean(_)) => raw
+                .parse::<bool>()
+                .map(toml::Value::Boolean)
+                .map_err(|_| env_err(format!("{raw:?} is not true or false")))?,
+            Some(_) => toml::Value::String(raw.clone()),
+            None if section == "auth" && key == "admin_token" => toml::Value::String(raw.clone()),
+            None => return Err(env_err(format!("unknown key {section}.{key}"))),
+        };
+        let section_table = table
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match section_table {
+            toml::Value::Table(t) => {
+                t.insert(key, value);
+            }
+            _ => return Err(env_err(format!("[{section}] in the file is not a table"))),
+        }
+    }
+    Ok(())
+}
+
+fn one_line(s: &str) -> String {
+    s.split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.chars().all(|c| c == '|' || c == '^' || c == ' '))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn shipped_config_is_valid() {
+        let text = include_str!("../media-server.toml");
+        let c = Config::from_toml_and_env(text, vec![]).unwrap();
+        assert_eq!(c.hls.part_target_ms, 200);
+        assert_eq!(c.rtmp.listen.port(), 1935);
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::from_toml_and_env("", vec![]).unwrap();
+        assert_eq!(c.http.listen.port(), 8080);
+        assert_eq!(c.hls.segment_target_ms, 2000);
+        assert!(c.auth.admin_token.is_none());
+    }
+
+    #[test]
+    fn env_overrides_keys_with_their_types() {
+        let c = Config::from_toml_and_env(
+            "[http]\nlisten = \"0.0.0.0:1\"\n",
+            env(&[
+                ("MEDIA_SERVER_HTTP_LISTEN", "127.0.0.1:9000"),
+                ("MEDIA_SERVER_HLS_PART_TARGET_MS", "300"),
+                ("MEDIA_SERVER_AUTH_ADMIN_TOKEN", "0123456789abcdef0123"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.http.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(c.hls.part_target_ms, 300);
+        assert_eq!(c.auth.admin_token.as_deref(), Some("0123456789abcdef0123"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Config::from_toml_and_env("[rtmp]\nmax_connections = \"many\"\n", vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_connections"), "{e}");
+        assert!(!e.contains('\n'));
+        let e = Config::from_toml_and_env("[hls]\nwindow_segments = 1\n", vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hls.window_segments"), "{e}");
+        let e = Config::from_toml_and_env("[hls]\nbogus = 1\n", vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bogus"), "{e}");
+        let e = Config::from_toml_and_env("", env(&[("MEDIA_SERVER_RTMP_MAX_CONNECTIONS", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("MEDIA_SERVER_RTMP_MAX_CONNECTIONS"), "{e}");
+        let e = Config::from_toml_and_env("", env(&[("MEDIA_SERVER_HTTP_NOPE", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown key http.nope"), "{e}");
+    }
+}

@@ -1,0 +1,175 @@
+//! LL-HLS egress: one [`Segmenter`] per live stream, fed by a hub subscription in its own
+//! task, shared with every HTTP viewer through [`HlsStream`].
+//!
+//! [`HlsRegistry::start`] is called when a stream goes live. If the stream's previous
+//! playlist is still inside its reconnect grace period, the new session continues it (with a
+//! discontinuity); otherwise a fresh playlist starts. When the publisher leaves, the open
+//! segment is closed at once and `EXT-X-ENDLIST` follows after the grace period (or at once
+//! on shutdown). [`http`] serves the playlists, init segments, segments and parts.
+
+pub mod http;
+pub mod segmenter;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+
+use crate::config::HlsConfig;
+use crate::hub::{Event, Subscription};
+pub use segmenter::{Segmenter, SegmenterConfig};
+
+/// How long an ended playlist stays available after `EXT-X-ENDLIST`.
+const ENDED_RETENTION: Duration = Duration::from_secs(120);
+
+/// One stream's packaged HLS output, shared by the segmenter task and HTTP handlers.
+#[derive(Debug)]
+pub struct HlsStream {
+    segmenter: Mutex<Segmenter>,
+    changed: watch::Sender<u64>,
+    /// Bumped by every publish session; a grace timer only ends the playlist of its session.
+    generation: AtomicU64,
+    /// Held by the task feeding the segmenter, so a reconnecting publisher's task starts only
+    /// after the previous session's frames are all written.
+    session: tokio::sync::Mutex<()>,
+}
+
+impl HlsStream {
+    fn new(cfg: SegmenterConfig) -> Self {
+        HlsStream {
+            segmenter: Mutex::new(Segmenter::new(cfg)),
+            changed: watch::channel(0).0,
+            generation: AtomicU64::new(0),
+            session: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Locks the segmenter for reading or writing; never held across `.await`.
+    pub fn lock(&self) -> MutexGuard<'_, Segmenter> {
+        self.segmenter.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A receiver that wakes on every change (new part, segment, end).
+    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn notify(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+}
+
+/// All HLS streams by stream id.
+#[derive(Debug)]
+pub struct HlsRegistry {
+    streams: Mutex<HashMap<String, Arc<HlsStream>>>,
+    cfg: HlsConfig,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl HlsRegistry {
+    /// An empty registry; `shutdown` turning true ends every playlist at once.
+    pub fn new(cfg: HlsConfig, shutdown: watch::Receiver<bool>) -> Arc<Self> {
+        Arc::new(HlsRegistry {
+            streams: Mutex::new(HashMap::new()),
+            cfg,
+            shutdown,
+        })
+    }
+
+    fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<HlsStream>>> {
+        self.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The HLS output of a stream, live or recently ended.
+    pub fn get(&self, stream_id: &str) -> Option<Arc<HlsStream>> {
+        self.map().get(stream_id).cloned()
+    }
+
+    fn segmenter_config(&self) -> SegmenterConfig {
+        SegmenterConfig {
+            part_target: f64::from(self.cfg.part_target_ms) / 1000.0,
+            segment_target: f64::from(self.cfg.segment_target_ms) / 1000.0,
+            window: self.cfg.window_segments as usize,
+        }
+    }
+
+    /// Starts packaging a stream that just went live. Must be called inside a tokio runtime.
+    pub fn start(self: &Arc<Self>, stream_id: &str, sub: Subscription) {
+        // The generation is bumped under the map lock, so a grace timer (which checks it under
+        // the same lock) cannot end a playlist a new session has just taken over.
+        let (stream, generation) = {
+            let mut map = self.map();
+            let reusable = map
+                .get(stream_id)
+                .filter(|s| !s.lock().is_ended())
+                .cloned();
+            let stream = reusable.unwrap_or_else(|| Arc::new(HlsStream::new(self.segmenter_config())));
+            map.insert(stream_id.to_owned(), stream.clone());
+            let generation = stream.generation.fetch_add(1, Ordering::SeqCst) + 1;
+            (stream, generation)
+        };
+        let registry = self.clone();
+        let id = stream_id.to_owned();
+        tokio::spawn(async move {
+            registry.run(&id, stream, sub, generation).await;
+        });
+    }
+
+    async fn run(self: Arc<Self>, id: &str, stream: Arc<HlsStream>, mut sub: Subscription, generation: u64) {
+        let mut shutdown = self.shutdown.clone();
+        let session = stream.session.lock().await;
+        loop {
+            let event = tokio::select! {
+                ev = sub.recv() => ev,
+                _ = crate::shutdown::requested(&mut shutdown) => None,
+            };
+            let Some(event) = event else { break };
+            let result = {
+                let mut seg = stream.lock();
+                match event {
+                    Event::Tracks(tracks) => seg.push_tracks(tracks),
+                    Event::Frame(frame) => seg.push_frame(frame, SystemTime::now()),
+                }
+            };
+            if let Err(err) = result {
+                tracing::warn!(stream = id, %err, "hls: muxing failed; frame skipped");
+            }
+            stream.notify();
+        }
+        drop(sub);
+        let shutting_down = *self.shutdown.borrow();
+        stream.lock().finish(shutting_down);
+        stream.notify();
+        drop(session);
+        tracing::debug!(stream = id, "hls: publisher gone, waiting for a reconnect");
+        if !shutting_down {
+            let grace = Duration::from_millis(self.cfg.grace_period_ms);
+            tokio::select! {
+                _ = tokio::time::sleep(grace) => {}
+                _ = crate::shutdown::requested(&mut shutdown) => {}
+            }
+            {
+                let _map = self.map();
+                if stream.generation.load(Ordering::SeqCst) != generation {
+                    return; // A new session took over.
+                }
+                stream.lock().finish(true);
+            }
+            stream.notify();
+            tracing::info!(stream = id, "hls: playlist ended");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(ENDED_RETENTION) => {}
+            _ = crate::shutdown::requested(&mut shutdown) => return,
+        }
+        let mut map = self.map();
+        if map.get(id).is_some_and(|s| Arc::ptr_eq(s, &stream))
+            && stream.generation.load(Ordering::SeqCst) == generation
+        {
+            map.remove(id);
+        }
+    }
+}

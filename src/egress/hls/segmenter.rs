@@ -1,0 +1,648 @@
+//! The LL-HLS segmenter: turns one stream's hub events into an init segment, ~200 ms parts
+//! and keyframe-aligned ~2 s segments, all kept in memory as shared `Bytes`, plus the
+//! playlist model that describes them.
+//!
+//! Sans-IO: [`Segmenter::push_tracks`], [`Segmenter::push_frame`] and [`Segmenter::finish`]
+//! take the wall-clock `now` (used only for `EXT-X-PROGRAM-DATE-TIME`); media timing comes from
+//! the frames. One segmenter serves every viewer of a stream; [`super::HlsStream`] wraps it in
+//! a lock and a change notification.
+//!
+//! Timing rules: the segment and part clock is the video track (the audio track for
+//! audio-only streams). A sample's duration is known when the next sample of its track
+//! arrives, so each track holds back one frame. A part closes before the frame that would make
+//! it longer than the part target; a segment closes before a keyframe once it has reached the
+//! segment target. A publisher that reconnects (new tracks) continues the same timeline: its
+//! timestamps are shifted to follow on from where the previous session stopped, and the next
+//! segment carries a discontinuity and, if needed, a new init segment.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use crate::media::{Frame, Track, TrackKind, Tracks};
+use crate::proto::fmp4::{self, Chunks, Sample, TrackRun};
+use crate::proto::playlist::{MediaPlaylist, OpenSegment, PartEntry, SegmentEntry, Variant};
+
+/// Segmenter settings, in seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct SegmenterConfig {
+    /// Target part duration.
+    pub part_target: f64,
+    /// Target segment duration.
+    pub segment_target: f64,
+    /// Complete segments kept.
+    pub window: usize,
+}
+
+/// Per-track state of the current session.
+#[derive(Debug, Clone)]
+struct TrackState {
+    track: Track,
+    /// Added to every source dts/pts so the timeline continues across reconnects.
+    offset: Option<i64>,
+    /// The frame whose duration is not known yet.
+    held: Option<Frame>,
+    /// The last known sample duration, used to estimate durations at the end.
+    last_duration: i64,
+    /// Samples of the part being built.
+    samples: Vec<Sample>,
+    /// Decode time of `samples[0]`.
+    part_base: i64,
+    /// Where this track's timeline ends (dts + duration of the last sample), adjusted.
+    end: i64,
+}
+
+/// Stored bytes of one segment.
+#[derive(Debug, Clone)]
+struct StoredSegment {
+    msn: u64,
+    parts: Vec<Chunks>,
+}
+
+/// One stream's LL-HLS packager.
+#[derive(Debug)]
+pub struct Segmenter {
+    cfg: SegmenterConfig,
+    tracks: Vec<TrackState>,
+    /// Index in `tracks` of the track that drives parts and segments.
+    driver: usize,
+    /// Source time (seconds) of the first frame of this session.
+    origin: Option<f64>,
+    /// Timeline position (seconds) where this session starts.
+    resume_at: f64,
+    model: MediaPlaylist,
+    stored: VecDeque<StoredSegment>,
+    open_parts: Vec<Chunks>,
+    inits: Vec<(u32, Bytes)>,
+    init_id: Option<u32>,
+    next_init_id: u32,
+    next_msn: u64,
+    fragment_seq: u32,
+    /// Start (driver ticks) of the open segment and part.
+    segment_start: i64,
+    part_start: i64,
+    part_independent: bool,
+    pending_discontinuity: bool,
+    variant: Option<Variant>,
+    /// Largest bitrate seen over a segment, for BANDWIDTH.
+    peak_bps: u64,
+}
+
+impl Segmenter {
+    /// An empty segmenter.
+    pub fn new(cfg: SegmenterConfig) -> Self {
+        Segmenter {
+            cfg,
+            tracks: Vec::new(),
+            driver: 0,
+            origin: None,
+            resume_at: 0.0,
+            model: MediaPlaylist {
+                part_target: cfg.part_target,
+                segment_target: cfg.segment_target,
+                discontinuity_sequence: 0,
+                segments: Vec::new(),
+                open: None,
+                ended: false,
+            },
+            stored: VecDeque::new(),
+            open_parts: Vec::new(),
+            inits: Vec::new(),
+            init_id: None,
+            next_init_id: 0,
+            next_msn: 0,
+            fragment_seq: 1,
+            segment_start: 0,
+            part_start: 0,
+            part_independent: false,
+            pending_discontinuity: false,
+            variant: None,
+            peak_bps: 0,
+        }
+    }
+
+    /// The playlist model (render it with [`MediaPlaylist::render`]).
+    pub fn playlist(&self) -> &MediaPlaylist {
+        &self.model
+    }
+
+    /// The multivariant entry for this stream, once tracks are known.
+    pub fn variant(&self) -> Option<Variant> {
+        self.variant.clone().map(|mut v| {
+            v.bandwidth = v.bandwidth.max(self.peak_bps);
+            v
+        })
+    }
+
+    /// An init segment by id.
+    pub fn init(&self, id: u32) -> Option<Bytes> {
+        self.inits.iter().find(|(i, _)| *i == id).map(|(_, b)| b.clone())
+    }
+
+    /// A complete segment's bytes.
+    pub fn segment(&self, msn: u64) -> Option<Chunks> {
+        let seg = self.stored.iter().find(|s| s.msn == msn)?;
+        let mut out = Chunks::default();
+        for p in &seg.parts {
+            out.extend(p);
+        }
+        Some(out)
+    }
+
+    /// A part's bytes (of a complete segment or the open one).
+    pub fn part(&self, msn: u64, index: usize) -> Option<Chunks> {
+        if self.model.open.as_ref().is_some_and(|o| o.msn == msn) {
+            return self.open_parts.get(index).cloned();
+        }
+        self.stored
+            .iter()
+            .find(|s| s.msn == msn)
+            .and_then(|s| s.parts.get(index).cloned())
+    }
+
+    /// New tracks from the publisher: the first announcement, or a reconnect / codec change,
+    /// which closes what is open and starts a discontinuity.
+    pub fn push_tracks(&mut self, tracks: Arc<Tracks>) -> Result<(), fmp4::Fmp4Error> {
+        if !self.tracks.is_empty() {
+            self.flush();
+            self.pending_discontinuity = self.next_msn > 0;
+        }
+        self.model.ended = false;
+        let init = fmp4::init_segment(&tracks)?;
+        let id = self.next_init_id;
+        self.next_init_id += 1;
+        self.inits.push((id, init));
+        self.init_id = Some(id);
+        self.tracks = tracks
+            .list
+            .iter()
+            .map(|t| TrackState {
+                track: t.clone(),
+                offset: None,
+                held: None,
+                last_duration: 0,
+                samples: Vec::new(),
+                part_base: 0,
+                end: 0,
+            })
+            .collect();
+        self.driver = self
+            .tracks
+            .iter()
+            .position(|t| t.track.kind() == TrackKind::Video)
+            .unwrap_or(0);
+        self.origin = None;
+        self.variant = Some(Variant {
+            bandwidth: 0,
+            codecs: tracks.list.iter().map(|t| t.codec.codec_string()).collect(),
+            resolution: tracks.first(TrackKind::Video).and_then(|t| match &t.codec {
+                crate::media::CodecConfig::H264(c) => Some((c.info.width, c.info.height)),
+                _ => None,
+            }),
+            frame_rate: tracks.first(TrackKind::Video).and_then(|t| match &t.codec {
+                crate::media::CodecConfig::H264(c) => c.info.fps,
+                _ => None,
+            }),
+            uri: "media.m3u8".into(),
+        });
+        Ok(())
+    }
+
+    /// Adds one frame. Frames before the first keyframe of the clock track are skipped.
+    pub fn push_frame(&mut self, frame: Frame, now: SystemTime) -> Result<(), fmp4::Fmp4Error> {
+        let Some(idx) = self.tracks.iter().position(|t| t.track.id == frame.track) else {
+            return Ok(());
+        };
+        let is_driver = idx == self.driver;
+        if self.model.open.is_none() {
+            if !is_driver || !frame.keyframe {
+                return Ok(());
+            }
+            if self.origin.is_none() {
+                let ts = f64::from(self.tracks[idx].track.timescale.max(1));
+                self.origin = Some(frame.dts as f64 / ts);
+            }
+        }
+        let frame = self.adjust(idx, frame);
+        if frame.dts < 0 {
+            return Ok(());
+        }
+        if is_driver {
+            self.resolve_held(idx, frame.dts);
+            if self.model.open.is_none() {
+                self.open_segment(frame.dts, now);
+            } else {
+                self.cut_if_due(&frame, now)?;
+            }
+        } else {
+            self.resolve_held(idx, frame.dts);
+        }
+        self.tracks[idx].held = Some(frame);
+        Ok(())
+    }
+
+    /// The publisher left: everything held is written out and the open segment closed.
+    /// `ended` adds `EXT-X-ENDLIST` (after the reconnect grace period, or on shutdown).
+    pub fn finish(&mut self, ended: bool) {
+        self.flush();
+        if ended {
+            self.model.ended = true;
+        }
+    }
+
+    /// Whether the playlist carries `EXT-X-ENDLIST`.
+    pub fn is_ended(&self) -> bool {
+        self.model.ended
+    }
+
+    /// Shifts a frame onto the continuous timeline and keeps dts increasing.
+    fn adjust(&mut self, idx: usize, mut frame: Frame) -> Frame {
+        let origin = self.origin.unwrap_or(0.0);
+        let resume_at = self.resume_at;
+        let t = &mut self.tracks[idx];
+        let ts = f64::from(t.track.timescale.max(1));
+        let offset = *t
+            .offset
+            .get_or_insert_with(|| ((resume_at - origin) * ts).round() as i64);
+        frame.dts = frame.dts.saturating_add(offset);
+        frame.pts = frame.pts.saturating_add(offset);
+        if let Some(held) = &t.held {
+            if frame.dts <= held.dts {
+                // Non-monotonic input: keep decode order strictly increasing.
+                let shift = held.dts + 1 - frame.dts;
+                frame.dts += shift;
+                frame.pts += shift;
+            }
+        }
+        frame
+    }
+
+    /// The held frame of track `idx` gets its duration from `next_dts` and joins the part.
+    fn resolve_held(&mut self, idx: usize, next_dts: i64) {
+        let t = &mut self.tracks[idx];
+        let Some(held) = t.held.take() else {
+            return;
+        };
+        let duration = (next_dts - held.dts).clamp(1, i64::from(u32::MAX));
+        t.last_duration = duration;
+        push_sample(t, held, duration);
+    }
+
+    fn open_segment(&mut self, start: i64, now: SystemTime) {
+        let discontinuity = std::mem::take(&mut self.pending_discontinuity);
+        self.model.open = Some(OpenSegment {
+            msn: self.next_msn,
+            program_date_time: now,
+            discontinuity,
+            init_id: self.init_id.unwrap_or(0),
+            parts: Vec::new(),
+        });
+        self.segment_start = start;
+        self.part_start = start;
+        self.part_independent = true;
+    }
+
+    fn cut_if_due(&mut self, frame: &Frame, now: SystemTime) -> Result<(), fmp4::Fmp4Error> {
+        let ts = f64::from(self.tracks[self.driver].track.timescale.max(1));
+        let segment_len = (frame.dts - self.segment_start) as f64 / ts;
+        if frame.keyframe && segment_len >= self.cfg.segment_target - 0.001 {
+            self.close_part(frame.dts)?;
+            self.close_segment(frame.dts);
+            self.open_segment(frame.dts, now);
+            return Ok(());
+        }
+        let estimate = self.tracks[self.driver].last_duration;
+        let part_len = (frame.dts + estimate - self.part_start) as f64 / ts;
+        if part_len > self.cfg.part_target + 0.001 {
+            self.close_part(frame.dts)?;
+            self.part_start = frame.dts;
+            self.part_independent = frame.keyframe;
+        }
+        Ok(())
+    }
+
+    /// Muxes the samples gathered since the last part into a fragment.
+    fn close_part(&mut self, end: i64) -> Result<(), fmp4::Fmp4Error> {
+        let Some(open) = self.model.open.as_mut() else {
+            return Ok(());
+        };
+        if self.tracks.iter().all(|t| t.samples.is_empty()) {
+            return Ok(());
+        }
+        let runs: Vec<TrackRun<'_>> = self
+            .tracks
+            .iter()
+            .map(|t| TrackRun {
+                track_id: fmp4::mp4_track_id(&t.track),
+                base_decode_time: u64::try_from(t.part_base).unwrap_or(0),
+                samples: &t.samples,
+            })
+            .collect();
+        let chunks = fmp4::fragment(self.fragment_seq, &runs)?;
+        self.fragment_seq = self.fragment_seq.wrapping_add(1);
+        for t in &mut self.tracks {
+            t.samples.clear();
+        }
+        let ts = f64::from(self.tracks[self.driver].track.timescale.max(1));
+        open.parts.push(PartEntry {
+            duration: (end - self.part_start).max(0) as f64 / ts,
+            independent: self.part_independent,
+        });
+        self.open_parts.push(chunks);
+        Ok(())
+    }
+
+    fn close_segment(&mut self, end: i64) {
+        let Some(open) = self.model.open.take() else {
+            return;
+        };
+        let parts = std::mem::take(&mut self.open_parts);
+        if parts.is_empty() {
+            return;
+        }
+        let ts = f64::from(self.tracks[self.driver].track.timescale.max(1));
+        let duration = (end - self.segment_start).max(0) as f64 / ts;
+        let bytes: usize = parts.iter().map(|p| p.len).sum();
+        if duration > 0.0 {
+            self.peak_bps = self.peak_bps.max((bytes as f64 * 8.0 / duration) as u64);
+        }
+        self.model.segments.push(SegmentEntry {
+            msn: open.msn,
+            duration,
+            program_date_time: open.program_date_time,
+            discontinuity: open.discontinuity,
+            init_id: open.init_id,
+            parts: open.parts,
+        });
+        self.stored.push_back(StoredSegment {
+            msn: open.msn,
+            parts,
+        });
+        self.next_msn = open.msn + 1;
+        self.trim_window();
+    }
+
+    fn trim_window(&mut self) {
+        while self.model.segments.len() > self.cfg.window {
+            let old = self.model.segments.remove(0);
+            self.stored.pop_front();
+            // A discontinuity that leaves the window is counted in the sequence tag; the
+            // oldest listed segment never shows its own discontinuity tag.
+            if self.model.segments.first().is_some_and(|s| s.discontinuity) {
+                self.model.discontinuity_sequence += 1;
+            }
+            let _ = old;
+        }
+        let mut used: Vec<u32> = self.model.segments.iter().map(|s| s.init_id).collect();
+        used.extend(self.model.open.as_ref().map(|o| o.init_id));
+        used.extend(self.init_id);
+        self.inits.retain(|(id, _)| used.contains(id));
+    }
+
+    /// Writes out held frames with estimated durations and closes the open segment.
+    fn flush(&mut self) {
+        for t in &mut self.tracks {
+            if let Some(held) = t.held.take() {
+                let duration = if t.last_duration > 0 {
+                    t.last_duration
+                } else {
+                    i64::from(t.track.timescale / 30).max(1)
+                };
+                push_sample(t, held, duration);
+            }
+        }
+        let Some(driver) = self.tracks.get(self.driver) else {
+            return;
+        };
+        let end = driver.end;
+        let ts = f64::from(driver.track.timescale.max(1));
+        if self.model.open.is_some() {
+            // A failed mux here only loses the tail of a session that is ending anyway.
+            let _ = self.close_part(end);
+            self.close_segment(end);
+        }
+        self.resume_at = self.resume_at.max(end as f64 / ts);
+        for t in &mut self.tracks {
+            t.samples.clear();
+        }
+    }
+}
+
+fn push_sample(t: &mut TrackState, frame: Frame, duration: i64) {
+    if t.samples.is_empty() {
+        t.part_base = frame.dts;
+    }
+    t.end = frame.dts + duration;
+    let cts = (frame.pts - frame.dts).clamp(i64::from(i32::MIN), i64::from(i32::MAX));
+    t.samples.push(Sample {
+        duration: duration as u32,
+        composition_offset: cts as i32,
+        keyframe: frame.keyframe,
+        data: frame.data,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::test_support::av_tracks;
+    use crate::media::TrackId;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    const CFG: SegmenterConfig = SegmenterConfig {
+        part_target: 0.2,
+        segment_target: 2.0,
+        window: 4,
+    };
+
+    fn now(ms: i64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + ms as u64)
+    }
+
+    /// 30 fps video with B-frames (decode order I P B B ..., GOP of `gop` frames) and
+    /// 44.1 kHz AAC in ms, interleaved by dts, starting at `t0` ms.
+    fn feed(seg: &mut Segmenter, t0: i64, secs: i64, gop: i64) {
+        let mut events: Vec<Frame> = vec![];
+        let frames = secs * 30;
+        for i in 0..frames {
+            let dts = t0 + i * 1000 / 30;
+            // pts of a IPBB pattern: P is shown 2 frames later, Bs 1 frame earlier.
+            let cts = if i % gop == 0 { 33 } else if i % 3 == 1 { 100 } else { 0 };
+            events.push(Frame {
+                track: TrackId(0),
+                dts,
+                pts: dts + cts,
+                keyframe: i % gop == 0,
+                data: Bytes::from(vec![0x17u8; 100]),
+            });
+        }
+        let mut a = 0i64;
+        while a * 1024 * 1000 / 44100 < secs * 1000 {
+            let dts = t0 + a * 1024 * 1000 / 44100;
+            events.push(Frame {
+                track: TrackId(1),
+                dts,
+                pts: dts,
+                keyframe: true,
+                data: Bytes::from(vec![0xAFu8; 20]),
+            });
+            a += 1;
+        }
+        events.sort_by_key(|f| f.dts);
+        for f in events {
+            let t = f.dts;
+            seg.push_frame(f, now(t)).unwrap();
+        }
+    }
+
+    #[test]
+    fn segments_cut_on_keyframes_and_parts_near_target() {
+        let mut seg = Segmenter::new(CFG);
+        seg.push_tracks(Arc::new(av_tracks())).unwrap();
+        feed(&mut seg, 0, 10, 60);
+        seg.finish(true);
+        let pl = seg.playlist();
+        // 10 s with a keyframe every 2 s: 5 segments of 2 s, the window keeps the last 4.
+        assert_eq!(pl.segments.len(), 4);
+        assert_eq!(pl.media_sequence(), 1);
+        for s in &pl.segments {
+            assert!((s.duration - 2.0).abs() < 0.05, "segment {}: {}", s.msn, s.duration);
+            assert!(s.parts[0].independent);
+            assert!(s.parts[1..].iter().all(|p| !p.independent));
+            let total: f64 = s.parts.iter().map(|p| p.duration).sum();
+            assert!((total - s.duration).abs() < 1e-6);
+            for p in &s.parts {
+                assert!(p.duration <= 0.2 + 1e-9, "part of {}", p.duration);
+                assert!(p.duration >= 0.1, "part of {}", p.duration);
+            }
+        }
+        assert!(seg.is_ended());
+        assert!(pl.render().ends_with("#EXT-X-ENDLIST\n"));
+        // Segment bytes are its parts' bytes.
+        let s4 = seg.segment(4).unwrap();
+        let parts_len: usize = (0..pl.segments[3].parts.len())
+            .map(|i| seg.part(4, i).unwrap().len)
+            .sum();
+        assert_eq!(s4.len, parts_len);
+        assert!(seg.segment(0).is_none(), "slid out of the window");
+    }
+
+    #[test]
+    fn long_gop_makes_long_segments() {
+        let mut seg = Segmenter::new(CFG);
+        seg.push_tracks(Arc::new(av_tracks())).unwrap();
+        feed(&mut seg, 0, 9, 90);
+        seg.finish(true);
+        let durations: Vec<f64> = seg.playlist().segments.iter().map(|s| s.duration).collect();
+        assert_eq!(durations.len(), 3);
+        assert!(durations.iter().all(|d| (d - 3.0).abs() < 0.05), "{durations:?}");
+        assert_eq!(seg.playlist().target_duration(), 3);
+    }
+
+    #[test]
+    fn starts_at_the_first_keyframe() {
+        let mut seg = Segmenter::new(CFG);
+        seg.push_tracks(Arc::new(av_tracks())).unwrap();
+        for i in 0..5 {
+            seg.push_frame(
+                Frame {
+                    track: TrackId(0),
+                    dts: i * 33,
+                    pts: i * 33,
+                    keyframe: false,
+                    data: Bytes::from_static(b"p"),
+                },
+                now(0),
+            )
+            .unwrap();
+        }
+        assert!(seg.playlist().open.is_none());
+        assert!(seg.playlist().segments.is_empty());
+    }
+
+    #[test]
+    fn fragments_decode_with_continuous_track_times() {
+        use mp4_atom::{Decode, Moof};
+        let mut seg = Segmenter::new(CFG);
+        seg.push_tracks(Arc::new(av_tracks())).unwrap();
+        feed(&mut seg, 5000, 6, 60);
+        seg.finish(true);
+        let mut next = [None::<u64>; 2];
+        for s in &seg.playlist().segments {
+            let bytes = seg.segment(s.msn).unwrap().to_vec();
+            let mut cur = std::io::Cursor::new(bytes.as_slice());
+            while (cur.position() as usize) < bytes.len() {
+                let moof = Moof::decode(&mut cur).unwrap();
+                for traf in &moof.traf {
+                    let i = traf.tfhd.track_id as usize - 1;
+                    let base = traf.tfdt.as_ref().unwrap().base_media_decode_time;
+                    if let Some(expected) = next[i] {
+                        assert_eq!(base, expected, "track {i} gap");
+                    }
+                    let dur: u64 = traf.trun[0]
+                        .samples
+                        .iter()
+                        .map(|e| u64::from(e.duration.unwrap()))
+                        .sum();
+                    next[i] = Some(base + dur);
+                }
+                let header = mp4_atom::Header::decode(&mut cur).unwrap();
+                cur.set_position(cur.position() + header.size.unwrap() as u64);
+            }
+        }
+        // The timeline starts at zero whatever the publisher's first timestamp was.
+        assert!(next[0].unwrap() >= 5900 && next[0].unwrap() <= 6100, "{next:?}");
+    }
+
+    #[test]
+    fn reconnect_continues_with_a_discontinuity() {
+        let mut seg = Segmenter::new(CFG);
+        seg.push_tracks(Arc::new(av_tracks())).unwrap();
+        feed(&mut seg, 0, 4, 60);
+        seg.finish(false);
+        assert!(!seg.is_ended());
+        let before = seg.playlist().segments.len();
+        // The new session's clock restarts at 0.
+        seg.push_tracks(Arc::new(av_tracks())).unwrap();
+        feed(&mut seg, 0, 4, 60);
+        seg.finish(true);
+        let pl = seg.playlist();
+        let first_new = &pl.segments[before];
+        assert!(first_new.discontinuity);
+        assert_ne!(first_new.init_id, pl.segments[0].init_id);
+        let text = pl.render();
+        assert!(text.contains("#EXT-X-DISCONTINUITY\n#EXT-X-MAP:URI=\"init1.mp4\""));
+        assert!(seg.init(1).is_some());
+        // Msns keep counting.
+        let msns: Vec<u64> = pl.segments.iter().map(|s| s.msn).collect();
+        assert!(msns.windows(2).all(|w| w[1] == w[0] + 1), "{msns:?}");
+    }
+
+    #[test]
+    fn audio_only_streams_are_clocked_by_audio() {
+        let mut tracks = av_tracks();
+        tracks.list.remove(0);
+        let mut seg = Segmenter::new(CFG);
+        seg.push_tracks(Arc::new(tracks)).unwrap();
+        for a in 0..(6 * 44100 / 1024) {
+            let dts = a * 1024 * 1000 / 44100;
+            seg.push_frame(
+                Frame {
+                    track: TrackId(1),
+                    dts,
+                    pts: dts,
+                    keyframe: true,
+                    data: Bytes::from_static(b"aac"),
+                },
+                now(dts),
+            )
+            .unwrap();
+        }
+        seg.finish(true);
+        let pl = seg.playlist();
+        assert_eq!(pl.segments.len(), 3);
+        assert!(pl.segments.iter().all(|s| (s.duration - 2.0).abs() < 0.05));
+    }
+}

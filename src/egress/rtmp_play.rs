@@ -1,0 +1,142 @@
+//! RTMP play: hub events → FLV tag bodies for an RTMP player (ffplay, VLC, OBS media source).
+//!
+//! On new tracks it yields `onMetaData` values and the AVC/AAC sequence headers; each frame
+//! becomes one tag with a timestamp relative to the first frame the player got, so every
+//! player starts near zero. The connection driver writes the tags through the RTMP session.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::media::{CodecConfig, Frame, Tracks};
+use crate::proto::flv;
+use crate::proto::rtmp::amf0::Amf0Value;
+use crate::proto::rtmp::message::{TYPE_AUDIO, TYPE_VIDEO};
+
+/// One message for the player.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PlayOutput {
+    /// `onMetaData` object.
+    Metadata(Amf0Value),
+    /// An FLV tag body of `type_id` (8 audio, 9 video) at `timestamp` ms.
+    Tag {
+        /// RTMP message type.
+        type_id: u8,
+        /// Milliseconds.
+        timestamp: u32,
+        /// FLV audio/video tag body.
+        body: Bytes,
+    },
+}
+
+/// Converts hub events for one player.
+#[derive(Debug, Default)]
+pub struct FlvMuxer {
+    tracks: Option<std::sync::Arc<Tracks>>,
+    base_ms: Option<i64>,
+    last_ms: u32,
+    buf: BytesMut,
+}
+
+impl FlvMuxer {
+    /// New tracks: metadata and sequence headers.
+    pub fn on_tracks(&mut self, tracks: std::sync::Arc<Tracks>) -> Vec<PlayOutput> {
+        let mut meta = Vec::new();
+        let mut out = Vec::new();
+        for t in &tracks.list {
+            match &t.codec {
+                CodecConfig::H264(c) => {
+                    meta.push(("videocodecid", Amf0Value::Number(7.0)));
+                    meta.push(("width", Amf0Value::Number(f64::from(c.info.width))));
+                    meta.push(("height", Amf0Value::Number(f64::from(c.info.height))));
+                    if let Some(fps) = c.info.fps {
+                        meta.push(("framerate", Amf0Value::Number(fps)));
+                    }
+                    out.push(PlayOutput::Tag {
+                        type_id: TYPE_VIDEO,
+                        timestamp: self.last_ms,
+                        body: flv::avc_sequence_header_tag(&c.raw),
+                    });
+                }
+                CodecConfig::Aac(c) => {
+                    meta.push(("audiocodecid", Amf0Value::Number(10.0)));
+                    meta.push(("audiosamplerate", Amf0Value::Number(f64::from(c.sample_rate))));
+                    meta.push(("audiochannels", Amf0Value::Number(f64::from(c.channels))));
+                    out.push(PlayOutput::Tag {
+                        type_id: TYPE_AUDIO,
+                        timestamp: self.last_ms,
+                        body: flv::aac_sequence_header_tag(&c.raw),
+                    });
+                }
+            }
+        }
+        out.insert(0, PlayOutput::Metadata(Amf0Value::object(meta)));
+        self.tracks = Some(tracks);
+        out
+    }
+
+    /// One frame as a tag; `None` for a frame of an unknown track.
+    pub fn on_frame(&mut self, frame: &Frame) -> Option<PlayOutput> {
+        let tracks = self.tracks.as_ref()?;
+        let track = tracks.get(frame.track)?;
+        let scale = i64::from(track.timescale.max(1));
+        let dts_ms = frame.dts * 1000 / scale;
+        let cts_ms = (frame.pts - frame.dts) * 1000 / scale;
+        let base = *self.base_ms.get_or_insert(dts_ms);
+        let timestamp = u32::try_from((dts_ms - base).max(0)).unwrap_or(u32::MAX).max(self.last_ms);
+        self.last_ms = timestamp;
+        self.buf.clear();
+        let type_id = match &track.codec {
+            CodecConfig::H264(_) => {
+                let cts = i32::try_from(cts_ms).unwrap_or(0);
+                self.buf.put_slice(&flv::avc_frame_tag_header(frame.keyframe, cts));
+                TYPE_VIDEO
+            }
+            CodecConfig::Aac(_) => {
+                self.buf.put_slice(&flv::AAC_FRAME_TAG_HEADER);
+                TYPE_AUDIO
+            }
+        };
+        self.buf.put_slice(&frame.data);
+        Some(PlayOutput::Tag {
+            type_id,
+            timestamp,
+            body: self.buf.split().freeze(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::test_support::av_tracks;
+    use crate::media::TrackId;
+    use crate::proto::flv::{parse_video, VideoTag};
+
+    #[test]
+    fn sequence_headers_then_relative_timestamps() {
+        let mut m = FlvMuxer::default();
+        let out = m.on_tracks(std::sync::Arc::new(av_tracks()));
+        assert_eq!(out.len(), 3);
+        assert!(matches!(&out[0], PlayOutput::Metadata(v) if v.get("width").and_then(Amf0Value::as_f64) == Some(1280.0)));
+        let f = Frame {
+            track: TrackId(0),
+            dts: 5000,
+            pts: 5066,
+            keyframe: true,
+            data: Bytes::from_static(&[0, 0, 0, 1, 0x65]),
+        };
+        let Some(PlayOutput::Tag { type_id, timestamp, body }) = m.on_frame(&f) else {
+            panic!("no tag")
+        };
+        assert_eq!((type_id, timestamp), (TYPE_VIDEO, 0));
+        match parse_video(body).unwrap() {
+            VideoTag::Frame { keyframe, composition_time, data, .. } => {
+                assert!(keyframe);
+                assert_eq!(composition_time, 66);
+                assert_eq!(&data[..], &[0, 0, 0, 1, 0x65]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let g = Frame { dts: 5040, pts: 5040, track: TrackId(1), keyframe: true, data: Bytes::from_static(b"a") };
+        assert!(matches!(m.on_frame(&g), Some(PlayOutput::Tag { type_id: TYPE_AUDIO, timestamp: 40, .. })));
+    }
+}

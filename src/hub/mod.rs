@@ -1,0 +1,253 @@
+//! The hub: the registry of live streams between ingest and egress.
+//!
+//! Ingest drivers call [`Hub::publish`] and feed the returned [`Publisher`]; egress calls
+//! [`Hub::subscribe`] and reads a [`Subscription`]. Fan-out is bounded and lossy per
+//! subscriber, payloads are shared `Bytes`, and a publisher never waits for a viewer.
+//! Lifecycle hooks ([`Hub::on_event`]) let the app start an HLS segmenter and update the
+//! store when a stream goes live or ends, without ingest knowing about either.
+
+mod queue;
+mod stats;
+mod stream;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+pub use queue::{Event, Subscription};
+pub use stats::RateMeter;
+pub use stream::{LiveStream, Publisher, StreamSnapshot};
+
+/// Default per-subscriber queue length, in frames (~8 s of 30 fps video with audio).
+pub const DEFAULT_QUEUE_FRAMES: usize = 512;
+
+/// Why a publish was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HubError {
+    /// Another publisher is live on this stream.
+    #[error("stream {0} already has a publisher")]
+    AlreadyPublishing(String),
+}
+
+/// A stream went live or ended. Delivered synchronously to hooks; hooks must not block.
+#[derive(Debug, Clone)]
+pub enum HubEvent {
+    /// A publisher claimed the stream.
+    Published(Arc<LiveStream>),
+    /// The publisher left.
+    Unpublished(Arc<LiveStream>),
+}
+
+type Hook = Box<dyn Fn(&HubEvent) + Send + Sync>;
+
+#[derive(Default)]
+pub(crate) struct HubInner {
+    streams: Mutex<HashMap<String, Arc<LiveStream>>>,
+    hooks: Mutex<Vec<Hook>>,
+    queue_capacity: usize,
+}
+
+impl std::fmt::Debug for HubInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubInner").finish_non_exhaustive()
+    }
+}
+
+/// A cheap-to-clone handle on the registry.
+#[derive(Debug, Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub::new(DEFAULT_QUEUE_FRAMES)
+    }
+}
+
+impl Hub {
+    /// An empty hub whose subscribers queue at most `queue_capacity` frames.
+    pub fn new(queue_capacity: usize) -> Self {
+        Hub {
+            inner: Arc::new(HubInner {
+                queue_capacity,
+                ..HubInner::default()
+            }),
+        }
+    }
+
+    fn streams(&self) -> MutexGuard<'_, HashMap<String, Arc<LiveStream>>> {
+        self.inner.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a lifecycle hook.
+    pub fn on_event(&self, hook: impl Fn(&HubEvent) + Send + Sync + 'static) {
+        self.inner
+            .hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(hook));
+    }
+
+    fn emit(&self, event: HubEvent) {
+        let hooks = self.inner.hooks.lock().unwrap_or_else(|e| e.into_inner());
+        for hook in hooks.iter() {
+            hook(&event);
+        }
+    }
+
+    /// Claims `stream_id` for a publisher; refused while another publisher holds it.
+    pub fn publish(&self, stream_id: &str, protocol: &'static str) -> Result<Publisher, HubError> {
+        let stream = {
+            let mut streams = self.streams();
+            if streams.contains_key(stream_id) {
+                return Err(HubError::AlreadyPublishing(stream_id.to_owned()));
+            }
+            let stream = Arc::new(LiveStream::new(
+                stream_id.to_owned(),
+                protocol,
+                self.inner.queue_capacity,
+            ));
+            streams.insert(stream_id.to_owned(), stream.clone());
+            stream
+        };
+        self.emit(HubEvent::Published(stream.clone()));
+        Ok(Publisher::new(stream, Arc::downgrade(&self.inner)))
+    }
+
+    pub(crate) fn unpublish(&self, stream: &Arc<LiveStream>) {
+        let removed = {
+            let mut streams = self.streams();
+            match streams.get(&stream.id) {
+                Some(s) if Arc::ptr_eq(s, stream) => streams.remove(&stream.id),
+                _ => None,
+            }
+        };
+        if removed.is_some() {
+            self.emit(HubEvent::Unpublished(stream.clone()));
+        }
+    }
+
+    /// The live stream with this id.
+    pub fn get(&self, stream_id: &str) -> Option<Arc<LiveStream>> {
+        self.streams().get(stream_id).cloned()
+    }
+
+    /// Subscribes to a live stream, starting from its GOP cache.
+    pub fn subscribe(&self, stream_id: &str) -> Option<Subscription> {
+        self.get(stream_id).map(|s| s.subscribe())
+    }
+
+    /// Ids of every live stream.
+    pub fn live_ids(&self) -> Vec<String> {
+        self.streams().keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::{test_support::av_tracks, Frame, TrackId};
+    use bytes::Bytes;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn frame(track: u8, dts: i64, keyframe: bool) -> Frame {
+        Frame {
+            track: TrackId(track),
+            pts: dts,
+            dts,
+            keyframe,
+            data: Bytes::from(vec![0u8; 100]),
+        }
+    }
+
+    #[test]
+    fn second_publisher_is_refused_until_the_first_leaves() {
+        let hub = Hub::default();
+        let p = hub.publish("str_a", "rtmp").unwrap();
+        assert_eq!(
+            hub.publish("str_a", "rtmp").unwrap_err(),
+            HubError::AlreadyPublishing("str_a".into())
+        );
+        drop(p);
+        assert!(hub.get("str_a").is_none());
+        assert!(hub.publish("str_a", "rtmp").is_ok());
+    }
+
+    #[test]
+    fn hooks_see_publish_and_unpublish() {
+        let hub = Hub::default();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let s = seen.clone();
+        hub.on_event(move |ev| {
+            s.fetch_add(
+                match ev {
+                    HubEvent::Published(_) => 1,
+                    HubEvent::Unpublished(_) => 10,
+                },
+                Ordering::SeqCst,
+            );
+        });
+        drop(hub.publish("str_a", "rtmp").unwrap());
+        assert_eq!(seen.load(Ordering::SeqCst), 11);
+    }
+
+    #[test]
+    fn late_subscriber_starts_at_the_cached_keyframe_without_copying() {
+        let hub = Hub::default();
+        let p = hub.publish("s", "rtmp").unwrap();
+        p.set_tracks(Arc::new(av_tracks()));
+        p.push(frame(0, 0, true));
+        p.push(frame(0, 33, false));
+        let kf = frame(0, 66, true);
+        let payload_ptr = kf.data.as_ptr();
+        p.push(kf);
+        p.push(frame(1, 70, true));
+        p.push(frame(0, 99, false));
+        let mut sub = hub.subscribe("s").unwrap();
+        assert!(matches!(sub.try_recv(), Some(Event::Tracks(_))));
+        let mut got = vec![];
+        while let Some(Event::Frame(f)) = sub.try_recv() {
+            got.push((f.track.0, f.dts, f.data.as_ptr()));
+        }
+        assert_eq!(
+            got.iter().map(|g| (g.0, g.1)).collect::<Vec<_>>(),
+            vec![(0, 66), (1, 70), (0, 99)]
+        );
+        assert_eq!(got[0].2, payload_ptr, "payload is shared, not copied");
+    }
+
+    #[tokio::test]
+    async fn subscribers_see_the_end() {
+        let hub = Hub::default();
+        let p = hub.publish("s", "rtmp").unwrap();
+        p.set_tracks(Arc::new(av_tracks()));
+        let mut sub = hub.subscribe("s").unwrap();
+        p.push(frame(0, 0, true));
+        drop(p);
+        assert!(matches!(sub.recv().await, Some(Event::Tracks(_))));
+        assert!(matches!(sub.recv().await, Some(Event::Frame(_))));
+        assert!(sub.recv().await.is_none());
+    }
+
+    #[test]
+    fn a_slow_subscriber_does_not_hold_back_a_fast_one() {
+        let hub = Hub::new(16);
+        let p = hub.publish("s", "rtmp").unwrap();
+        p.set_tracks(Arc::new(av_tracks()));
+        let mut fast = hub.subscribe("s").unwrap();
+        let slow = hub.subscribe("s").unwrap();
+        let mut fast_frames = 0;
+        for i in 0..1000 {
+            p.push(frame(0, i * 33, i % 30 == 0));
+            while let Some(ev) = fast.try_recv() {
+                fast_frames += matches!(ev, Event::Frame(_)) as usize;
+            }
+        }
+        assert_eq!(fast_frames, 1000);
+        assert_eq!(fast.dropped(), 0);
+        assert!(slow.dropped() > 900, "slow dropped {}", slow.dropped());
+        assert!(slow.queued() <= 16);
+        let snap = hub.get("s").unwrap().snapshot();
+        assert_eq!(snap.dropped_frames, slow.dropped());
+    }
+}

@@ -1,0 +1,209 @@
+//! One live stream in the hub: its tracks, GOP cache, subscribers and ingest counters, and the
+//! [`Publisher`] handle through which an ingest driver feeds it.
+//!
+//! All mutable state sits behind one std mutex taken once per pushed frame and never across
+//! an `.await`; each subscriber's queue has its own lock (see [`super::queue`]).
+
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Instant, SystemTime};
+
+use crate::media::{Frame, TrackKind, Tracks};
+
+use super::queue::{Queue, Subscription};
+use super::stats::RateMeter;
+use super::Hub;
+
+/// Frames kept at most in the GOP cache; a longer GOP is not cached (viewers wait for the next
+/// keyframe instead of the server holding unbounded memory).
+const GOP_MAX_FRAMES: usize = 4096;
+/// Bytes kept at most in the GOP cache.
+const GOP_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// A published stream, shared by the hub, its publisher and the API.
+#[derive(Debug)]
+pub struct LiveStream {
+    /// The stream id (`str_…`).
+    pub id: String,
+    /// Ingest protocol name for the API (`rtmp`).
+    pub protocol: &'static str,
+    /// When publishing began.
+    pub started_at: SystemTime,
+    state: Mutex<StreamState>,
+    queue_capacity: usize,
+}
+
+#[derive(Debug, Default)]
+struct StreamState {
+    tracks: Option<Arc<Tracks>>,
+    gop: Vec<Frame>,
+    gop_bytes: usize,
+    subscribers: Vec<Arc<Queue>>,
+    meter: RateMeter,
+    ended: bool,
+}
+
+/// What the API shows about a live stream.
+#[derive(Debug, Clone)]
+pub struct StreamSnapshot {
+    /// Ingest protocol.
+    pub protocol: &'static str,
+    /// When publishing began.
+    pub started_at: SystemTime,
+    /// Announced tracks, if any yet.
+    pub tracks: Option<Arc<Tracks>>,
+    /// Total payload bytes received.
+    pub bytes_in: u64,
+    /// Ingest bitrate over the last few seconds, bits per second.
+    pub bitrate_bps: u64,
+    /// Measured video frame rate over the last few seconds.
+    pub measured_fps: Option<f64>,
+    /// Current subscribers (segmenters, players).
+    pub subscribers: usize,
+    /// Frames dropped across subscribers that fell behind.
+    pub dropped_frames: u64,
+}
+
+impl LiveStream {
+    pub(crate) fn new(id: String, protocol: &'static str, queue_capacity: usize) -> Self {
+        LiveStream {
+            id,
+            protocol,
+            started_at: SystemTime::now(),
+            state: Mutex::new(StreamState::default()),
+            queue_capacity,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, StreamState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Subscribes: the queue starts with the current tracks and the GOP cache, so a new viewer
+    /// begins at the last keyframe at once.
+    pub fn subscribe(&self) -> Subscription {
+        let queue = Arc::new(Queue::new(self.queue_capacity));
+        let mut st = self.lock();
+        if let Some(tracks) = &st.tracks {
+            queue.push_tracks(tracks.clone());
+            for f in &st.gop {
+                queue.prefill(f);
+            }
+        }
+        if st.ended {
+            queue.close();
+        }
+        st.subscribers.push(queue.clone());
+        Subscription { queue }
+    }
+
+    /// A consistent view of the stream for the API.
+    pub fn snapshot(&self) -> StreamSnapshot {
+        let st = self.lock();
+        let now = Instant::now();
+        StreamSnapshot {
+            protocol: self.protocol,
+            started_at: self.started_at,
+            tracks: st.tracks.clone(),
+            bytes_in: st.meter.total_bytes(),
+            bitrate_bps: st.meter.bits_per_second(now),
+            measured_fps: st.meter.video_fps(now),
+            subscribers: st.subscribers.len(),
+            dropped_frames: st
+                .subscribers
+                .iter()
+                .map(|q| q.dropped())
+                .sum(),
+        }
+    }
+
+    fn set_tracks(&self, tracks: Arc<Tracks>) {
+        let mut st = self.lock();
+        st.gop.clear();
+        st.gop_bytes = 0;
+        st.tracks = Some(tracks.clone());
+        for q in &st.subscribers {
+            q.push_tracks(tracks.clone());
+        }
+    }
+
+    fn push(&self, frame: Frame, now: Instant) {
+        let mut st = self.lock();
+        let Some(tracks) = st.tracks.clone() else {
+            return;
+        };
+        let is_video = tracks
+            .get(frame.track)
+            .is_some_and(|t| t.kind() == TrackKind::Video);
+        let has_video = tracks.first(TrackKind::Video).is_some();
+        st.meter.record(now, frame.data.len(), is_video);
+        update_gop(&mut st, &frame, is_video, has_video);
+        st.subscribers.retain(|q| q.push_frame(&frame, is_video));
+    }
+
+    fn end(&self) {
+        let mut st = self.lock();
+        st.ended = true;
+        st.gop.clear();
+        for q in st.subscribers.drain(..) {
+            q.close();
+        }
+    }
+}
+
+/// Keeps the frames since the last keyframe (of video, or of audio in audio-only streams).
+fn update_gop(st: &mut StreamState, frame: &Frame, is_video: bool, has_video: bool) {
+    let starts_gop = frame.keyframe && (is_video || !has_video);
+    if starts_gop {
+        st.gop.clear();
+        st.gop_bytes = 0;
+    } else if st.gop.is_empty() {
+        // No keyframe seen since the cache was reset: a viewer could not start here.
+        return;
+    }
+    if st.gop.len() >= GOP_MAX_FRAMES || st.gop_bytes + frame.data.len() > GOP_MAX_BYTES {
+        st.gop.clear();
+        st.gop_bytes = 0;
+        return;
+    }
+    st.gop_bytes += frame.data.len();
+    st.gop.push(frame.clone());
+}
+
+/// The ingest side of a live stream. Dropping it ends the stream: subscribers drain what is
+/// queued and then see the end.
+#[derive(Debug)]
+pub struct Publisher {
+    stream: Arc<LiveStream>,
+    hub: Weak<super::HubInner>,
+}
+
+impl Publisher {
+    pub(crate) fn new(stream: Arc<LiveStream>, hub: Weak<super::HubInner>) -> Self {
+        Publisher { stream, hub }
+    }
+
+    /// Announces the tracks (again, if they change mid-stream: subscribers see a new
+    /// [`super::Event::Tracks`] and treat it as a discontinuity).
+    pub fn set_tracks(&self, tracks: Arc<Tracks>) {
+        self.stream.set_tracks(tracks);
+    }
+
+    /// Fans a frame out to every subscriber. Never blocks; slow subscribers drop frames.
+    pub fn push(&self, frame: Frame) {
+        self.stream.push(frame, Instant::now());
+    }
+
+    /// The stream being fed.
+    pub fn stream(&self) -> &Arc<LiveStream> {
+        &self.stream
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.stream.end();
+        if let Some(inner) = self.hub.upgrade() {
+            Hub { inner }.unpublish(&self.stream);
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! `media-server`: a native media server. Broadcasters push RTMP; viewers pull LL-HLS or RTMP;
+//! an embedded HTTP API reports and manages streams.
+//!
+//! Map of the modules (arrows point down only: upper layers use lower ones):
+//!
+//! - [`app`]: wires everything; [`start`] runs the whole server in-process.
+//! - [`api`]: axum routes of the control API (`/api/v1`) and `/healthz`.
+//! - [`net`]: protocol servers that own sockets (RTMP: publish and play on one port).
+//! - [`ingest`]: publishers → hub ([`ingest::rtmp`]: FLV tags → frames).
+//! - [`egress`]: hub → viewers ([`egress::hls`]: LL-HLS segmenter and HTTP;
+//!   [`egress::rtmp_play`]: frames → FLV tags).
+//! - [`hub`]: registry of live streams, GOP cache, bounded lossy fan-out, ingest stats.
+//! - [`proto`]: sans-IO protocols and containers (RTMP chunks/AMF0/session, FLV, fMP4,
+//!   playlists).
+//! - [`media`]: [`media::Frame`], tracks, H.264 and AAC configurations.
+//! - [`store`]: SQLite on its own thread; [`config`]: typed configuration;
+//!   [`error`]: the HTTP error shape.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod egress;
+pub mod error;
+pub mod hub;
+pub mod ingest;
+pub mod media;
+pub mod net;
+pub mod proto;
+pub mod shutdown;
+pub mod store;
+
+pub use app::{start, Bootstrap, Server, StartError};
+pub use config::Config;

@@ -1,0 +1,118 @@
+//! [`Frame`], the unit that flows from ingest through the hub to every egress, and the track
+//! descriptions ([`Track`], [`Tracks`]) that give its timestamps and payload a meaning.
+//!
+//! Video payloads are length-prefixed access units (AVCC), as FLV and MP4 carry them, so
+//! RTMP→HLS/RTMP never rewrites a payload; audio payloads are raw codec frames. Cloning a
+//! `Frame` bumps a reference count: the payload is never copied after ingest.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::aac::AacConfig;
+use super::h264::AvcConfig;
+
+/// Index of a track within its stream's [`Tracks`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TrackId(pub u8);
+
+/// Whether a track carries pictures or sound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TrackKind {
+    /// Pictures.
+    Video,
+    /// Sound.
+    Audio,
+}
+
+/// The codec of a track together with its decoder configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CodecConfig {
+    /// H.264 with its `avcC` record; samples are AVCC access units.
+    H264(AvcConfig),
+    /// AAC with its AudioSpecificConfig; samples are raw AAC frames.
+    Aac(AacConfig),
+}
+
+impl CodecConfig {
+    /// Video or audio.
+    pub fn kind(&self) -> TrackKind {
+        match self {
+            CodecConfig::H264(_) => TrackKind::Video,
+            CodecConfig::Aac(_) => TrackKind::Audio,
+        }
+    }
+
+    /// The RFC 6381 codec string (`avc1.64001f`, `mp4a.40.2`) used in HLS `CODECS`.
+    pub fn codec_string(&self) -> String {
+        match self {
+            CodecConfig::H264(c) => c.codec_string(),
+            CodecConfig::Aac(c) => c.codec_string(),
+        }
+    }
+
+    /// A short lower-case codec name for the API (`h264`, `aac`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            CodecConfig::H264(_) => "h264",
+            CodecConfig::Aac(_) => "aac",
+        }
+    }
+}
+
+/// One elementary stream of a live stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Track {
+    /// The id frames of this track carry.
+    pub id: TrackId,
+    /// Ticks per second of this track's `pts`/`dts`.
+    pub timescale: u32,
+    /// Codec and decoder configuration.
+    pub codec: CodecConfig,
+}
+
+impl Track {
+    /// Video or audio.
+    pub fn kind(&self) -> TrackKind {
+        self.codec.kind()
+    }
+}
+
+/// The tracks a publisher announced; shared by every subscriber behind an `Arc`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tracks {
+    /// Tracks in id order; a stream has at most one video and one audio track today.
+    pub list: Vec<Track>,
+}
+
+impl Tracks {
+    /// Wraps a list in an `Arc` for sharing.
+    pub fn shared(list: Vec<Track>) -> Arc<Tracks> {
+        Arc::new(Tracks { list })
+    }
+
+    /// The track with this id.
+    pub fn get(&self, id: TrackId) -> Option<&Track> {
+        self.list.iter().find(|t| t.id == id)
+    }
+
+    /// The first track of a kind.
+    pub fn first(&self, kind: TrackKind) -> Option<&Track> {
+        self.list.iter().find(|t| t.kind() == kind)
+    }
+}
+
+/// One access unit (video) or codec frame (audio).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame {
+    /// Which track this belongs to.
+    pub track: TrackId,
+    /// Presentation time, in the track's timescale.
+    pub pts: i64,
+    /// Decode time, in the track's timescale; non-decreasing within a track.
+    pub dts: i64,
+    /// A random access point (IDR for video; every audio frame).
+    pub keyframe: bool,
+    /// The payload, shared with every other holder of this frame.
+    pub data: Bytes,
+}

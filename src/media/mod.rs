@@ -1,0 +1,12 @@
+//! Media values shared by every protocol: the [`Frame`] that flows through the hub, the
+//! [`Track`]s a stream announces, and the codec configurations parsed from the bitstream
+//! ([`h264::AvcConfig`], [`aac::AacConfig`]). Nothing here does I/O.
+
+pub mod aac;
+mod frame;
+pub mod h264;
+
+pub use frame::{CodecConfig, Frame, Track, TrackId, TrackKind, Tracks};
+
+#[cfg(test)]
+pub(crate) mod test_support;

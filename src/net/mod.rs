@@ -1,0 +1,4 @@
+//! Protocol servers that own sockets and dispatch to ingest or egress (RTMP carries both a
+//! publisher and a player on the same port).
+
+pub mod rtmp;

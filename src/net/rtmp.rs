@@ -1,0 +1,316 @@
+//! The RTMP listener and connection driver: socket ↔ handshake ↔ [`ServerSession`], then
+//! either RTMP ingest (publish) or RTMP play.
+//!
+//! One task per connection, one `select!` loop per phase. Every connection's errors are
+//! logged inside its own task and never reach the listener or any other connection. Stream
+//! keys are checked against the store and never logged. Connections are capped by a
+//! semaphore; the handshake and commands must complete within the handshake timeout; a
+//! silent connection is closed after the idle timeout.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::time::timeout;
+
+use crate::config::RtmpConfig;
+use crate::egress::rtmp_play::{FlvMuxer, PlayOutput};
+use crate::hub::{Event, Hub, HubError};
+use crate::ingest::rtmp::RtmpIngest;
+use crate::proto::rtmp::server::{ServerSession, SessionError, SessionEvent};
+use crate::store::Store;
+
+/// Why a connection ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    /// Socket error.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The handshake failed.
+    #[error("handshake: {0:?}")]
+    Handshake(rml_rtmp::handshake::HandshakeError),
+    /// A protocol error.
+    #[error("{0}")]
+    Session(#[from] SessionError),
+    /// The peer took too long.
+    #[error("timed out {0}")]
+    Timeout(&'static str),
+    /// The peer closed the connection.
+    #[error("closed by peer")]
+    Closed,
+    /// The request was refused (already answered with an error status).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// Store failure while checking a key.
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Everything a connection needs.
+#[derive(Clone, Debug)]
+pub struct RtmpContext {
+    /// Limits and timeouts.
+    pub config: RtmpConfig,
+    /// Live streams.
+    pub hub: Hub,
+    /// Stream keys.
+    pub store: Store,
+}
+
+/// Accepts connections until `shutdown` turns true.
+pub async fn serve(listener: TcpListener, ctx: RtmpContext, mut shutdown: watch::Receiver<bool>) {
+    let permits = Arc::new(Semaphore::new(ctx.config.max_connections as usize));
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = crate::shutdown::requested(&mut shutdown) => break,
+        };
+        let (socket, peer) = match accepted {
+            Ok(a) => a,
+            Err(err) => {
+                tracing::warn!(%err, "rtmp: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "rtmp: connection limit reached; closing");
+            drop(socket);
+            continue;
+        };
+        let ctx = ctx.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            let _ = socket.set_nodelay(true);
+            match Connection::new(socket, peer, ctx, shutdown).run().await {
+                Ok(()) | Err(ConnectionError::Closed) => {
+                    tracing::debug!(%peer, "rtmp: connection closed")
+                }
+                Err(err) => tracing::info!(%peer, %err, "rtmp: connection closed"),
+            }
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    // Shutdown: connections see the same signal and finish on their own.
+    while tasks.join_next().await.is_some() {}
+}
+
+/// One RTMP connection.
+struct Connection {
+    socket: TcpStream,
+    peer: SocketAddr,
+    ctx: RtmpContext,
+    shutdown: watch::Receiver<bool>,
+    session: ServerSession,
+    buf: BytesMut,
+}
+
+impl Connection {
+    fn new(
+        socket: TcpStream,
+        peer: SocketAddr,
+        ctx: RtmpContext,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let session = ServerSession::new(ctx.config.max_message_bytes, ctx.config.out_chunk_size);
+        Connection {
+            socket,
+            peer,
+            ctx,
+            shutdown,
+            session,
+            buf: BytesMut::with_capacity(64 * 1024),
+        }
+    }
+
+    async fn run(mut self) -> Result<(), ConnectionError> {
+        let deadline = Duration::from_millis(self.ctx.config.handshake_timeout_ms);
+        let request = timeout(deadline, async {
+            self.handshake().await?;
+            self.next_request().await
+        })
+        .await
+        .map_err(|_| ConnectionError::Timeout("before publish/play"))??;
+        match request {
+            SessionEvent::Publish { app, name } => self.publish(app, name).await,
+            SessionEvent::Play { app, name } => self.play(app, name).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads more bytes into `buf`; `Closed` on EOF.
+    async fn read_some(&mut self) -> Result<(), ConnectionError> {
+        self.buf.clear();
+        if self.socket.read_buf(&mut self.buf).await? == 0 {
+            return Err(ConnectionError::Closed);
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), ConnectionError> {
+        if self.session.pending_output() > 0 {
+            let out = self.session.take_output();
+            let idle = Duration::from_millis(self.ctx.config.idle_timeout_ms);
+            timeout(idle, self.socket.write_all(&out))
+                .await
+                .map_err(|_| ConnectionError::Timeout("writing"))??;
+        }
+        Ok(())
+    }
+
+    async fn handshake(&mut self) -> Result<(), ConnectionError> {
+        let mut hs = Handshake::new(PeerType::Server);
+        loop {
+            self.read_some().await?;
+            match hs.process_bytes(&self.buf).map_err(ConnectionError::Handshake)? {
+                HandshakeProcessResult::InProgress { response_bytes } => {
+                    self.socket.write_all(&response_bytes).await?;
+                }
+                HandshakeProcessResult::Completed {
+                    response_bytes,
+                    remaining_bytes,
+                } => {
+                    self.socket.write_all(&response_bytes).await?;
+                    self.session.push(&remaining_bytes);
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Runs the command exchange until the client asks to publish or play.
+    async fn next_request(&mut self) -> Result<SessionEvent, ConnectionError> {
+        loop {
+            while let Some(ev) = self.session.poll_event()? {
+                if matches!(ev, SessionEvent::Publish { .. } | SessionEvent::Play { .. }) {
+                    self.flush().await?;
+                    return Ok(ev);
+                }
+            }
+            self.flush().await?;
+            self.read_some().await?;
+            self.session.push(&self.buf);
+        }
+    }
+
+    async fn refuse(&mut self, code: &str, description: &str) -> Result<(), ConnectionError> {
+        self.session.reject(code, description);
+        self.flush().await?;
+        let _ = self.socket.shutdown().await;
+        Err(ConnectionError::Refused(description.to_owned()))
+    }
+
+    async fn publish(&mut self, app: String, key: String) -> Result<(), ConnectionError> {
+        let Some(stream) = self.ctx.store.find_stream_by_key(&app, &key).await? else {
+            tracing::warn!(peer = %self.peer, %app, "rtmp: publish refused: unknown stream key");
+            return self
+                .refuse("NetStream.Publish.BadName", "unknown stream key")
+                .await;
+        };
+        let publisher = match self.ctx.hub.publish(&stream.id, "rtmp") {
+            Ok(p) => p,
+            Err(HubError::AlreadyPublishing(_)) => {
+                tracing::warn!(peer = %self.peer, stream = %stream.id, "rtmp: publish refused: stream already live");
+                return self
+                    .refuse("NetStream.Publish.BadName", "stream is already being published")
+                    .await;
+            }
+        };
+        tracing::info!(peer = %self.peer, stream = %stream.id, "rtmp: publishing");
+        self.session.accept_publish();
+        self.flush().await?;
+        let mut ingest = RtmpIngest::new(publisher);
+        let idle = Duration::from_millis(self.ctx.config.idle_timeout_ms);
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            while let Some(ev) = self.session.poll_event()? {
+                let result = match ev {
+                    SessionEvent::Video { timestamp, data } => ingest.on_video(timestamp, data),
+                    SessionEvent::Audio { timestamp, data } => ingest.on_audio(timestamp, data),
+                    SessionEvent::Metadata(meta) => {
+                        ingest.on_metadata(&meta);
+                        Ok(())
+                    }
+                    SessionEvent::Unpublish => {
+                        tracing::info!(stream = %stream.id, "rtmp: publisher finished");
+                        return Ok(());
+                    }
+                    SessionEvent::Publish { .. } | SessionEvent::Play { .. } => {
+                        return Err(SessionError::Protocol("second publish/play".into()).into())
+                    }
+                };
+                if let Err(err) = result {
+                    // One bad tag is dropped; the stream carries on.
+                    tracing::warn!(stream = %stream.id, %err, "rtmp: tag dropped");
+                }
+            }
+            self.flush().await?;
+            tokio::select! {
+                r = timeout(idle, self.read_some()) => {
+                    r.map_err(|_| ConnectionError::Timeout("waiting for media"))??;
+                }
+                _ = crate::shutdown::requested(&mut shutdown) => return Ok(()),
+            }
+            self.session.push(&self.buf);
+        }
+    }
+
+    async fn play(&mut self, app: String, stream_id: String) -> Result<(), ConnectionError> {
+        let row = self.ctx.store.get_stream(&stream_id).await?;
+        let live = row
+            .filter(|r| r.app == app)
+            .and_then(|_| self.ctx.hub.subscribe(&stream_id));
+        let Some(mut sub) = live else {
+            return self
+                .refuse("NetStream.Play.StreamNotFound", "stream is not live")
+                .await;
+        };
+        tracing::info!(peer = %self.peer, stream = %stream_id, "rtmp: playing");
+        self.session.accept_play();
+        self.flush().await?;
+        let mut muxer = FlvMuxer::default();
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            tokio::select! {
+                ev = sub.recv() => {
+                    let outputs = match ev {
+                        Some(Event::Tracks(t)) => muxer.on_tracks(t),
+                        Some(Event::Frame(f)) => muxer.on_frame(&f).into_iter().collect(),
+                        None => {
+                            self.session.end_play();
+                            self.flush().await?;
+                            return Ok(());
+                        }
+                    };
+                    for out in outputs {
+                        match out {
+                            PlayOutput::Metadata(m) => self.session.send_metadata(&m),
+                            PlayOutput::Tag { type_id, timestamp, body } => {
+                                self.session.send_media(type_id, timestamp, &body)
+                            }
+                        }
+                    }
+                    self.flush().await?;
+                }
+                r = self.socket.read_buf(&mut self.buf) => {
+                    // Players send little (acks, buffer length); read it so the socket
+                    // drains, and notice when they leave.
+                    if r? == 0 {
+                        return Err(ConnectionError::Closed);
+                    }
+                    let data = self.buf.split();
+                    self.session.push(&data);
+                    while self.session.poll_event()?.is_some() {}
+                }
+                _ = crate::shutdown::requested(&mut shutdown) => return Ok(()),
+            }
+        }
+    }
+}

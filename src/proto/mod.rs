@@ -1,0 +1,7 @@
+//! Sans-IO protocol and container code: bytes (and `now`) in, values out. No tokio, no
+//! sockets, no clocks; every parser here has a fuzz target under `fuzz/`.
+
+pub mod flv;
+pub mod fmp4;
+pub mod playlist;
+pub mod rtmp;

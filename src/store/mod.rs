@@ -1,0 +1,225 @@
+//! The embedded database: SQLite (bundled) in WAL mode on its own thread, behind a cheap,
+//! cloneable async handle.
+//!
+//! Callers send closures to the database thread and await the result; the media path never
+//! touches the store. Schema changes are numbered migrations applied in one transaction each
+//! (tracked in `PRAGMA user_version`), so a crash never leaves a half-migrated database.
+//! Secrets are stored only as SHA-256 hashes: stream keys and API tokens are random 128-bit+
+//! values, so a fast hash is enough, and the plain value is returned once, at creation.
+
+mod streams;
+mod tokens;
+
+use std::path::Path;
+
+use rand::RngCore;
+use rusqlite::Connection;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+
+pub use streams::{decode_cursor, encode_cursor, StreamPage, StreamRow, StreamState};
+pub use tokens::TokenRow;
+
+/// A database failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite reported an error.
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The database thread is gone (shutdown or a crash of that thread).
+    #[error("database thread stopped")]
+    Closed,
+    /// The database directory could not be created.
+    #[error("cannot create data directory: {0}")]
+    Io(#[from] std::io::Error),
+    /// A unique value (app/name, key) is taken.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// Handle on the database thread.
+#[derive(Clone, Debug)]
+pub struct Store {
+    tx: mpsc::Sender<Job>,
+}
+
+/// Migrations, in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[
+    // 1: streams, tokens, settings.
+    "CREATE TABLE streams (
+        id TEXT PRIMARY KEY,
+        app TEXT NOT NULL,
+        name TEXT NOT NULL,
+        title TEXT NOT NULL,
+        stream_key_hash TEXT NOT NULL UNIQUE,
+        state TEXT NOT NULL DEFAULT 'idle',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        started_at TEXT,
+        ended_at TEXT,
+        UNIQUE (app, name)
+    );
+    CREATE INDEX streams_created ON streams (created_at, id);
+    CREATE TABLE tokens (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        scopes TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        last_used_at TEXT
+    );
+    CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+];
+
+impl Store {
+    /// Opens (creating if needed) `dir/media-server.db`, applies migrations, and starts the
+    /// database thread.
+    pub async fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("media-server.db");
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (tx, mut rx) = mpsc::channel::<Job>(256);
+        std::thread::Builder::new()
+            .name("store".into())
+            .spawn(move || {
+                let mut conn = match open_connection(&path) {
+                    Ok(c) => {
+                        let _ = ready_tx.send(Ok(()));
+                        c
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                while let Some(job) = rx.blocking_recv() {
+                    job(&mut conn);
+                }
+                // All handles dropped: checkpoint the WAL so the file is complete on its own.
+                let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+            })?;
+        ready_rx.await.map_err(|_| StoreError::Closed)??;
+        Ok(Store { tx })
+    }
+
+    /// Runs `f` on the database thread.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let _ = tx.send(f(conn));
+        });
+        self.tx.send(job).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Checkpoints the WAL into the main file (called on shutdown).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.call(|c| Ok(c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?))
+            .await
+    }
+
+    /// Reads a setting.
+    pub async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let key = key.to_owned();
+        self.call(move |c| {
+            use rusqlite::OptionalExtension;
+            Ok(c.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()?)
+        })
+        .await
+    }
+
+    /// Writes a setting.
+    pub async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [key, value],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let mut conn = Connection::open(path)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
+         PRAGMA busy_timeout = 5000;",
+    )?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "database migrated");
+    }
+    Ok(())
+}
+
+/// Current time as RFC 3339 with milliseconds, UTC (`2026-11-25T12:00:00.123Z`).
+pub fn now_rfc3339() -> String {
+    crate::proto::playlist::format_pdt(std::time::SystemTime::now())
+}
+
+/// Hex SHA-256 of a secret.
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// `prefix` followed by `bytes` random bytes in hex.
+pub fn random_id(prefix: &str, bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut buf);
+    format!("{prefix}{}", hex::encode(buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn migrations_run_once_and_settings_persist() {
+        let dir = tempdir();
+        {
+            let store = Store::open(&dir).await.unwrap();
+            store.set_setting("a", "1").await.unwrap();
+            store.set_setting("a", "2").await.unwrap();
+        }
+        let store = Store::open(&dir).await.unwrap();
+        assert_eq!(store.setting("a").await.unwrap().as_deref(), Some("2"));
+        let version: i64 = store
+            .call(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        let mode: String = store
+            .call(|c| Ok(c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    pub(crate) fn tempdir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(random_id("media-server-test-", 8));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}
