@@ -77,7 +77,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     let hub = Hub::default();
     let hls = HlsRegistry::new(config.hls.clone(), shutdown_rx.clone());
     let mut tasks = Vec::new();
-    tasks.push(wire_hub(&hub, &store, &hls));
+    tasks.push(wire_hub(&hub, &store, &hls, shutdown_rx.clone()));
 
     let http = bind(config.http.listen).await?;
     let rtmp_listener = bind(config.rtmp.listen).await?;
@@ -140,7 +140,12 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 
 /// Hub lifecycle → HLS segmenters (started synchronously, so no frame is missed) and stored
 /// stream state (through one ordered queue, so live/ended never swap).
-fn wire_hub(hub: &Hub, store: &Store, hls: &Arc<HlsRegistry>) -> JoinHandle<()> {
+fn wire_hub(
+    hub: &Hub,
+    store: &Store,
+    hls: &Arc<HlsRegistry>,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
     let (tx, mut rx) = mpsc::channel::<(String, StreamState)>(1024);
     let hls = hls.clone();
     hub.on_event(move |event| {
@@ -157,12 +162,30 @@ fn wire_hub(hub: &Hub, store: &Store, hls: &Arc<HlsRegistry>) -> JoinHandle<()> 
     });
     let store = store.clone();
     tokio::spawn(async move {
-        while let Some((id, state)) = rx.recv().await {
-            if let Err(err) = store.set_stream_state(&id, state).await {
-                tracing::error!(stream = %id, %err, "cannot store stream state");
-            }
+        loop {
+            let update = tokio::select! {
+                u = rx.recv() => u,
+                _ = crate::shutdown::requested(&mut shutdown) => {
+                    // Publishers end as their connections close; give their final state
+                    // updates a moment to arrive, then store what is queued.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    rx.close();
+                    while let Some((id, state)) = rx.recv().await {
+                        store_state(&store, &id, state).await;
+                    }
+                    return;
+                }
+            };
+            let Some((id, state)) = update else { return };
+            store_state(&store, &id, state).await;
         }
     })
+}
+
+async fn store_state(store: &Store, id: &str, state: StreamState) {
+    if let Err(err) = store.set_stream_state(id, state).await {
+        tracing::error!(stream = %id, %err, "cannot store stream state");
+    }
 }
 
 /// On an empty database: the admin token (configured or generated) and a `demo` stream.

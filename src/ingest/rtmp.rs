@@ -72,6 +72,7 @@ pub struct RtmpIngest {
     audio: Option<AacConfig>,
     expect_video: bool,
     expect_audio: bool,
+    metadata_seen: bool,
     announced: Option<Arc<Tracks>>,
     pending: Vec<Frame>,
     clock: Unwrapper,
@@ -87,6 +88,7 @@ impl RtmpIngest {
             audio: None,
             expect_video: false,
             expect_audio: false,
+            metadata_seen: false,
             announced: None,
             pending: Vec::new(),
             clock: Unwrapper::default(),
@@ -102,6 +104,7 @@ impl RtmpIngest {
     /// `onMetaData`: learns which tracks to wait for.
     pub fn on_metadata(&mut self, meta: &Amf0Value) {
         let present = |k: &str| meta.get(k).is_some_and(|v| !matches!(v, Amf0Value::Null | Amf0Value::Undefined | Amf0Value::Boolean(false)));
+        self.metadata_seen = true;
         self.expect_video |= present("videocodecid");
         self.expect_audio |= present("audiocodecid");
     }
@@ -213,16 +216,19 @@ impl RtmpIngest {
         Tracks { list }
     }
 
-    /// A sequence header arrived or changed: announce again if already live.
+    /// A sequence header arrived or changed: announce again if already live, or for the
+    /// first time if the metadata's promises are now kept.
     fn config_changed(&mut self) {
         if self.announced.is_some() {
             self.announce();
-        } else if self.ready() {
+        } else if self.metadata_seen && self.ready() {
             self.announce();
             self.flush_pending();
         }
     }
 
+    /// Every track the metadata promised has its configuration. Without metadata, the
+    /// sequence headers that came before the first frame are all there will be.
     fn ready(&self) -> bool {
         (self.video.is_some() || !self.expect_video)
             && (self.audio.is_some() || !self.expect_audio)
@@ -243,6 +249,12 @@ impl RtmpIngest {
 
     fn frame(&mut self, frame: Frame) {
         if self.announced.is_some() {
+            self.publisher.push(frame);
+            return;
+        }
+        if !self.metadata_seen && self.ready() {
+            self.announce();
+            self.flush_pending();
             self.publisher.push(frame);
             return;
         }

@@ -9,7 +9,6 @@
 use std::fmt::Write as _;
 use std::time::SystemTime;
 
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 /// A partial segment as listed in the playlist.
@@ -212,10 +211,10 @@ fn write_parts(out: &mut String, msn: u64, parts: &[PartEntry]) {
 
 /// `2026-11-25T12:00:00.123Z`
 pub fn format_pdt(t: SystemTime) -> String {
-    let dt = OffsetDateTime::from(t);
-    let ms = dt.millisecond();
-    let dt = dt.replace_nanosecond(u32::from(ms) * 1_000_000).unwrap_or(dt);
-    dt.format(&Rfc3339).unwrap_or_default()
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    OffsetDateTime::from(t).format(FORMAT).unwrap_or_default()
 }
 
 /// A variant of the multivariant playlist.

@@ -1,0 +1,348 @@
+//! Shared test harness: an in-process server on loopback ports, a Rust RTMP publisher built on
+//! `rml_rtmp`'s client session (an implementation independent of ours), an FLV file reader for
+//! the committed fixture, and helpers for external programs (ffmpeg) that fail under `CI`
+//! instead of skipping.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use media_server::{Config, Server};
+use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use rml_rtmp::sessions::{
+    ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult,
+    PublishRequestType,
+};
+use rml_rtmp::time::RtmpTimestamp;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/av_bframes.flv");
+
+/// A running in-process server with its own data directory.
+pub struct TestServer {
+    pub server: Server,
+    pub dir: PathBuf,
+}
+
+impl TestServer {
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{}", self.server.http_addr, path)
+    }
+
+    pub fn rtmp(&self, path: &str) -> String {
+        format!("rtmp://{}{}", self.server.rtmp_addr, path)
+    }
+
+    /// Creates a stream in app `live`; returns (id, key).
+    pub async fn create_stream(&self, name: &str) -> (String, String) {
+        let (row, key) = self
+            .server
+            .store
+            .create_stream("live", name, name)
+            .await
+            .expect("create stream");
+        (row.id, key)
+    }
+}
+
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "media-server-{tag}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Config for tests: loopback, ephemeral ports, a fixed admin token, a short grace period.
+pub fn test_config(dir: &Path) -> Config {
+    let mut c = Config::default();
+    c.server.data_dir = dir.join("data");
+    c.server.shutdown_timeout_ms = 3000;
+    c.http.listen = "127.0.0.1:0".parse().unwrap();
+    c.rtmp.listen = "127.0.0.1:0".parse().unwrap();
+    c.auth.admin_token = Some(ADMIN_TOKEN.into());
+    c.hls.grace_period_ms = 3000;
+    c.rtmp.handshake_timeout_ms = 3000;
+    c.rtmp.idle_timeout_ms = 5000;
+    c
+}
+
+pub async fn start_server(tag: &str) -> TestServer {
+    start_with(tag, |_| {}).await
+}
+
+pub async fn start_with(tag: &str, edit: impl FnOnce(&mut Config)) -> TestServer {
+    let _ = tracing_subscriber_init();
+    let dir = temp_dir(tag);
+    let mut config = test_config(&dir);
+    edit(&mut config);
+    let server = media_server::start(config).await.expect("server starts");
+    TestServer { server, dir }
+}
+
+fn tracing_subscriber_init() -> Result<(), ()> {
+    // Logs help when a test fails; `RUST_LOG=debug cargo test` shows more.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_test_writer()
+        .try_init()
+        .map_err(|_| ())
+}
+
+/// One tag of an FLV file.
+#[derive(Debug, Clone)]
+pub struct FlvTag {
+    pub kind: u8,
+    pub timestamp: u32,
+    pub body: Bytes,
+}
+
+/// Reads every tag of an FLV file (the fixture is trusted, so this parser is minimal).
+pub fn read_flv(path: &str) -> Vec<FlvTag> {
+    let data = std::fs::read(path).expect("read fixture");
+    assert_eq!(&data[..3], b"FLV");
+    let mut pos = u32::from_be_bytes([data[5], data[6], data[7], data[8]]) as usize + 4;
+    let mut tags = vec![];
+    while pos + 11 <= data.len() {
+        let kind = data[pos] & 0x1f;
+        let size = u32::from_be_bytes([0, data[pos + 1], data[pos + 2], data[pos + 3]]) as usize;
+        let ts = u32::from_be_bytes([data[pos + 7], data[pos + 4], data[pos + 5], data[pos + 6]]);
+        let body = Bytes::copy_from_slice(&data[pos + 11..pos + 11 + size]);
+        tags.push(FlvTag {
+            kind,
+            timestamp: ts,
+            body,
+        });
+        pos += 11 + size + 4;
+    }
+    tags
+}
+
+/// A publisher speaking RTMP through `rml_rtmp`'s client session.
+pub struct RtmpPublisher {
+    socket: TcpStream,
+    session: ClientSession,
+}
+
+/// Why a publish did not start.
+#[derive(Debug)]
+pub enum PublishError {
+    /// The server answered with an error status or closed the connection.
+    Refused(String),
+}
+
+impl RtmpPublisher {
+    /// Connects, handshakes, connects to `app` and publishes `key`.
+    pub async fn connect(addr: std::net::SocketAddr, app: &str, key: &str) -> Result<Self, PublishError> {
+        let mut socket = TcpStream::connect(addr).await.expect("tcp connect");
+        socket.set_nodelay(true).unwrap();
+        let remaining = client_handshake(&mut socket).await;
+        let (session, _) = ClientSession::new(ClientSessionConfig::new()).unwrap();
+        let mut p = RtmpPublisher { socket, session };
+        p.handle(&remaining).await?;
+        let r = p.session.request_connection(app.to_owned()).unwrap();
+        p.send(vec![r]).await;
+        p.wait_for(|e| matches!(e, ClientSessionEvent::ConnectionRequestAccepted)).await?;
+        let r = p
+            .session
+            .request_publishing(key.to_owned(), PublishRequestType::Live)
+            .unwrap();
+        p.send(vec![r]).await;
+        p.wait_for(|e| matches!(e, ClientSessionEvent::PublishRequestAccepted)).await?;
+        Ok(p)
+    }
+
+    async fn send(&mut self, results: Vec<ClientSessionResult>) {
+        for r in results {
+            if let ClientSessionResult::OutboundResponse(packet) = r {
+                self.socket.write_all(&packet.bytes).await.expect("write");
+            }
+        }
+    }
+
+    async fn handle(&mut self, bytes: &[u8]) -> Result<Vec<ClientSessionEvent>, PublishError> {
+        if bytes.is_empty() {
+            return Ok(vec![]);
+        }
+        let results = self
+            .session
+            .handle_input(bytes)
+            .map_err(|e| PublishError::Refused(format!("{e:?}")))?;
+        let mut events = vec![];
+        let mut out = vec![];
+        for r in results {
+            match r {
+                ClientSessionResult::RaisedEvent(e) => events.push(e),
+                other => out.push(other),
+            }
+        }
+        self.send(out).await;
+        Ok(events)
+    }
+
+    async fn wait_for(&mut self, want: impl Fn(&ClientSessionEvent) -> bool) -> Result<(), PublishError> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let n = match tokio::time::timeout(left, self.socket.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Err(PublishError::Refused("connection closed".into())),
+                Ok(Ok(n)) => n,
+                Err(_) => return Err(PublishError::Refused("timed out".into())),
+            };
+            for e in self.handle(&buf[..n].to_vec()).await? {
+                if want(&e) {
+                    return Ok(());
+                }
+                if let ClientSessionEvent::UnhandleableAmf0Command { additional_values, .. } = &e {
+                    let text = format!("{additional_values:?}");
+                    if text.contains("error") {
+                        return Err(PublishError::Refused(text));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends one FLV tag (8 audio, 9 video, 18 script data is skipped).
+    pub async fn send_tag(&mut self, tag: &FlvTag) {
+        let ts = RtmpTimestamp::new(tag.timestamp);
+        let r = match tag.kind {
+            8 => self.session.publish_audio_data(tag.body.clone(), ts, false),
+            9 => self.session.publish_video_data(tag.body.clone(), ts, false),
+            _ => return,
+        }
+        .unwrap();
+        self.send(vec![r]).await;
+    }
+
+    /// Sends `tags`; with `realtime`, paced by their timestamps.
+    pub async fn send_tags(&mut self, tags: &[FlvTag], realtime: bool) {
+        let start = Instant::now();
+        let first = tags.first().map_or(0, |t| t.timestamp);
+        for t in tags {
+            if realtime {
+                let due = start + Duration::from_millis(u64::from(t.timestamp - first));
+                tokio::time::sleep_until(due.into()).await;
+            }
+            self.send_tag(t).await;
+        }
+        self.socket.flush().await.unwrap();
+    }
+
+    /// Ends publishing politely (FCUnpublish/deleteStream) and closes.
+    pub async fn finish(mut self) {
+        if let Ok(r) = self.session.stop_publishing() {
+            self.send(r).await;
+        }
+        let _ = self.socket.shutdown().await;
+    }
+
+    /// Closes the socket without a word (a crash or network loss).
+    pub async fn drop_connection(self) {
+        drop(self.socket);
+    }
+}
+
+/// Client side of the RTMP handshake; returns bytes that followed it.
+pub async fn client_handshake(socket: &mut TcpStream) -> Vec<u8> {
+    let mut hs = Handshake::new(PeerType::Client);
+    let c0c1 = hs.generate_outbound_p0_and_p1().unwrap();
+    socket.write_all(&c0c1).await.unwrap();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let n = socket.read(&mut buf).await.unwrap();
+        assert!(n > 0, "server closed during handshake");
+        match hs.process_bytes(&buf[..n]).unwrap() {
+            HandshakeProcessResult::InProgress { response_bytes } => {
+                socket.write_all(&response_bytes).await.unwrap();
+            }
+            HandshakeProcessResult::Completed {
+                response_bytes,
+                remaining_bytes,
+            } => {
+                socket.write_all(&response_bytes).await.unwrap();
+                return remaining_bytes;
+            }
+        }
+    }
+}
+
+/// An external program the test needs. Under `CI` a missing program fails the test; locally
+/// it is reported and the test returns early.
+pub fn require_program(name: &str) -> bool {
+    let found = std::process::Command::new(name)
+        .arg("-version")
+        .output()
+        .is_ok();
+    if !found {
+        if std::env::var_os("CI").is_some() {
+            panic!("{name} is required under CI (install it: bash .ci/run does)");
+        }
+        eprintln!("SKIPPED LOCALLY: {name} not installed");
+    }
+    found
+}
+
+/// GET with a client that has a timeout; returns status, content type and body.
+pub async fn get(url: &str) -> (u16, String, Bytes) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let resp = client.get(url).send().await.expect("http get");
+    let status = resp.status().as_u16();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    (status, ct, resp.bytes().await.unwrap())
+}
+
+/// Polls `url` until it answers 200 (or panics after `secs`).
+pub async fn wait_for_200(url: &str, secs: u64) -> Bytes {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let (status, _, body) = get(url).await;
+        if status == 200 {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "{url} never became available (last {status})");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Parses a media playlist with m3u8-rs (the independent parser).
+pub fn parse_media_playlist(text: &[u8]) -> m3u8_rs::MediaPlaylist {
+    match m3u8_rs::parse_playlist_res(text) {
+        Ok(m3u8_rs::Playlist::MediaPlaylist(pl)) => pl,
+        other => panic!("not a media playlist: {other:?}\n{}", String::from_utf8_lossy(text)),
+    }
+}
+
+/// Waits until the media playlist ends (`EXT-X-ENDLIST`) and returns its text.
+pub async fn wait_for_endlist(ts: &TestServer, id: &str, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let (status, _, body) = get(&ts.http(&format!("/hls/{id}/media.m3u8"))).await;
+        let text = String::from_utf8_lossy(&body).into_owned();
+        if status == 200 && text.contains("#EXT-X-ENDLIST") {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "playlist never ended:\n{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
