@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::egress::hls::{self, HlsRegistry};
 use crate::hub::{Hub, HubEvent};
 use crate::net::rtmp::{self, RtmpContext};
-use crate::store::{StreamState, Store, StoreError};
+use crate::store::{Store, StoreError, StreamState};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +70,10 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     let store = Store::open(&config.server.data_dir).await?;
     let stale = store.end_stale_live_streams().await?;
     if stale > 0 {
-        tracing::info!(count = stale, "marked streams left live by an unclean stop as ended");
+        tracing::info!(
+            count = stale,
+            "marked streams left live by an unclean stop as ended"
+        );
     }
     let bootstrap = bootstrap(&store, &config).await?;
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -85,10 +88,12 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         addr: config.http.listen,
         source,
     })?;
-    let rtmp_addr = rtmp_listener.local_addr().map_err(|source| StartError::Bind {
-        addr: config.rtmp.listen,
-        source,
-    })?;
+    let rtmp_addr = rtmp_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: config.rtmp.listen,
+            source,
+        })?;
 
     let router = Router::new()
         .merge(hls::http::router(hls.clone()))
@@ -197,7 +202,9 @@ async fn bootstrap(store: &Store, config: &Config) -> Result<Option<Bootstrap>, 
         .create_token("admin", &["*"], config.auth.admin_token.clone())
         .await?;
     let (demo, key) = store.create_stream("live", "demo", "Demo stream").await?;
-    store.set_setting("bootstrapped", &crate::store::now_rfc3339()).await?;
+    store
+        .set_setting("bootstrapped", &crate::store::now_rfc3339())
+        .await?;
     Ok(Some(Bootstrap {
         admin_token,
         demo_stream_id: demo.id,

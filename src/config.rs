@@ -187,9 +187,9 @@ impl Config {
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            ConfigError::Parse(one_line(&e.to_string()))
-        })?;
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(one_line(&e.to_string())))?;
         apply_env(&mut table, env)?;
         let config: Config = toml::Value::Table(table)
             .try_into()

@@ -18,13 +18,19 @@ async fn call(url: &str, token: Option<&str>) -> (u16, Value, reqwest::header::H
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp.bytes().await.unwrap();
-    (status, serde_json::from_slice(&body).unwrap_or(Value::Null), headers)
+    (
+        status,
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+        headers,
+    )
 }
 
 fn assert_error(body: &Value, status: u16, code: &str) {
     assert_eq!(body["error"]["status"], status, "{body}");
     assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(body["error"]["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,7 +77,9 @@ async fn auth_errors_and_pagination() {
             assert!(body["pagination"]["next_cursor"].is_null());
             break;
         }
-        cursor = body["pagination"]["next_cursor"].as_str().map(str::to_owned);
+        cursor = body["pagination"]["next_cursor"]
+            .as_str()
+            .map(str::to_owned);
     }
     assert_eq!(seen.len(), 5);
     seen.sort();
@@ -107,10 +115,15 @@ async fn live_block_shows_tracks_and_bitrate_while_publishing() {
     assert_eq!(status, 200);
     assert_eq!(body["state"], "idle");
     assert_eq!(body["live"]["state"], "idle");
-    assert_eq!(body["hls_url"], format!("http://localhost:8080/hls/{id}/index.m3u8"));
+    assert_eq!(
+        body["hls_url"],
+        format!("http://localhost:8080/hls/{id}/index.m3u8")
+    );
 
     let tags = read_flv(FIXTURE);
-    let mut publisher = RtmpPublisher::connect(ts.server.rtmp_addr, "live", &key).await.unwrap();
+    let mut publisher = RtmpPublisher::connect(ts.server.rtmp_addr, "live", &key)
+        .await
+        .unwrap();
     let pusher = tokio::spawn(async move {
         publisher.send_tags(&tags, true).await;
         publisher.finish().await;
@@ -121,7 +134,10 @@ async fn live_block_shows_tracks_and_bitrate_while_publishing() {
     let live = &body["live"];
     assert_eq!(live["protocol"], "rtmp");
     assert!(live["started_at"].as_str().is_some());
-    assert!(live["ingest_bitrate_bps"].as_u64().unwrap() > 50_000, "{live}");
+    assert!(
+        live["ingest_bitrate_bps"].as_u64().unwrap() > 50_000,
+        "{live}"
+    );
     let tracks = live["tracks"].as_array().unwrap();
     assert_eq!(tracks.len(), 2);
     assert_eq!(tracks[0]["codec"], "h264");

@@ -145,14 +145,19 @@ async fn hostile_connections_do_not_disturb_a_healthy_stream() {
     // Legal but nasty: handled correctly, the server answers connect.
     let mut socket = TcpStream::connect(addr).await.unwrap();
     client_handshake(&mut socket).await;
-    socket.write_all(&interleaved_chunk_streams()).await.unwrap();
+    socket
+        .write_all(&interleaved_chunk_streams())
+        .await
+        .unwrap();
     let mut buf = vec![0u8; 4096];
     let n = tokio::time::timeout(Duration::from_secs(3), socket.read(&mut buf))
         .await
         .expect("the server answers the interleaved connect")
         .unwrap();
     assert!(n > 0, "connect over interleaved chunk streams is answered");
-    assert!(buf[..n].windows(29).any(|w| w == b"NetConnection.Connect.Success"));
+    assert!(buf[..n]
+        .windows(29)
+        .any(|w| w == b"NetConnection.Connect.Success"));
     drop(socket);
 
     // Legal timestamps arithmetic edge: no crash; nothing to publish, so the command
@@ -167,19 +172,28 @@ async fn hostile_connections_do_not_disturb_a_healthy_stream() {
         ("16 MiB declared message", huge_declared_message()),
         ("garbage after the handshake", garbage()),
     ] {
-        assert!(send_after_handshake(addr, &bytes, 6).await, "{name}: connection must be closed");
+        assert!(
+            send_after_handshake(addr, &bytes, 6).await,
+            "{name}: connection must be closed"
+        );
     }
     // Garbage instead of a handshake.
     let mut socket = TcpStream::connect(addr).await.unwrap();
     socket.write_all(&garbage()).await.unwrap();
     let closed = tokio::time::timeout(Duration::from_secs(6), socket.read(&mut buf)).await;
-    assert!(matches!(closed, Ok(Ok(_)) | Ok(Err(_))), "garbage handshake is answered or closed");
+    assert!(
+        matches!(closed, Ok(Ok(_)) | Ok(Err(_))),
+        "garbage handshake is answered or closed"
+    );
 
     pusher.await.unwrap();
     let text = wait_for_endlist(&ts, &id, 20).await;
     let pl = parse_media_playlist(text.as_bytes());
     let total: f32 = pl.segments.iter().map(|s| s.duration).sum();
-    assert!((total - 4.0).abs() < 0.1, "the healthy stream is complete: {total} s\n{text}");
+    assert!(
+        (total - 4.0).abs() < 0.1,
+        "the healthy stream is complete: {total} s\n{text}"
+    );
     let (status, _, _) = get(&ts.http("/healthz")).await;
     assert_eq!(status, 200, "the server is still up");
     ts.server.shutdown().await;

@@ -20,10 +20,18 @@ fn bad_config_is_one_line_and_exit_code_2() {
     let dir = common::temp_dir("cli-bad");
     for (body, env, needle) in [
         ("[hls]\nwindow_segments = 0\n", None, "hls.window_segments"),
-        ("[rtmp]\nmax_connections = \"lots\"\n", None, "max_connections"),
+        (
+            "[rtmp]\nmax_connections = \"lots\"\n",
+            None,
+            "max_connections",
+        ),
         ("[http]\nlisten = \"nope\"\n", None, "listen"),
         ("[nonsense]\n", None, "nonsense"),
-        ("", Some(("MEDIA_SERVER_HLS_PART_TARGET_MS", "fast")), "MEDIA_SERVER_HLS_PART_TARGET_MS"),
+        (
+            "",
+            Some(("MEDIA_SERVER_HLS_PART_TARGET_MS", "fast")),
+            "MEDIA_SERVER_HLS_PART_TARGET_MS",
+        ),
     ] {
         let path = write_config(&dir, body);
         let mut cmd = Command::new(BIN);
@@ -37,12 +45,20 @@ fn bad_config_is_one_line_and_exit_code_2() {
         assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
         assert!(stderr.contains(needle), "{needle} in {stderr}");
     }
-    let out = Command::new(BIN).arg("--config").arg(dir.join("missing.toml")).output().unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(dir.join("missing.toml"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[test]
@@ -60,7 +76,10 @@ fn first_start_prints_the_welcome_once_and_sigterm_exits_cleanly() {
         let mut child = Command::new(BIN)
             .arg("--config")
             .arg(&config)
-            .env("MEDIA_SERVER_AUTH_ADMIN_TOKEN", "cli-admin-token-0123456789")
+            .env(
+                "MEDIA_SERVER_AUTH_ADMIN_TOKEN",
+                "cli-admin-token-0123456789",
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -72,12 +91,18 @@ fn first_start_prints_the_welcome_once_and_sigterm_exits_cleanly() {
             std::thread::sleep(Duration::from_millis(50));
         }
         let started = Instant::now();
-        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success());
         let exit = child.wait().unwrap();
         assert_eq!(exit.code(), Some(0), "clean exit on SIGTERM");
         assert!(started.elapsed() < Duration::from_secs(5));
-        let stdout: Vec<String> = BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok).collect();
+        let stdout: Vec<String> = BufReader::new(child.stdout.take().unwrap())
+            .lines()
+            .map_while(Result::ok)
+            .collect();
         let text = stdout.join("\n");
         if run == 0 {
             assert!(text.contains("cli-admin-token-0123456789"), "{text}");
@@ -85,7 +110,10 @@ fn first_start_prints_the_welcome_once_and_sigterm_exits_cleanly() {
             assert!(text.contains("/hls/str_"), "{text}");
             assert!(text.contains("Stream Key: sk_"), "{text}");
         } else {
-            assert!(!text.contains("cli-admin-token"), "printed once only: {text}");
+            assert!(
+                !text.contains("cli-admin-token"),
+                "printed once only: {text}"
+            );
         }
     }
 }

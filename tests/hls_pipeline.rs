@@ -40,7 +40,11 @@ fn walk_segments(init: &[u8], segments: &[Vec<u8>]) -> (Vec<u32>, Vec<u64>, Vec<
             cur.set_position(cur.position() + header.size.unwrap() as u64);
         }
     }
-    (counts, next.into_iter().map(|n| n.unwrap_or(0)).collect(), timescales)
+    (
+        counts,
+        next.into_iter().map(|n| n.unwrap_or(0)).collect(),
+        timescales,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,7 +53,11 @@ async fn fixture_through_rtmp_becomes_complete_ll_hls() {
     let (id, key) = ts.create_stream("fixture").await;
     let tags = read_flv(FIXTURE);
     // Media tags only: packet type 1 (not sequence headers or the end-of-sequence tag).
-    let media = |kind: u8| tags.iter().filter(|t| t.kind == kind && t.body[1] == 1).count() as u32;
+    let media = |kind: u8| {
+        tags.iter()
+            .filter(|t| t.kind == kind && t.body[1] == 1)
+            .count() as u32
+    };
     let (video_frames, audio_frames) = (media(9), media(8));
     assert_eq!(video_frames, 120, "fixture: 4 s at 30 fps");
 
@@ -78,7 +86,10 @@ async fn fixture_through_rtmp_becomes_complete_ll_hls() {
     assert_eq!(status, 200);
     assert_eq!(ct, "application/vnd.apple.mpegurl");
     let master = String::from_utf8_lossy(&master);
-    assert!(master.contains("CODECS=\"avc1.64000d,mp4a.40.2\""), "{master}");
+    assert!(
+        master.contains("CODECS=\"avc1.64000d,mp4a.40.2\""),
+        "{master}"
+    );
     assert!(master.contains("RESOLUTION=320x240"), "{master}");
 
     let (status, ct, init) = get(&ts.http(&format!("/hls/{id}/init0.mp4"))).await;
@@ -90,7 +101,11 @@ async fn fixture_through_rtmp_becomes_complete_ll_hls() {
         // The segment is exactly its parts, back to back.
         let mut parts = vec![];
         for p in 0.. {
-            let (status, _, part) = get(&ts.http(&format!("/hls/{id}/part{}.{p}.m4s", pl.media_sequence + i as u64))).await;
+            let (status, _, part) = get(&ts.http(&format!(
+                "/hls/{id}/part{}.{p}.m4s",
+                pl.media_sequence + i as u64
+            )))
+            .await;
             if status != 200 {
                 break;
             }
@@ -100,7 +115,11 @@ async fn fixture_through_rtmp_becomes_complete_ll_hls() {
         segments.push(seg.to_vec());
     }
     let (counts, ends, timescales) = walk_segments(&init, &segments);
-    assert_eq!(counts, vec![video_frames, audio_frames], "every frame is in a segment");
+    assert_eq!(
+        counts,
+        vec![video_frames, audio_frames],
+        "every frame is in a segment"
+    );
     // Both tracks end where the input ends (within one frame).
     let video_end = ends[0] as f64 / f64::from(timescales[0]);
     assert!((video_end - 4.0).abs() < 0.05, "video ends at {video_end}");
@@ -120,14 +139,32 @@ async fn fixture_through_rtmp_becomes_complete_ll_hls() {
             .args(["-f", "null", "-"])
             .output()
             .unwrap();
-        assert!(out.status.success() && out.stderr.is_empty(), "ffmpeg: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "ffmpeg: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let probe = std::process::Command::new("ffprobe")
-            .args(["-v", "error", "-count_frames", "-select_streams", "v", "-show_entries", "stream=nb_read_frames,has_b_frames", "-of", "csv=p=0"])
+            .args([
+                "-v",
+                "error",
+                "-count_frames",
+                "-select_streams",
+                "v",
+                "-show_entries",
+                "stream=nb_read_frames,has_b_frames",
+                "-of",
+                "csv=p=0",
+            ])
             .arg(&file)
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&probe.stdout);
-        assert!(text.trim().starts_with(&format!("{video_frames}")) || text.contains(&format!(",{video_frames}")), "ffprobe: {text}");
+        assert!(
+            text.trim().starts_with(&format!("{video_frames}"))
+                || text.contains(&format!(",{video_frames}")),
+            "ffprobe: {text}"
+        );
     }
     ts.server.shutdown().await;
 }
@@ -164,7 +201,10 @@ async fn blocking_reload_waits_for_the_next_part_and_rejects_bad_requests() {
     let (status, _, body) = get(&format!("{url}?_HLS_msn={msn}&_HLS_part={part}")).await;
     assert_eq!(status, 200);
     let text = String::from_utf8_lossy(&body);
-    assert!(text.contains(&format!("URI=\"{hint}\"")), "the blocked reload returns once the hinted part exists:\n{text}");
+    assert!(
+        text.contains(&format!("URI=\"{hint}\"")),
+        "the blocked reload returns once the hinted part exists:\n{text}"
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
     // The hinted part itself can be requested before it exists: the request waits.
     let (status, ct, _) = get(&ts.http(&format!("/hls/{id}/part{msn}.{}.m4s", part + 1))).await;
@@ -187,19 +227,25 @@ async fn blocking_reload_waits_for_the_next_part_and_rejects_bad_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtmp_player_receives_the_stream_from_the_gop_cache() {
-    use rml_rtmp::sessions::{ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult};
+    use rml_rtmp::sessions::{
+        ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult,
+    };
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let ts = start_server("play").await;
     let (id, key) = ts.create_stream("p").await;
     let tags = read_flv(FIXTURE);
-    let mut publisher = RtmpPublisher::connect(ts.server.rtmp_addr, "live", &key).await.unwrap();
+    let mut publisher = RtmpPublisher::connect(ts.server.rtmp_addr, "live", &key)
+        .await
+        .unwrap();
     // Two seconds of media first: a player joining now starts at the cached keyframe.
     let cut = tags.iter().position(|t| t.timestamp >= 1500).unwrap();
     publisher.send_tags(&tags[..cut], false).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let mut socket = tokio::net::TcpStream::connect(ts.server.rtmp_addr).await.unwrap();
+    let mut socket = tokio::net::TcpStream::connect(ts.server.rtmp_addr)
+        .await
+        .unwrap();
     let rest = client_handshake(&mut socket).await;
     let (mut session, _) = ClientSession::new(ClientSessionConfig::new()).unwrap();
     let mut results = session.handle_input(&rest).unwrap();
@@ -212,7 +258,9 @@ async fn rtmp_player_receives_the_stream_from_the_gop_cache() {
     while video.len() < 30 && std::time::Instant::now() < deadline {
         for r in results.drain(..) {
             match r {
-                ClientSessionResult::OutboundResponse(p) => socket.write_all(&p.bytes).await.unwrap(),
+                ClientSessionResult::OutboundResponse(p) => {
+                    socket.write_all(&p.bytes).await.unwrap()
+                }
                 ClientSessionResult::RaisedEvent(ClientSessionEvent::ConnectionRequestAccepted) => {
                     playing_requested = true;
                     let r = session.request_playback(id.clone()).unwrap();
@@ -220,7 +268,10 @@ async fn rtmp_player_receives_the_stream_from_the_gop_cache() {
                         socket.write_all(&p.bytes).await.unwrap();
                     }
                 }
-                ClientSessionResult::RaisedEvent(ClientSessionEvent::VideoDataReceived { data, .. }) => {
+                ClientSessionResult::RaisedEvent(ClientSessionEvent::VideoDataReceived {
+                    data,
+                    ..
+                }) => {
                     video.push(data);
                 }
                 _ => {}
@@ -230,14 +281,21 @@ async fn rtmp_player_receives_the_stream_from_the_gop_cache() {
             sent_rest = true;
             publisher.send_tags(&tags[cut..], false).await;
         }
-        let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await.unwrap().unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(n > 0, "server closed the player");
         results = session.handle_input(&buf[..n]).unwrap();
     }
     assert!(playing_requested);
     // First the AVC sequence header, then a keyframe.
     assert_eq!(&video[0][..2], &[0x17, 0x00], "sequence header first");
-    assert_eq!(&video[1][..2], &[0x17, 0x01], "then a keyframe from the GOP cache");
+    assert_eq!(
+        &video[1][..2],
+        &[0x17, 0x01],
+        "then a keyframe from the GOP cache"
+    );
     assert!(video.len() >= 30);
     publisher.finish().await;
     ts.server.shutdown().await;

@@ -22,7 +22,9 @@ fn publish_cmd(url: &str, secs: u32, inputs: &str) -> Command {
     cmd.args(["-t", &secs.to_string()]);
     if inputs != "audio" {
         // libx264 defaults (B-frames on), a keyframe every second.
-        cmd.args(["-c:v", "libx264", "-preset", "veryfast", "-g", "30", "-pix_fmt", "yuv420p"]);
+        cmd.args([
+            "-c:v", "libx264", "-preset", "veryfast", "-g", "30", "-pix_fmt", "yuv420p",
+        ]);
     }
     if inputs != "video" {
         cmd.args(["-c:a", "aac", "-b:a", "96k"]);
@@ -41,17 +43,36 @@ async fn run(mut cmd: Command) -> Output {
 /// Decodes the whole HLS stream; returns ffmpeg's stderr (errors only).
 async fn decode_hls(url: &str) -> Output {
     let mut cmd = Command::new("ffmpeg");
-    cmd.args(["-hide_banner", "-v", "error", "-nostdin", "-i", url, "-f", "null", "-"]);
+    cmd.args([
+        "-hide_banner",
+        "-v",
+        "error",
+        "-nostdin",
+        "-i",
+        url,
+        "-f",
+        "null",
+        "-",
+    ]);
     run(cmd).await
 }
 
 async fn probe_duration(url: &str) -> f64 {
     let mut cmd = Command::new("ffprobe");
-    cmd.args(["-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", url]);
+    cmd.args([
+        "-v",
+        "error",
+        "-show_entries",
+        "format=duration",
+        "-of",
+        "csv=p=0",
+        url,
+    ]);
     let out = run(cmd).await;
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| {
-        panic!("ffprobe: {}", String::from_utf8_lossy(&out.stderr))
-    })
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("ffprobe: {}", String::from_utf8_lossy(&out.stderr)))
 }
 
 async fn assert_hls_decodes(ts: &TestServer, id: &str, seconds: f64) -> String {
@@ -59,8 +80,16 @@ async fn assert_hls_decodes(ts: &TestServer, id: &str, seconds: f64) -> String {
     parse_media_playlist(text.as_bytes());
     let url = ts.http(&format!("/hls/{id}/index.m3u8"));
     let out = decode_hls(&url).await;
-    assert!(out.status.success(), "decode failed: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.stderr.is_empty(), "decode errors: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "decode failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "decode errors: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let duration = probe_duration(&url).await;
     assert!(
         (duration - seconds).abs() <= seconds * 0.1,
@@ -77,7 +106,11 @@ async fn ffmpeg_publishes_and_ffmpeg_decodes_the_hls_output() {
     let ts = start_server("ff-av").await;
     let (id, key) = ts.create_stream("ff").await;
     let out = run(publish_cmd(&ts.rtmp(&format!("/live/{key}")), 8, "av")).await;
-    assert!(out.status.success(), "publish: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "publish: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = assert_hls_decodes(&ts, &id, 8.0).await;
     assert!(!text.contains("DISCONTINUITY"));
     ts.server.shutdown().await;
@@ -91,15 +124,26 @@ async fn audio_only_and_video_only_streams_play() {
     let ts = start_server("ff-single").await;
     let (audio_id, audio_key) = ts.create_stream("audio").await;
     let (video_id, video_key) = ts.create_stream("video").await;
-    let a = run(publish_cmd(&ts.rtmp(&format!("/live/{audio_key}")), 5, "audio"));
-    let v = run(publish_cmd(&ts.rtmp(&format!("/live/{video_key}")), 5, "video"));
+    let a = run(publish_cmd(
+        &ts.rtmp(&format!("/live/{audio_key}")),
+        5,
+        "audio",
+    ));
+    let v = run(publish_cmd(
+        &ts.rtmp(&format!("/live/{video_key}")),
+        5,
+        "video",
+    ));
     let (a, v) = tokio::join!(a, v);
     assert!(a.status.success() && v.status.success());
     assert_hls_decodes(&ts, &audio_id, 5.0).await;
     assert_hls_decodes(&ts, &video_id, 5.0).await;
     let (_, _, master) = get(&ts.http(&format!("/hls/{audio_id}/index.m3u8"))).await;
     let master = String::from_utf8_lossy(&master);
-    assert!(master.contains("CODECS=\"mp4a.40.2\"") && !master.contains("RESOLUTION"), "{master}");
+    assert!(
+        master.contains("CODECS=\"mp4a.40.2\"") && !master.contains("RESOLUTION"),
+        "{master}"
+    );
     ts.server.shutdown().await;
 }
 
@@ -113,16 +157,26 @@ async fn wrong_key_and_second_publisher_are_refused() {
     let started = Instant::now();
     let wrong = run(publish_cmd(&ts.rtmp("/live/sk_0000000000000000"), 5, "av")).await;
     assert!(!wrong.status.success(), "a wrong key must be refused");
-    assert!(started.elapsed() < Duration::from_secs(4), "refused at once");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "refused at once"
+    );
     let row = ts.server.store.get_stream(&id).await.unwrap().unwrap();
     assert_eq!(row.state.as_str(), "idle");
 
     let first = tokio::spawn(run(publish_cmd(&ts.rtmp(&format!("/live/{key}")), 6, "av")));
     wait_for_200(&ts.http(&format!("/hls/{id}/index.m3u8")), 10).await;
     let second = run(publish_cmd(&ts.rtmp(&format!("/live/{key}")), 3, "av")).await;
-    assert!(!second.status.success(), "a second publisher must be refused");
+    assert!(
+        !second.status.success(),
+        "a second publisher must be refused"
+    );
     let first = first.await.unwrap();
-    assert!(first.status.success(), "first publisher unaffected: {}", String::from_utf8_lossy(&first.stderr));
+    assert!(
+        first.status.success(),
+        "first publisher unaffected: {}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     assert_hls_decodes(&ts, &id, 6.0).await;
     ts.server.shutdown().await;
 }
@@ -156,15 +210,30 @@ async fn ffmpeg_plays_rtmp_by_stream_id() {
     let publisher = tokio::spawn(run(publish_cmd(&ts.rtmp(&format!("/live/{key}")), 6, "av")));
     wait_for_200(&ts.http(&format!("/hls/{id}/index.m3u8")), 10).await;
     let mut cmd = Command::new("ffprobe");
-    cmd.args(["-v", "error", "-read_intervals", "%+2", "-count_packets", "-show_entries", "stream=codec_name,width,nb_read_packets", "-of", "csv=p=0"])
-        .arg(ts.rtmp(&format!("/live/{id}")));
+    cmd.args([
+        "-v",
+        "error",
+        "-read_intervals",
+        "%+2",
+        "-count_packets",
+        "-show_entries",
+        "stream=codec_name,width,nb_read_packets",
+        "-of",
+        "csv=p=0",
+    ])
+    .arg(ts.rtmp(&format!("/live/{id}")));
     let out = run(cmd).await;
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("h264,640"), "ffprobe over RTMP: {text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("h264,640"),
+        "ffprobe over RTMP: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("aac"), "{text}");
     // The key is not a play name: playing by key is refused.
     let mut cmd = Command::new("ffprobe");
-    cmd.args(["-v", "error", "-rw_timeout", "3000000"]).arg(ts.rtmp(&format!("/live/{key}")));
+    cmd.args(["-v", "error", "-rw_timeout", "3000000"])
+        .arg(ts.rtmp(&format!("/live/{key}")));
     assert!(!run(cmd).await.status.success());
     publisher.await.unwrap();
     ts.server.shutdown().await;

@@ -2,8 +2,8 @@
 //! (by hash) and handlers ask it for the scope they need.
 
 use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
 use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
 
 use super::ApiState;
 use crate::error::HttpError;

@@ -66,7 +66,11 @@ struct TrackView {
 fn live_view(snap: Option<StreamSnapshot>, stored: StreamState) -> LiveView {
     let Some(s) = snap else {
         return LiveView {
-            state: if stored == StreamState::Live { StreamState::Ended } else { stored },
+            state: if stored == StreamState::Live {
+                StreamState::Ended
+            } else {
+                stored
+            },
             protocol: None,
             started_at: None,
             duration_seconds: None,

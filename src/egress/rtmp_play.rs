@@ -58,7 +58,10 @@ impl FlvMuxer {
                 }
                 CodecConfig::Aac(c) => {
                     meta.push(("audiocodecid", Amf0Value::Number(10.0)));
-                    meta.push(("audiosamplerate", Amf0Value::Number(f64::from(c.sample_rate))));
+                    meta.push((
+                        "audiosamplerate",
+                        Amf0Value::Number(f64::from(c.sample_rate)),
+                    ));
                     meta.push(("audiochannels", Amf0Value::Number(f64::from(c.channels))));
                     out.push(PlayOutput::Tag {
                         type_id: TYPE_AUDIO,
@@ -81,13 +84,16 @@ impl FlvMuxer {
         let dts_ms = frame.dts * 1000 / scale;
         let cts_ms = (frame.pts - frame.dts) * 1000 / scale;
         let base = *self.base_ms.get_or_insert(dts_ms);
-        let timestamp = u32::try_from((dts_ms - base).max(0)).unwrap_or(u32::MAX).max(self.last_ms);
+        let timestamp = u32::try_from((dts_ms - base).max(0))
+            .unwrap_or(u32::MAX)
+            .max(self.last_ms);
         self.last_ms = timestamp;
         self.buf.clear();
         let type_id = match &track.codec {
             CodecConfig::H264(_) => {
                 let cts = i32::try_from(cts_ms).unwrap_or(0);
-                self.buf.put_slice(&flv::avc_frame_tag_header(frame.keyframe, cts));
+                self.buf
+                    .put_slice(&flv::avc_frame_tag_header(frame.keyframe, cts));
                 TYPE_VIDEO
             }
             CodecConfig::Aac(_) => {
@@ -116,7 +122,9 @@ mod tests {
         let mut m = FlvMuxer::default();
         let out = m.on_tracks(std::sync::Arc::new(av_tracks()));
         assert_eq!(out.len(), 3);
-        assert!(matches!(&out[0], PlayOutput::Metadata(v) if v.get("width").and_then(Amf0Value::as_f64) == Some(1280.0)));
+        assert!(
+            matches!(&out[0], PlayOutput::Metadata(v) if v.get("width").and_then(Amf0Value::as_f64) == Some(1280.0))
+        );
         let f = Frame {
             track: TrackId(0),
             dts: 5000,
@@ -124,19 +132,42 @@ mod tests {
             keyframe: true,
             data: Bytes::from_static(&[0, 0, 0, 1, 0x65]),
         };
-        let Some(PlayOutput::Tag { type_id, timestamp, body }) = m.on_frame(&f) else {
+        let Some(PlayOutput::Tag {
+            type_id,
+            timestamp,
+            body,
+        }) = m.on_frame(&f)
+        else {
             panic!("no tag")
         };
         assert_eq!((type_id, timestamp), (TYPE_VIDEO, 0));
         match parse_video(body).unwrap() {
-            VideoTag::Frame { keyframe, composition_time, data, .. } => {
+            VideoTag::Frame {
+                keyframe,
+                composition_time,
+                data,
+                ..
+            } => {
                 assert!(keyframe);
                 assert_eq!(composition_time, 66);
                 assert_eq!(&data[..], &[0, 0, 0, 1, 0x65]);
             }
             other => panic!("{other:?}"),
         }
-        let g = Frame { dts: 5040, pts: 5040, track: TrackId(1), keyframe: true, data: Bytes::from_static(b"a") };
-        assert!(matches!(m.on_frame(&g), Some(PlayOutput::Tag { type_id: TYPE_AUDIO, timestamp: 40, .. })));
+        let g = Frame {
+            dts: 5040,
+            pts: 5040,
+            track: TrackId(1),
+            keyframe: true,
+            data: Bytes::from_static(b"a"),
+        };
+        assert!(matches!(
+            m.on_frame(&g),
+            Some(PlayOutput::Tag {
+                type_id: TYPE_AUDIO,
+                timestamp: 40,
+                ..
+            })
+        ));
     }
 }

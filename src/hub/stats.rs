@@ -54,7 +54,8 @@ impl RateMeter {
 
     /// Bits per second over the last complete seconds (0 before the first full second).
     pub fn bits_per_second(&self, now: Instant) -> u64 {
-        self.window(now).map_or(0, |(secs, bytes, _)| bytes * 8 / secs)
+        self.window(now)
+            .map_or(0, |(secs, bytes, _)| bytes * 8 / secs)
     }
 
     /// Video frames per second over the last complete seconds.

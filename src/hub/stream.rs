@@ -108,11 +108,7 @@ impl LiveStream {
             bitrate_bps: st.meter.bits_per_second(now),
             measured_fps: st.meter.video_fps(now),
             subscribers: st.subscribers.len(),
-            dropped_frames: st
-                .subscribers
-                .iter()
-                .map(|q| q.dropped())
-                .sum(),
+            dropped_frames: st.subscribers.iter().map(|q| q.dropped()).sum(),
         }
     }
 

@@ -103,7 +103,14 @@ impl RtmpIngest {
 
     /// `onMetaData`: learns which tracks to wait for.
     pub fn on_metadata(&mut self, meta: &Amf0Value) {
-        let present = |k: &str| meta.get(k).is_some_and(|v| !matches!(v, Amf0Value::Null | Amf0Value::Undefined | Amf0Value::Boolean(false)));
+        let present = |k: &str| {
+            meta.get(k).is_some_and(|v| {
+                !matches!(
+                    v,
+                    Amf0Value::Null | Amf0Value::Undefined | Amf0Value::Boolean(false)
+                )
+            })
+        };
         self.metadata_seen = true;
         self.expect_video |= present("videocodecid");
         self.expect_audio |= present("audiocodecid");
@@ -275,7 +282,9 @@ mod tests {
     use super::*;
     use crate::hub::{Event, Hub};
     use crate::media::test_support::{ASC_LC_44100_STEREO, AVCC_720P};
-    use crate::proto::flv::{aac_sequence_header_tag, avc_frame_tag_header, avc_sequence_header_tag};
+    use crate::proto::flv::{
+        aac_sequence_header_tag, avc_frame_tag_header, avc_sequence_header_tag,
+    };
 
     fn video_frame(keyframe: bool, cts: i32) -> Bytes {
         let mut v = avc_frame_tag_header(keyframe, cts).to_vec();
@@ -307,10 +316,14 @@ mod tests {
             ("videocodecid", Amf0Value::Number(7.0)),
             ("audiocodecid", Amf0Value::Number(10.0)),
         ]));
-        ingest.on_video(0, avc_sequence_header_tag(AVCC_720P)).unwrap();
+        ingest
+            .on_video(0, avc_sequence_header_tag(AVCC_720P))
+            .unwrap();
         ingest.on_video(0, video_frame(true, 66)).unwrap();
         assert_eq!(drain(&mut sub), (0, vec![]), "audio config still missing");
-        ingest.on_audio(0, aac_sequence_header_tag(ASC_LC_44100_STEREO)).unwrap();
+        ingest
+            .on_audio(0, aac_sequence_header_tag(ASC_LC_44100_STEREO))
+            .unwrap();
         ingest.on_audio(10, audio_frame()).unwrap();
         ingest.on_video(33, video_frame(false, 0)).unwrap();
         let (tracks, frames) = drain(&mut sub);
@@ -325,7 +338,9 @@ mod tests {
         let hub = Hub::default();
         let mut ingest = RtmpIngest::new(hub.publish("s", "rtmp").unwrap());
         let mut sub = hub.subscribe("s").unwrap();
-        ingest.on_video(0, avc_sequence_header_tag(AVCC_720P)).unwrap();
+        ingest
+            .on_video(0, avc_sequence_header_tag(AVCC_720P))
+            .unwrap();
         ingest.on_video(0, video_frame(true, 0)).unwrap();
         assert_eq!(drain(&mut sub), (1, vec![(0, 0, 0)]));
     }
@@ -339,9 +354,13 @@ mod tests {
             ("videocodecid", Amf0Value::Number(7.0)),
             ("audiocodecid", Amf0Value::Number(10.0)),
         ]));
-        ingest.on_video(0, avc_sequence_header_tag(AVCC_720P)).unwrap();
+        ingest
+            .on_video(0, avc_sequence_header_tag(AVCC_720P))
+            .unwrap();
         for i in 0..70 {
-            ingest.on_video(i * 33, video_frame(i % 30 == 0, 0)).unwrap();
+            ingest
+                .on_video(i * 33, video_frame(i % 30 == 0, 0))
+                .unwrap();
         }
         let (tracks, frames) = drain(&mut sub);
         assert_eq!(tracks, 1);
@@ -353,10 +372,16 @@ mod tests {
         let hub = Hub::default();
         let mut ingest = RtmpIngest::new(hub.publish("s", "rtmp").unwrap());
         let mut sub = hub.subscribe("s").unwrap();
-        ingest.on_video(0, avc_sequence_header_tag(AVCC_720P)).unwrap();
+        ingest
+            .on_video(0, avc_sequence_header_tag(AVCC_720P))
+            .unwrap();
         ingest.on_video(0, video_frame(true, 0)).unwrap();
-        ingest.on_video(40, avc_sequence_header_tag(AVCC_720P)).unwrap();
-        ingest.on_audio(40, aac_sequence_header_tag(ASC_LC_44100_STEREO)).unwrap();
+        ingest
+            .on_video(40, avc_sequence_header_tag(AVCC_720P))
+            .unwrap();
+        ingest
+            .on_audio(40, aac_sequence_header_tag(ASC_LC_44100_STEREO))
+            .unwrap();
         let (tracks, _) = drain(&mut sub);
         assert_eq!(tracks, 2, "the audio track appeared: one re-announcement");
     }
@@ -366,7 +391,9 @@ mod tests {
         let hub = Hub::default();
         let mut ingest = RtmpIngest::new(hub.publish("s", "rtmp").unwrap());
         assert!(ingest.on_video(0, Bytes::new()).is_err());
-        assert!(ingest.on_video(0, Bytes::from_static(&[0x17, 0, 0, 0, 0, 1, 2])).is_err());
+        assert!(ingest
+            .on_video(0, Bytes::from_static(&[0x17, 0, 0, 0, 0, 1, 2]))
+            .is_err());
         assert!(ingest.on_audio(0, Bytes::from_static(&[0xAF, 0])).is_err());
     }
 

@@ -15,6 +15,8 @@
 use bytes::Bytes;
 use thiserror::Error;
 
+use super::bits::{BitReader, BitsError};
+
 /// Sampling rates addressed by `samplingFrequencyIndex` 0..=12.
 const SAMPLE_RATES: [u32; 13] = [
     96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350,
@@ -292,60 +294,11 @@ fn read_sbr_sync_extension(r: &mut BitReader<'_>) -> Result<Option<u32>, AacErro
     Ok(Some(read_sample_rate(r)?))
 }
 
-/// MSB-first bit reader over a byte slice.
-struct BitReader<'a> {
-    /// Underlying bytes.
-    data: &'a [u8],
-    /// Index of the next unread bit.
-    pos: usize,
-}
-
-impl<'a> BitReader<'a> {
-    /// Creates a reader at bit 0.
-    fn new(data: &'a [u8]) -> Self {
-        Self { data, pos: 0 }
-    }
-
-    /// Number of unread bits.
-    fn remaining(&self) -> usize {
-        self.data.len().saturating_mul(8).saturating_sub(self.pos)
-    }
-
-    /// Reads one bit.
-    fn bit(&mut self, what: &'static str) -> Result<u32, AacError> {
-        let byte = self
-            .data
-            .get(self.pos / 8)
-            .ok_or(AacError::Truncated(what))?;
-        let shift = 7 - (self.pos % 8);
-        self.pos = self.pos.saturating_add(1);
-        Ok(u32::from((byte >> shift) & 1))
-    }
-
-    /// Reads one bit as a boolean flag.
-    fn flag(&mut self, what: &'static str) -> Result<bool, AacError> {
-        Ok(self.bit(what)? == 1)
-    }
-
-    /// Reads `n` (at most 32) bits, MSB first.
-    fn bits(&mut self, n: u32, what: &'static str) -> Result<u32, AacError> {
-        let mut v: u64 = 0;
-        for _ in 0..n.min(32) {
-            v = (v << 1) | u64::from(self.bit(what)?);
-        }
-        u32::try_from(v).map_err(|_| AacError::Truncated(what))
-    }
-
-    /// Reads `n` (at most 8) bits as a `u8`.
-    fn u8_bits(&mut self, n: u32, what: &'static str) -> Result<u8, AacError> {
-        u8::try_from(self.bits(n.min(8), what)?).map_err(|_| AacError::Truncated(what))
-    }
-
-    /// Advances to the next byte boundary.
-    fn byte_align(&mut self) {
-        let rem = self.pos % 8;
-        if rem != 0 {
-            self.pos = self.pos.saturating_add(8 - rem);
+impl From<BitsError> for AacError {
+    fn from(e: BitsError) -> Self {
+        match e {
+            BitsError::Truncated(what) => AacError::Truncated(what),
+            BitsError::OutOfRange(what) => AacError::Truncated(what),
         }
     }
 }

@@ -14,6 +14,8 @@
 use bytes::Bytes;
 use thiserror::Error;
 
+use super::bits::{BitReader, BitsError};
+
 /// NAL unit type of a sequence parameter set.
 const NAL_TYPE_SPS: u8 = 7;
 /// NAL unit type of a picture parameter set.
@@ -21,7 +23,6 @@ const NAL_TYPE_PPS: u8 = 8;
 /// NAL unit type of a coded slice of an IDR picture.
 const NAL_TYPE_IDR: u8 = 5;
 /// Largest exp-Golomb prefix that still yields a value fitting in `u32`.
-const MAX_EXP_GOLOMB_PREFIX: u32 = 31;
 /// Upper bound of `num_ref_frames_in_pic_order_cnt_cycle` (spec: 0..=255).
 const MAX_POC_CYCLE_LEN: u32 = 255;
 /// Upper bound of `cpb_cnt_minus1` in HRD parameters (spec: 0..=31).
@@ -632,79 +633,12 @@ impl<'a> ByteCursor<'a> {
     }
 }
 
-/// MSB-first bit reader over an RBSP with exp-Golomb support.
-struct BitReader<'a> {
-    /// RBSP bytes (emulation prevention already removed).
-    data: &'a [u8],
-    /// Index of the next unread bit.
-    pos: usize,
-}
-
-impl<'a> BitReader<'a> {
-    /// Creates a reader at bit 0.
-    fn new(data: &'a [u8]) -> Self {
-        Self { data, pos: 0 }
-    }
-
-    /// Reads one bit.
-    fn bit(&mut self, what: &'static str) -> Result<u32, H264Error> {
-        let byte = self
-            .data
-            .get(self.pos / 8)
-            .ok_or(H264Error::Truncated(what))?;
-        let shift = 7 - (self.pos % 8);
-        self.pos = self.pos.saturating_add(1);
-        Ok(u32::from((byte >> shift) & 1))
-    }
-
-    /// Reads one bit as a boolean flag.
-    fn flag(&mut self, what: &'static str) -> Result<bool, H264Error> {
-        Ok(self.bit(what)? == 1)
-    }
-
-    /// Reads `n` (at most 32) bits, MSB first.
-    fn bits(&mut self, n: u32, what: &'static str) -> Result<u32, H264Error> {
-        let mut v: u64 = 0;
-        for _ in 0..n.min(32) {
-            v = (v << 1) | u64::from(self.bit(what)?);
+impl From<BitsError> for H264Error {
+    fn from(e: BitsError) -> Self {
+        match e {
+            BitsError::Truncated(what) => H264Error::Truncated(what),
+            BitsError::OutOfRange(what) => H264Error::OutOfRange(what),
         }
-        u32::try_from(v).map_err(|_| H264Error::OutOfRange(what))
-    }
-
-    /// Reads `n` (at most 8) bits as a `u8`.
-    fn u8_bits(&mut self, n: u32, what: &'static str) -> Result<u8, H264Error> {
-        u8::try_from(self.bits(n.min(8), what)?).map_err(|_| H264Error::OutOfRange(what))
-    }
-
-    /// Reads an unsigned exp-Golomb value `ue(v)`.
-    fn ue(&mut self, what: &'static str) -> Result<u32, H264Error> {
-        let mut zeros = 0u32;
-        while self.bit(what)? == 0 {
-            zeros = zeros.saturating_add(1);
-            if zeros > MAX_EXP_GOLOMB_PREFIX {
-                return Err(H264Error::OutOfRange(what));
-            }
-        }
-        let suffix = u64::from(self.bits(zeros, what)?);
-        let value = (1u64 << zeros) - 1 + suffix;
-        u32::try_from(value).map_err(|_| H264Error::OutOfRange(what))
-    }
-
-    /// Reads `ue(v)` and rejects values above `max`, returning a `u8`.
-    fn ue_max(&mut self, max: u32, what: &'static str) -> Result<u8, H264Error> {
-        let v = self.ue(what)?;
-        if v > max {
-            return Err(H264Error::OutOfRange(what));
-        }
-        u8::try_from(v).map_err(|_| H264Error::OutOfRange(what))
-    }
-
-    /// Reads a signed exp-Golomb value `se(v)`.
-    fn se(&mut self, what: &'static str) -> Result<i32, H264Error> {
-        let k = i64::from(self.ue(what)?);
-        let magnitude = (k + 1) / 2;
-        let value = if k % 2 == 1 { magnitude } else { -magnitude };
-        i32::try_from(value).map_err(|_| H264Error::OutOfRange(what))
     }
 }
 

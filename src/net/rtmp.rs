@@ -169,7 +169,10 @@ impl Connection {
         let mut hs = Handshake::new(PeerType::Server);
         loop {
             self.read_some().await?;
-            match hs.process_bytes(&self.buf).map_err(ConnectionError::Handshake)? {
+            match hs
+                .process_bytes(&self.buf)
+                .map_err(ConnectionError::Handshake)?
+            {
                 HandshakeProcessResult::InProgress { response_bytes } => {
                     self.socket.write_all(&response_bytes).await?;
                 }
@@ -219,7 +222,10 @@ impl Connection {
             Err(HubError::AlreadyPublishing(_)) => {
                 tracing::warn!(peer = %self.peer, stream = %stream.id, "rtmp: publish refused: stream already live");
                 return self
-                    .refuse("NetStream.Publish.BadName", "stream is already being published")
+                    .refuse(
+                        "NetStream.Publish.BadName",
+                        "stream is already being published",
+                    )
                     .await;
             }
         };

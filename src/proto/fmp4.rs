@@ -13,8 +13,8 @@
 use bytes::Bytes;
 use mp4_atom::{
     Atom, Audio, Avc1, Avcc, AvccExt, Dinf, Dref, Encode, Esds, Ftyp, Hdlr, Header, Mdat, Mdhd,
-    Mdia, Mfhd, Minf, Moof, Moov, Mp4a, Mvex, Mvhd, Smhd, Stbl, Stco, Stsc, Stsd, Stsz, Stts,
-    Tfdt, Tfhd, Tkhd, Traf, Trak, Trex, Trun, TrunEntry, TrunSamples, Url, Visual, Vmhd,
+    Mdia, Mfhd, Minf, Moof, Moov, Mp4a, Mvex, Mvhd, Smhd, Stbl, Stco, Stsc, Stsd, Stsz, Stts, Tfdt,
+    Tfhd, Tkhd, Traf, Trak, Trex, Trun, TrunEntry, TrunSamples, Url, Visual, Vmhd,
 };
 
 use crate::media::aac::AacConfig;
@@ -110,7 +110,12 @@ pub fn init_segment(tracks: &Tracks) -> Result<Bytes, Fmp4Error> {
     let ftyp = Ftyp {
         major_brand: b"iso6".into(),
         minor_version: 0,
-        compatible_brands: vec![b"iso6".into(), b"cmfc".into(), b"isom".into(), b"mp41".into()],
+        compatible_brands: vec![
+            b"iso6".into(),
+            b"cmfc".into(),
+            b"isom".into(),
+            b"mp41".into(),
+        ],
     };
     let next_track_id = tracks.list.iter().map(mp4_track_id).max().unwrap_or(0) + 1;
     let moov = Moov {
@@ -305,7 +310,8 @@ pub fn fragment(sequence_number: u32, runs: &[TrackRun<'_>]) -> Result<Chunks, F
     let mut offset = moof_len + 8;
     for (traf, run) in moof.traf.iter_mut().zip(&runs) {
         for trun in &mut traf.trun {
-            trun.data_offset = Some(i32::try_from(offset).map_err(|_| Fmp4Error::SampleTooLarge(offset))?);
+            trun.data_offset =
+                Some(i32::try_from(offset).map_err(|_| Fmp4Error::SampleTooLarge(offset))?);
         }
         offset += run.samples.iter().map(|s| s.data.len()).sum::<usize>();
     }
@@ -344,7 +350,8 @@ fn traf(run: &TrackRun<'_>) -> Result<Traf, Fmp4Error> {
         .samples
         .iter()
         .map(|s| {
-            let size = u32::try_from(s.data.len()).map_err(|_| Fmp4Error::SampleTooLarge(s.data.len()))?;
+            let size =
+                u32::try_from(s.data.len()).map_err(|_| Fmp4Error::SampleTooLarge(s.data.len()))?;
             Ok(TrunEntry {
                 duration: Some(s.duration),
                 size: Some(size),
@@ -469,7 +476,10 @@ mod tests {
         let off_a = moof.traf[1].trun[0].data_offset.unwrap() as usize;
         assert_eq!(&bytes[off_v..off_v + 6], b"VVVVvv");
         assert_eq!(&bytes[off_a..off_a + 3], b"AAA");
-        assert_eq!(moof.traf[0].tfdt.as_ref().unwrap().base_media_decode_time, 1000);
+        assert_eq!(
+            moof.traf[0].tfdt.as_ref().unwrap().base_media_decode_time,
+            1000
+        );
         let entries: Vec<_> = moof.traf[0].trun[0].samples.iter().collect();
         assert_eq!(entries[1].cts, Some(-33));
         assert_eq!(entries[0].flags, Some(SYNC_SAMPLE_FLAGS));

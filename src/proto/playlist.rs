@@ -151,7 +151,12 @@ impl MediaPlaylist {
             if i >= with_parts_from {
                 write_parts(&mut out, seg.msn, &seg.parts);
             }
-            let _ = write!(out, "#EXTINF:{:.5},\n{}\n", seg.duration, segment_uri(seg.msn));
+            let _ = write!(
+                out,
+                "#EXTINF:{:.5},\n{}\n",
+                seg.duration,
+                segment_uri(seg.msn)
+            );
         }
         if let Some(open) = &self.open {
             write_segment_head(
@@ -347,9 +352,7 @@ mod tests {
     fn renders_ll_hls_tags() {
         let text = sample().render();
         assert!(text.starts_with("#EXTM3U\n#EXT-X-VERSION:6\n#EXT-X-TARGETDURATION:2\n"));
-        assert!(text.contains(
-            "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=0.600\n"
-        ));
+        assert!(text.contains("#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=0.600\n"));
         assert!(text.contains("#EXT-X-PART-INF:PART-TARGET=0.200\n"));
         assert!(text.contains("#EXT-X-MEDIA-SEQUENCE:3\n"));
         // Parts only for the last two complete segments and the open one.

@@ -129,10 +129,12 @@ impl Store {
         let key = key.to_owned();
         self.call(move |c| {
             use rusqlite::OptionalExtension;
-            Ok(c.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
-                r.get(0)
-            })
-            .optional()?)
+            Ok(
+                c.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+                    r.get(0)
+                })
+                .optional()?,
+            )
         })
         .await
     }

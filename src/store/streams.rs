@@ -179,7 +179,10 @@ impl Store {
                  ORDER BY created_at, id LIMIT ?3"
             ))?;
             let mut rows = stmt
-                .query_map(params![after_created, after_id, limit as i64 + 1], row_to_stream)?
+                .query_map(
+                    params![after_created, after_id, limit as i64 + 1],
+                    row_to_stream,
+                )?
                 .collect::<Result<Vec<_>, _>>()?;
             let next_cursor = if rows.len() > limit {
                 rows.truncate(limit);
@@ -248,16 +251,31 @@ mod tests {
         assert!(row.id.starts_with("str_"));
         assert!(key.starts_with("sk_"));
         assert_eq!(row.state, StreamState::Idle);
-        let found = store.find_stream_by_key("live", &key).await.unwrap().unwrap();
+        let found = store
+            .find_stream_by_key("live", &key)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(found.id, row.id);
-        assert!(store.find_stream_by_key("other", &key).await.unwrap().is_none());
-        assert!(store.find_stream_by_key("live", "sk_wrong").await.unwrap().is_none());
+        assert!(store
+            .find_stream_by_key("other", &key)
+            .await
+            .unwrap()
+            .is_none());
+        assert!(store
+            .find_stream_by_key("live", "sk_wrong")
+            .await
+            .unwrap()
+            .is_none());
         assert!(matches!(
             store.create_stream("live", "demo", "again").await,
             Err(StoreError::Conflict(_))
         ));
         for i in 0..4 {
-            store.create_stream("live", &format!("s{i}"), "t").await.unwrap();
+            store
+                .create_stream("live", &format!("s{i}"), "t")
+                .await
+                .unwrap();
         }
         let p1 = store.list_streams(2, None).await.unwrap();
         assert_eq!(p1.rows.len(), 2);
@@ -267,10 +285,17 @@ mod tests {
         let p3 = store.list_streams(2, Some(c)).await.unwrap();
         assert_eq!(p3.rows.len(), 1);
         assert!(p3.next_cursor.is_none());
-        let mut ids: Vec<_> = [p1.rows, p2.rows, p3.rows].concat().into_iter().map(|r| r.id).collect();
+        let mut ids: Vec<_> = [p1.rows, p2.rows, p3.rows]
+            .concat()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
         ids.dedup();
         assert_eq!(ids.len(), 5);
-        store.set_stream_state(&row.id, StreamState::Live).await.unwrap();
+        store
+            .set_stream_state(&row.id, StreamState::Live)
+            .await
+            .unwrap();
         assert_eq!(store.end_stale_live_streams().await.unwrap(), 1);
         let r = store.get_stream(&row.id).await.unwrap().unwrap();
         assert_eq!(r.state, StreamState::Ended);

@@ -11,8 +11,7 @@ use bytes::Bytes;
 use media_server::{Config, Server};
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{
-    ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult,
-    PublishRequestType,
+    ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult, PublishRequestType,
 };
 use rml_rtmp::time::RtmpTimestamp;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -144,7 +143,11 @@ pub enum PublishError {
 
 impl RtmpPublisher {
     /// Connects, handshakes, connects to `app` and publishes `key`.
-    pub async fn connect(addr: std::net::SocketAddr, app: &str, key: &str) -> Result<Self, PublishError> {
+    pub async fn connect(
+        addr: std::net::SocketAddr,
+        app: &str,
+        key: &str,
+    ) -> Result<Self, PublishError> {
         let mut socket = TcpStream::connect(addr).await.expect("tcp connect");
         socket.set_nodelay(true).unwrap();
         let remaining = client_handshake(&mut socket).await;
@@ -153,13 +156,15 @@ impl RtmpPublisher {
         p.handle(&remaining).await?;
         let r = p.session.request_connection(app.to_owned()).unwrap();
         p.send(vec![r]).await;
-        p.wait_for(|e| matches!(e, ClientSessionEvent::ConnectionRequestAccepted)).await?;
+        p.wait_for(|e| matches!(e, ClientSessionEvent::ConnectionRequestAccepted))
+            .await?;
         let r = p
             .session
             .request_publishing(key.to_owned(), PublishRequestType::Live)
             .unwrap();
         p.send(vec![r]).await;
-        p.wait_for(|e| matches!(e, ClientSessionEvent::PublishRequestAccepted)).await?;
+        p.wait_for(|e| matches!(e, ClientSessionEvent::PublishRequestAccepted))
+            .await?;
         Ok(p)
     }
 
@@ -191,21 +196,30 @@ impl RtmpPublisher {
         Ok(events)
     }
 
-    async fn wait_for(&mut self, want: impl Fn(&ClientSessionEvent) -> bool) -> Result<(), PublishError> {
+    async fn wait_for(
+        &mut self,
+        want: impl Fn(&ClientSessionEvent) -> bool,
+    ) -> Result<(), PublishError> {
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut buf = vec![0u8; 65536];
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let n = match tokio::time::timeout(left, self.socket.read(&mut buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return Err(PublishError::Refused("connection closed".into())),
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    return Err(PublishError::Refused("connection closed".into()))
+                }
                 Ok(Ok(n)) => n,
                 Err(_) => return Err(PublishError::Refused("timed out".into())),
             };
-            for e in self.handle(&buf[..n].to_vec()).await? {
+            let chunk = buf[..n].to_vec();
+            for e in self.handle(&chunk).await? {
                 if want(&e) {
                     return Ok(());
                 }
-                if let ClientSessionEvent::UnhandleableAmf0Command { additional_values, .. } = &e {
+                if let ClientSessionEvent::UnhandleableAmf0Command {
+                    additional_values, ..
+                } = &e
+                {
                     let text = format!("{additional_values:?}");
                     if text.contains("error") {
                         return Err(PublishError::Refused(text));
@@ -320,7 +334,10 @@ pub async fn wait_for_200(url: &str, secs: u64) -> Bytes {
         if status == 200 {
             return body;
         }
-        assert!(Instant::now() < deadline, "{url} never became available (last {status})");
+        assert!(
+            Instant::now() < deadline,
+            "{url} never became available (last {status})"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -329,7 +346,10 @@ pub async fn wait_for_200(url: &str, secs: u64) -> Bytes {
 pub fn parse_media_playlist(text: &[u8]) -> m3u8_rs::MediaPlaylist {
     match m3u8_rs::parse_playlist_res(text) {
         Ok(m3u8_rs::Playlist::MediaPlaylist(pl)) => pl,
-        other => panic!("not a media playlist: {other:?}\n{}", String::from_utf8_lossy(text)),
+        other => panic!(
+            "not a media playlist: {other:?}\n{}",
+            String::from_utf8_lossy(text)
+        ),
     }
 }
 

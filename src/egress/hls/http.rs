@@ -47,10 +47,16 @@ fn parse_resource(file: &str) -> Option<Resource> {
         "media.m3u8" => return Some(Resource::Media),
         _ => {}
     }
-    if let Some(n) = file.strip_prefix("init").and_then(|f| f.strip_suffix(".mp4")) {
+    if let Some(n) = file
+        .strip_prefix("init")
+        .and_then(|f| f.strip_suffix(".mp4"))
+    {
         return n.parse().ok().map(Resource::Init);
     }
-    if let Some(n) = file.strip_prefix("seg").and_then(|f| f.strip_suffix(".m4s")) {
+    if let Some(n) = file
+        .strip_prefix("seg")
+        .and_then(|f| f.strip_suffix(".m4s"))
+    {
         return n.parse().ok().map(Resource::Segment);
     }
     let rest = file.strip_prefix("part")?.strip_suffix(".m4s")?;
@@ -63,8 +69,8 @@ async fn serve(
     Path((stream_id, file)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, HttpError> {
-    let resource =
-        parse_resource(&file).ok_or_else(|| HttpError::not_found(format!("no such file: {file}")))?;
+    let resource = parse_resource(&file)
+        .ok_or_else(|| HttpError::not_found(format!("no such file: {file}")))?;
     let stream = registry
         .get(&stream_id)
         .ok_or_else(|| HttpError::not_found(format!("stream {stream_id} is not live")))?;
@@ -73,8 +79,16 @@ async fn serve(
         Resource::Media => media_playlist(&stream, &query).await,
         Resource::Init(id) => {
             let init = stream.lock().init(id);
-            init.map(|b| media_response(Chunks { len: b.len(), parts: vec![b] }, "video/mp4"))
-                .ok_or_else(|| HttpError::not_found(format!("no init segment {id}")))
+            init.map(|b| {
+                media_response(
+                    Chunks {
+                        len: b.len(),
+                        parts: vec![b],
+                    },
+                    "video/mp4",
+                )
+            })
+            .ok_or_else(|| HttpError::not_found(format!("no init segment {id}")))
         }
         Resource::Segment(msn) => {
             let seg = stream.lock().segment(msn);
@@ -87,8 +101,8 @@ async fn serve(
 
 fn multivariant(stream: &HlsStream) -> Result<Response, HttpError> {
     let variant = stream.lock().variant();
-    let variant =
-        variant.ok_or_else(|| HttpError::not_found("the stream has not announced its tracks yet"))?;
+    let variant = variant
+        .ok_or_else(|| HttpError::not_found("the stream has not announced its tracks yet"))?;
     Ok(playlist_response(
         playlist::render_multivariant(&[variant]),
         "no-cache",
@@ -99,8 +113,9 @@ fn parse_u64(query: &HashMap<String, String>, key: &str) -> Result<Option<u64>, 
     query
         .get(key)
         .map(|v| {
-            v.parse()
-                .map_err(|_| HttpError::bad_request(format!("{key} must be a non-negative integer")))
+            v.parse().map_err(|_| {
+                HttpError::bad_request(format!("{key} must be a non-negative integer"))
+            })
         })
         .transpose()
 }
@@ -204,7 +219,10 @@ async fn part(stream: &HlsStream, msn: u64, index: usize) -> Result<Response, Ht
 fn playlist_response(text: String, cache: &'static str) -> Response {
     let mut resp = (StatusCode::OK, text).into_response();
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(PLAYLIST_TYPE));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(PLAYLIST_TYPE),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     resp
 }
@@ -238,7 +256,11 @@ impl http_body::Body for ChunksBody {
         mut self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        Poll::Ready(self.parts.pop_front().map(|b| Ok(http_body::Frame::data(b))))
+        Poll::Ready(
+            self.parts
+                .pop_front()
+                .map(|b| Ok(http_body::Frame::data(b))),
+        )
     }
 
     fn is_end_stream(&self) -> bool {

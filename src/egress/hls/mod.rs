@@ -102,11 +102,9 @@ impl HlsRegistry {
         // the same lock) cannot end a playlist a new session has just taken over.
         let (stream, generation) = {
             let mut map = self.map();
-            let reusable = map
-                .get(stream_id)
-                .filter(|s| !s.lock().is_ended())
-                .cloned();
-            let stream = reusable.unwrap_or_else(|| Arc::new(HlsStream::new(self.segmenter_config())));
+            let reusable = map.get(stream_id).filter(|s| !s.lock().is_ended()).cloned();
+            let stream =
+                reusable.unwrap_or_else(|| Arc::new(HlsStream::new(self.segmenter_config())));
             map.insert(stream_id.to_owned(), stream.clone());
             let generation = stream.generation.fetch_add(1, Ordering::SeqCst) + 1;
             (stream, generation)
@@ -118,7 +116,13 @@ impl HlsRegistry {
         });
     }
 
-    async fn run(self: Arc<Self>, id: &str, stream: Arc<HlsStream>, mut sub: Subscription, generation: u64) {
+    async fn run(
+        self: Arc<Self>,
+        id: &str,
+        stream: Arc<HlsStream>,
+        mut sub: Subscription,
+        generation: u64,
+    ) {
         let mut shutdown = self.shutdown.clone();
         let session = stream.session.lock().await;
         loop {

@@ -138,7 +138,10 @@ impl Segmenter {
 
     /// An init segment by id.
     pub fn init(&self, id: u32) -> Option<Bytes> {
-        self.inits.iter().find(|(i, _)| *i == id).map(|(_, b)| b.clone())
+        self.inits
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, b)| b.clone())
     }
 
     /// A complete segment's bytes.
@@ -469,7 +472,13 @@ mod tests {
         for i in 0..frames {
             let dts = t0 + i * 1000 / 30;
             // pts of a IPBB pattern: P is shown 2 frames later, Bs 1 frame earlier.
-            let cts = if i % gop == 0 { 33 } else if i % 3 == 1 { 100 } else { 0 };
+            let cts = if i % gop == 0 {
+                33
+            } else if i % 3 == 1 {
+                100
+            } else {
+                0
+            };
             events.push(Frame {
                 track: TrackId(0),
                 dts,
@@ -508,7 +517,12 @@ mod tests {
         assert_eq!(pl.segments.len(), 4);
         assert_eq!(pl.media_sequence(), 1);
         for s in &pl.segments {
-            assert!((s.duration - 2.0).abs() < 0.05, "segment {}: {}", s.msn, s.duration);
+            assert!(
+                (s.duration - 2.0).abs() < 0.05,
+                "segment {}: {}",
+                s.msn,
+                s.duration
+            );
             assert!(s.parts[0].independent);
             assert!(s.parts[1..].iter().all(|p| !p.independent));
             let total: f64 = s.parts.iter().map(|p| p.duration).sum();
@@ -537,7 +551,10 @@ mod tests {
         seg.finish(true);
         let durations: Vec<f64> = seg.playlist().segments.iter().map(|s| s.duration).collect();
         assert_eq!(durations.len(), 3);
-        assert!(durations.iter().all(|d| (d - 3.0).abs() < 0.05), "{durations:?}");
+        assert!(
+            durations.iter().all(|d| (d - 3.0).abs() < 0.05),
+            "{durations:?}"
+        );
         assert_eq!(seg.playlist().target_duration(), 3);
     }
 
@@ -593,7 +610,10 @@ mod tests {
             }
         }
         // The timeline starts at zero whatever the publisher's first timestamp was.
-        assert!(next[0].unwrap() >= 5900 && next[0].unwrap() <= 6100, "{next:?}");
+        assert!(
+            next[0].unwrap() >= 5900 && next[0].unwrap() <= 6100,
+            "{next:?}"
+        );
     }
 
     #[test]

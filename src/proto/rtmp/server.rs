@@ -144,8 +144,14 @@ impl ServerSession {
                     // PingRequest: answer with PingResponse carrying the same timestamp.
                     let mut payload = vec![0, 7];
                     payload.extend_from_slice(&data);
-                    self.writer
-                        .write_message(&mut self.out, 2, 0, message::TYPE_USER_CONTROL, 0, &payload);
+                    self.writer.write_message(
+                        &mut self.out,
+                        2,
+                        0,
+                        message::TYPE_USER_CONTROL,
+                        0,
+                        &payload,
+                    );
                     None
                 }
                 RtmpMessage::Command {
@@ -197,7 +203,13 @@ impl ServerSession {
                 Ok(None)
             }
             "createStream" => {
-                self.result(txn, &[Amf0Value::Null, Amf0Value::Number(f64::from(MEDIA_STREAM_ID))]);
+                self.result(
+                    txn,
+                    &[
+                        Amf0Value::Null,
+                        Amf0Value::Number(f64::from(MEDIA_STREAM_ID)),
+                    ],
+                );
                 Ok(None)
             }
             "releaseStream" | "FCPublish" | "getStreamLength" => {
@@ -250,8 +262,18 @@ impl ServerSession {
     }
 
     fn result(&mut self, txn: f64, values: &[Amf0Value]) {
-        let (object, rest) = values.split_first().map_or((Amf0Value::Null, &[][..]), |(o, r)| (o.clone(), r));
-        message::write_command(&mut self.writer, &mut self.out, 0, "_result", txn, &object, rest);
+        let (object, rest) = values
+            .split_first()
+            .map_or((Amf0Value::Null, &[][..]), |(o, r)| (o.clone(), r));
+        message::write_command(
+            &mut self.writer,
+            &mut self.out,
+            0,
+            "_result",
+            txn,
+            &object,
+            rest,
+        );
     }
 
     fn on_status(&mut self, level: &str, code: &str, description: &str) {
@@ -299,7 +321,11 @@ impl ServerSession {
     /// Tells a player the stream ended.
     pub fn end_play(&mut self) {
         message::write_user_control_stream_eof(&mut self.writer, &mut self.out, MEDIA_STREAM_ID);
-        self.on_status("status", "NetStream.Play.UnpublishNotify", "The stream ended.");
+        self.on_status(
+            "status",
+            "NetStream.Play.UnpublishNotify",
+            "The stream ended.",
+        );
     }
 
     /// Sends `onMetaData` to a player.
@@ -314,7 +340,14 @@ impl ServerSession {
 
     /// Sends an FLV audio (type 8) or video (type 9) tag body to a player.
     pub fn send_media(&mut self, type_id: u8, timestamp: u32, tag: &[u8]) {
-        message::write_media(&mut self.writer, &mut self.out, type_id, MEDIA_STREAM_ID, timestamp, tag);
+        message::write_media(
+            &mut self.writer,
+            &mut self.out,
+            type_id,
+            MEDIA_STREAM_ID,
+            timestamp,
+            tag,
+        );
     }
 }
 
@@ -358,7 +391,14 @@ mod tests {
                 out: BytesMut::new(),
             }
         }
-        fn command(&mut self, stream: u32, name: &str, txn: f64, obj: Amf0Value, args: &[Amf0Value]) {
+        fn command(
+            &mut self,
+            stream: u32,
+            name: &str,
+            txn: f64,
+            obj: Amf0Value,
+            args: &[Amf0Value],
+        ) {
             message::write_command(&mut self.w, &mut self.out, stream, name, txn, &obj, args);
         }
     }
@@ -394,18 +434,41 @@ mod tests {
             ]),
             &[],
         );
-        c.command(0, "releaseStream", 2.0, Amf0Value::Null, &[Amf0Value::String("sk_1".into())]);
-        c.command(0, "FCPublish", 3.0, Amf0Value::Null, &[Amf0Value::String("sk_1".into())]);
+        c.command(
+            0,
+            "releaseStream",
+            2.0,
+            Amf0Value::Null,
+            &[Amf0Value::String("sk_1".into())],
+        );
+        c.command(
+            0,
+            "FCPublish",
+            3.0,
+            Amf0Value::Null,
+            &[Amf0Value::String("sk_1".into())],
+        );
         c.command(0, "createStream", 4.0, Amf0Value::Null, &[]);
-        c.command(1, "publish", 5.0, Amf0Value::Null, &[
-            Amf0Value::String("sk_1".into()),
-            Amf0Value::String("live".into()),
-        ]);
-        message::write_data(&mut c.w, &mut c.out, 1, &[
-            Amf0Value::String("@setDataFrame".into()),
-            Amf0Value::String("onMetaData".into()),
-            Amf0Value::EcmaArray(vec![("width".into(), Amf0Value::Number(1280.0))]),
-        ]);
+        c.command(
+            1,
+            "publish",
+            5.0,
+            Amf0Value::Null,
+            &[
+                Amf0Value::String("sk_1".into()),
+                Amf0Value::String("live".into()),
+            ],
+        );
+        message::write_data(
+            &mut c.w,
+            &mut c.out,
+            1,
+            &[
+                Amf0Value::String("@setDataFrame".into()),
+                Amf0Value::String("onMetaData".into()),
+                Amf0Value::EcmaArray(vec![("width".into(), Amf0Value::Number(1280.0))]),
+            ],
+        );
         message::write_media(&mut c.w, &mut c.out, 9, 1, 40, &[0x17, 0, 0, 0, 0]);
         let mut s = ServerSession::new(1 << 20, 4096);
         s.push(&c.out);
@@ -417,16 +480,21 @@ mod tests {
                 name: "sk_1".into()
             }
         );
-        assert!(matches!(&ev[1], SessionEvent::Metadata(m) if m.get("width").and_then(Amf0Value::as_f64) == Some(1280.0)));
+        assert!(
+            matches!(&ev[1], SessionEvent::Metadata(m) if m.get("width").and_then(Amf0Value::as_f64) == Some(1280.0))
+        );
         assert!(matches!(&ev[2], SessionEvent::Video { timestamp: 40, .. }));
         s.accept_publish();
         let out = replies(&s.take_output());
         let results: Vec<_> = out
             .iter()
             .filter_map(|m| match m {
-                RtmpMessage::Command { name, transaction_id, args, .. } => {
-                    Some((name.clone(), *transaction_id, args.clone()))
-                }
+                RtmpMessage::Command {
+                    name,
+                    transaction_id,
+                    args,
+                    ..
+                } => Some((name.clone(), *transaction_id, args.clone())),
                 _ => None,
             })
             .collect();
@@ -435,17 +503,30 @@ mod tests {
             results[0].2[0].get("code").and_then(Amf0Value::as_str),
             Some("NetConnection.Connect.Success")
         );
-        assert!(results.iter().any(|r| r.0 == "_result" && r.1 == 4.0 && r.2.get(0) == Some(&Amf0Value::Number(1.0))));
+        assert!(results.iter().any(|r| r.0 == "_result"
+            && r.1 == 4.0
+            && r.2.first() == Some(&Amf0Value::Number(1.0))));
         let last = results.last().unwrap();
         assert_eq!(last.0, "onStatus");
-        assert_eq!(last.2[0].get("code").and_then(Amf0Value::as_str), Some("NetStream.Publish.Start"));
-        assert!(out.iter().any(|m| matches!(m, RtmpMessage::SetChunkSize(4096))));
+        assert_eq!(
+            last.2[0].get("code").and_then(Amf0Value::as_str),
+            Some("NetStream.Publish.Start")
+        );
+        assert!(out
+            .iter()
+            .any(|m| matches!(m, RtmpMessage::SetChunkSize(4096))));
     }
 
     #[test]
     fn publish_before_connect_is_a_protocol_error() {
         let mut c = Client::new();
-        c.command(1, "publish", 5.0, Amf0Value::Null, &[Amf0Value::String("k".into())]);
+        c.command(
+            1,
+            "publish",
+            5.0,
+            Amf0Value::Null,
+            &[Amf0Value::String("k".into())],
+        );
         let mut s = ServerSession::new(1 << 20, 4096);
         s.push(&c.out);
         assert!(matches!(s.poll_event(), Err(SessionError::Protocol(_))));
@@ -454,8 +535,20 @@ mod tests {
     #[test]
     fn stream_name_query_is_stripped_and_reject_writes_error_status() {
         let mut c = Client::new();
-        c.command(0, "connect", 1.0, Amf0Value::object([("app", Amf0Value::String("live/".into()))]), &[]);
-        c.command(1, "play", 0.0, Amf0Value::Null, &[Amf0Value::String("str_1?x=1".into())]);
+        c.command(
+            0,
+            "connect",
+            1.0,
+            Amf0Value::object([("app", Amf0Value::String("live/".into()))]),
+            &[],
+        );
+        c.command(
+            1,
+            "play",
+            0.0,
+            Amf0Value::Null,
+            &[Amf0Value::String("str_1?x=1".into())],
+        );
         let mut s = ServerSession::new(1 << 20, 4096);
         s.push(&c.out);
         assert_eq!(
