@@ -15,9 +15,13 @@ use tower_http::trace::TraceLayer;
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::egress::hls::{self, HlsRegistry};
+use crate::egress::PlaybackGate;
+use crate::error::HttpError;
+use crate::events::EventBus;
 use crate::hub::{Hub, HubEvent};
 use crate::net::rtmp::{self, RtmpContext};
-use crate::store::{Store, StoreError, StreamState};
+use crate::play_token::{PlaySigner, PlayTokenError};
+use crate::store::{Privacy, Store, StoreError, StreamState};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -76,11 +80,24 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         );
     }
     let bootstrap = bootstrap(&store, &config).await?;
+    let signer = PlaySigner::new(&play_token_key(&store).await?);
     let (shutdown, shutdown_rx) = watch::channel(false);
     let hub = Hub::default();
-    let hls = HlsRegistry::new(config.hls.clone(), shutdown_rx.clone());
+    let (events, events_rx) = EventBus::new();
+    let gate = Arc::new(StoreGate {
+        store: store.clone(),
+        signer: signer.clone(),
+        cache: std::sync::Mutex::new(std::collections::HashMap::new()),
+    });
+    let hls = HlsRegistry::new(config.hls.clone(), shutdown_rx.clone(), hub.clone(), gate);
     let mut tasks = Vec::new();
-    tasks.push(wire_hub(&hub, &store, &hls, shutdown_rx.clone()));
+    tasks.push(wire_hub(&hub, &store, &hls, &events, shutdown_rx.clone()));
+    tasks.push(crate::webhooks::spawn(
+        store.clone(),
+        events_rx,
+        config.webhooks.clone(),
+        shutdown_rx.clone(),
+    ));
 
     let http = bind(config.http.listen).await?;
     let rtmp_listener = bind(config.rtmp.listen).await?;
@@ -95,21 +112,34 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             source,
         })?;
 
+    let api_state = ApiState::new(
+        config.clone(),
+        store.clone(),
+        hub.clone(),
+        events.clone(),
+        signer,
+    );
     let router = Router::new()
         .merge(hls::http::router(hls.clone()))
-        .merge(api::router(ApiState {
-            config: config.clone(),
-            store: store.clone(),
-            hub: hub.clone(),
-        }))
+        .merge(api::router(api_state))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             Duration::from_millis(config.http.request_timeout_ms),
         ))
-        .layer(TraceLayer::new_for_http());
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+                let request_id = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id)
+            }),
+        );
     let mut http_shutdown = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
-        let result = axum::serve(http, router)
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let result = axum::serve(http, service)
             .with_graceful_shutdown(async move {
                 crate::shutdown::requested(&mut http_shutdown).await;
             })
@@ -149,19 +179,29 @@ fn wire_hub(
     hub: &Hub,
     store: &Store,
     hls: &Arc<HlsRegistry>,
+    events: &EventBus,
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    let (tx, mut rx) = mpsc::channel::<(String, StreamState)>(1024);
+    type Update = (String, StreamState, &'static str);
+    let (tx, mut rx) = mpsc::channel::<Update>(1024);
     let hls = hls.clone();
+    let events = events.clone();
     hub.on_event(move |event| {
-        let (stream, state) = match event {
+        let (stream, state, kind) = match event {
             HubEvent::Published(s) => {
-                hls.start(&s.id, s.subscribe());
-                (s, StreamState::Live)
+                hls.start(&s.id, s.subscribe_internal());
+                (s, StreamState::Live, "stream.started")
             }
-            HubEvent::Unpublished(s) => (s, StreamState::Ended),
+            HubEvent::Unpublished(s) => (s, StreamState::Ended, "stream.ended"),
         };
-        if tx.try_send((stream.id.clone(), state)).is_err() {
+        events.publish(
+            kind,
+            serde_json::json!({ "stream": { "id": stream.id, "protocol": stream.protocol } }),
+        );
+        if tx
+            .try_send((stream.id.clone(), state, stream.protocol))
+            .is_err()
+        {
             tracing::error!(stream = %stream.id, "state update queue full; state not stored");
         }
     });
@@ -175,20 +215,22 @@ fn wire_hub(
                     // updates a moment to arrive, then store what is queued.
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     rx.close();
-                    while let Some((id, state)) = rx.recv().await {
-                        store_state(&store, &id, state).await;
+                    while let Some((id, state, protocol)) = rx.recv().await {
+                        store_state(&store, &id, state, protocol).await;
                     }
                     return;
                 }
             };
-            let Some((id, state)) = update else { return };
-            store_state(&store, &id, state).await;
+            let Some((id, state, protocol)) = update else {
+                return;
+            };
+            store_state(&store, &id, state, protocol).await;
         }
     })
 }
 
-async fn store_state(store: &Store, id: &str, state: StreamState) {
-    if let Err(err) = store.set_stream_state(id, state).await {
+async fn store_state(store: &Store, id: &str, state: StreamState, protocol: &str) {
+    if let Err(err) = store.set_stream_state(id, state, Some(protocol)).await {
         tracing::error!(stream = %id, %err, "cannot store stream state");
     }
 }
@@ -201,7 +243,13 @@ async fn bootstrap(store: &Store, config: &Config) -> Result<Option<Bootstrap>, 
     let (_, admin_token) = store
         .create_token("admin", &["*"], config.auth.admin_token.clone())
         .await?;
-    let (demo, key) = store.create_stream("live", "demo", "Demo stream").await?;
+    let (demo, key) = store
+        .create_stream(crate::store::NewStream::named(
+            "live",
+            "demo",
+            "Demo stream",
+        ))
+        .await?;
     store
         .set_setting("bootstrapped", &crate::store::now_rfc3339())
         .await?;
@@ -210,6 +258,84 @@ async fn bootstrap(store: &Store, config: &Config) -> Result<Option<Bootstrap>, 
         demo_stream_id: demo.id,
         demo_stream_key: key,
     }))
+}
+
+/// The server's play-token signing key: 32 random bytes created on the first start, kept in
+/// the settings table so tokens survive a restart.
+async fn play_token_key(store: &Store) -> Result<Vec<u8>, StoreError> {
+    if let Some(hex_key) = store.setting("play_token_key").await? {
+        if let Ok(key) = hex::decode(hex_key) {
+            return Ok(key);
+        }
+    }
+    let key = crate::store::random_id("", 32);
+    store.set_setting("play_token_key", &key).await?;
+    Ok(hex::decode(key).unwrap_or_default())
+}
+
+/// Private streams need a valid play token; the privacy flag is cached for two seconds so a
+/// viewer fetching parts does not cost a database query each time.
+struct StoreGate {
+    store: Store,
+    signer: PlaySigner,
+    cache: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Privacy)>>,
+}
+
+impl StoreGate {
+    async fn privacy(&self, stream_id: &str) -> Result<Privacy, HttpError> {
+        let now = std::time::Instant::now();
+        if let Some((at, p)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(stream_id)
+        {
+            if now.duration_since(*at) < Duration::from_secs(2) {
+                return Ok(*p);
+            }
+        }
+        let privacy = self
+            .store
+            .get_stream(stream_id)
+            .await
+            .map_err(|e| HttpError::internal("reading stream privacy", e))?
+            .map_or(Privacy::Public, |r| r.privacy);
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(stream_id.to_owned(), (now, privacy));
+        Ok(privacy)
+    }
+}
+
+impl PlaybackGate for StoreGate {
+    fn check<'a>(
+        &'a self,
+        stream_id: &'a str,
+        token: Option<&'a str>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), HttpError>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            if self.privacy(stream_id).await? == Privacy::Public {
+                return Ok(());
+            }
+            let token = token.ok_or_else(|| {
+                HttpError::unauthorized(
+                    "this stream is private: add ?token= from the play-token API",
+                )
+            })?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            self.signer
+                .verify(token, stream_id, now)
+                .map_err(|e| match e {
+                    PlayTokenError::Expired => HttpError::forbidden("play token expired"),
+                    PlayTokenError::Invalid => HttpError::forbidden("invalid play token"),
+                })
+        })
+    }
 }
 
 impl Server {

@@ -58,8 +58,12 @@ pub struct Config {
     pub rtmp: RtmpConfig,
     /// LL-HLS packaging.
     pub hls: HlsConfig,
-    /// Authentication bootstrap.
+    /// Authentication bootstrap and play tokens.
     pub auth: AuthConfig,
+    /// Control API limits and CORS.
+    pub api: ApiConfig,
+    /// Webhook delivery.
+    pub webhooks: WebhooksConfig,
 }
 
 /// `[server]`
@@ -120,11 +124,69 @@ pub struct HlsConfig {
 }
 
 /// `[auth]`
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// When set, the first start uses this admin token instead of generating one.
     pub admin_token: Option<String>,
+    /// Default lifetime of a play token for a private stream, in seconds.
+    pub play_token_ttl_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            admin_token: None,
+            play_token_ttl_secs: 3600,
+        }
+    }
+}
+
+/// `[api]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Requests per minute per API token.
+    pub rate_limit_per_token: u32,
+    /// Requests per minute per client IP for requests without a valid token.
+    pub rate_limit_per_ip: u32,
+    /// Largest accepted request body, in bytes (413 above).
+    pub max_body_bytes: usize,
+    /// Origins allowed by CORS (`*` for any); empty disables CORS headers.
+    pub cors_allowed_origins: Vec<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            rate_limit_per_token: 1000,
+            rate_limit_per_ip: 60,
+            max_body_bytes: 64 * 1024,
+            cors_allowed_origins: vec!["*".into()],
+        }
+    }
+}
+
+/// `[webhooks]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Attempts per event and webhook, the first included.
+    pub max_attempts: u32,
+    /// Wait before the second attempt (doubling after each failure), in milliseconds.
+    pub initial_backoff_ms: u64,
+    /// Timeout of one delivery attempt, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 6,
+            initial_backoff_ms: 1000,
+            timeout_ms: 5000,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -246,6 +308,24 @@ impl Config {
                 return invalid(key, "must be an absolute URL without a trailing slash");
             }
         }
+        if self.auth.play_token_ttl_secs == 0 {
+            return invalid("auth.play_token_ttl_secs", "must be at least 1");
+        }
+        if self.api.rate_limit_per_token == 0 || self.api.rate_limit_per_ip == 0 {
+            return invalid(
+                "api.rate_limit_*",
+                "rate limits must be at least 1 per minute",
+            );
+        }
+        if self.api.max_body_bytes < 1024 {
+            return invalid("api.max_body_bytes", "must be at least 1024");
+        }
+        if self.webhooks.max_attempts == 0 || self.webhooks.timeout_ms == 0 {
+            return invalid(
+                "webhooks.max_attempts",
+                "attempts and timeout must be greater than 0",
+            );
+        }
         if let Some(token) = &self.auth.admin_token {
             if token.len() < 16 {
                 return invalid("auth.admin_token", "must be at least 16 characters");
@@ -273,7 +353,7 @@ fn apply_env(
             var: var.clone(),
             problem,
         };
-        let (section, key) = ["server", "http", "rtmp", "hls", "auth"]
+        let (section, key) = ["server", "http", "rtmp", "hls", "auth", "api", "webhooks"]
             .iter()
             .find_map(|s| {
                 rest.strip_prefix(s)
@@ -294,6 +374,14 @@ fn apply_env(
                 .parse::<bool>()
                 .map(toml::Value::Boolean)
                 .map_err(|_| env_err(format!("{raw:?} is not true or false")))?,
+            // Lists are comma-separated: MEDIA_SERVER_API_CORS_ALLOWED_ORIGINS=a,b
+            Some(toml::Value::Array(_)) => toml::Value::Array(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .map(|v| toml::Value::String(v.to_owned()))
+                    .collect(),
+            ),
             Some(_) => toml::Value::String(raw.clone()),
             None if section == "auth" && key == "admin_token" => toml::Value::String(raw.clone()),
             None => return Err(env_err(format!("unknown key {section}.{key}"))),
@@ -354,6 +442,10 @@ mod tests {
                 ("MEDIA_SERVER_HTTP_LISTEN", "127.0.0.1:9000"),
                 ("MEDIA_SERVER_HLS_PART_TARGET_MS", "300"),
                 ("MEDIA_SERVER_AUTH_ADMIN_TOKEN", "0123456789abcdef0123"),
+                (
+                    "MEDIA_SERVER_API_CORS_ALLOWED_ORIGINS",
+                    "https://a.example, https://b.example",
+                ),
                 ("UNRELATED", "x"),
             ]),
         )
@@ -361,6 +453,10 @@ mod tests {
         assert_eq!(c.http.listen.to_string(), "127.0.0.1:9000");
         assert_eq!(c.hls.part_target_ms, 300);
         assert_eq!(c.auth.admin_token.as_deref(), Some("0123456789abcdef0123"));
+        assert_eq!(
+            c.api.cors_allowed_origins,
+            vec!["https://a.example", "https://b.example"]
+        );
     }
 
     #[test]

@@ -17,18 +17,40 @@ pub struct HttpError {
     pub code: &'static str,
     /// A human-readable explanation.
     pub message: String,
+    /// For 422: what is wrong with each field.
+    pub details: Vec<FieldError>,
+    /// For 429: seconds until the client may retry.
+    pub retry_after: Option<u64>,
 }
 
-#[derive(Serialize)]
-struct Envelope<'a> {
-    error: Body<'a>,
+/// One invalid field of a request body or query.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct FieldError {
+    /// The field's name.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    code: &'a str,
-    message: &'a str,
-    status: u16,
+/// The JSON shape of every error response.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorEnvelope {
+    /// The error.
+    pub error: ErrorBody,
+}
+
+/// The body of [`ErrorEnvelope`].
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Stable snake_case code.
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
+    /// HTTP status.
+    pub status: u16,
+    /// Per-field problems (422 only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<FieldError>,
 }
 
 impl HttpError {
@@ -38,7 +60,37 @@ impl HttpError {
             status,
             code,
             message: message.into(),
+            details: Vec::new(),
+            retry_after: None,
         }
+    }
+
+    /// 422 `validation_failed` listing every invalid field.
+    pub fn invalid_fields(details: Vec<FieldError>) -> Self {
+        let names: Vec<&str> = details.iter().map(|d| d.field.as_str()).collect();
+        let mut e = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            format!("invalid fields: {}", names.join(", ")),
+        );
+        e.details = details;
+        e
+    }
+
+    /// 409 `conflict`.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    /// 429 `rate_limited` with `Retry-After`.
+    pub fn rate_limited(retry_after: u64) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many requests; retry in {retry_after} s"),
+        );
+        e.retry_after = Some(retry_after);
+        e
     }
 
     /// 400 `bad_request`.
@@ -79,16 +131,20 @@ impl HttpError {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        let body = serde_json::to_vec(&Envelope {
-            error: Body {
-                code: self.code,
-                message: &self.message,
+        let body = serde_json::to_vec(&ErrorEnvelope {
+            error: ErrorBody {
+                code: self.code.to_owned(),
+                message: self.message,
                 status: self.status.as_u16(),
+                details: self.details,
             },
         })
         .unwrap_or_default();
         let mut resp = (self.status, body).into_response();
         let headers = resp.headers_mut();
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),

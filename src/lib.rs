@@ -13,21 +13,25 @@
 //! - [`proto`]: sans-IO protocols and containers (RTMP chunks/AMF0/session, FLV, fMP4,
 //!   playlists).
 //! - [`media`]: [`media::Frame`], tracks, H.264 and AAC configurations.
+//! - [`webhooks`]: signed, retried delivery of [`events`] to subscribers.
 //! - [`store`]: SQLite on its own thread; [`config`]: typed configuration;
-//!   [`error`]: the HTTP error shape.
+//!   [`error`]: the HTTP error shape; [`play_token`]: signed play tokens.
 
 pub mod api;
 pub mod app;
 pub mod config;
 pub mod egress;
 pub mod error;
+pub mod events;
 pub mod hub;
 pub mod ingest;
 pub mod media;
 pub mod net;
+pub mod play_token;
 pub mod proto;
 pub mod shutdown;
 pub mod store;
+pub mod webhooks;
 
 pub use app::{start, Bootstrap, Server, StartError};
 pub use config::Config;

@@ -87,10 +87,10 @@ async fn auth_errors_and_pagination() {
     assert_eq!(seen.len(), 5, "no stream twice");
 
     let (status, body, _) = call(&format!("{url}?limit=0"), Some(ADMIN_TOKEN)).await;
-    assert_eq!(status, 400);
-    assert_error(&body, 400, "bad_request");
+    assert_eq!(status, 422);
+    assert_error(&body, 422, "validation_failed");
     let (status, _, _) = call(&format!("{url}?limit=101"), Some(ADMIN_TOKEN)).await;
-    assert_eq!(status, 400);
+    assert_eq!(status, 422);
     let (status, body, _) = call(&format!("{url}?cursor=zzz"), Some(ADMIN_TOKEN)).await;
     assert_eq!(status, 400);
     assert_error(&body, 400, "bad_request");

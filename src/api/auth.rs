@@ -1,13 +1,26 @@
-//! Bearer-token authentication: the [`Auth`] extractor verifies the token against the store
-//! (by hash) and handlers ask it for the scope they need.
+//! Bearer-token authentication: the rate-limit middleware verifies the token once (by hash)
+//! and leaves a [`super::rate_limit::Caller`] in the request; the [`Auth`] extractor turns it
+//! into 401 (missing or invalid) or an authenticated caller whose scopes handlers check.
 
 use axum::extract::FromRequestParts;
-use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
-use super::ApiState;
+use super::rate_limit::Caller;
 use crate::error::HttpError;
 use crate::store::TokenRow;
+
+/// Every scope a token can hold (`*` grants all).
+pub const SCOPES: &[&str] = &[
+    "streams:read",
+    "streams:write",
+    "recordings:read",
+    "recordings:write",
+    "restreams:write",
+    "tokens:admin",
+    "webhooks:write",
+    "stats:read",
+    "*",
+];
 
 /// An authenticated caller.
 #[derive(Debug, Clone)]
@@ -26,27 +39,22 @@ impl Auth {
     }
 }
 
-impl FromRequestParts<ApiState> for Auth {
+impl<S: Send + Sync> FromRequestParts<S> for Auth {
     type Rejection = HttpError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, HttpError> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .ok_or_else(|| HttpError::unauthorized("missing Authorization: Bearer token"))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| HttpError::unauthorized("Authorization must be \"Bearer <token>\""))?;
-        let row = state
-            .store
-            .verify_token(token)
-            .await
-            .map_err(|e| HttpError::internal("verifying a token", e))?
-            .ok_or_else(|| HttpError::unauthorized("invalid token"))?;
-        Ok(Auth(row))
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, HttpError> {
+        match parts.extensions.get::<Caller>() {
+            Some(Caller {
+                token: Some(token), ..
+            }) => Ok(Auth(token.clone())),
+            Some(Caller {
+                presented: true, ..
+            }) => Err(HttpError::unauthorized(
+                "invalid token (expected Authorization: Bearer <token>)",
+            )),
+            _ => Err(HttpError::unauthorized(
+                "missing Authorization: Bearer token",
+            )),
+        }
     }
 }

@@ -1,38 +1,90 @@
-//! The control API (`/api/v1`) and `/healthz`: axum routes over the store and the hub.
+//! The control API (`/api/v1`) and `/healthz`: axum routes over the store, the hub and the
+//! event bus, documented by an OpenAPI document generated from the handlers themselves.
 //!
 //! [`router`] is built once; tests drive it with `oneshot` requests, no socket needed.
 //! Conventions follow DESIGN.md: JSON with snake_case fields, `{data, pagination}` lists with
-//! an opaque cursor, the `{error: {code, message, status}}` shape, Bearer tokens with scopes.
+//! an opaque cursor, the `{error: {code, message, status}}` shape for every failure (404
+//! unknown route, 405 wrong method, 400 malformed JSON, 422 invalid fields, 413 too large,
+//! 429 rate limited), Bearer tokens with scopes, `X-RateLimit-*` and `X-Request-Id` headers.
 
 mod auth;
+mod json;
+pub mod openapi;
+pub mod rate_limit;
+mod stats;
 mod streams;
+mod tokens;
+mod webhooks;
 
 use std::sync::Arc;
+use std::time::Instant;
 
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request, StatusCode};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::config::Config;
+use crate::error::HttpError;
+use crate::events::EventBus;
 use crate::hub::Hub;
+use crate::play_token::PlaySigner;
 use crate::store::Store;
 
-pub use auth::Auth;
+pub use auth::{Auth, SCOPES};
+pub use rate_limit::RateLimiter;
 
 /// Shared state of every API handler.
 #[derive(Clone, Debug)]
 pub struct ApiState {
-    /// Configuration (public URLs).
+    /// Configuration (public URLs, limits).
     pub config: Arc<Config>,
     /// Database.
     pub store: Store,
     /// Live streams.
     pub hub: Hub,
+    /// Where handlers announce events (`stream.created`, ...).
+    pub events: EventBus,
+    /// Signs play tokens for private streams.
+    pub signer: PlaySigner,
+    /// Per-token and per-IP request counters.
+    pub limiter: Arc<RateLimiter>,
+    /// When the server started (for uptime).
+    pub started: Instant,
+}
+
+impl ApiState {
+    /// State for a server (or a test) with these parts.
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        hub: Hub,
+        events: EventBus,
+        signer: PlaySigner,
+    ) -> Self {
+        ApiState {
+            config,
+            store,
+            hub,
+            events,
+            signer,
+            limiter: Arc::new(RateLimiter::default()),
+            started: Instant::now(),
+        }
+    }
 }
 
 /// A page of a list endpoint.
-#[derive(Debug, Serialize)]
-pub struct Page<T> {
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Page<T: ToSchema> {
     /// The items.
     pub data: Vec<T>,
     /// Where the next page starts.
@@ -40,7 +92,7 @@ pub struct Page<T> {
 }
 
 /// Cursor pagination block.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Pagination {
     /// Opaque cursor for the next page (`null` on the last page).
     pub next_cursor: Option<String>,
@@ -48,14 +100,113 @@ pub struct Pagination {
     pub has_more: bool,
 }
 
-/// `/healthz` and `/api/v1/...`.
+impl Pagination {
+    fn from_cursor(next_cursor: Option<String>) -> Self {
+        Pagination {
+            has_more: next_cursor.is_some(),
+            next_cursor,
+        }
+    }
+}
+
+/// `limit` (1-100, default 20) and `cursor` → store arguments, or a 422/400.
+fn page_args(limit: Option<i64>, cursor: Option<&str>) -> Result<(usize, Option<i64>), HttpError> {
+    let limit = match limit {
+        None => 20,
+        Some(l) if (1..=100).contains(&l) => l as usize,
+        Some(_) => {
+            return Err(HttpError::invalid_fields(vec![crate::error::FieldError {
+                field: "limit".into(),
+                message: "must be between 1 and 100".into(),
+            }]))
+        }
+    };
+    let cursor = cursor
+        .map(|c| {
+            crate::store::decode_cursor(c).ok_or_else(|| HttpError::bad_request("invalid cursor"))
+        })
+        .transpose()?;
+    Ok((limit, cursor))
+}
+
+/// Request ids: 16 random hex characters.
+#[derive(Clone, Copy, Default)]
+struct MakeId;
+
+impl MakeRequestId for MakeId {
+    fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
+        let id = crate::store::random_id("", 8);
+        axum::http::HeaderValue::from_str(&id)
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| o.parse().ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods(Any)
+            .allow_headers(Any)
+            .expose_headers(Any),
+    )
+}
+
+/// The API routes and their OpenAPI document.
+pub fn routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(streams::create, streams::list))
+        .routes(routes!(streams::get_one, streams::update, streams::delete))
+        .routes(routes!(streams::stop))
+        .routes(routes!(streams::rotate_key))
+        .routes(routes!(streams::play_token))
+        .routes(routes!(tokens::create, tokens::list))
+        .routes(routes!(tokens::delete))
+        .routes(routes!(webhooks::create, webhooks::list))
+        .routes(routes!(webhooks::get_one, webhooks::delete))
+        .routes(routes!(webhooks::deliveries))
+        .routes(routes!(stats::get))
+        .split_for_parts()
+}
+
+/// `/healthz`, `/api/v1/openapi.json` and `/api/v1/...` with every layer.
 pub fn router(state: ApiState) -> Router {
-    Router::new()
+    let (api, doc) = routes();
+    let doc = Arc::new(doc);
+    let request_id = HeaderName::from_static("x-request-id");
+    let api = api
+        .route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { Json(doc.as_ref().clone()) }
+            }),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::middleware,
+        ))
+        .layer(DefaultBodyLimit::max(state.config.api.max_body_bytes));
+    let mut router = Router::new()
         .route("/healthz", get(healthz))
-        .route("/api/v1/streams", get(streams::list))
-        .route("/api/v1/streams/{id}", get(streams::get_one))
+        .merge(api)
         .fallback(not_found)
-        .with_state(state)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state.clone());
+    if let Some(cors) = cors(&state.config.api.cors_allowed_origins) {
+        router = router.layer(cors);
+    }
+    router
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeId))
 }
 
 #[derive(Serialize)]
@@ -71,6 +222,14 @@ async fn healthz() -> Json<Health> {
     })
 }
 
-async fn not_found(uri: axum::http::Uri) -> crate::error::HttpError {
-    crate::error::HttpError::not_found(format!("no route for {}", uri.path()))
+async fn not_found(uri: axum::http::Uri) -> HttpError {
+    HttpError::not_found(format!("no route for {}", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> HttpError {
+    HttpError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
 }

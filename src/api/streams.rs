@@ -1,55 +1,110 @@
-//! `GET /api/v1/streams` and `GET /api/v1/streams/{id}`: stored streams joined with what the
-//! hub knows about them right now (the `live` block).
+//! `/api/v1/streams`: create (the key is shown once), list with filters, get, patch, delete,
+//! stop, rotate key, and play tokens for private streams. A stream's view joins the stored
+//! row with what the hub knows right now (the `live` block).
 
-use std::collections::HashMap;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::Json;
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiState, Auth, Page, Pagination};
-use crate::error::HttpError;
+use super::json::{is_slug, parse_timestamp, ApiJson, Validate};
+use super::{page_args, ApiState, Auth, Page, Pagination};
+use crate::error::{ErrorEnvelope, HttpError};
 use crate::hub::StreamSnapshot;
 use crate::media::CodecConfig;
-use crate::store::{StreamRow, StreamState};
+use crate::store::{
+    NewStream, Privacy, StoreError, StreamFilter, StreamPatch, StreamRow, StreamState,
+};
 
 /// A stream as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct StreamView {
+    /// `str_…`
     id: String,
+    /// RTMP application.
     app: String,
+    /// Unique name within the app.
     name: String,
+    /// Title (≤ 120 characters).
     title: String,
-    state: StreamState,
+    /// Description (≤ 2000 characters).
+    description: String,
+    /// Category slug.
+    category: Option<String>,
+    /// `public` or `private` (private playback needs a play token).
+    #[schema(value_type = String, example = "public")]
+    privacy: Privacy,
+    /// Planned start (RFC 3339).
+    scheduled_at: Option<String>,
+    /// Record whenever live.
+    record: bool,
+    /// `idle`, `scheduled`, `live` or `ended`.
+    #[schema(example = "idle")]
+    state: String,
+    /// Last ingest protocol.
+    protocol: Option<String>,
+    /// RFC 3339.
     created_at: String,
+    /// RFC 3339.
     updated_at: String,
+    /// Last time it went live.
     started_at: Option<String>,
+    /// Last time it ended.
     ended_at: Option<String>,
+    /// Server for OBS; append the key for ffmpeg.
     rtmp_url: String,
+    /// WHIP endpoint (WebRTC ingest).
+    whip_url: String,
+    /// WebSocket endpoint for JPEG cameras.
+    ws_url: String,
+    /// HLS multivariant playlist.
     hls_url: String,
+    /// RTMP play URL (by stream id, never the key).
     rtmp_play_url: String,
+    /// Viewers now.
+    viewer_count: u64,
+    /// Most viewers at once during the current or last session.
+    peak_viewer_count: u64,
+    /// Runtime state.
     live: LiveView,
 }
 
 /// The runtime block.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct LiveView {
-    state: StreamState,
-    protocol: Option<&'static str>,
+    /// `live` while a publisher is connected, else the stored state.
+    state: String,
+    /// Ingest protocol while live.
+    protocol: Option<String>,
+    /// When the current session started.
     started_at: Option<String>,
+    /// Seconds since then.
     duration_seconds: Option<f64>,
+    /// Ingest bitrate over the last seconds, bits per second.
     ingest_bitrate_bps: u64,
+    /// Media bytes received in this session.
     bytes_in: u64,
-    subscribers: usize,
+    /// Subscribers (segmenters and players).
+    subscribers: u64,
+    /// Frames dropped for slow subscribers.
     dropped_frames: u64,
+    /// Whether a recording is running (recording arrives with its own issue).
+    is_recording: bool,
+    /// Announced tracks.
     tracks: Vec<TrackView>,
 }
 
-#[derive(Debug, Serialize)]
+/// One track of a live stream.
+#[derive(Debug, Serialize, ToSchema)]
 struct TrackView {
-    kind: &'static str,
-    codec: &'static str,
+    /// `video` or `audio`.
+    kind: String,
+    /// `h264`, `aac`.
+    codec: String,
+    /// RFC 6381 codec string.
     codec_string: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     width: Option<u32>,
@@ -63,14 +118,165 @@ struct TrackView {
     channels: Option<u8>,
 }
 
-fn live_view(snap: Option<StreamSnapshot>, stored: StreamState) -> LiveView {
+/// A created stream: the view plus the key, shown this once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedStream {
+    #[serde(flatten)]
+    stream: StreamView,
+    /// The stream key (`sk_…`). Stored hashed: it cannot be shown again; rotate it if lost.
+    stream_key: String,
+}
+
+/// Body of `POST /api/v1/streams`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateStream {
+    /// Title, 1-120 characters.
+    title: String,
+    /// Up to 2000 characters.
+    #[serde(default)]
+    description: String,
+    /// RTMP application, a slug (default `live`).
+    #[serde(default)]
+    app: Option<String>,
+    /// Unique name within the app, a slug (default: derived from the id).
+    #[serde(default)]
+    name: Option<String>,
+    /// Category slug.
+    #[serde(default)]
+    category: Option<String>,
+    /// `public` (default) or `private`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "public")]
+    privacy: Option<Privacy>,
+    /// Planned start, RFC 3339, in the future.
+    #[serde(default)]
+    scheduled_at: Option<String>,
+    /// Record whenever live.
+    #[serde(default)]
+    record: bool,
+}
+
+/// Body of `PATCH /api/v1/streams/{id}`; absent fields stay as they are, `null` clears the
+/// nullable ones.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateStream {
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    category: Option<Option<String>>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "private")]
+    privacy: Option<Privacy>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    scheduled_at: Option<Option<String>>,
+    #[serde(default)]
+    record: Option<bool>,
+}
+
+fn double_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+/// Query of `GET /api/v1/streams`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListStreams {
+    /// `idle`, `scheduled`, `live` or `ended`.
+    status: Option<String>,
+    /// Application.
+    app: Option<String>,
+    /// Category slug.
+    category: Option<String>,
+    /// Last ingest protocol (`rtmp`).
+    protocol: Option<String>,
+    /// Page size, 1-100 (default 20).
+    limit: Option<i64>,
+    /// Opaque cursor from `pagination.next_cursor`.
+    cursor: Option<String>,
+}
+
+/// Query of `DELETE /api/v1/streams/{id}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteQuery {
+    /// Stop a live stream first instead of answering 409.
+    #[serde(default)]
+    force: Option<bool>,
+}
+
+/// Body of `POST /api/v1/streams/{id}/play-token`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlayTokenRequest {
+    /// Lifetime in seconds, 1-86400 (default from config).
+    #[serde(default)]
+    ttl_seconds: Option<u64>,
+}
+
+/// A play token.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PlayToken {
+    /// Append as `?token=` to playback URLs.
+    token: String,
+    /// RFC 3339.
+    expires_at: String,
+    /// The HLS URL with the token.
+    hls_url: String,
+}
+
+/// A rotated key.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RotatedKey {
+    /// The stream.
+    id: String,
+    /// The new key, shown this once; the old one no longer publishes.
+    stream_key: String,
+    /// Server for OBS.
+    rtmp_url: String,
+}
+
+fn track_views(s: &StreamSnapshot) -> Vec<TrackView> {
+    let Some(tracks) = &s.tracks else {
+        return vec![];
+    };
+    tracks
+        .list
+        .iter()
+        .map(|t| match &t.codec {
+            CodecConfig::H264(c) => TrackView {
+                kind: "video".into(),
+                codec: "h264".into(),
+                codec_string: c.codec_string(),
+                width: Some(c.info.width),
+                height: Some(c.info.height),
+                fps: c.info.fps.or(s.measured_fps),
+                sample_rate: None,
+                channels: None,
+            },
+            CodecConfig::Aac(c) => TrackView {
+                kind: "audio".into(),
+                codec: "aac".into(),
+                codec_string: c.codec_string(),
+                width: None,
+                height: None,
+                fps: None,
+                sample_rate: Some(c.sample_rate),
+                channels: Some(c.channels),
+            },
+        })
+        .collect()
+}
+
+fn live_view(snap: Option<&StreamSnapshot>, status: &str) -> LiveView {
     let Some(s) = snap else {
         return LiveView {
-            state: if stored == StreamState::Live {
-                StreamState::Ended
-            } else {
-                stored
-            },
+            state: if status == "live" { "ended" } else { status }.into(),
             protocol: None,
             started_at: None,
             duration_seconds: None,
@@ -78,43 +284,13 @@ fn live_view(snap: Option<StreamSnapshot>, stored: StreamState) -> LiveView {
             bytes_in: 0,
             subscribers: 0,
             dropped_frames: 0,
+            is_recording: false,
             tracks: vec![],
         };
     };
-    let tracks = s
-        .tracks
-        .as_ref()
-        .map(|t| {
-            t.list
-                .iter()
-                .map(|t| match &t.codec {
-                    CodecConfig::H264(c) => TrackView {
-                        kind: "video",
-                        codec: "h264",
-                        codec_string: c.codec_string(),
-                        width: Some(c.info.width),
-                        height: Some(c.info.height),
-                        fps: c.info.fps.or(s.measured_fps),
-                        sample_rate: None,
-                        channels: None,
-                    },
-                    CodecConfig::Aac(c) => TrackView {
-                        kind: "audio",
-                        codec: "aac",
-                        codec_string: c.codec_string(),
-                        width: None,
-                        height: None,
-                        fps: None,
-                        sample_rate: Some(c.sample_rate),
-                        channels: Some(c.channels),
-                    },
-                })
-                .collect()
-        })
-        .unwrap_or_default();
     LiveView {
-        state: StreamState::Live,
-        protocol: Some(s.protocol),
+        state: "live".into(),
+        protocol: Some(s.protocol.into()),
         started_at: Some(crate::proto::playlist::format_pdt(s.started_at)),
         duration_seconds: SystemTime::now()
             .duration_since(s.started_at)
@@ -122,25 +298,39 @@ fn live_view(snap: Option<StreamSnapshot>, stored: StreamState) -> LiveView {
             .map(|d| (d.as_secs_f64() * 10.0).round() / 10.0),
         ingest_bitrate_bps: s.bitrate_bps,
         bytes_in: s.bytes_in,
-        subscribers: s.subscribers,
+        subscribers: s.subscribers as u64,
         dropped_frames: s.dropped_frames,
-        tracks,
+        is_recording: false,
+        tracks: track_views(s),
     }
 }
 
 fn view(state: &ApiState, row: StreamRow) -> StreamView {
     let snap = state.hub.get(&row.id).map(|s| s.snapshot());
-    let live = live_view(snap, row.state);
+    let status = row.status(&crate::store::now_rfc3339());
+    let live = live_view(snap.as_ref(), status);
+    let http = &state.config.http.public_url;
+    let ws_base = http.replacen("http", "ws", 1);
     StreamView {
         rtmp_url: format!("{}/{}", state.config.rtmp.public_url, row.app),
         rtmp_play_url: format!("{}/{}/{}", state.config.rtmp.public_url, row.app, row.id),
-        hls_url: format!("{}/hls/{}/index.m3u8", state.config.http.public_url, row.id),
-        state: live.state,
+        hls_url: format!("{http}/hls/{}/index.m3u8", row.id),
+        whip_url: format!("{http}/whip/{}/{}", row.app, row.name),
+        ws_url: format!("{ws_base}/ingest/ws"),
+        state: live.state.clone(),
+        viewer_count: snap.as_ref().map_or(0, |s| s.viewers as u64),
+        peak_viewer_count: snap.as_ref().map_or(0, |s| s.peak_viewers as u64),
         live,
         id: row.id,
         app: row.app,
         name: row.name,
         title: row.title,
+        description: row.description,
+        category: row.category,
+        privacy: row.privacy,
+        scheduled_at: row.scheduled_at,
+        record: row.record,
+        protocol: row.protocol,
         created_at: row.created_at,
         updated_at: row.updated_at,
         started_at: row.started_at,
@@ -148,53 +338,393 @@ fn view(state: &ApiState, row: StreamRow) -> StreamView {
     }
 }
 
-/// `GET /api/v1/streams?limit=&cursor=`
+fn store_err(context: &str, e: StoreError) -> HttpError {
+    match e {
+        StoreError::Conflict(m) => HttpError::conflict(m),
+        other => HttpError::internal(context, other),
+    }
+}
+
+async fn load(state: &ApiState, id: &str) -> Result<StreamRow, HttpError> {
+    state
+        .store
+        .get_stream(id)
+        .await
+        .map_err(|e| store_err("reading a stream", e))?
+        .ok_or_else(|| HttpError::not_found(format!("no stream {id}")))
+}
+
+fn check_scheduled(v: &mut Validate, scheduled_at: Option<&str>) -> Option<String> {
+    let raw = scheduled_at?;
+    let parsed = parse_timestamp(raw);
+    v.check(
+        parsed.is_none(),
+        "scheduled_at",
+        "must be an RFC 3339 timestamp",
+    );
+    let parsed = parsed?;
+    v.check(
+        parsed <= crate::store::now_rfc3339(),
+        "scheduled_at",
+        "must be in the future",
+    );
+    Some(parsed)
+}
+
+/// Create a stream; the response carries its key, shown this once.
+#[utoipa::path(post, path = "/api/v1/streams", tag = "streams",
+    request_body = CreateStream,
+    responses(
+        (status = 201, description = "Created", body = CreatedStream),
+        (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope),
+        (status = 413, body = ErrorEnvelope), (status = 415, body = ErrorEnvelope),
+        (status = 422, body = ErrorEnvelope), (status = 429, body = ErrorEnvelope),
+    ),
+    security(("bearer" = ["streams:write"])))]
+pub async fn create(
+    auth: Auth,
+    State(state): State<ApiState>,
+    ApiJson(body): ApiJson<CreateStream>,
+) -> Result<(StatusCode, Json<CreatedStream>), HttpError> {
+    auth.require("streams:write")?;
+    let mut v = Validate::default();
+    let title = body.title.trim().to_owned();
+    v.check(
+        title.is_empty() || title.chars().count() > 120,
+        "title",
+        "1-120 characters",
+    );
+    v.check(
+        body.description.chars().count() > 2000,
+        "description",
+        "at most 2000 characters",
+    );
+    let app = body.app.unwrap_or_else(|| "live".into());
+    v.check(!is_slug(&app), "app", "a slug: 1-64 of a-z, 0-9, - and _");
+    if let Some(name) = &body.name {
+        v.check(!is_slug(name), "name", "a slug: 1-64 of a-z, 0-9, - and _");
+    }
+    if let Some(c) = &body.category {
+        v.check(!is_slug(c), "category", "a slug: 1-64 of a-z, 0-9, - and _");
+    }
+    let scheduled_at = check_scheduled(&mut v, body.scheduled_at.as_deref());
+    v.finish()?;
+    let name = body
+        .name
+        .unwrap_or_else(|| crate::store::random_id("stream-", 6));
+    let new = NewStream {
+        app,
+        name,
+        title,
+        description: body.description,
+        category: body.category,
+        privacy: body.privacy.unwrap_or(Privacy::Public),
+        scheduled_at,
+        record: body.record,
+    };
+    let (row, key) = state
+        .store
+        .create_stream(new)
+        .await
+        .map_err(|e| store_err("creating a stream", e))?;
+    let stream = view(&state, row);
+    state.events.publish(
+        "stream.created",
+        serde_json::json!({ "stream": serde_json::to_value(&stream).unwrap_or_default() }),
+    );
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedStream {
+            stream,
+            stream_key: key,
+        }),
+    ))
+}
+
+/// List streams, oldest first, with filters and cursor pagination.
+#[utoipa::path(get, path = "/api/v1/streams", tag = "streams",
+    params(ListStreams),
+    responses(
+        (status = 200, body = Page<StreamView>),
+        (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope),
+        (status = 429, body = ErrorEnvelope),
+    ),
+    security(("bearer" = ["streams:read"])))]
 pub async fn list(
     auth: Auth,
     State(state): State<ApiState>,
-    Query(q): Query<HashMap<String, String>>,
+    Query(q): Query<ListStreams>,
 ) -> Result<Json<Page<StreamView>>, HttpError> {
     auth.require("streams:read")?;
-    let limit = match q.get("limit") {
-        None => 20,
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|l| (1..=100).contains(l))
-            .ok_or_else(|| HttpError::bad_request("limit must be an integer from 1 to 100"))?,
+    let (limit, cursor) = page_args(q.limit, q.cursor.as_deref())?;
+    let mut v = Validate::default();
+    if let Some(s) = &q.status {
+        v.check(
+            !["idle", "scheduled", "live", "ended"].contains(&s.as_str()),
+            "status",
+            "one of idle, scheduled, live, ended",
+        );
+    }
+    v.finish()?;
+    let filter = StreamFilter {
+        status: q.status,
+        app: q.app,
+        category: q.category,
+        protocol: q.protocol,
     };
-    let cursor = q
-        .get("cursor")
-        .map(|c| {
-            crate::store::decode_cursor(c).ok_or_else(|| HttpError::bad_request("invalid cursor"))
-        })
-        .transpose()?;
     let page = state
         .store
-        .list_streams(limit, cursor)
+        .list_streams(limit, cursor, filter)
         .await
-        .map_err(|e| HttpError::internal("listing streams", e))?;
+        .map_err(|e| store_err("listing streams", e))?;
     Ok(Json(Page {
-        pagination: Pagination {
-            has_more: page.next_cursor.is_some(),
-            next_cursor: page.next_cursor,
-        },
+        pagination: Pagination::from_cursor(page.next_cursor),
         data: page.rows.into_iter().map(|r| view(&state, r)).collect(),
     }))
 }
 
-/// `GET /api/v1/streams/{id}`
+/// One stream with its live block.
+#[utoipa::path(get, path = "/api/v1/streams/{id}", tag = "streams",
+    params(("id" = String, Path, description = "Stream id")),
+    responses(
+        (status = 200, body = StreamView),
+        (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope), (status = 429, body = ErrorEnvelope),
+    ),
+    security(("bearer" = ["streams:read"])))]
 pub async fn get_one(
     auth: Auth,
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<StreamView>, HttpError> {
     auth.require("streams:read")?;
+    let row = load(&state, &id).await?;
+    Ok(Json(view(&state, row)))
+}
+
+/// Change a stream's title, description, category, privacy, schedule or record flag.
+#[utoipa::path(patch, path = "/api/v1/streams/{id}", tag = "streams",
+    params(("id" = String, Path, description = "Stream id")),
+    request_body = UpdateStream,
+    responses(
+        (status = 200, body = StreamView),
+        (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
+        (status = 413, body = ErrorEnvelope), (status = 415, body = ErrorEnvelope),
+        (status = 422, body = ErrorEnvelope), (status = 429, body = ErrorEnvelope),
+    ),
+    security(("bearer" = ["streams:write"])))]
+pub async fn update(
+    auth: Auth,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateStream>,
+) -> Result<Json<StreamView>, HttpError> {
+    auth.require("streams:write")?;
+    let mut v = Validate::default();
+    let title = body.title.map(|t| t.trim().to_owned());
+    if let Some(t) = &title {
+        v.check(
+            t.is_empty() || t.chars().count() > 120,
+            "title",
+            "1-120 characters",
+        );
+    }
+    if let Some(d) = &body.description {
+        v.check(
+            d.chars().count() > 2000,
+            "description",
+            "at most 2000 characters",
+        );
+    }
+    if let Some(Some(c)) = &body.category {
+        v.check(!is_slug(c), "category", "a slug: 1-64 of a-z, 0-9, - and _");
+    }
+    let scheduled_at = match &body.scheduled_at {
+        Some(Some(raw)) => Some(check_scheduled(&mut v, Some(raw))),
+        Some(None) => Some(None),
+        None => None,
+    };
+    v.finish()?;
+    let patch = StreamPatch {
+        title,
+        description: body.description,
+        category: body.category,
+        privacy: body.privacy,
+        scheduled_at,
+        record: body.record,
+    };
     let row = state
         .store
-        .get_stream(&id)
+        .update_stream(&id, patch)
         .await
-        .map_err(|e| HttpError::internal("reading a stream", e))?
+        .map_err(|e| store_err("updating a stream", e))?
         .ok_or_else(|| HttpError::not_found(format!("no stream {id}")))?;
     Ok(Json(view(&state, row)))
+}
+
+/// Disconnects the publisher and waits (briefly) until the hub has let the stream go.
+async fn stop_live(state: &ApiState, id: &str) -> bool {
+    let Some(live) = state.hub.get(id) else {
+        return false;
+    };
+    live.stop();
+    for _ in 0..100 {
+        if state.hub.get(id).is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+/// Delete a stream (409 while live unless `force=true`, which stops it first).
+#[utoipa::path(delete, path = "/api/v1/streams/{id}", tag = "streams",
+    params(("id" = String, Path, description = "Stream id"), DeleteQuery),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
+        (status = 409, body = ErrorEnvelope), (status = 429, body = ErrorEnvelope),
+    ),
+    security(("bearer" = ["streams:write"])))]
+pub async fn delete(
+    auth: Auth,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> Result<StatusCode, HttpError> {
+    auth.require("streams:write")?;
+    let row = load(&state, &id).await?;
+    if state.hub.get(&id).is_some() {
+        if !q.force.unwrap_or(false) {
+            return Err(HttpError::conflict(
+                "the stream is live; stop it first or pass force=true",
+            ));
+        }
+        stop_live(&state, &id).await;
+    }
+    state
+        .store
+        .delete_stream(&id)
+        .await
+        .map_err(|e| store_err("deleting a stream", e))?;
+    state.events.publish(
+        "stream.deleted",
+        serde_json::json!({ "stream": { "id": row.id } }),
+    );
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Disconnect the publisher; the stream ends (`stream.ended` follows).
+#[utoipa::path(post, path = "/api/v1/streams/{id}/stop", tag = "streams",
+    params(("id" = String, Path, description = "Stream id")),
+    responses(
+        (status = 200, body = StreamView),
+        (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope),
+        (status = 429, body = ErrorEnvelope),
+    ),
+    security(("bearer" = ["streams:write"])))]
+pub async fn stop(
+    auth: Auth,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<StreamView>, HttpError> {
+    auth.require("streams:write")?;
+    load(&state, &id).await?;
+    if !stop_live(&state, &id).await {
+        return Err(HttpError::conflict("the stream is not live"));
+    }
+    // The stored state follows the hub asynchronously; wait for it briefly.
+    for _ in 0..50 {
+        let row = load(&state, &id).await?;
+        if row.state != StreamState::Live {
+            return Ok(Json(view(&state, row)));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(Json(view(&state, load(&state, &id).await?)))
+}
+
+/// Replace the stream key; the old key stops working for new publishes at once.
+#[utoipa::path(post, path = "/api/v1/streams/{id}/key", tag = "streams",
+    params(("id" = String, Path, description = "Stream id")),
+    responses(
+        (status = 200, body = RotatedKey),
+        (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope), (status = 429, body = ErrorEnvelope),
+    ),
+    security(("bearer" = ["streams:write"])))]
+pub async fn rotate_key(
+    auth: Auth,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<RotatedKey>, HttpError> {
+    auth.require("streams:write")?;
+    let row = load(&state, &id).await?;
+    let key = state
+        .store
+        .rotate_stream_key(&id)
+        .await
+        .map_err(|e| store_err("rotating a key", e))?
+        .ok_or_else(|| HttpError::not_found(format!("no stream {id}")))?;
+    Ok(Json(RotatedKey {
+        id,
+        stream_key: key,
+        rtmp_url: format!("{}/{}", state.config.rtmp.public_url, row.app),
+    }))
+}
+
+/// A short-lived signed token for playing a private stream (`?token=`).
+#[utoipa::path(post, path = "/api/v1/streams/{id}/play-token", tag = "streams",
+    params(("id" = String, Path, description = "Stream id")),
+    request_body(content = PlayTokenRequest, description = "Optional lifetime"),
+    responses(
+        (status = 201, body = PlayToken),
+        (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
+        (status = 413, body = ErrorEnvelope), (status = 415, body = ErrorEnvelope),
+        (status = 422, body = ErrorEnvelope), (status = 429, body = ErrorEnvelope),
+    ),
+    security(("bearer" = ["streams:read"])))]
+pub async fn play_token(
+    auth: Auth,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<PlayToken>), HttpError> {
+    auth.require("streams:read")?;
+    let body: PlayTokenRequest = super::json::parse_optional(&body)?;
+    let row = load(&state, &id).await?;
+    let ttl = body
+        .ttl_seconds
+        .unwrap_or(state.config.auth.play_token_ttl_secs);
+    Validate::default()
+        .check(
+            !(1..=86_400).contains(&ttl),
+            "ttl_seconds",
+            "between 1 and 86400",
+        )
+        .finish()?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let expires = now + ttl;
+    let token = state.signer.sign(&row.id, expires);
+    Ok((
+        StatusCode::CREATED,
+        Json(PlayToken {
+            hls_url: format!(
+                "{}/hls/{}/index.m3u8?token={token}",
+                state.config.http.public_url, row.id
+            ),
+            expires_at: crate::proto::playlist::format_pdt(
+                UNIX_EPOCH + Duration::from_secs(expires),
+            ),
+            token,
+        }),
+    ))
 }

@@ -11,6 +11,7 @@ mod stats;
 mod stream;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use queue::{Event, Subscription};
@@ -44,6 +45,8 @@ pub(crate) struct HubInner {
     streams: Mutex<HashMap<String, Arc<LiveStream>>>,
     hooks: Mutex<Vec<Hook>>,
     queue_capacity: usize,
+    bytes_in: Arc<AtomicU64>,
+    bytes_out: AtomicU64,
 }
 
 impl std::fmt::Debug for HubInner {
@@ -106,6 +109,7 @@ impl Hub {
                 stream_id.to_owned(),
                 protocol,
                 self.inner.queue_capacity,
+                self.inner.bytes_in.clone(),
             ));
             streams.insert(stream_id.to_owned(), stream.clone());
             stream
@@ -140,6 +144,24 @@ impl Hub {
     /// Ids of every live stream.
     pub fn live_ids(&self) -> Vec<String> {
         self.streams().keys().cloned().collect()
+    }
+
+    /// Every live stream.
+    pub fn live_streams(&self) -> Vec<Arc<LiveStream>> {
+        self.streams().values().cloned().collect()
+    }
+
+    /// Counts bytes sent to viewers (called by egress).
+    pub fn add_bytes_out(&self, n: u64) {
+        self.inner.bytes_out.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Media payload bytes received and bytes sent to viewers since start.
+    pub fn traffic_totals(&self) -> (u64, u64) {
+        (
+            self.inner.bytes_in.load(Ordering::Relaxed),
+            self.inner.bytes_out.load(Ordering::Relaxed),
+        )
     }
 }
 

@@ -31,6 +31,7 @@ pub(crate) struct Queue {
     notify: Notify,
     capacity: usize,
     dropped: AtomicU64,
+    viewer: bool,
 }
 
 #[derive(Debug)]
@@ -47,7 +48,7 @@ struct QueueState {
 }
 
 impl Queue {
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize, viewer: bool) -> Self {
         Queue {
             inner: Mutex::new(QueueState {
                 items: VecDeque::with_capacity(capacity.min(1024)),
@@ -59,6 +60,7 @@ impl Queue {
             notify: Notify::new(),
             capacity: capacity.max(1),
             dropped: AtomicU64::new(0),
+            viewer,
         }
     }
 
@@ -122,6 +124,10 @@ impl Queue {
     pub(crate) fn close(&self) {
         self.lock().closed = true;
         self.notify.notify_one();
+    }
+
+    pub(crate) fn is_viewer(&self) -> bool {
+        self.viewer
     }
 
     pub(crate) fn dropped(&self) -> u64 {
@@ -220,7 +226,7 @@ mod tests {
 
     #[test]
     fn overflow_drops_until_next_keyframe_and_counts() {
-        let q = Arc::new(Queue::new(4));
+        let q = Arc::new(Queue::new(4, true));
         let mut sub = Subscription { queue: q.clone() };
         q.push_tracks(video_tracks());
         q.push_frame(&frame(0, 0, true), true);
@@ -237,7 +243,7 @@ mod tests {
 
     #[test]
     fn waits_for_a_keyframe_after_new_tracks() {
-        let q = Arc::new(Queue::new(8));
+        let q = Arc::new(Queue::new(8, true));
         let mut sub = Subscription { queue: q.clone() };
         q.push_tracks(video_tracks());
         q.push_frame(&frame(0, 1, false), true);
@@ -247,7 +253,7 @@ mod tests {
 
     #[test]
     fn detached_queue_reports_it() {
-        let q = Arc::new(Queue::new(8));
+        let q = Arc::new(Queue::new(8, true));
         let sub = Subscription { queue: q.clone() };
         drop(sub);
         assert!(!q.push_frame(&frame(0, 1, true), true));
@@ -256,7 +262,7 @@ mod tests {
 
     #[tokio::test]
     async fn recv_ends_after_close() {
-        let q = Arc::new(Queue::new(8));
+        let q = Arc::new(Queue::new(8, true));
         let mut sub = Subscription { queue: q.clone() };
         q.push_tracks(video_tracks());
         q.push_frame(&frame(0, 1, true), true);

@@ -4,6 +4,7 @@
 //! All mutable state sits behind one std mutex taken once per pushed frame and never across
 //! an `.await`; each subscriber's queue has its own lock (see [`super::queue`]).
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Instant, SystemTime};
 
@@ -30,6 +31,11 @@ pub struct LiveStream {
     pub started_at: SystemTime,
     state: Mutex<StreamState>,
     queue_capacity: usize,
+    /// Server-wide ingest byte counter.
+    bytes_in_total: Arc<AtomicU64>,
+    /// Set by [`LiveStream::stop`]; the publisher's driver disconnects.
+    stop_requested: AtomicBool,
+    stop_notify: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -40,6 +46,7 @@ struct StreamState {
     subscribers: Vec<Arc<Queue>>,
     meter: RateMeter,
     ended: bool,
+    peak_viewers: usize,
 }
 
 /// What the API shows about a live stream.
@@ -59,18 +66,47 @@ pub struct StreamSnapshot {
     pub measured_fps: Option<f64>,
     /// Current subscribers (segmenters, players).
     pub subscribers: usize,
+    /// Subscribers that are viewers (players), not internal consumers like the segmenter.
+    pub viewers: usize,
+    /// Most viewers at once in this session.
+    pub peak_viewers: usize,
     /// Frames dropped across subscribers that fell behind.
     pub dropped_frames: u64,
 }
 
 impl LiveStream {
-    pub(crate) fn new(id: String, protocol: &'static str, queue_capacity: usize) -> Self {
+    pub(crate) fn new(
+        id: String,
+        protocol: &'static str,
+        queue_capacity: usize,
+        bytes_in_total: Arc<AtomicU64>,
+    ) -> Self {
         LiveStream {
             id,
             protocol,
             started_at: SystemTime::now(),
             state: Mutex::new(StreamState::default()),
             queue_capacity,
+            bytes_in_total,
+            stop_requested: AtomicBool::new(false),
+            stop_notify: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Asks the publisher's driver to disconnect (API `stop`).
+    pub fn stop(&self) {
+        self.stop_requested.store(true, Ordering::SeqCst);
+        self.stop_notify.notify_waiters();
+    }
+
+    /// Resolves once [`LiveStream::stop`] was called.
+    pub async fn stopped(&self) {
+        loop {
+            let notified = self.stop_notify.notified();
+            if self.stop_requested.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -81,7 +117,16 @@ impl LiveStream {
     /// Subscribes: the queue starts with the current tracks and the GOP cache, so a new viewer
     /// begins at the last keyframe at once.
     pub fn subscribe(&self) -> Subscription {
-        let queue = Arc::new(Queue::new(self.queue_capacity));
+        self.subscribe_as(true)
+    }
+
+    /// Subscribes an internal consumer (segmenter, recorder): not counted as a viewer.
+    pub fn subscribe_internal(&self) -> Subscription {
+        self.subscribe_as(false)
+    }
+
+    fn subscribe_as(&self, viewer: bool) -> Subscription {
+        let queue = Arc::new(Queue::new(self.queue_capacity, viewer));
         let mut st = self.lock();
         if let Some(tracks) = &st.tracks {
             queue.push_tracks(tracks.clone());
@@ -93,6 +138,10 @@ impl LiveStream {
             queue.close();
         }
         st.subscribers.push(queue.clone());
+        if viewer {
+            let now = st.subscribers.iter().filter(|q| q.is_viewer()).count();
+            st.peak_viewers = st.peak_viewers.max(now);
+        }
         Subscription { queue }
     }
 
@@ -108,6 +157,8 @@ impl LiveStream {
             bitrate_bps: st.meter.bits_per_second(now),
             measured_fps: st.meter.video_fps(now),
             subscribers: st.subscribers.len(),
+            viewers: st.subscribers.iter().filter(|q| q.is_viewer()).count(),
+            peak_viewers: st.peak_viewers,
             dropped_frames: st.subscribers.iter().map(|q| q.dropped()).sum(),
         }
     }
@@ -132,6 +183,8 @@ impl LiveStream {
             .is_some_and(|t| t.kind() == TrackKind::Video);
         let has_video = tracks.first(TrackKind::Video).is_some();
         st.meter.record(now, frame.data.len(), is_video);
+        self.bytes_in_total
+            .fetch_add(frame.data.len() as u64, Ordering::Relaxed);
         update_gop(&mut st, &frame, is_video, has_video);
         st.subscribers.retain(|q| q.push_frame(&frame, is_video));
     }
@@ -192,6 +245,11 @@ impl Publisher {
     /// The stream being fed.
     pub fn stream(&self) -> &Arc<LiveStream> {
         &self.stream
+    }
+
+    /// Resolves when the API asked to stop this stream; the driver then disconnects.
+    pub async fn stopped(&self) {
+        self.stream.stopped().await
     }
 }
 

@@ -157,6 +157,7 @@ impl Connection {
     async fn flush(&mut self) -> Result<(), ConnectionError> {
         if self.session.pending_output() > 0 {
             let out = self.session.take_output();
+            self.ctx.hub.add_bytes_out(out.len() as u64);
             let idle = Duration::from_millis(self.ctx.config.idle_timeout_ms);
             timeout(idle, self.socket.write_all(&out))
                 .await
@@ -261,6 +262,12 @@ impl Connection {
             tokio::select! {
                 r = timeout(idle, self.read_some()) => {
                     r.map_err(|_| ConnectionError::Timeout("waiting for media"))??;
+                }
+                _ = ingest.publisher().stopped() => {
+                    tracing::info!(stream = %stream.id, "rtmp: publisher disconnected by the API");
+                    self.session.reject("NetStream.Publish.Idle", "stopped by the server");
+                    let _ = self.flush().await;
+                    return Ok(());
                 }
                 _ = crate::shutdown::requested(&mut shutdown) => return Ok(()),
             }

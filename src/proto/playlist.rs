@@ -119,6 +119,12 @@ impl MediaPlaylist {
 
     /// Renders the playlist text.
     pub fn render(&self) -> String {
+        self.render_with_query("")
+    }
+
+    /// Renders the playlist with `query` (e.g. `?token=…`, or empty) appended to every URI,
+    /// so a private stream's play token reaches every part and segment request.
+    pub fn render_with_query(&self, query: &str) -> String {
         let mut out = String::with_capacity(2048);
         let part_target = self.part_target;
         let _ = write!(
@@ -147,13 +153,14 @@ impl MediaPlaylist {
                 seg.init_id,
                 &mut current_init,
                 seg.program_date_time,
+                query,
             );
             if i >= with_parts_from {
-                write_parts(&mut out, seg.msn, &seg.parts);
+                write_parts(&mut out, seg.msn, &seg.parts, query);
             }
             let _ = write!(
                 out,
-                "#EXTINF:{:.5},\n{}\n",
+                "#EXTINF:{:.5},\n{}{query}\n",
                 seg.duration,
                 segment_uri(seg.msn)
             );
@@ -165,12 +172,13 @@ impl MediaPlaylist {
                 open.init_id,
                 &mut current_init,
                 open.program_date_time,
+                query,
             );
-            write_parts(&mut out, open.msn, &open.parts);
+            write_parts(&mut out, open.msn, &open.parts, query);
             if !self.ended {
                 let _ = writeln!(
                     out,
-                    "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{}\"",
+                    "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{}{query}\"",
                     part_uri(open.msn, open.parts.len())
                 );
             }
@@ -188,22 +196,23 @@ fn write_segment_head(
     init_id: u32,
     current_init: &mut Option<u32>,
     pdt: SystemTime,
+    query: &str,
 ) {
     if discontinuity {
         out.push_str("#EXT-X-DISCONTINUITY\n");
     }
     if *current_init != Some(init_id) {
-        let _ = writeln!(out, "#EXT-X-MAP:URI=\"{}\"", init_uri(init_id));
+        let _ = writeln!(out, "#EXT-X-MAP:URI=\"{}{query}\"", init_uri(init_id));
         *current_init = Some(init_id);
     }
     let _ = writeln!(out, "#EXT-X-PROGRAM-DATE-TIME:{}", format_pdt(pdt));
 }
 
-fn write_parts(out: &mut String, msn: u64, parts: &[PartEntry]) {
+fn write_parts(out: &mut String, msn: u64, parts: &[PartEntry], query: &str) {
     for (i, p) in parts.iter().enumerate() {
         let _ = write!(
             out,
-            "#EXT-X-PART:DURATION={:.5},URI=\"{}\"",
+            "#EXT-X-PART:DURATION={:.5},URI=\"{}{query}\"",
             p.duration,
             part_uri(msn, i)
         );
@@ -363,6 +372,18 @@ mod tests {
         assert!(text.contains("#EXT-X-PROGRAM-DATE-TIME:2025-11-25T12:00:06.000Z\n"));
         assert!(text.contains("#EXTINF:2.00000,\nseg5.m4s\n"));
         assert!(!text.contains("ENDLIST"));
+    }
+
+    #[test]
+    fn query_reaches_every_uri() {
+        let text = sample().render_with_query("?token=abc");
+        for line in text.lines() {
+            if line.contains("URI=\"") {
+                assert!(line.contains("?token=abc\""), "{line}");
+            } else if !line.starts_with('#') {
+                assert!(line.ends_with("?token=abc"), "{line}");
+            }
+        }
     }
 
     #[test]

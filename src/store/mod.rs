@@ -9,6 +9,7 @@
 
 mod streams;
 mod tokens;
+mod webhooks;
 
 use std::path::Path;
 
@@ -17,8 +18,12 @@ use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
-pub use streams::{decode_cursor, encode_cursor, StreamPage, StreamRow, StreamState};
+pub use streams::{
+    decode_cursor, encode_cursor, NewStream, Privacy, StreamFilter, StreamPage, StreamPatch,
+    StreamRow, StreamState,
+};
 pub use tokens::TokenRow;
+pub use webhooks::{DeliveryRow, WebhookRow};
 
 /// A database failure.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +76,33 @@ const MIGRATIONS: &[&str] = &[
         last_used_at TEXT
     );
     CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    // 2: the control API: stream metadata, webhooks and their delivery log.
+    "ALTER TABLE streams ADD COLUMN description TEXT NOT NULL DEFAULT '';
+    ALTER TABLE streams ADD COLUMN category TEXT;
+    ALTER TABLE streams ADD COLUMN privacy TEXT NOT NULL DEFAULT 'public';
+    ALTER TABLE streams ADD COLUMN scheduled_at TEXT;
+    ALTER TABLE streams ADD COLUMN record INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE streams ADD COLUMN protocol TEXT;
+    CREATE TABLE webhooks (
+        id TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        events TEXT NOT NULL,
+        secret TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE webhook_deliveries (
+        id TEXT PRIMARY KEY,
+        webhook_id TEXT NOT NULL REFERENCES webhooks (id) ON DELETE CASCADE,
+        event_id TEXT NOT NULL,
+        event TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        success INTEGER NOT NULL,
+        status_code INTEGER,
+        error TEXT,
+        duration_ms INTEGER NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX webhook_deliveries_by_hook ON webhook_deliveries (webhook_id);",
 ];
 
 impl Store {

@@ -1,13 +1,18 @@
 //! The `streams` table: creation with a fresh stream key (returned once, stored hashed),
-//! lookups by id and by (app, key), cursor-paginated listing, and state changes.
+//! lookups by id and by (app, key), filtered cursor-paginated listing, updates, key rotation,
+//! deletion and state changes.
+//!
+//! Pagination follows the insertion order (`rowid`), so a page boundary is stable even while
+//! streams are being created: every stream is listed exactly once, new ones at the end.
 
-use rusqlite::{params, OptionalExtension, Row};
-use serde::Serialize;
+use rusqlite::{params, OptionalExtension, Row, ToSql};
+use serde::{Deserialize, Serialize};
 
 use super::{hash_secret, now_rfc3339, random_id, Store, StoreError};
 
-/// Lifecycle of a stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Stored lifecycle of a stream (`scheduled` is derived from `scheduled_at`, see
+/// [`StreamRow::status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StreamState {
     /// Created, no publisher yet.
@@ -37,6 +42,25 @@ impl StreamState {
     }
 }
 
+/// Who may watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Privacy {
+    /// Anyone with the URL.
+    Public,
+    /// Only with a signed play token.
+    Private,
+}
+
+impl Privacy {
+    fn as_str(self) -> &'static str {
+        match self {
+            Privacy::Public => "public",
+            Privacy::Private => "private",
+        }
+    }
+}
+
 /// A stream as stored (the key only as its hash, which never leaves this module).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamRow {
@@ -48,6 +72,18 @@ pub struct StreamRow {
     pub name: String,
     /// Display title.
     pub title: String,
+    /// Free text.
+    pub description: String,
+    /// Category slug.
+    pub category: Option<String>,
+    /// Who may watch.
+    pub privacy: Privacy,
+    /// When the stream is planned to start (RFC 3339).
+    pub scheduled_at: Option<String>,
+    /// Record whenever it goes live.
+    pub record: bool,
+    /// Last ingest protocol (`rtmp`).
+    pub protocol: Option<String>,
     /// Stored state.
     pub state: StreamState,
     /// RFC 3339 timestamps.
@@ -60,20 +96,120 @@ pub struct StreamRow {
     pub ended_at: Option<String>,
 }
 
-const COLUMNS: &str = "id, app, name, title, state, created_at, updated_at, started_at, ended_at";
+impl StreamRow {
+    /// `idle`, `scheduled`, `live` or `ended`: an idle stream whose `scheduled_at` is in the
+    /// future is `scheduled`.
+    pub fn status(&self, now_rfc3339: &str) -> &'static str {
+        match self.state {
+            StreamState::Idle
+                if self
+                    .scheduled_at
+                    .as_deref()
+                    .is_some_and(|at| at > now_rfc3339) =>
+            {
+                "scheduled"
+            }
+            s => s.as_str(),
+        }
+    }
+}
 
-fn row_to_stream(r: &Row<'_>) -> rusqlite::Result<StreamRow> {
-    Ok(StreamRow {
-        id: r.get(0)?,
-        app: r.get(1)?,
-        name: r.get(2)?,
-        title: r.get(3)?,
-        state: StreamState::parse(&r.get::<_, String>(4)?),
-        created_at: r.get(5)?,
-        updated_at: r.get(6)?,
-        started_at: r.get(7)?,
-        ended_at: r.get(8)?,
-    })
+/// Fields of a new stream.
+#[derive(Debug, Clone)]
+pub struct NewStream {
+    /// Application.
+    pub app: String,
+    /// Unique name within the app.
+    pub name: String,
+    /// Title.
+    pub title: String,
+    /// Description.
+    pub description: String,
+    /// Category slug.
+    pub category: Option<String>,
+    /// Privacy.
+    pub privacy: Privacy,
+    /// Planned start.
+    pub scheduled_at: Option<String>,
+    /// Record flag.
+    pub record: bool,
+}
+
+impl NewStream {
+    /// A public stream with just a name and title.
+    pub fn named(app: &str, name: &str, title: &str) -> Self {
+        NewStream {
+            app: app.to_owned(),
+            name: name.to_owned(),
+            title: title.to_owned(),
+            description: String::new(),
+            category: None,
+            privacy: Privacy::Public,
+            scheduled_at: None,
+            record: false,
+        }
+    }
+}
+
+/// Fields a PATCH may change; `None` leaves a field as it is. For the nullable fields,
+/// `Some(None)` clears them.
+#[derive(Debug, Clone, Default)]
+pub struct StreamPatch {
+    /// New title.
+    pub title: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+    /// New category (or cleared).
+    pub category: Option<Option<String>>,
+    /// New privacy.
+    pub privacy: Option<Privacy>,
+    /// New planned start (or cleared).
+    pub scheduled_at: Option<Option<String>>,
+    /// New record flag.
+    pub record: Option<bool>,
+}
+
+/// List filters.
+#[derive(Debug, Clone, Default)]
+pub struct StreamFilter {
+    /// `idle`, `scheduled`, `live` or `ended`.
+    pub status: Option<String>,
+    /// Application.
+    pub app: Option<String>,
+    /// Category slug.
+    pub category: Option<String>,
+    /// Last ingest protocol.
+    pub protocol: Option<String>,
+}
+
+const COLUMNS: &str = "rowid, id, app, name, title, description, category, privacy, scheduled_at, \
+                       record, protocol, state, created_at, updated_at, started_at, ended_at";
+
+fn row_to_stream(r: &Row<'_>) -> rusqlite::Result<(i64, StreamRow)> {
+    Ok((
+        r.get(0)?,
+        StreamRow {
+            id: r.get(1)?,
+            app: r.get(2)?,
+            name: r.get(3)?,
+            title: r.get(4)?,
+            description: r.get(5)?,
+            category: r.get(6)?,
+            privacy: if r.get::<_, String>(7)? == "private" {
+                Privacy::Private
+            } else {
+                Privacy::Public
+            },
+            scheduled_at: r.get(8)?,
+            record: r.get(9)?,
+            protocol: r.get(10)?,
+            state: StreamState::parse(&r.get::<_, String>(11)?),
+            created_at: r.get(12)?,
+            updated_at: r.get(13)?,
+            started_at: r.get(14)?,
+            ended_at: r.get(15)?,
+        },
+    ))
 }
 
 /// A page of streams and the cursor of the next page.
@@ -90,45 +226,61 @@ pub fn new_stream_key() -> String {
     random_id("sk_", 16)
 }
 
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+fn select_by(
+    c: &rusqlite::Connection,
+    clause: &str,
+    args: &[&dyn ToSql],
+) -> rusqlite::Result<Option<StreamRow>> {
+    c.query_row(
+        &format!("SELECT {COLUMNS} FROM streams WHERE {clause}"),
+        args,
+        row_to_stream,
+    )
+    .optional()
+    .map(|r| r.map(|(_, row)| row))
+}
+
 impl Store {
     /// Creates a stream with a new key; returns the row and the key (shown once).
-    pub async fn create_stream(
-        &self,
-        app: &str,
-        name: &str,
-        title: &str,
-    ) -> Result<(StreamRow, String), StoreError> {
+    pub async fn create_stream(&self, new: NewStream) -> Result<(StreamRow, String), StoreError> {
         let key = new_stream_key();
-        let (app, name, title, hash) = (
-            app.to_owned(),
-            name.to_owned(),
-            title.to_owned(),
-            hash_secret(&key),
-        );
+        let hash = hash_secret(&key);
         let row = self
             .call(move |c| {
                 let id = random_id("str_", 8);
                 let now = now_rfc3339();
                 let res = c.execute(
-                    "INSERT INTO streams (id, app, name, title, stream_key_hash, state, created_at, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, 'idle', ?6, ?6)",
-                    params![id, app, name, title, hash, now],
+                    "INSERT INTO streams (id, app, name, title, description, category, privacy,
+                        scheduled_at, record, stream_key_hash, state, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'idle', ?11, ?11)",
+                    params![
+                        id,
+                        new.app,
+                        new.name,
+                        new.title,
+                        new.description,
+                        new.category,
+                        new.privacy.as_str(),
+                        new.scheduled_at,
+                        new.record,
+                        hash,
+                        now
+                    ],
                 );
                 match res {
-                    Err(rusqlite::Error::SqliteFailure(e, _))
-                        if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-                    {
+                    Err(e) if is_unique_violation(&e) => {
                         return Err(StoreError::Conflict(format!(
-                            "a stream named {name} already exists in app {app}"
+                            "a stream named {} already exists in app {}",
+                            new.name, new.app
                         )))
                     }
                     other => other?,
                 };
-                Ok(c.query_row(
-                    &format!("SELECT {COLUMNS} FROM streams WHERE id = ?1"),
-                    [&id],
-                    row_to_stream,
-                )?)
+                select_by(c, "id = ?1", &[&id])?.ok_or(StoreError::Closed)
             })
             .await?;
         Ok((row, key))
@@ -137,15 +289,8 @@ impl Store {
     /// The stream with this id.
     pub async fn get_stream(&self, id: &str) -> Result<Option<StreamRow>, StoreError> {
         let id = id.to_owned();
-        self.call(move |c| {
-            Ok(c.query_row(
-                &format!("SELECT {COLUMNS} FROM streams WHERE id = ?1"),
-                [id],
-                row_to_stream,
-            )
-            .optional()?)
-        })
-        .await
+        self.call(move |c| Ok(select_by(c, "id = ?1", &[&id])?))
+            .await
     }
 
     /// The stream that `key` publishes to in `app`.
@@ -156,60 +301,163 @@ impl Store {
     ) -> Result<Option<StreamRow>, StoreError> {
         let (app, hash) = (app.to_owned(), hash_secret(key));
         self.call(move |c| {
-            Ok(c.query_row(
-                &format!("SELECT {COLUMNS} FROM streams WHERE app = ?1 AND stream_key_hash = ?2"),
-                [app, hash],
-                row_to_stream,
-            )
-            .optional()?)
+            Ok(select_by(
+                c,
+                "app = ?1 AND stream_key_hash = ?2",
+                &[&app, &hash],
+            )?)
         })
         .await
     }
 
-    /// Streams ordered by creation, `limit` per page, after `cursor`.
+    /// Streams in creation order, `limit` per page, after `cursor`, filtered.
     pub async fn list_streams(
         &self,
         limit: usize,
-        cursor: Option<(String, String)>,
+        cursor: Option<i64>,
+        filter: StreamFilter,
     ) -> Result<StreamPage, StoreError> {
         self.call(move |c| {
-            let (after_created, after_id) = cursor.unwrap_or_default();
-            let mut stmt = c.prepare(&format!(
-                "SELECT {COLUMNS} FROM streams WHERE (created_at, id) > (?1, ?2)
-                 ORDER BY created_at, id LIMIT ?3"
-            ))?;
+            let now = now_rfc3339();
+            let mut sql = format!("SELECT {COLUMNS} FROM streams WHERE rowid > ?1");
+            let mut args: Vec<Box<dyn ToSql>> = vec![Box::new(cursor.unwrap_or(0))];
+            let mut bind = |sql: &mut String, clause: &str, value: String| {
+                args.push(Box::new(value));
+                sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+            };
+            match filter.status.as_deref() {
+                Some("scheduled") => {
+                    bind(&mut sql, " AND state = 'idle' AND scheduled_at > ?", now)
+                }
+                Some("idle") => bind(
+                    &mut sql,
+                    " AND state = 'idle' AND (scheduled_at IS NULL OR scheduled_at <= ?)",
+                    now,
+                ),
+                Some(s) => bind(&mut sql, " AND state = ?", s.to_owned()),
+                None => {}
+            }
+            if let Some(app) = filter.app {
+                bind(&mut sql, " AND app = ?", app);
+            }
+            if let Some(category) = filter.category {
+                bind(&mut sql, " AND category = ?", category);
+            }
+            if let Some(protocol) = filter.protocol {
+                bind(&mut sql, " AND protocol = ?", protocol);
+            }
+            sql.push_str(&format!(" ORDER BY rowid LIMIT {}", limit + 1));
+            let mut stmt = c.prepare(&sql)?;
+            let params: Vec<&dyn ToSql> = args.iter().map(|a| a.as_ref()).collect();
             let mut rows = stmt
-                .query_map(
-                    params![after_created, after_id, limit as i64 + 1],
-                    row_to_stream,
-                )?
+                .query_map(params.as_slice(), row_to_stream)?
                 .collect::<Result<Vec<_>, _>>()?;
             let next_cursor = if rows.len() > limit {
                 rows.truncate(limit);
-                rows.last().map(|r| encode_cursor(&r.created_at, &r.id))
+                rows.last().map(|(rowid, _)| encode_cursor(*rowid))
             } else {
                 None
             };
-            Ok(StreamPage { rows, next_cursor })
+            Ok(StreamPage {
+                rows: rows.into_iter().map(|(_, r)| r).collect(),
+                next_cursor,
+            })
         })
         .await
     }
 
-    /// Records a state change (`live` sets `started_at`, `ended` sets `ended_at`).
-    pub async fn set_stream_state(&self, id: &str, state: StreamState) -> Result<(), StoreError> {
+    /// Applies a PATCH; returns the updated row, `None` if there is no such stream.
+    pub async fn update_stream(
+        &self,
+        id: &str,
+        patch: StreamPatch,
+    ) -> Result<Option<StreamRow>, StoreError> {
         let id = id.to_owned();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let now = now_rfc3339();
+            let n = tx.execute(
+                "UPDATE streams SET
+                    title = COALESCE(?2, title),
+                    description = COALESCE(?3, description),
+                    category = CASE WHEN ?4 THEN ?5 ELSE category END,
+                    privacy = COALESCE(?6, privacy),
+                    scheduled_at = CASE WHEN ?7 THEN ?8 ELSE scheduled_at END,
+                    record = COALESCE(?9, record),
+                    updated_at = ?10
+                 WHERE id = ?1",
+                params![
+                    id,
+                    patch.title,
+                    patch.description,
+                    patch.category.is_some(),
+                    patch.category.flatten(),
+                    patch.privacy.map(Privacy::as_str),
+                    patch.scheduled_at.is_some(),
+                    patch.scheduled_at.flatten(),
+                    patch.record,
+                    now
+                ],
+            )?;
+            let row = if n == 0 {
+                None
+            } else {
+                select_by(&tx, "id = ?1", &[&id])?
+            };
+            tx.commit()?;
+            Ok(row)
+        })
+        .await
+    }
+
+    /// Replaces the stream key; returns the new key, `None` if there is no such stream.
+    pub async fn rotate_stream_key(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let (id, key) = (id.to_owned(), new_stream_key());
+        let hash = hash_secret(&key);
+        let n = self
+            .call(move |c| {
+                Ok(c.execute(
+                    "UPDATE streams SET stream_key_hash = ?2, updated_at = ?3 WHERE id = ?1",
+                    params![id, hash, now_rfc3339()],
+                )?)
+            })
+            .await?;
+        Ok((n > 0).then_some(key))
+    }
+
+    /// Deletes a stream; false if there was none.
+    pub async fn delete_stream(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.call(move |c| Ok(c.execute("DELETE FROM streams WHERE id = ?1", [id])? > 0))
+            .await
+    }
+
+    /// Records a state change (`live` sets `started_at` and the protocol, `ended` sets
+    /// `ended_at`).
+    pub async fn set_stream_state(
+        &self,
+        id: &str,
+        state: StreamState,
+        protocol: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let (id, protocol) = (id.to_owned(), protocol.map(str::to_owned));
         self.call(move |c| {
             let now = now_rfc3339();
             let sql = match state {
                 StreamState::Live => {
-                    "UPDATE streams SET state = ?2, updated_at = ?3, started_at = ?3 WHERE id = ?1"
+                    "UPDATE streams SET state = ?2, updated_at = ?3, started_at = ?3,
+                        protocol = COALESCE(?4, protocol) WHERE id = ?1"
                 }
                 StreamState::Ended => {
-                    "UPDATE streams SET state = ?2, updated_at = ?3, ended_at = ?3 WHERE id = ?1"
+                    "UPDATE streams SET state = ?2, updated_at = ?3, ended_at = ?3,
+                        protocol = COALESCE(?4, protocol) WHERE id = ?1"
                 }
-                StreamState::Idle => "UPDATE streams SET state = ?2, updated_at = ?3 WHERE id = ?1",
+                StreamState::Idle => {
+                    "UPDATE streams SET state = ?2, updated_at = ?3,
+                        protocol = COALESCE(?4, protocol) WHERE id = ?1"
+                }
             };
-            c.execute(sql, params![id, state.as_str(), now])?;
+            c.execute(sql, params![id, state.as_str(), now, protocol])?;
             Ok(())
         })
         .await
@@ -225,18 +473,23 @@ impl Store {
         })
         .await
     }
+
+    /// Streams per stored state, for server stats.
+    pub async fn count_streams(&self) -> Result<i64, StoreError> {
+        self.call(|c| Ok(c.query_row("SELECT COUNT(*) FROM streams", [], |r| r.get(0))?))
+            .await
+    }
 }
 
 /// Encodes a pagination position as an opaque string.
-pub fn encode_cursor(created_at: &str, id: &str) -> String {
-    hex::encode(format!("{created_at}\u{1f}{id}"))
+pub fn encode_cursor(position: i64) -> String {
+    hex::encode(format!("c1:{position}"))
 }
 
 /// Decodes [`encode_cursor`]'s output; `None` for anything else.
-pub fn decode_cursor(cursor: &str) -> Option<(String, String)> {
+pub fn decode_cursor(cursor: &str) -> Option<i64> {
     let raw = String::from_utf8(hex::decode(cursor).ok()?).ok()?;
-    let (a, b) = raw.split_once('\u{1f}')?;
-    Some((a.to_owned(), b.to_owned()))
+    raw.strip_prefix("c1:")?.parse().ok().filter(|p| *p >= 0)
 }
 
 #[cfg(test)]
@@ -247,7 +500,10 @@ mod tests {
     #[tokio::test]
     async fn create_find_by_key_and_paginate() {
         let store = Store::open(&tempdir()).await.unwrap();
-        let (row, key) = store.create_stream("live", "demo", "Demo").await.unwrap();
+        let (row, key) = store
+            .create_stream(NewStream::named("live", "demo", "Demo"))
+            .await
+            .unwrap();
         assert!(row.id.starts_with("str_"));
         assert!(key.starts_with("sk_"));
         assert_eq!(row.state, StreamState::Idle);
@@ -268,21 +524,24 @@ mod tests {
             .unwrap()
             .is_none());
         assert!(matches!(
-            store.create_stream("live", "demo", "again").await,
+            store
+                .create_stream(NewStream::named("live", "demo", "again"))
+                .await,
             Err(StoreError::Conflict(_))
         ));
         for i in 0..4 {
             store
-                .create_stream("live", &format!("s{i}"), "t")
+                .create_stream(NewStream::named("live", &format!("s{i}"), "t"))
                 .await
                 .unwrap();
         }
-        let p1 = store.list_streams(2, None).await.unwrap();
+        let all = StreamFilter::default();
+        let p1 = store.list_streams(2, None, all.clone()).await.unwrap();
         assert_eq!(p1.rows.len(), 2);
-        let c = decode_cursor(p1.next_cursor.as_deref().unwrap()).unwrap();
-        let p2 = store.list_streams(2, Some(c)).await.unwrap();
-        let c = decode_cursor(p2.next_cursor.as_deref().unwrap()).unwrap();
-        let p3 = store.list_streams(2, Some(c)).await.unwrap();
+        let c = decode_cursor(p1.next_cursor.as_deref().unwrap());
+        let p2 = store.list_streams(2, c, all.clone()).await.unwrap();
+        let c = decode_cursor(p2.next_cursor.as_deref().unwrap());
+        let p3 = store.list_streams(2, c, all).await.unwrap();
         assert_eq!(p3.rows.len(), 1);
         assert!(p3.next_cursor.is_none());
         let mut ids: Vec<_> = [p1.rows, p2.rows, p3.rows]
@@ -293,23 +552,88 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), 5);
         store
-            .set_stream_state(&row.id, StreamState::Live)
+            .set_stream_state(&row.id, StreamState::Live, Some("rtmp"))
             .await
             .unwrap();
+        let live = StreamFilter {
+            status: Some("live".into()),
+            protocol: Some("rtmp".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            store.list_streams(10, None, live).await.unwrap().rows.len(),
+            1
+        );
         assert_eq!(store.end_stale_live_streams().await.unwrap(), 1);
         let r = store.get_stream(&row.id).await.unwrap().unwrap();
         assert_eq!(r.state, StreamState::Ended);
         assert!(r.started_at.is_some() && r.ended_at.is_some());
     }
 
+    #[tokio::test]
+    async fn patch_rotate_delete_and_scheduled_status() {
+        let store = Store::open(&tempdir()).await.unwrap();
+        let mut new = NewStream::named("live", "a", "A");
+        new.category = Some("music".into());
+        new.scheduled_at = Some("2999-01-01T00:00:00.000Z".into());
+        let (row, key) = store.create_stream(new).await.unwrap();
+        assert_eq!(row.status(&now_rfc3339()), "scheduled");
+        let scheduled = StreamFilter {
+            status: Some("scheduled".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            store
+                .list_streams(10, None, scheduled)
+                .await
+                .unwrap()
+                .rows
+                .len(),
+            1
+        );
+        let patched = store
+            .update_stream(
+                &row.id,
+                StreamPatch {
+                    title: Some("B".into()),
+                    category: Some(None),
+                    scheduled_at: Some(None),
+                    privacy: Some(Privacy::Private),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(patched.title, "B");
+        assert_eq!(patched.category, None);
+        assert_eq!(patched.privacy, Privacy::Private);
+        assert_eq!(patched.status(&now_rfc3339()), "idle");
+        assert!(store
+            .update_stream("str_x", StreamPatch::default())
+            .await
+            .unwrap()
+            .is_none());
+        let new_key = store.rotate_stream_key(&row.id).await.unwrap().unwrap();
+        assert!(store
+            .find_stream_by_key("live", &key)
+            .await
+            .unwrap()
+            .is_none());
+        assert!(store
+            .find_stream_by_key("live", &new_key)
+            .await
+            .unwrap()
+            .is_some());
+        assert!(store.delete_stream(&row.id).await.unwrap());
+        assert!(!store.delete_stream(&row.id).await.unwrap());
+    }
+
     #[test]
     fn cursors_round_trip_and_reject_garbage() {
-        let c = encode_cursor("2026-01-01T00:00:00.000Z", "str_1");
-        assert_eq!(
-            decode_cursor(&c),
-            Some(("2026-01-01T00:00:00.000Z".into(), "str_1".into()))
-        );
+        assert_eq!(decode_cursor(&encode_cursor(42)), Some(42));
         assert_eq!(decode_cursor("zz"), None);
-        assert_eq!(decode_cursor(&hex::encode("no-separator")), None);
+        assert_eq!(decode_cursor(&hex::encode("c1:-3")), None);
+        assert_eq!(decode_cursor(&hex::encode("no")), None);
     }
 }

@@ -27,6 +27,22 @@ impl TokenRow {
     }
 }
 
+/// Reads id, name, scopes, created_at, last_used_at starting at column `at`.
+fn token_from(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<TokenRow> {
+    Ok(TokenRow {
+        id: r.get(at)?,
+        name: r.get(at + 1)?,
+        scopes: r
+            .get::<_, String>(at + 2)?
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        created_at: r.get(at + 3)?,
+        last_used_at: r.get(at + 4)?,
+    })
+}
+
 impl Store {
     /// Creates a token; `secret` is generated unless given (the configured admin token).
     /// Returns the row and the secret.
@@ -58,6 +74,40 @@ impl Store {
         Ok((row, secret))
     }
 
+    /// Tokens in creation order, `limit` per page after `cursor`; returns the next cursor.
+    pub async fn list_tokens(
+        &self,
+        limit: usize,
+        cursor: Option<i64>,
+    ) -> Result<(Vec<TokenRow>, Option<String>), StoreError> {
+        self.call(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT rowid, id, name, scopes, created_at, last_used_at FROM tokens
+                 WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+            )?;
+            let mut rows = stmt
+                .query_map(params![cursor.unwrap_or(0), limit as i64 + 1], |r| {
+                    Ok((r.get::<_, i64>(0)?, token_from(r, 1)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let next = if rows.len() > limit {
+                rows.truncate(limit);
+                rows.last().map(|(rowid, _)| super::encode_cursor(*rowid))
+            } else {
+                None
+            };
+            Ok((rows.into_iter().map(|(_, t)| t).collect(), next))
+        })
+        .await
+    }
+
+    /// Revokes a token; false if there was none.
+    pub async fn delete_token(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.call(move |c| Ok(c.execute("DELETE FROM tokens WHERE id = ?1", [id])? > 0))
+            .await
+    }
+
     /// The token with this secret, recording its use.
     pub async fn verify_token(&self, secret: &str) -> Result<Option<TokenRow>, StoreError> {
         let hash = hash_secret(secret);
@@ -68,20 +118,7 @@ impl Store {
                     "UPDATE tokens SET last_used_at = ?2 WHERE token_hash = ?1
                      RETURNING id, name, scopes, created_at, last_used_at",
                     params![hash, now],
-                    |r| {
-                        Ok(TokenRow {
-                            id: r.get(0)?,
-                            name: r.get(1)?,
-                            scopes: r
-                                .get::<_, String>(2)?
-                                .split(' ')
-                                .filter(|s| !s.is_empty())
-                                .map(str::to_owned)
-                                .collect(),
-                            created_at: r.get(3)?,
-                            last_used_at: r.get(4)?,
-                        })
-                    },
+                    |r| token_from(r, 0),
                 )
                 .optional()?;
             Ok(row)

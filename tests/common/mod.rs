@@ -40,7 +40,7 @@ impl TestServer {
         let (row, key) = self
             .server
             .store
-            .create_stream("live", name, name)
+            .create_stream(media_server::store::NewStream::named("live", name, name))
             .await
             .expect("create stream");
         (row.id, key)

@@ -71,12 +71,21 @@ async fn serve(
 ) -> Result<Response, HttpError> {
     let resource = parse_resource(&file)
         .ok_or_else(|| HttpError::not_found(format!("no such file: {file}")))?;
+    let token = query.get("token").map(String::as_str);
+    registry.gate.check(&stream_id, token).await?;
+    // Carry the play token to every URI the playlists name (token characters only).
+    let suffix = token
+        .filter(|t| {
+            t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        })
+        .map_or_else(String::new, |t| format!("?token={t}"));
     let stream = registry
         .get(&stream_id)
         .ok_or_else(|| HttpError::not_found(format!("stream {stream_id} is not live")))?;
-    match resource {
-        Resource::Multivariant => multivariant(&stream),
-        Resource::Media => media_playlist(&stream, &query).await,
+    let response = match resource {
+        Resource::Multivariant => multivariant(&stream, &suffix),
+        Resource::Media => media_playlist(&stream, &query, &suffix).await,
         Resource::Init(id) => {
             let init = stream.lock().init(id);
             init.map(|b| {
@@ -96,13 +105,22 @@ async fn serve(
                 .ok_or_else(|| HttpError::not_found(format!("segment {msn} is not available")))
         }
         Resource::Part(msn, index) => part(&stream, msn, index).await,
-    }
+    }?;
+    let sent = response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    registry.hub.add_bytes_out(sent);
+    Ok(response)
 }
 
-fn multivariant(stream: &HlsStream) -> Result<Response, HttpError> {
+fn multivariant(stream: &HlsStream, suffix: &str) -> Result<Response, HttpError> {
     let variant = stream.lock().variant();
-    let variant = variant
+    let mut variant = variant
         .ok_or_else(|| HttpError::not_found("the stream has not announced its tracks yet"))?;
+    variant.uri.push_str(suffix);
     Ok(playlist_response(
         playlist::render_multivariant(&[variant]),
         "no-cache",
@@ -124,6 +142,7 @@ fn parse_u64(query: &HashMap<String, String>, key: &str) -> Result<Option<u64>, 
 async fn media_playlist(
     stream: &HlsStream,
     query: &HashMap<String, String>,
+    suffix: &str,
 ) -> Result<Response, HttpError> {
     let msn = parse_u64(query, "_HLS_msn")?;
     let part = parse_u64(query, "_HLS_part")?;
@@ -134,7 +153,7 @@ async fn media_playlist(
             let seg = stream.lock();
             let pl = seg.playlist();
             let decision = reload_or_wait(pl, msn, part);
-            let text = (decision == ReloadDecision::Ready).then(|| pl.render());
+            let text = (decision == ReloadDecision::Ready).then(|| pl.render_with_query(suffix));
             (decision, text, pl.ended, pl.target_duration())
         };
         match decision {
@@ -217,7 +236,10 @@ async fn part(stream: &HlsStream, msn: u64, index: usize) -> Result<Response, Ht
 }
 
 fn playlist_response(text: String, cache: &'static str) -> Response {
+    let len = text.len();
     let mut resp = (StatusCode::OK, text).into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

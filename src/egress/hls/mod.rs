@@ -17,8 +17,9 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
+use super::PlaybackGate;
 use crate::config::HlsConfig;
-use crate::hub::{Event, Subscription};
+use crate::hub::{Event, Hub, Subscription};
 pub use segmenter::{Segmenter, SegmenterConfig};
 
 /// How long an ended playlist stays available after `EXT-X-ENDLIST`.
@@ -62,20 +63,37 @@ impl HlsStream {
 }
 
 /// All HLS streams by stream id.
-#[derive(Debug)]
 pub struct HlsRegistry {
     streams: Mutex<HashMap<String, Arc<HlsStream>>>,
     cfg: HlsConfig,
     shutdown: watch::Receiver<bool>,
+    /// Counts bytes served.
+    pub(crate) hub: Hub,
+    /// Private-stream checks.
+    pub(crate) gate: Arc<dyn PlaybackGate>,
+}
+
+impl std::fmt::Debug for HlsRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HlsRegistry").finish_non_exhaustive()
+    }
 }
 
 impl HlsRegistry {
-    /// An empty registry; `shutdown` turning true ends every playlist at once.
-    pub fn new(cfg: HlsConfig, shutdown: watch::Receiver<bool>) -> Arc<Self> {
+    /// An empty registry; `shutdown` turning true ends every playlist at once; `gate`
+    /// decides who may play.
+    pub fn new(
+        cfg: HlsConfig,
+        shutdown: watch::Receiver<bool>,
+        hub: Hub,
+        gate: Arc<dyn PlaybackGate>,
+    ) -> Arc<Self> {
         Arc::new(HlsRegistry {
             streams: Mutex::new(HashMap::new()),
             cfg,
             shutdown,
+            hub,
+            gate,
         })
     }
 

@@ -1,0 +1,73 @@
+//! `GET /api/v1/stats` (scope `stats:read`): uptime, live streams, publishers per protocol,
+//! viewers and traffic totals.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::{ApiState, Auth};
+use crate::error::{ErrorEnvelope, HttpError};
+
+/// Server-wide numbers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServerStats {
+    /// Seconds since start.
+    uptime_seconds: u64,
+    /// Server version.
+    version: String,
+    /// Streams in the database.
+    streams_total: i64,
+    /// Streams with a publisher now.
+    live_streams: u64,
+    /// Live publishers per ingest protocol.
+    publishers_by_protocol: BTreeMap<String, u64>,
+    /// Viewers across all streams now (RTMP players; HLS sessions arrive with the stats issue).
+    total_viewers: u64,
+    /// Media bytes received since start.
+    bytes_in: u64,
+    /// Bytes sent to viewers since start.
+    bytes_out: u64,
+}
+
+/// Server statistics.
+#[utoipa::path(get, path = "/api/v1/stats", tag = "stats",
+    responses(
+        (status = 200, body = ServerStats),
+        (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
+        (status = 429, body = ErrorEnvelope),
+    ),
+    security(("bearer" = ["stats:read"])))]
+pub async fn get(
+    auth: Auth,
+    State(state): State<ApiState>,
+) -> Result<Json<ServerStats>, HttpError> {
+    auth.require("stats:read")?;
+    let live = state.hub.live_streams();
+    let mut publishers_by_protocol = BTreeMap::new();
+    let mut total_viewers = 0;
+    for s in &live {
+        *publishers_by_protocol
+            .entry(s.protocol.to_owned())
+            .or_insert(0) += 1;
+        total_viewers += s.snapshot().viewers as u64;
+    }
+    let (bytes_in, bytes_out) = state.hub.traffic_totals();
+    let streams_total = state
+        .store
+        .count_streams()
+        .await
+        .map_err(|e| HttpError::internal("counting streams", e))?;
+    Ok(Json(ServerStats {
+        uptime_seconds: state.started.elapsed().as_secs(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        streams_total,
+        live_streams: live.len() as u64,
+        publishers_by_protocol,
+        total_viewers,
+        bytes_in,
+        bytes_out,
+    }))
+}

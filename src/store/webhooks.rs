@@ -1,0 +1,203 @@
+//! The `webhooks` and `webhook_deliveries` tables. A webhook's secret is needed to sign
+//! deliveries, so it is stored as given; the API masks it in every response after creation.
+
+use rusqlite::params;
+
+use super::{now_rfc3339, random_id, Store, StoreError};
+
+/// A webhook subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookRow {
+    /// `wh_…`
+    pub id: String,
+    /// Where deliveries are POSTed.
+    pub url: String,
+    /// Event types (`stream.started`, ...) or `*`.
+    pub events: Vec<String>,
+    /// HMAC key for `X-Signature`.
+    pub secret: String,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+impl WebhookRow {
+    /// Whether this webhook wants `event`.
+    pub fn wants(&self, event: &str) -> bool {
+        self.events.iter().any(|e| e == "*" || e == event)
+    }
+}
+
+/// One delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryRow {
+    /// `dlv_…`
+    pub id: String,
+    /// The webhook.
+    pub webhook_id: String,
+    /// The event's id (the same on every attempt).
+    pub event_id: String,
+    /// The event type.
+    pub event: String,
+    /// 1 for the first try.
+    pub attempt: u32,
+    /// A 2xx answer.
+    pub success: bool,
+    /// The receiver's status, if it answered.
+    pub status_code: Option<u16>,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+    /// How long the attempt took.
+    pub duration_ms: u64,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+fn webhook_from(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<WebhookRow> {
+    Ok(WebhookRow {
+        id: r.get(at)?,
+        url: r.get(at + 1)?,
+        events: r
+            .get::<_, String>(at + 2)?
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        secret: r.get(at + 3)?,
+        created_at: r.get(at + 4)?,
+    })
+}
+
+impl Store {
+    /// Creates a webhook.
+    pub async fn create_webhook(
+        &self,
+        url: &str,
+        events: &[String],
+        secret: &str,
+    ) -> Result<WebhookRow, StoreError> {
+        let row = WebhookRow {
+            id: random_id("wh_", 8),
+            url: url.to_owned(),
+            events: events.to_vec(),
+            secret: secret.to_owned(),
+            created_at: now_rfc3339(),
+        };
+        let r = row.clone();
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO webhooks (id, url, events, secret, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![r.id, r.url, r.events.join(" "), r.secret, r.created_at],
+            )?;
+            Ok(())
+        })
+        .await?;
+        Ok(row)
+    }
+
+    /// Every webhook, oldest first.
+    pub async fn list_webhooks(&self) -> Result<Vec<WebhookRow>, StoreError> {
+        self.call(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, url, events, secret, created_at FROM webhooks ORDER BY rowid",
+            )?;
+            let rows = stmt
+                .query_map([], |r| webhook_from(r, 0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// One webhook.
+    pub async fn get_webhook(&self, id: &str) -> Result<Option<WebhookRow>, StoreError> {
+        Ok(self.list_webhooks().await?.into_iter().find(|w| w.id == id))
+    }
+
+    /// Deletes a webhook and its delivery log; false if there was none.
+    pub async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.call(move |c| Ok(c.execute("DELETE FROM webhooks WHERE id = ?1", [id])? > 0))
+            .await
+    }
+
+    /// Logs a delivery attempt.
+    pub async fn record_delivery(&self, d: DeliveryRow) -> Result<(), StoreError> {
+        self.call(move |c| {
+            let res = c.execute(
+                "INSERT INTO webhook_deliveries (id, webhook_id, event_id, event, attempt, success,
+                    status_code, error, duration_ms, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    d.id,
+                    d.webhook_id,
+                    d.event_id,
+                    d.event,
+                    d.attempt,
+                    d.success,
+                    d.status_code,
+                    d.error,
+                    d.duration_ms as i64,
+                    d.created_at
+                ],
+            );
+            match res {
+                // The webhook was deleted while the delivery was in flight.
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    Ok(())
+                }
+                other => other.map(|_| ()).map_err(StoreError::from),
+            }
+        })
+        .await
+    }
+
+    /// A webhook's deliveries, newest first, `limit` per page after `cursor`.
+    pub async fn list_deliveries(
+        &self,
+        webhook_id: &str,
+        limit: usize,
+        cursor: Option<i64>,
+    ) -> Result<(Vec<DeliveryRow>, Option<String>), StoreError> {
+        let webhook_id = webhook_id.to_owned();
+        self.call(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT rowid, id, webhook_id, event_id, event, attempt, success, status_code, error,
+                        duration_ms, created_at
+                 FROM webhook_deliveries WHERE webhook_id = ?1 AND rowid < ?2
+                 ORDER BY rowid DESC LIMIT ?3",
+            )?;
+            let mut rows = stmt
+                .query_map(
+                    params![webhook_id, cursor.unwrap_or(i64::MAX), limit as i64 + 1],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            DeliveryRow {
+                                id: r.get(1)?,
+                                webhook_id: r.get(2)?,
+                                event_id: r.get(3)?,
+                                event: r.get(4)?,
+                                attempt: r.get(5)?,
+                                success: r.get(6)?,
+                                status_code: r.get(7)?,
+                                error: r.get(8)?,
+                                duration_ms: r.get::<_, i64>(9)?.max(0) as u64,
+                                created_at: r.get(10)?,
+                            },
+                        ))
+                    },
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            let next = if rows.len() > limit {
+                rows.truncate(limit);
+                rows.last().map(|(rowid, _)| super::encode_cursor(*rowid))
+            } else {
+                None
+            };
+            Ok((rows.into_iter().map(|(_, d)| d).collect(), next))
+        })
+        .await
+    }
+}
