@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need (Debian
-# packages: ffmpeg for interop, nasm for the camera encoder's fast path), checks formatting
-# and lints, then runs every test. Interop tests fail (not skip) under CI=true when a program
+# packages: ffmpeg for interop, nasm for the camera encoder's fast path, curl; schemathesis
+# from PyPI into a venv), checks formatting and lints, runs every test, then schemathesis
+# against the live server. Interop tests fail (not skip) under CI=true when a program
 # is missing. Usage: bash tests/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +10,7 @@ cd "$(dirname "$0")/.."
 log() { printf '\n==> %s\n' "$*"; }
 
 need_apt=()
-for pair in ffmpeg:ffmpeg ffprobe:ffmpeg nasm:nasm; do
+for pair in ffmpeg:ffmpeg ffprobe:ffmpeg nasm:nasm curl:curl python3:python3; do
   program=${pair%%:*}; package=${pair##*:}
   command -v "$program" >/dev/null 2>&1 || need_apt+=("$package")
 done
@@ -33,5 +34,8 @@ cargo clippy --all-targets --locked -- -D warnings
 
 log "cargo test (unit, in-process integration, interop with ffmpeg)"
 cargo test --all-targets --locked
+
+log "schemathesis against the live server's OpenAPI document"
+bash tests/schemathesis.sh
 
 log "all tests passed"

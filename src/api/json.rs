@@ -22,34 +22,46 @@ where
     type Rejection = HttpError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, HttpError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(ApiJson(v)),
-            Err(rejection) => Err(json_error(rejection)),
+        let value = match axum::Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(axum::Json(v)) => v,
+            Err(rejection) => return Err(json_error(rejection)),
+        };
+        // serde would also build a struct from an array; the API only takes objects.
+        if !value.is_object() {
+            return Err(HttpError::invalid_fields(vec![FieldError {
+                field: "body".into(),
+                message: "the body must be a JSON object".into(),
+            }]));
         }
+        serde_json::from_value(value)
+            .map(ApiJson)
+            .map_err(|e| data_error(&e.to_string()))
     }
+}
+
+/// A 422 for a body that is JSON but does not fit the request type. serde names the field
+/// in backticks ("missing field `title`", "unknown field `colour`"); a wrong value names the
+/// variant or type instead, so only the first backticked word that is a known key is used.
+fn data_error(text: &str) -> HttpError {
+    let field = text
+        .split('`')
+        .nth(1)
+        .filter(|f| {
+            text.contains("field `")
+                && f.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit())
+        })
+        .unwrap_or("body")
+        .to_owned();
+    HttpError::invalid_fields(vec![FieldError {
+        field,
+        message: text.to_owned(),
+    }])
 }
 
 fn json_error(rejection: JsonRejection) -> HttpError {
     match rejection {
-        JsonRejection::JsonDataError(e) => {
-            // serde names the field in its message ("missing field `title`", "... at line ..").
-            let text = e.body_text();
-            let field = text
-                .split('`')
-                .nth(1)
-                .map(str::to_owned)
-                .or_else(|| {
-                    text.split(": ")
-                        .nth(1)
-                        .and_then(|p| p.split(':').next())
-                        .map(str::to_owned)
-                })
-                .unwrap_or_else(|| "body".to_owned());
-            HttpError::invalid_fields(vec![FieldError {
-                field,
-                message: text,
-            }])
-        }
+        JsonRejection::JsonDataError(e) => data_error(&e.body_text()),
         JsonRejection::JsonSyntaxError(e) => {
             HttpError::bad_request(format!("malformed JSON: {}", e.body_text()))
         }
@@ -69,22 +81,43 @@ fn json_error(rejection: JsonRejection) -> HttpError {
     }
 }
 
+/// A query string extractor whose rejection is the JSON error shape (400 naming the problem).
+#[derive(Debug, Clone)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = HttpError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, HttpError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(v)| ApiQuery(v))
+            .map_err(|e| HttpError::bad_request(e.body_text()))
+    }
+}
+
 /// Parses an optional JSON body: empty means `T::default()`; otherwise the same 400/422
 /// rules as [`ApiJson`].
 pub fn parse_optional<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, HttpError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| {
-        if e.is_data() {
-            HttpError::invalid_fields(vec![FieldError {
-                field: e.to_string().split('`').nth(1).unwrap_or("body").to_owned(),
-                message: e.to_string(),
-            }])
-        } else {
-            HttpError::bad_request(format!("malformed JSON: {e}"))
-        }
-    })
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| HttpError::bad_request(format!("malformed JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(HttpError::invalid_fields(vec![FieldError {
+            field: "body".into(),
+            message: "the body must be a JSON object".into(),
+        }]));
+    }
+    serde_json::from_value(value).map_err(|e| data_error(&e.to_string()))
 }
 
 /// Collects field problems and turns them into one 422.

@@ -4,13 +4,13 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::json::{is_slug, parse_timestamp, ApiJson, Validate};
+use super::json::{is_slug, parse_timestamp, ApiJson, ApiQuery, Validate};
 use super::{page_args, ApiState, Auth, Page, Pagination};
 use crate::error::{ErrorEnvelope, HttpError};
 use crate::hub::StreamSnapshot;
@@ -131,19 +131,24 @@ pub struct CreatedStream {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateStream {
-    /// Title, 1-120 characters.
+    /// Title, 1-120 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 120, pattern = "\\S")]
     title: String,
     /// Up to 2000 characters.
     #[serde(default)]
+    #[schema(max_length = 2000)]
     description: String,
     /// RTMP application, a slug (default `live`).
     #[serde(default)]
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
     app: Option<String>,
     /// Unique name within the app, a slug (default: derived from the id).
     #[serde(default)]
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
     name: Option<String>,
     /// Category slug.
     #[serde(default)]
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
     category: Option<String>,
     /// `public` (default) or `private`.
     #[serde(default)]
@@ -162,12 +167,17 @@ pub struct CreateStream {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateStream {
+    /// New title, 1-120 characters.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 120, pattern = "\\S")]
     title: Option<String>,
+    /// New description, up to 2000 characters.
     #[serde(default)]
+    #[schema(max_length = 2000)]
     description: Option<String>,
+    /// New category slug, or `null` to clear.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = "^[a-z0-9_-]{1,64}$")]
     category: Option<Option<String>>,
     #[serde(default)]
     #[schema(value_type = Option<String>, example = "private")]
@@ -196,6 +206,7 @@ pub struct ListStreams {
     /// Last ingest protocol (`rtmp`).
     protocol: Option<String>,
     /// Page size, 1-100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
     /// Opaque cursor from `pagination.next_cursor`.
     cursor: Option<String>,
@@ -216,6 +227,7 @@ pub struct DeleteQuery {
 pub struct PlayTokenRequest {
     /// Lifetime in seconds, 1-86400 (default from config).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 86400)]
     ttl_seconds: Option<u64>,
 }
 
@@ -455,7 +467,7 @@ pub async fn create(
 pub async fn list(
     auth: Auth,
     State(state): State<ApiState>,
-    Query(q): Query<ListStreams>,
+    ApiQuery(q): ApiQuery<ListStreams>,
 ) -> Result<Json<Page<StreamView>>, HttpError> {
     auth.require("streams:read")?;
     let (limit, cursor) = page_args(q.limit, q.cursor.as_deref())?;
@@ -594,7 +606,7 @@ pub async fn delete(
     auth: Auth,
     State(state): State<ApiState>,
     Path(id): Path<String>,
-    Query(q): Query<DeleteQuery>,
+    ApiQuery(q): ApiQuery<DeleteQuery>,
 ) -> Result<StatusCode, HttpError> {
     auth.require("streams:write")?;
     let row = load(&state, &id).await?;
@@ -681,7 +693,7 @@ pub async fn rotate_key(
 /// A short-lived signed token for playing a private stream (`?token=`).
 #[utoipa::path(post, path = "/api/v1/streams/{id}/play-token", tag = "streams",
     params(("id" = String, Path, description = "Stream id")),
-    request_body(content = PlayTokenRequest, description = "Optional lifetime"),
+    request_body = Option<PlayTokenRequest>,
     responses(
         (status = 201, body = PlayToken),
         (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),

@@ -1,12 +1,12 @@
 //! `/api/v1/tokens` (scope `tokens:admin`): create (the secret is shown once), list, revoke.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::json::{ApiJson, Validate};
+use super::json::{ApiJson, ApiQuery, Validate};
 use super::{page_args, ApiState, Auth, Page, Pagination, SCOPES};
 use crate::error::{ErrorEnvelope, HttpError};
 use crate::store::TokenRow;
@@ -51,11 +51,13 @@ pub struct CreatedToken {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
-    /// 1-100 characters.
+    /// 1-100 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 100, pattern = "\\S")]
     name: String,
     /// One or more of `streams:read`, `streams:write`, `recordings:read`,
     /// `recordings:write`, `restreams:write`, `tokens:admin`, `webhooks:write`,
     /// `stats:read`, `*`.
+    #[schema(min_items = 1)]
     scopes: Vec<String>,
 }
 
@@ -64,6 +66,7 @@ pub struct CreateToken {
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Page size, 1-100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub(super) limit: Option<i64>,
     /// Opaque cursor from `pagination.next_cursor`.
     pub(super) cursor: Option<String>,
@@ -130,7 +133,7 @@ pub async fn create(
 pub async fn list(
     auth: Auth,
     State(state): State<ApiState>,
-    Query(q): Query<PageQuery>,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<TokenView>>, HttpError> {
     auth.require("tokens:admin")?;
     let (limit, cursor) = page_args(q.limit, q.cursor.as_deref())?;
@@ -151,7 +154,8 @@ pub async fn list(
     responses(
         (status = 204, description = "Revoked"),
         (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
-        (status = 404, body = ErrorEnvelope), (status = 429, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope),
+        (status = 429, body = ErrorEnvelope),
     ),
     security(("bearer" = ["tokens:admin"])))]
 pub async fn delete(
@@ -160,6 +164,11 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, HttpError> {
     auth.require("tokens:admin")?;
+    if auth.0.id == id {
+        return Err(HttpError::conflict(
+            "a token cannot revoke itself; use another tokens:admin token",
+        ));
+    }
     let deleted = state
         .store
         .delete_token(&id)

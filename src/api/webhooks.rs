@@ -1,13 +1,13 @@
 //! `/api/v1/webhooks` (scope `webhooks:write`): subscribe a URL to events, list, inspect
 //! (the secret masked), delete, and read the delivery log.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::json::{ApiJson, Validate};
+use super::json::{ApiJson, ApiQuery, Validate};
 use super::tokens::PageQuery;
 use super::{page_args, ApiState, Auth, Page, Pagination};
 use crate::error::{ErrorEnvelope, HttpError};
@@ -64,12 +64,15 @@ pub struct CreatedWebhook {
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhook {
     /// `http://` or `https://`, at most 2000 characters.
+    #[schema(max_length = 2000, pattern = "^https?://[^/?#\\s]+")]
     url: String,
     /// Event types: `stream.created`, `stream.started`, `stream.ended`, `stream.deleted`,
     /// `recording.ready`, `restream.failed`, `health.degraded`, or `*`.
+    #[schema(min_items = 1)]
     events: Vec<String>,
     /// 16-200 characters; generated when absent.
     #[serde(default)]
+    #[schema(min_length = 16, max_length = 200)]
     secret: Option<String>,
 }
 
@@ -263,7 +266,7 @@ pub async fn deliveries(
     auth: Auth,
     State(state): State<ApiState>,
     Path(id): Path<String>,
-    Query(q): Query<PageQuery>,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<DeliveryView>>, HttpError> {
     auth.require("webhooks:write")?;
     let (limit, cursor) = page_args(q.limit, q.cursor.as_deref())?;
