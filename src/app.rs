@@ -89,7 +89,12 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         signer: signer.clone(),
         cache: std::sync::Mutex::new(std::collections::HashMap::new()),
     });
-    let hls = HlsRegistry::new(config.hls.clone(), shutdown_rx.clone(), hub.clone(), gate);
+    let hls = HlsRegistry::new(
+        config.hls.clone(),
+        shutdown_rx.clone(),
+        hub.clone(),
+        gate.clone(),
+    );
     let mut tasks = Vec::new();
     tasks.push(wire_hub(&hub, &store, &hls, &events, shutdown_rx.clone()));
     tasks.push(crate::webhooks::spawn(
@@ -121,6 +126,16 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     );
     let router = Router::new()
         .merge(hls::http::router(hls.clone()))
+        .merge(crate::egress::mjpeg::router(crate::egress::mjpeg::MjpegContext {
+            hub: hub.clone(),
+            gate,
+        }))
+        .merge(crate::ingest::camera::router(crate::ingest::camera::CameraContext {
+            config: config.camera.clone(),
+            store: store.clone(),
+            hub: hub.clone(),
+            shutdown: shutdown_rx.clone(),
+        }))
         .merge(api::router(api_state))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,

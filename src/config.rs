@@ -64,6 +64,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// Webhook delivery.
     pub webhooks: WebhooksConfig,
+    /// WebSocket JPEG cameras.
+    pub camera: CameraConfig,
 }
 
 /// `[server]`
@@ -163,6 +165,37 @@ impl Default for ApiConfig {
             rate_limit_per_ip: 60,
             max_body_bytes: 64 * 1024,
             cors_allowed_origins: vec!["*".into()],
+        }
+    }
+}
+
+/// `[camera]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CameraConfig {
+    /// Largest JPEG accepted, in bytes; a larger message closes the socket with 1009.
+    pub max_frame_bytes: usize,
+    /// Invalid frames in a row that close the socket (1007).
+    pub max_invalid_frames: u32,
+    /// A camera silent for this long is disconnected, in milliseconds.
+    pub idle_timeout_ms: u64,
+    /// WebSocket ping interval, in milliseconds.
+    pub ping_interval_ms: u64,
+    /// Also encode H.264 from the JPEGs, so the camera plays as HLS and can be recorded.
+    pub transcode: bool,
+    /// Target bitrate of that H.264, in kbit/s.
+    pub h264_bitrate_kbps: u32,
+}
+
+impl Default for CameraConfig {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 1024 * 1024,
+            max_invalid_frames: 5,
+            idle_timeout_ms: 10_000,
+            ping_interval_ms: 5_000,
+            transcode: true,
+            h264_bitrate_kbps: 1500,
         }
     }
 }
@@ -326,6 +359,24 @@ impl Config {
                 "attempts and timeout must be greater than 0",
             );
         }
+        if self.camera.max_frame_bytes < 1024 || self.camera.max_frame_bytes > 64 * 1024 * 1024 {
+            return invalid(
+                "camera.max_frame_bytes",
+                "must be between 1024 and 67108864",
+            );
+        }
+        if self.camera.max_invalid_frames == 0
+            || self.camera.idle_timeout_ms == 0
+            || self.camera.ping_interval_ms == 0
+        {
+            return invalid(
+                "camera.max_invalid_frames",
+                "limits and intervals must be greater than 0",
+            );
+        }
+        if !(50..=50_000).contains(&self.camera.h264_bitrate_kbps) {
+            return invalid("camera.h264_bitrate_kbps", "must be between 50 and 50000");
+        }
         if let Some(token) = &self.auth.admin_token {
             if token.len() < 16 {
                 return invalid("auth.admin_token", "must be at least 16 characters");
@@ -353,14 +404,16 @@ fn apply_env(
             var: var.clone(),
             problem,
         };
-        let (section, key) = ["server", "http", "rtmp", "hls", "auth", "api", "webhooks"]
-            .iter()
-            .find_map(|s| {
-                rest.strip_prefix(s)
-                    .and_then(|r| r.strip_prefix('_'))
-                    .map(|k| (*s, k.to_owned()))
-            })
-            .ok_or_else(|| env_err("does not name a config section".into()))?;
+        let (section, key) = [
+            "server", "http", "rtmp", "hls", "auth", "api", "webhooks", "camera",
+        ]
+        .iter()
+        .find_map(|s| {
+            rest.strip_prefix(s)
+                .and_then(|r| r.strip_prefix('_'))
+                .map(|k| (*s, k.to_owned()))
+        })
+        .ok_or_else(|| env_err("does not name a config section".into()))?;
         let default = defaults
             .get(section)
             .and_then(|s| s.as_table())

@@ -257,6 +257,12 @@ fn track_views(s: &StreamSnapshot) -> Vec<TrackView> {
     let Some(tracks) = &s.tracks else {
         return vec![];
     };
+    let measured = |id| {
+        s.measured_fps
+            .iter()
+            .find(|(t, _)| *t == id)
+            .map(|(_, f)| (f * 10.0).round() / 10.0)
+    };
     tracks
         .list
         .iter()
@@ -267,7 +273,17 @@ fn track_views(s: &StreamSnapshot) -> Vec<TrackView> {
                 codec_string: c.codec_string(),
                 width: Some(c.info.width),
                 height: Some(c.info.height),
-                fps: c.info.fps.or(s.measured_fps),
+                fps: c.info.fps.or(measured(t.id)),
+                sample_rate: None,
+                channels: None,
+            },
+            CodecConfig::Jpeg { width, height } => TrackView {
+                kind: "video".into(),
+                codec: "mjpeg".into(),
+                codec_string: "jpeg".into(),
+                width: Some(u32::from(*width)),
+                height: Some(u32::from(*height)),
+                fps: measured(t.id),
                 sample_rate: None,
                 channels: None,
             },

@@ -2,6 +2,7 @@
 //! subscribe interface.
 
 pub mod hls;
+pub mod mjpeg;
 pub mod rtmp_play;
 
 use std::future::Future;

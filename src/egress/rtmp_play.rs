@@ -56,6 +56,8 @@ impl FlvMuxer {
                         body: flv::avc_sequence_header_tag(&c.raw),
                     });
                 }
+                // Camera JPEG tracks are not carried over RTMP (their H.264 track is).
+                CodecConfig::Jpeg { .. } => {}
                 CodecConfig::Aac(c) => {
                     meta.push(("audiocodecid", Amf0Value::Number(10.0)));
                     meta.push((
@@ -100,6 +102,7 @@ impl FlvMuxer {
                 self.buf.put_slice(&flv::AAC_FRAME_TAG_HEADER);
                 TYPE_AUDIO
             }
+            CodecConfig::Jpeg { .. } => return None,
         };
         self.buf.put_slice(&frame.data);
         Some(PlayOutput::Tag {

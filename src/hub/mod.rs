@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use queue::{Event, Subscription};
 pub use stats::RateMeter;
-pub use stream::{LiveStream, Publisher, StreamSnapshot};
+pub use stream::{LiveStream, Publisher, StreamSnapshot, ViewerGuard};
 
 /// Default per-subscriber queue length, in frames (~8 s of 30 fps video with audio).
 pub const DEFAULT_QUEUE_FRAMES: usize = 512;

@@ -73,7 +73,7 @@ impl Queue {
     /// Queues new tracks. Never dropped: a subscriber must know what the frames mean.
     pub(crate) fn push_tracks(&self, tracks: Arc<Tracks>) {
         let mut q = self.lock();
-        q.has_video = tracks.first(crate::media::TrackKind::Video).is_some();
+        q.has_video = tracks.primary_video().is_some();
         q.items.push_back(Event::Tracks(tracks));
         // A new track set starts at a keyframe from the publisher's side.
         q.awaiting_keyframe = q.has_video;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Instant, SystemTime};
 
-use crate::media::{Frame, TrackKind, Tracks};
+use crate::media::{Frame, TrackId, Tracks};
 
 use super::queue::{Queue, Subscription};
 use super::stats::RateMeter;
@@ -47,6 +47,10 @@ struct StreamState {
     meter: RateMeter,
     ended: bool,
     peak_viewers: usize,
+    /// The newest frame of each track (camera snapshots).
+    latest: Vec<(TrackId, Frame)>,
+    /// Viewers served outside the hub's queues (MJPEG, HLS sessions), counted by guards.
+    external_viewers: usize,
 }
 
 /// What the API shows about a live stream.
@@ -62,8 +66,8 @@ pub struct StreamSnapshot {
     pub bytes_in: u64,
     /// Ingest bitrate over the last few seconds, bits per second.
     pub bitrate_bps: u64,
-    /// Measured video frame rate over the last few seconds.
-    pub measured_fps: Option<f64>,
+    /// Measured frame rate of each track over the last few seconds.
+    pub measured_fps: Vec<(TrackId, f64)>,
     /// Current subscribers (segmenters, players).
     pub subscribers: usize,
     /// Subscribers that are viewers (players), not internal consumers like the segmenter.
@@ -125,8 +129,17 @@ impl LiveStream {
         self.subscribe_as(false)
     }
 
+    /// Subscribes a viewer with a short queue (latest-frame consumers like MJPEG).
+    pub fn subscribe_short(&self, capacity: usize) -> Subscription {
+        self.subscribe_with(true, capacity)
+    }
+
     fn subscribe_as(&self, viewer: bool) -> Subscription {
-        let queue = Arc::new(Queue::new(self.queue_capacity, viewer));
+        self.subscribe_with(viewer, self.queue_capacity)
+    }
+
+    fn subscribe_with(&self, viewer: bool, capacity: usize) -> Subscription {
+        let queue = Arc::new(Queue::new(capacity, viewer));
         let mut st = self.lock();
         if let Some(tracks) = &st.tracks {
             queue.push_tracks(tracks.clone());
@@ -139,10 +152,33 @@ impl LiveStream {
         }
         st.subscribers.push(queue.clone());
         if viewer {
-            let now = st.subscribers.iter().filter(|q| q.is_viewer()).count();
-            st.peak_viewers = st.peak_viewers.max(now);
+            st.update_peak();
         }
         Subscription { queue }
+    }
+
+    /// The newest frame of `track`, if any arrived.
+    pub fn latest_frame(&self, track: TrackId) -> Option<Frame> {
+        let st = self.lock();
+        st.latest
+            .iter()
+            .find(|(t, _)| *t == track)
+            .map(|(_, f)| f.clone())
+    }
+
+    /// The current tracks.
+    pub fn tracks(&self) -> Option<Arc<Tracks>> {
+        self.lock().tracks.clone()
+    }
+
+    /// Counts a viewer served outside the hub's queues until the guard is dropped.
+    pub fn viewer_guard(self: &Arc<Self>) -> ViewerGuard {
+        let mut st = self.lock();
+        st.external_viewers += 1;
+        st.update_peak();
+        ViewerGuard {
+            stream: self.clone(),
+        }
     }
 
     /// A consistent view of the stream for the API.
@@ -155,9 +191,14 @@ impl LiveStream {
             tracks: st.tracks.clone(),
             bytes_in: st.meter.total_bytes(),
             bitrate_bps: st.meter.bits_per_second(now),
-            measured_fps: st.meter.video_fps(now),
+            measured_fps: st
+                .tracks
+                .iter()
+                .flat_map(|t| t.list.iter())
+                .filter_map(|t| st.meter.fps(now, t.id).map(|f| (t.id, f)))
+                .collect(),
             subscribers: st.subscribers.len(),
-            viewers: st.subscribers.iter().filter(|q| q.is_viewer()).count(),
+            viewers: st.subscribers.iter().filter(|q| q.is_viewer()).count() + st.external_viewers,
             peak_viewers: st.peak_viewers,
             dropped_frames: st.subscribers.iter().map(|q| q.dropped()).sum(),
         }
@@ -165,6 +206,7 @@ impl LiveStream {
 
     fn set_tracks(&self, tracks: Arc<Tracks>) {
         let mut st = self.lock();
+        st.latest.retain(|(t, _)| tracks.get(*t).is_some());
         st.gop.clear();
         st.gop_bytes = 0;
         st.tracks = Some(tracks.clone());
@@ -178,11 +220,14 @@ impl LiveStream {
         let Some(tracks) = st.tracks.clone() else {
             return;
         };
-        let is_video = tracks
-            .get(frame.track)
-            .is_some_and(|t| t.kind() == TrackKind::Video);
-        let has_video = tracks.first(TrackKind::Video).is_some();
-        st.meter.record(now, frame.data.len(), is_video);
+        let primary = tracks.primary_video();
+        let is_video = primary == Some(frame.track);
+        let has_video = primary.is_some();
+        st.meter.record(now, frame.data.len(), frame.track);
+        match st.latest.iter_mut().find(|(t, _)| *t == frame.track) {
+            Some(slot) => slot.1 = frame.clone(),
+            None => st.latest.push((frame.track, frame.clone())),
+        }
         self.bytes_in_total
             .fetch_add(frame.data.len() as u64, Ordering::Relaxed);
         update_gop(&mut st, &frame, is_video, has_video);
@@ -196,6 +241,26 @@ impl LiveStream {
         for q in st.subscribers.drain(..) {
             q.close();
         }
+    }
+}
+
+impl StreamState {
+    fn update_peak(&mut self) {
+        let now = self.subscribers.iter().filter(|q| q.is_viewer()).count() + self.external_viewers;
+        self.peak_viewers = self.peak_viewers.max(now);
+    }
+}
+
+/// Keeps one viewer counted while it lives.
+#[derive(Debug)]
+pub struct ViewerGuard {
+    stream: Arc<LiveStream>,
+}
+
+impl Drop for ViewerGuard {
+    fn drop(&mut self) {
+        let mut st = self.stream.lock();
+        st.external_viewers = st.external_viewers.saturating_sub(1);
     }
 }
 

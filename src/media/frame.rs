@@ -32,13 +32,21 @@ pub enum CodecConfig {
     H264(AvcConfig),
     /// AAC with its AudioSpecificConfig; samples are raw AAC frames.
     Aac(AacConfig),
+    /// Motion JPEG from a camera: every sample is a whole JPEG. Not carried by fMP4/FLV
+    /// egress; served as MJPEG and transcoded to an H.264 track for everything else.
+    Jpeg {
+        /// Pixels.
+        width: u16,
+        /// Pixels.
+        height: u16,
+    },
 }
 
 impl CodecConfig {
     /// Video or audio.
     pub fn kind(&self) -> TrackKind {
         match self {
-            CodecConfig::H264(_) => TrackKind::Video,
+            CodecConfig::H264(_) | CodecConfig::Jpeg { .. } => TrackKind::Video,
             CodecConfig::Aac(_) => TrackKind::Audio,
         }
     }
@@ -48,6 +56,7 @@ impl CodecConfig {
         match self {
             CodecConfig::H264(c) => c.codec_string(),
             CodecConfig::Aac(c) => c.codec_string(),
+            CodecConfig::Jpeg { .. } => "jpeg".into(),
         }
     }
 
@@ -56,7 +65,13 @@ impl CodecConfig {
         match self {
             CodecConfig::H264(_) => "h264",
             CodecConfig::Aac(_) => "aac",
+            CodecConfig::Jpeg { .. } => "mjpeg",
         }
+    }
+
+    /// Whether fMP4 (HLS, recordings) and FLV (RTMP) can carry this codec.
+    pub fn is_packaged(&self) -> bool {
+        !matches!(self, CodecConfig::Jpeg { .. })
     }
 }
 
@@ -99,6 +114,23 @@ impl Tracks {
     /// The first track of a kind.
     pub fn first(&self, kind: TrackKind) -> Option<&Track> {
         self.list.iter().find(|t| t.kind() == kind)
+    }
+
+    /// The video track whose keyframes start GOPs (the first video track listed).
+    pub fn primary_video(&self) -> Option<TrackId> {
+        self.first(TrackKind::Video).map(|t| t.id)
+    }
+
+    /// The tracks fMP4 and FLV can carry (without camera JPEG tracks).
+    pub fn packaged(&self) -> Tracks {
+        Tracks {
+            list: self
+                .list
+                .iter()
+                .filter(|t| t.codec.is_packaged())
+                .cloned()
+                .collect(),
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! ([`h264::AvcConfig`], [`aac::AacConfig`]). Nothing here does I/O.
 
 pub mod aac;
+pub mod annexb;
 pub mod bits;
 mod frame;
 pub mod h264;

@@ -38,6 +38,9 @@ pub enum Fmp4Error {
     /// A sample is larger than a `trun` entry can describe.
     #[error("sample of {0} bytes is too large")]
     SampleTooLarge(usize),
+    /// The codec has no fMP4 mapping here (camera JPEG).
+    #[error("codec {0} is not carried in fMP4")]
+    Unsupported(&'static str),
 }
 
 /// Bytes made of several shared pieces, written out in order.
@@ -166,6 +169,7 @@ fn trak(track: &Track) -> Result<Trak, Fmp4Error> {
             };
             (tkhd, b"soun", MinfHeader::Sound, mp4a(aac).into())
         }
+        CodecConfig::Jpeg { .. } => return Err(Fmp4Error::Unsupported("jpeg")),
     };
     let mut minf = Minf {
         dinf: Dinf {

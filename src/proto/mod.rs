@@ -3,5 +3,7 @@
 
 pub mod flv;
 pub mod fmp4;
+pub mod jpeg;
+pub mod multipart;
 pub mod playlist;
 pub mod rtmp;

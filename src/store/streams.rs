@@ -310,6 +310,16 @@ impl Store {
         .await
     }
 
+    /// The stream `key` publishes to, in any app (cameras have no app in their URL).
+    pub async fn find_stream_by_any_app_key(
+        &self,
+        key: &str,
+    ) -> Result<Option<StreamRow>, StoreError> {
+        let hash = hash_secret(key);
+        self.call(move |c| Ok(select_by(c, "stream_key_hash = ?1", &[&hash])?))
+            .await
+    }
+
     /// Streams in creation order, `limit` per page, after `cursor`, filtered.
     pub async fn list_streams(
         &self,

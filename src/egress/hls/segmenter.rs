@@ -173,6 +173,13 @@ impl Segmenter {
             self.pending_discontinuity = self.next_msn > 0;
         }
         self.model.ended = false;
+        // Camera JPEG tracks are served as MJPEG; HLS carries the packaged ones.
+        let tracks = Arc::new(tracks.packaged());
+        if tracks.list.is_empty() {
+            self.tracks.clear();
+            self.variant = None;
+            return Ok(());
+        }
         let init = fmp4::init_segment(&tracks)?;
         let id = self.next_init_id;
         self.next_init_id += 1;
