@@ -58,7 +58,7 @@ pub fn picture(n: u64, width: usize, height: usize) -> Vec<u8> {
         height,
         [255, 40, 40],
     );
-    let size = (height / 6).max(6);
+    let size = (height / 6).min(width / 10).max(6);
     let text = format!("{n:06}");
     for (k, ch) in text.bytes().enumerate() {
         let x = width / 16 + k * (size + size / 2);

@@ -91,8 +91,9 @@ impl Transcoder {
     }
 }
 
-/// The encoder state of one camera.
-struct CameraEncoder {
+/// JPEG in, H.264 access unit out, for one camera (used by the encoder thread; public for
+/// benchmarks).
+pub struct FrameEncoder {
     encoder: Option<(Encoder, usize, usize)>,
     bitrate_bps: u32,
     avcc: Option<Bytes>,
@@ -100,14 +101,9 @@ struct CameraEncoder {
 }
 
 fn run(rx: Receiver<Job>, publisher: Arc<Publisher>, bitrate_bps: u32) {
-    let mut enc = CameraEncoder {
-        encoder: None,
-        bitrate_bps,
-        avcc: None,
-        last_idr: None,
-    };
+    let mut enc = FrameEncoder::new(bitrate_bps);
     while let Ok(job) = rx.recv() {
-        match enc.encode(&job) {
+        match enc.encode(&job.jpeg, job.dts) {
             Ok(Some((frame, new_config))) => {
                 if let Some(config) = new_config {
                     let tracks = Tracks {
@@ -132,10 +128,25 @@ fn run(rx: Receiver<Job>, publisher: Arc<Publisher>, bitrate_bps: u32) {
     }
 }
 
-impl CameraEncoder {
-    /// Encodes one JPEG; returns the H.264 frame and, when it changed, the new config.
-    fn encode(&mut self, job: &Job) -> Result<Option<(Frame, Option<AvcConfig>)>, TranscodeError> {
-        let (rgb, w, h) = decode_rgb(&job.jpeg)?;
+impl FrameEncoder {
+    /// An encoder targeting `bitrate_bps`; it is set up at the first frame's size.
+    pub fn new(bitrate_bps: u32) -> Self {
+        FrameEncoder {
+            encoder: None,
+            bitrate_bps,
+            avcc: None,
+            last_idr: None,
+        }
+    }
+
+    /// Encodes one JPEG taken at `dts` ms; returns the H.264 frame (none while the encoder
+    /// has nothing to emit) and, when it changed, the new decoder configuration.
+    pub fn encode(
+        &mut self,
+        jpeg: &[u8],
+        dts: i64,
+    ) -> Result<Option<(Frame, Option<AvcConfig>)>, TranscodeError> {
+        let (rgb, w, h) = decode_rgb(jpeg)?;
         let (w2, h2) = (w & !1, h & !1);
         if w2 == 0 || h2 == 0 {
             return Err(TranscodeError::Decode("picture smaller than 2x2".into()));
@@ -161,12 +172,12 @@ impl CameraEncoder {
         let Some((encoder, _, _)) = self.encoder.as_mut() else {
             return Ok(None);
         };
-        if self.last_idr.is_none_or(|t| job.dts - t >= 1000) {
+        if self.last_idr.is_none_or(|t| dts - t >= 1000) {
             encoder.force_intra_frame();
         }
         let yuv = YUVBuffer::from_rgb8_source(RgbSliceU8::new(&rgb, (w2, h2)));
         let stream = encoder
-            .encode_at(&yuv, Timestamp::from_millis(job.dts.max(0) as u64))
+            .encode_at(&yuv, Timestamp::from_millis(dts.max(0) as u64))
             .map_err(|e| TranscodeError::Encode(e.to_string()))?
             .to_vec();
         let nals = annexb::nal_units(&stream);
@@ -189,13 +200,13 @@ impl CameraEncoder {
             return Ok(None);
         }
         if idr {
-            self.last_idr = Some(job.dts);
+            self.last_idr = Some(dts);
         }
         Ok(Some((
             Frame {
                 track: H264_TRACK,
-                pts: job.dts,
-                dts: job.dts,
+                pts: dts,
+                dts,
                 keyframe: idr,
                 data: sample,
             },
