@@ -136,9 +136,35 @@ async fn a_hundred_frames_reach_a_multipart_viewer_in_order_and_intact() {
         .await
         .unwrap();
     assert_eq!(again.status(), 304);
-    // The API shows the camera.
-    let row = ts.server.hub.get(&id).unwrap().snapshot();
-    assert_eq!(row.protocol, "ws-mjpeg");
+    // The API shows the camera: protocol, resolution and frame rate.
+    let v: serde_json::Value = reqwest::Client::new()
+        .get(ts.http(&format!("/api/v1/streams/{id}")))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["state"], "live", "{v}");
+    assert_eq!(v["live"]["protocol"], "ws-mjpeg", "{v}");
+    let mjpeg = v["live"]["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["codec"] == "mjpeg")
+        .expect("an mjpeg track")
+        .clone();
+    assert_eq!(
+        (mjpeg["width"].as_u64(), mjpeg["height"].as_u64()),
+        (Some(320), Some(240))
+    );
+    let fps = mjpeg["fps"].as_f64().expect("a measured frame rate");
+    assert!(
+        (20.0..=45.0).contains(&fps),
+        "about 35 fps sent, measured {fps}"
+    );
+    assert!(v["peak_viewer_count"].as_u64() >= Some(1), "{v}");
     ws.close(None).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(

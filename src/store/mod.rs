@@ -208,6 +208,27 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Space-separated words (scopes, event types) as stored → a list.
+pub(crate) fn split_words(stored: &str) -> Vec<String> {
+    stored
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Rows fetched with `LIMIT limit + 1`, each with its rowid → the page and the cursor of the
+/// next page (the last row's position), if there is one.
+pub(crate) fn into_page<T>(mut rows: Vec<(i64, T)>, limit: usize) -> (Vec<T>, Option<String>) {
+    let next = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(|(rowid, _)| encode_cursor(*rowid))
+    } else {
+        None
+    };
+    (rows.into_iter().map(|(_, r)| r).collect(), next)
+}
+
 /// Current time as RFC 3339 with milliseconds, UTC (`2026-11-25T12:00:00.123Z`).
 pub fn now_rfc3339() -> String {
     crate::proto::playlist::format_pdt(std::time::SystemTime::now())

@@ -359,19 +359,11 @@ impl Store {
             sql.push_str(&format!(" ORDER BY rowid LIMIT {}", limit + 1));
             let mut stmt = c.prepare(&sql)?;
             let params: Vec<&dyn ToSql> = args.iter().map(|a| a.as_ref()).collect();
-            let mut rows = stmt
+            let rows = stmt
                 .query_map(params.as_slice(), row_to_stream)?
                 .collect::<Result<Vec<_>, _>>()?;
-            let next_cursor = if rows.len() > limit {
-                rows.truncate(limit);
-                rows.last().map(|(rowid, _)| encode_cursor(*rowid))
-            } else {
-                None
-            };
-            Ok(StreamPage {
-                rows: rows.into_iter().map(|(_, r)| r).collect(),
-                next_cursor,
-            })
+            let (rows, next_cursor) = super::into_page(rows, limit);
+            Ok(StreamPage { rows, next_cursor })
         })
         .await
     }

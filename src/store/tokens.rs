@@ -32,12 +32,7 @@ fn token_from(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<TokenRow> {
     Ok(TokenRow {
         id: r.get(at)?,
         name: r.get(at + 1)?,
-        scopes: r
-            .get::<_, String>(at + 2)?
-            .split(' ')
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect(),
+        scopes: super::split_words(&r.get::<_, String>(at + 2)?),
         created_at: r.get(at + 3)?,
         last_used_at: r.get(at + 4)?,
     })
@@ -65,7 +60,7 @@ impl Store {
                 Ok(TokenRow {
                     id,
                     name,
-                    scopes: scopes.split(' ').map(str::to_owned).collect(),
+                    scopes: super::split_words(&scopes),
                     created_at: now,
                     last_used_at: None,
                 })
@@ -85,18 +80,12 @@ impl Store {
                 "SELECT rowid, id, name, scopes, created_at, last_used_at FROM tokens
                  WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
             )?;
-            let mut rows = stmt
+            let rows = stmt
                 .query_map(params![cursor.unwrap_or(0), limit as i64 + 1], |r| {
                     Ok((r.get::<_, i64>(0)?, token_from(r, 1)?))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
-            let next = if rows.len() > limit {
-                rows.truncate(limit);
-                rows.last().map(|(rowid, _)| super::encode_cursor(*rowid))
-            } else {
-                None
-            };
-            Ok((rows.into_iter().map(|(_, t)| t).collect(), next))
+            Ok(super::into_page(rows, limit))
         })
         .await
     }

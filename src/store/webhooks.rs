@@ -56,12 +56,7 @@ fn webhook_from(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<WebhookRow
     Ok(WebhookRow {
         id: r.get(at)?,
         url: r.get(at + 1)?,
-        events: r
-            .get::<_, String>(at + 2)?
-            .split(' ')
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect(),
+        events: super::split_words(&r.get::<_, String>(at + 2)?),
         secret: r.get(at + 3)?,
         created_at: r.get(at + 4)?,
     })
@@ -168,7 +163,7 @@ impl Store {
                  FROM webhook_deliveries WHERE webhook_id = ?1 AND rowid < ?2
                  ORDER BY rowid DESC LIMIT ?3",
             )?;
-            let mut rows = stmt
+            let rows = stmt
                 .query_map(
                     params![webhook_id, cursor.unwrap_or(i64::MAX), limit as i64 + 1],
                     |r| {
@@ -190,13 +185,7 @@ impl Store {
                     },
                 )?
                 .collect::<Result<Vec<_>, _>>()?;
-            let next = if rows.len() > limit {
-                rows.truncate(limit);
-                rows.last().map(|(rowid, _)| super::encode_cursor(*rowid))
-            } else {
-                None
-            };
-            Ok((rows.into_iter().map(|(_, d)| d).collect(), next))
+Ok(super::into_page(rows, limit))
         })
         .await
     }
