@@ -35,8 +35,17 @@ pub fn parse_parts(body: &[u8]) -> Option<Vec<Vec<u8>>> {
     let mut rest = body;
     let delimiter = format!("--{BOUNDARY}\r\n");
     while !rest.is_empty() {
-        rest = rest.strip_prefix(delimiter.as_bytes())?;
-        let end = rest.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let Some(after) = rest.strip_prefix(delimiter.as_bytes()) else {
+            // A cut inside the next delimiter is an incomplete tail; anything else is broken.
+            if delimiter.as_bytes().starts_with(rest) {
+                break;
+            }
+            return None;
+        };
+        rest = after;
+        let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") else {
+            break; // headers not complete yet
+        };
         let headers = std::str::from_utf8(rest.get(..end)?).ok()?;
         let len: usize = headers
             .lines()

@@ -117,6 +117,7 @@ struct Session {
     invalid_in_a_row: u32,
     invalid_total: u64,
     frames: u64,
+    skipped_by_encoder: u64,
 }
 
 async fn until_stopped(p: &Option<Arc<Publisher>>) {
@@ -138,6 +139,7 @@ impl Session {
             invalid_in_a_row: 0,
             invalid_total: 0,
             frames: 0,
+            skipped_by_encoder: 0,
         }
     }
 
@@ -181,6 +183,10 @@ impl Session {
                 }
             }
         };
+        // End the stream before telling the camera, so a reconnect never finds it still live.
+        self.skipped_by_encoder = self.transcoder.as_ref().map_or(0, Transcoder::skipped);
+        self.transcoder = None;
+        self.publisher = None;
         if let Some((code, reason)) = close {
             tracing::info!(stream = %self.stream.id, code, %reason, "camera: closing");
             let _ = socket
@@ -190,12 +196,11 @@ impl Session {
                 })))
                 .await;
         }
-        let skipped = self.transcoder.as_ref().map_or(0, Transcoder::skipped);
         tracing::info!(
             stream = %self.stream.id,
             frames = self.frames,
             invalid = self.invalid_total,
-            skipped_by_encoder = skipped,
+            skipped_by_encoder = self.skipped_by_encoder,
             "camera: disconnected"
         );
     }
@@ -231,8 +236,7 @@ impl Session {
                     tracing::info!(stream = %self.stream.id, "camera: live");
                     let p = Arc::new(p);
                     if self.ctx.config.transcode {
-                        match Transcoder::spawn(p.clone(), self.ctx.config.h264_bitrate_kbps * 1000)
-                        {
+                        match Transcoder::spawn(&p, self.ctx.config.h264_bitrate_kbps * 1000) {
                             Ok(t) => self.transcoder = Some(t),
                             Err(err) => tracing::error!(%err, "camera: cannot start the encoder"),
                         }

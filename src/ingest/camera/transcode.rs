@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use openh264::encoder::{BitRate, Encoder, EncoderConfig, FrameRate, RateControlMode, UsageType};
@@ -57,10 +57,12 @@ impl std::fmt::Debug for Transcoder {
 }
 
 impl Transcoder {
-    /// Starts the encoder thread feeding `publisher`.
-    pub fn spawn(publisher: Arc<Publisher>, bitrate_bps: u32) -> std::io::Result<Self> {
+    /// Starts the encoder thread feeding `publisher`. The thread holds only a weak handle:
+    /// when the camera disconnects the stream ends at once, not after the encoder's frame.
+    pub fn spawn(publisher: &Arc<Publisher>, bitrate_bps: u32) -> std::io::Result<Self> {
         let (tx, rx) = sync_channel::<Job>(1);
         let stream_id = publisher.stream().id.clone();
+        let publisher = Arc::downgrade(publisher);
         std::thread::Builder::new()
             .name(format!("h264-{stream_id}"))
             .spawn(move || run(rx, publisher, bitrate_bps))?;
@@ -100,10 +102,14 @@ pub struct FrameEncoder {
     last_idr: Option<i64>,
 }
 
-fn run(rx: Receiver<Job>, publisher: Arc<Publisher>, bitrate_bps: u32) {
+fn run(rx: Receiver<Job>, publisher: Weak<Publisher>, bitrate_bps: u32) {
     let mut enc = FrameEncoder::new(bitrate_bps);
     while let Ok(job) = rx.recv() {
-        match enc.encode(&job.jpeg, job.dts) {
+        let result = enc.encode(&job.jpeg, job.dts);
+        let Some(publisher) = publisher.upgrade() else {
+            break; // the camera is gone
+        };
+        match result {
             Ok(Some((frame, new_config))) => {
                 if let Some(config) = new_config {
                     let tracks = Tracks {
