@@ -720,3 +720,34 @@ async fn openapi_documents_every_route() {
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 }
+
+#[tokio::test]
+async fn cors_follows_the_configuration() {
+    let preflight = |origin: &str| {
+        Request::builder()
+            .method(Method::OPTIONS)
+            .uri("/api/v1/streams")
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .body(Body::empty())
+            .unwrap()
+    };
+    let any = api().await;
+    let r = any.send(preflight("https://dashboard.example")).await;
+    assert_eq!(r.headers["access-control-allow-origin"], "*");
+    let listed = api_with(|c| c.api.cors_allowed_origins = vec!["https://ok.example".into()]).await;
+    let r = listed.send(preflight("https://ok.example")).await;
+    assert_eq!(
+        r.headers["access-control-allow-origin"],
+        "https://ok.example"
+    );
+    let r = listed.send(preflight("https://evil.example")).await;
+    assert!(!r.headers.contains_key("access-control-allow-origin"));
+    let none = api_with(|c| c.api.cors_allowed_origins = vec![]).await;
+    let r = none.send(preflight("https://dashboard.example")).await;
+    assert!(!r.headers.contains_key("access-control-allow-origin"));
+}
