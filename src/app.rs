@@ -128,7 +128,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         .merge(hls::http::router(hls.clone()))
         .merge(crate::egress::mjpeg::router(crate::egress::mjpeg::MjpegContext {
             hub: hub.clone(),
-            gate,
+            gate: gate.clone(),
         }))
         .merge(crate::ingest::camera::router(crate::ingest::camera::CameraContext {
             config: config.camera.clone(),
@@ -167,6 +167,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         config: config.rtmp.clone(),
         hub: hub.clone(),
         store: store.clone(),
+        gate,
     };
     tasks.push(tokio::spawn(rtmp::serve(rtmp_listener, ctx, shutdown_rx)));
     tracing::info!(%http_addr, %rtmp_addr, "media-server listening");

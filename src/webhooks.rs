@@ -88,14 +88,9 @@ pub fn spawn(
                     event: event.clone(),
                     config: config.clone(),
                     shutdown: shutdown.clone(),
+                    permits: permits.clone(),
                 };
-                let permits = permits.clone();
-                tokio::spawn(async move {
-                    let Ok(_permit) = permits.acquire_owned().await else {
-                        return;
-                    };
-                    delivery.run().await;
-                });
+                tokio::spawn(delivery.run());
             }
         }
     })
@@ -109,6 +104,8 @@ struct Delivery {
     event: Arc<Event>,
     config: WebhooksConfig,
     shutdown: watch::Receiver<bool>,
+    /// Caps attempts in flight; held only while a request runs, not during backoff.
+    permits: Arc<Semaphore>,
 }
 
 impl Delivery {
@@ -122,7 +119,11 @@ impl Delivery {
         };
         let initial = Duration::from_millis(self.config.initial_backoff_ms);
         for attempt in 1..=self.config.max_attempts.max(1) {
+            let Ok(permit) = self.permits.clone().acquire_owned().await else {
+                return;
+            };
             let (success, status_code, error, elapsed) = self.attempt(&body).await;
+            drop(permit);
             let row = DeliveryRow {
                 id: crate::store::random_id("dlv_", 8),
                 webhook_id: self.hook.id.clone(),

@@ -179,6 +179,40 @@ async fn private_streams_need_a_play_token_for_hls() {
     .await;
     assert_eq!(master.0, 200);
     assert!(String::from_utf8_lossy(&master.2).contains(&format!("media.m3u8?token={token}")));
+    // RTMP play of a private stream needs the token too (in the play name's query).
+    if require_program("ffprobe") {
+        let probe = |url: String| async move {
+            tokio::task::spawn_blocking(move || {
+                std::process::Command::new("ffprobe")
+                    .args([
+                        "-v",
+                        "error",
+                        "-rw_timeout",
+                        "5000000",
+                        "-show_entries",
+                        "stream=codec_name",
+                        "-of",
+                        "csv=p=0",
+                    ])
+                    .arg(url)
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap()
+        };
+        let refused = probe(ts.rtmp(&format!("/live/{id}"))).await;
+        assert!(
+            !refused.status.success(),
+            "RTMP play of a private stream without a token"
+        );
+        let allowed = probe(ts.rtmp(&format!("/live/{id}?token={token}"))).await;
+        assert!(
+            String::from_utf8_lossy(&allowed.stdout).contains("h264"),
+            "with the token: {}",
+            String::from_utf8_lossy(&allowed.stderr)
+        );
+    }
     // A public stream plays without one.
     let (pid, pkey) = create(&ts, json!({"title": "open"})).await;
     let mut p2 = RtmpPublisher::connect(ts.server.rtmp_addr, "live", &pkey)

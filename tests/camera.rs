@@ -247,12 +247,34 @@ async fn bad_frames_keys_and_sizes_get_their_documented_outcome() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_that_stops_sending_is_closed_although_it_answers_pings() {
+    let ts = start_with("cam-idle", |c| {
+        c.camera.idle_timeout_ms = 1000;
+        c.camera.ping_interval_ms = 200;
+    })
+    .await;
+    let (id, key) = ts.create_stream("idle").await;
+    let mut ws = connect(&ts, Some(&key), false).await.unwrap();
+    send(&mut ws, frames::jpeg(0, 160, 120, 50)).await;
+    wait_live(&ts, &id).await;
+    let started = Instant::now();
+    // Reading answers the server's pings with pongs; no more frames are sent.
+    let (code, reason) = close_of(&mut ws).await;
+    assert_eq!((code, reason.as_str()), (1001, "idle timeout"));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(ts.server.hub.get(&id).is_none(), "the stream ended");
+    ts.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_viewer_does_not_slow_nine_others() {
     let ts = start_with("cam-fanout", |c| c.camera.transcode = false).await;
     let (id, key) = ts.create_stream("fan").await;
-    let mut ws = connect(&ts, Some(&key), false).await.unwrap();
-    // Large frames fill a stalled viewer's socket buffers quickly.
+    // Large frames fill a stalled viewer's socket buffers quickly. (Made before connecting:
+    // a camera that sends nothing is closed after the idle timeout.)
     let frames: Vec<Vec<u8>> = (0..80).map(|n| frames::jpeg(n, 1280, 720, 90)).collect();
+    let mut ws = connect(&ts, Some(&key), false).await.unwrap();
     send(&mut ws, frames[0].clone()).await;
     wait_live(&ts, &id).await;
     // The stalled viewer opens the stream and never reads the body.

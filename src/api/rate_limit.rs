@@ -18,8 +18,10 @@ use crate::store::TokenRow;
 
 /// Length of a rate-limit window, in seconds.
 const WINDOW_SECS: u64 = 60;
-/// Windows kept before stale ones are swept.
+/// Windows kept before stale ones are swept (at most once per window).
 const SWEEP_ABOVE: usize = 10_000;
+/// Keys tracked at most in one window; a new key beyond it is refused (429) until the next.
+const MAX_KEYS: usize = 200_000;
 
 /// The outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,18 +39,34 @@ pub struct Decision {
 /// Counters per key (`tok:{id}` or `ip:{addr}`).
 #[derive(Debug, Default)]
 pub struct RateLimiter {
-    windows: Mutex<HashMap<String, (u64, u32)>>,
+    windows: Mutex<Windows>,
+}
+
+#[derive(Debug, Default)]
+struct Windows {
+    counts: HashMap<String, (u64, u32)>,
+    swept: u64,
 }
 
 impl RateLimiter {
     /// Counts a request for `key` at `now` (Unix seconds) against `limit` per minute.
     pub fn check(&self, key: &str, limit: u32, now: u64) -> Decision {
         let start = now - now % WINDOW_SECS;
-        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        if windows.len() > SWEEP_ABOVE {
-            windows.retain(|_, (s, _)| *s == start);
+        let mut guard = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let windows = &mut *guard;
+        if windows.counts.len() > SWEEP_ABOVE && windows.swept != start {
+            windows.counts.retain(|_, (s, _)| *s == start);
+            windows.swept = start;
         }
-        let w = windows.entry(key.to_owned()).or_insert((start, 0));
+        if windows.counts.len() >= MAX_KEYS && !windows.counts.contains_key(key) {
+            return Decision {
+                allowed: false,
+                limit,
+                remaining: 0,
+                reset: start + WINDOW_SECS,
+            };
+        }
+        let w = windows.counts.entry(key.to_owned()).or_insert((start, 0));
         if w.0 != start {
             *w = (start, 0);
         }

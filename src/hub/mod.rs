@@ -29,7 +29,8 @@ pub enum HubError {
     AlreadyPublishing(String),
 }
 
-/// A stream went live or ended. Delivered synchronously to hooks; hooks must not block.
+/// A stream went live or ended. Delivered synchronously to hooks, under the registry lock:
+/// hooks must not block or call back into the hub's registry (`publish`, `get`, ...).
 #[derive(Debug, Clone)]
 pub enum HubEvent {
     /// A publisher claimed the stream.
@@ -99,34 +100,32 @@ impl Hub {
     }
 
     /// Claims `stream_id` for a publisher; refused while another publisher holds it.
+    /// Hooks run under the registry lock, so a stream's Unpublished can never be seen after
+    /// the next session's Published.
     pub fn publish(&self, stream_id: &str, protocol: &'static str) -> Result<Publisher, HubError> {
-        let stream = {
-            let mut streams = self.streams();
-            if streams.contains_key(stream_id) {
-                return Err(HubError::AlreadyPublishing(stream_id.to_owned()));
-            }
-            let stream = Arc::new(LiveStream::new(
-                stream_id.to_owned(),
-                protocol,
-                self.inner.queue_capacity,
-                self.inner.bytes_in.clone(),
-            ));
-            streams.insert(stream_id.to_owned(), stream.clone());
-            stream
-        };
+        let mut streams = self.streams();
+        if streams.contains_key(stream_id) {
+            return Err(HubError::AlreadyPublishing(stream_id.to_owned()));
+        }
+        let stream = Arc::new(LiveStream::new(
+            stream_id.to_owned(),
+            protocol,
+            self.inner.queue_capacity,
+            self.inner.bytes_in.clone(),
+        ));
+        streams.insert(stream_id.to_owned(), stream.clone());
         self.emit(HubEvent::Published(stream.clone()));
+        drop(streams);
         Ok(Publisher::new(stream, Arc::downgrade(&self.inner)))
     }
 
     pub(crate) fn unpublish(&self, stream: &Arc<LiveStream>) {
-        let removed = {
-            let mut streams = self.streams();
-            match streams.get(&stream.id) {
-                Some(s) if Arc::ptr_eq(s, stream) => streams.remove(&stream.id),
-                _ => None,
-            }
-        };
-        if removed.is_some() {
+        let mut streams = self.streams();
+        if streams
+            .get(&stream.id)
+            .is_some_and(|s| Arc::ptr_eq(s, stream))
+        {
+            streams.remove(&stream.id);
             self.emit(HubEvent::Unpublished(stream.clone()));
         }
     }

@@ -74,6 +74,16 @@ impl Queue {
     pub(crate) fn push_tracks(&self, tracks: Arc<Tracks>) {
         let mut q = self.lock();
         q.has_video = tracks.primary_video().is_some();
+        // New tracks supersede whatever is still queued (frames of the old track set would be
+        // cut at a discontinuity anyway); this keeps the queue bounded however often a
+        // publisher re-announces.
+        let superseded = q
+            .items
+            .iter()
+            .filter(|e| matches!(e, Event::Frame(_)))
+            .count() as u64;
+        self.dropped.fetch_add(superseded, Ordering::Relaxed);
+        q.items.clear();
         q.items.push_back(Event::Tracks(tracks));
         // A new track set starts at a keyframe from the publisher's side.
         q.awaiting_keyframe = q.has_video;
@@ -239,6 +249,18 @@ mod tests {
         q.push_frame(&frame(0, 11, false), true);
         assert_eq!(frames(&mut sub), vec![10, 11]);
         assert_eq!(sub.dropped(), 10);
+    }
+
+    #[test]
+    fn re_announcements_do_not_pile_up() {
+        let q = Arc::new(Queue::new(8, true));
+        let sub = Subscription { queue: q.clone() };
+        for i in 0..1000 {
+            q.push_tracks(video_tracks());
+            q.push_frame(&frame(0, i, true), true);
+        }
+        assert_eq!(sub.queued(), 2, "the latest tracks and what followed them");
+        assert_eq!(sub.dropped(), 999);
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub const VIDEO_TRACK: TrackId = TrackId(0);
 pub const AUDIO_TRACK: TrackId = TrackId(1);
 /// Frames held at most while waiting for every sequence header.
 const MAX_PENDING: usize = 512;
+/// Bytes held at most while waiting for every sequence header.
+const MAX_PENDING_BYTES: usize = 16 * 1024 * 1024;
 /// Media time (ms) after which tracks are announced even if a promised one never came.
 const ANNOUNCE_WAIT_MS: i64 = 2000;
 
@@ -75,6 +77,7 @@ pub struct RtmpIngest {
     metadata_seen: bool,
     announced: Option<Arc<Tracks>>,
     pending: Vec<Frame>,
+    pending_bytes: usize,
     clock: Unwrapper,
     warned_codec: bool,
 }
@@ -91,6 +94,7 @@ impl RtmpIngest {
             metadata_seen: false,
             announced: None,
             pending: Vec::new(),
+            pending_bytes: 0,
             clock: Unwrapper::default(),
             warned_codec: false,
         }
@@ -249,6 +253,7 @@ impl RtmpIngest {
     }
 
     fn flush_pending(&mut self) {
+        self.pending_bytes = 0;
         for f in std::mem::take(&mut self.pending) {
             self.publisher.push(f);
         }
@@ -269,8 +274,9 @@ impl RtmpIngest {
             .pending
             .first()
             .is_some_and(|first| frame.dts - first.dts > ANNOUNCE_WAIT_MS);
+        self.pending_bytes += frame.data.len();
         self.pending.push(frame);
-        if waited || self.pending.len() >= MAX_PENDING {
+        if waited || self.pending.len() >= MAX_PENDING || self.pending_bytes >= MAX_PENDING_BYTES {
             self.announce();
             self.flush_pending();
         }
@@ -376,14 +382,25 @@ mod tests {
             .on_video(0, avc_sequence_header_tag(AVCC_720P))
             .unwrap();
         ingest.on_video(0, video_frame(true, 0)).unwrap();
+        assert_eq!(drain(&mut sub).0, 1, "announced at the first frame");
         ingest
             .on_video(40, avc_sequence_header_tag(AVCC_720P))
             .unwrap();
+        assert_eq!(
+            drain(&mut sub).0,
+            0,
+            "a repeated sequence header changes nothing"
+        );
         ingest
             .on_audio(40, aac_sequence_header_tag(ASC_LC_44100_STEREO))
             .unwrap();
-        let (tracks, _) = drain(&mut sub);
-        assert_eq!(tracks, 2, "the audio track appeared: one re-announcement");
+        assert_eq!(
+            drain(&mut sub).0,
+            1,
+            "the audio track appeared: one re-announcement"
+        );
+        let tracks = hub.get("s").unwrap().tracks().unwrap();
+        assert_eq!(tracks.list.len(), 2);
     }
 
     #[test]

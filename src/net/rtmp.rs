@@ -52,7 +52,7 @@ pub enum ConnectionError {
 }
 
 /// Everything a connection needs.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RtmpContext {
     /// Limits and timeouts.
     pub config: RtmpConfig,
@@ -60,6 +60,8 @@ pub struct RtmpContext {
     pub hub: Hub,
     /// Stream keys.
     pub store: Store,
+    /// Private-stream checks for players.
+    pub gate: std::sync::Arc<dyn crate::egress::PlaybackGate>,
 }
 
 /// Accepts connections until `shutdown` turns true.
@@ -140,7 +142,7 @@ impl Connection {
         .map_err(|_| ConnectionError::Timeout("before publish/play"))??;
         match request {
             SessionEvent::Publish { app, name } => self.publish(app, name).await,
-            SessionEvent::Play { app, name } => self.play(app, name).await,
+            SessionEvent::Play { app, name, token } => self.play(app, name, token).await,
             _ => Ok(()),
         }
     }
@@ -275,7 +277,17 @@ impl Connection {
         }
     }
 
-    async fn play(&mut self, app: String, stream_id: String) -> Result<(), ConnectionError> {
+    async fn play(
+        &mut self,
+        app: String,
+        stream_id: String,
+        token: Option<String>,
+    ) -> Result<(), ConnectionError> {
+        // Private streams need a play token, as for HLS and MJPEG (`str_…?token=…`).
+        if let Err(err) = self.ctx.gate.check(&stream_id, token.as_deref()).await {
+            tracing::warn!(peer = %self.peer, stream = %stream_id, "rtmp: play refused: {}", err.message);
+            return self.refuse("NetStream.Play.Failed", &err.message).await;
+        }
         let row = self.ctx.store.get_stream(&stream_id).await?;
         let live = row
             .filter(|r| r.app == app)

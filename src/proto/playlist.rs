@@ -52,6 +52,9 @@ pub struct MediaPlaylist {
     pub open: Option<OpenSegment>,
     /// The publisher is gone for good: `EXT-X-ENDLIST`, no preload hint.
     pub ended: bool,
+    /// The longest segment ever produced (seconds). `EXT-X-TARGETDURATION` follows it so the
+    /// tag only ever grows, as the spec requires it not to change.
+    pub longest_segment: f64,
 }
 
 /// The segment still being written.
@@ -113,7 +116,7 @@ impl MediaPlaylist {
             .segments
             .iter()
             .map(|s| s.duration)
-            .fold(self.segment_target, f64::max);
+            .fold(self.segment_target.max(self.longest_segment), f64::max);
         (longest.round() as u64).max(1)
     }
 
@@ -354,6 +357,7 @@ mod tests {
                 parts: parts(3),
             }),
             ended: false,
+            longest_segment: 0.0,
         }
     }
 
@@ -412,9 +416,13 @@ mod tests {
     }
 
     #[test]
-    fn long_segments_raise_the_target_duration() {
+    fn long_segments_raise_the_target_duration_for_good() {
         let mut pl = sample();
         pl.segments[0].duration = 4.6;
+        assert_eq!(pl.target_duration(), 5);
+        // The long segment left the window: the tag does not shrink back.
+        pl.segments.remove(0);
+        pl.longest_segment = 4.6;
         assert_eq!(pl.target_duration(), 5);
     }
 

@@ -106,6 +106,7 @@ impl Segmenter {
                 segments: Vec::new(),
                 open: None,
                 ended: false,
+                longest_segment: 0.0,
             },
             stored: VecDeque::new(),
             open_parts: Vec::new(),
@@ -317,10 +318,17 @@ impl Segmenter {
     fn cut_if_due(&mut self, frame: &Frame, now: SystemTime) -> Result<(), fmp4::Fmp4Error> {
         let ts = f64::from(self.tracks[self.driver].track.timescale.max(1));
         let segment_len = (frame.dts - self.segment_start) as f64 / ts;
-        if frame.keyframe && segment_len >= self.cfg.segment_target - 0.001 {
+        // A publisher that stops sending keyframes must not grow one segment forever: past
+        // this length the segment is cut anyway (the next one starts without a keyframe).
+        let forced = segment_len >= (4.0 * self.cfg.segment_target).max(10.0);
+        if forced && !frame.keyframe {
+            tracing::warn!("hls: no keyframe for {segment_len:.1} s; cutting the segment anyway");
+        }
+        if (frame.keyframe || forced) && segment_len >= self.cfg.segment_target - 0.001 {
             self.close_part(frame.dts)?;
             self.close_segment(frame.dts);
             self.open_segment(frame.dts, now);
+            self.part_independent = frame.keyframe;
             return Ok(());
         }
         let estimate = self.tracks[self.driver].last_duration;
@@ -374,6 +382,7 @@ impl Segmenter {
         }
         let ts = f64::from(self.tracks[self.driver].track.timescale.max(1));
         let duration = (end - self.segment_start).max(0) as f64 / ts;
+        self.model.longest_segment = self.model.longest_segment.max(duration);
         let bytes: usize = parts.iter().map(|p| p.len).sum();
         if duration > 0.0 {
             self.peak_bps = self.peak_bps.max((bytes as f64 * 8.0 / duration) as u64);
@@ -563,6 +572,18 @@ mod tests {
             "{durations:?}"
         );
         assert_eq!(seg.playlist().target_duration(), 3);
+    }
+
+    #[test]
+    fn a_stream_without_keyframes_still_gets_bounded_segments() {
+        let mut seg = Segmenter::new(CFG);
+        seg.push_tracks(Arc::new(av_tracks())).unwrap();
+        feed(&mut seg, 0, 30, 1_000_000);
+        seg.finish(true);
+        let pl = seg.playlist();
+        assert!(pl.segments.len() >= 3, "{}", pl.segments.len());
+        assert!(pl.segments.iter().all(|s| s.duration <= 10.1));
+        assert!(!pl.segments[1].parts[0].independent);
     }
 
     #[test]

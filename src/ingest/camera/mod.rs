@@ -149,12 +149,17 @@ impl Session {
             tokio::time::interval(Duration::from_millis(self.ctx.config.ping_interval_ms));
         ping.tick().await;
         let mut shutdown = self.ctx.shutdown.clone();
+        // Idle is measured from the last frame received: neither our pings nor the camera's
+        // pongs keep a camera that sends nothing (dead, or hung) live.
+        let mut last_rx = tokio::time::Instant::now();
         let close = loop {
             tokio::select! {
-                msg = tokio::time::timeout(idle, socket.recv()) => match msg {
-                    Err(_) => break Some((CLOSE_GOING_AWAY, "idle timeout".to_owned())),
-                    Ok(None) | Ok(Some(Ok(Message::Close(_)))) => break None,
-                    Ok(Some(Err(err))) => {
+                _ = tokio::time::sleep_until(last_rx + idle) => {
+                    break Some((CLOSE_GOING_AWAY, "idle timeout".to_owned()));
+                }
+                msg = socket.recv() => match msg {
+                    None | Some(Ok(Message::Close(_))) => break None,
+                    Some(Err(err)) => {
                         tracing::info!(stream = %self.stream.id, %err, "camera: websocket error");
                         // A message over the transport's own limit surfaces as an error.
                         let text = err.to_string().to_ascii_lowercase();
@@ -163,12 +168,13 @@ impl Session {
                         }
                         break None;
                     }
-                    Ok(Some(Ok(Message::Binary(data)))) => {
+                    Some(Ok(Message::Binary(data))) => {
+                        last_rx = tokio::time::Instant::now();
                         if let Some(close) = self.on_frame(data) {
                             break Some(close);
                         }
                     }
-                    Ok(Some(Ok(_))) => {} // text, ping, pong
+                    Some(Ok(_)) => {} // text, ping, pong
                 },
                 _ = ping.tick() => {
                     if socket.send(Message::Ping(Bytes::new())).await.is_err() {

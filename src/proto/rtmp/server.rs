@@ -20,6 +20,9 @@ use super::message::{self, MessageError, RtmpMessage};
 pub const MEDIA_STREAM_ID: u32 = 1;
 /// Acknowledgement window the server announces.
 const WINDOW_ACK_SIZE: u32 = 2_500_000;
+/// Largest command or data (metadata) message decoded. AMF0 values take ~30 times their
+/// encoded size in memory, so only media messages may use the full message limit.
+pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
 
 /// A connection-fatal protocol error.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +54,8 @@ pub enum SessionEvent {
         app: String,
         /// Play name (the stream id).
         name: String,
+        /// `token=` from the play name's query (`str_…?token=…`), for private streams.
+        token: Option<String>,
     },
     /// `@setDataFrame`/`onMetaData` from the publisher.
     Metadata(Amf0Value),
@@ -126,6 +131,12 @@ impl ServerSession {
                 return Ok(None);
             };
             self.acknowledge();
+            if matches!(raw.type_id, 15 | 17 | 18 | 20) && raw.payload.len() > MAX_COMMAND_BYTES {
+                return Err(SessionError::Protocol(format!(
+                    "command/data message of {} bytes (limit {MAX_COMMAND_BYTES})",
+                    raw.payload.len()
+                )));
+            }
             let event = match RtmpMessage::parse(&raw)? {
                 RtmpMessage::Audio(data) => Some(SessionEvent::Audio {
                     timestamp: raw.timestamp,
@@ -225,16 +236,22 @@ impl ServerSession {
                     .ok_or_else(|| SessionError::Protocol(format!("{name} before connect")))?;
                 // The name may carry a query string (`key?token=...`); it is not part of it.
                 let full = first_string();
-                let name_only = full.split('?').next().unwrap_or("").to_owned();
+                let (name_only, query) = full.split_once('?').unwrap_or((full.as_str(), ""));
+                let name_only = name_only.to_owned();
                 Ok(Some(if name == "publish" {
                     SessionEvent::Publish {
                         app,
                         name: name_only,
                     }
                 } else {
+                    let token = query
+                        .split('&')
+                        .find_map(|kv| kv.strip_prefix("token="))
+                        .map(str::to_owned);
                     SessionEvent::Play {
                         app,
                         name: name_only,
+                        token,
                     }
                 }))
             }
@@ -518,6 +535,45 @@ mod tests {
     }
 
     #[test]
+    fn oversized_commands_are_refused_before_decoding() {
+        let mut c = Client::new();
+        let filler = vec![Amf0Value::Null; MAX_COMMAND_BYTES];
+        c.command(0, "connect", 1.0, Amf0Value::Null, &filler);
+        let mut s = ServerSession::new(1 << 24, 4096);
+        s.push(&c.out);
+        assert!(matches!(s.poll_event(), Err(SessionError::Protocol(m)) if m.contains("limit")));
+    }
+
+    #[test]
+    fn play_token_is_taken_from_the_query() {
+        let mut c = Client::new();
+        c.command(
+            0,
+            "connect",
+            1.0,
+            Amf0Value::object([("app", Amf0Value::String("live".into()))]),
+            &[],
+        );
+        c.command(
+            1,
+            "play",
+            0.0,
+            Amf0Value::Null,
+            &[Amf0Value::String("str_1?a=b&token=123.abc".into())],
+        );
+        let mut s = ServerSession::new(1 << 20, 4096);
+        s.push(&c.out);
+        assert_eq!(
+            events(&mut s),
+            vec![SessionEvent::Play {
+                app: "live".into(),
+                name: "str_1".into(),
+                token: Some("123.abc".into()),
+            }]
+        );
+    }
+
+    #[test]
     fn publish_before_connect_is_a_protocol_error() {
         let mut c = Client::new();
         c.command(
@@ -555,7 +611,8 @@ mod tests {
             events(&mut s),
             vec![SessionEvent::Play {
                 app: "live".into(),
-                name: "str_1".into()
+                name: "str_1".into(),
+                token: None,
             }]
         );
         s.take_output();
