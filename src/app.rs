@@ -63,6 +63,8 @@ pub struct Server {
     pub store: Store,
     /// The live streams.
     pub hub: Hub,
+    /// WHIP/WHEP sessions.
+    pub webrtc: Arc<crate::net::webrtc::WebRtc>,
     config: Arc<Config>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -117,6 +119,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             source,
         })?;
 
+    let webrtc = crate::net::webrtc::WebRtc::new(config.webrtc.clone());
     let api_state = ApiState::new(
         config.clone(),
         store.clone(),
@@ -124,6 +127,18 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         events.clone(),
         signer,
     );
+    let webrtc_routes = if config.webrtc.enabled {
+        crate::net::webrtc_http::router(crate::net::webrtc_http::WebRtcContext {
+            webrtc: webrtc.clone(),
+            store: store.clone(),
+            hub: hub.clone(),
+            gate: gate.clone(),
+            shutdown: shutdown_rx.clone(),
+            cors_origins: config.api.cors_allowed_origins.clone(),
+        })
+    } else {
+        Router::new()
+    };
     let router = Router::new()
         .merge(hls::http::router(hls.clone()))
         .merge(crate::egress::mjpeg::router(crate::egress::mjpeg::MjpegContext {
@@ -137,6 +152,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             shutdown: shutdown_rx.clone(),
         }))
         .merge(api::router(api_state))
+        .merge(webrtc_routes)
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             Duration::from_millis(config.http.request_timeout_ms),
@@ -177,6 +193,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         bootstrap,
         store,
         hub,
+        webrtc,
         config,
         shutdown,
         tasks,

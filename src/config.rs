@@ -66,6 +66,8 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     /// WebSocket JPEG cameras.
     pub camera: CameraConfig,
+    /// WHIP ingest and WHEP playback.
+    pub webrtc: WebRtcConfig,
 }
 
 /// `[server]`
@@ -196,6 +198,54 @@ impl Default for CameraConfig {
             ping_interval_ms: 5_000,
             transcode: true,
             h264_bitrate_kbps: 1500,
+        }
+    }
+}
+
+/// `[webrtc]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebRtcConfig {
+    /// Serve `/whip` and `/whep`.
+    pub enabled: bool,
+    /// Address the media sockets bind: `0.0.0.0` means one socket per non-loopback interface
+    /// (each a host candidate); a concrete address binds just that one.
+    pub bind_ip: std::net::IpAddr,
+    /// Public addresses announced instead of the bound ones (1:1 NAT, e.g. a cloud VM's
+    /// public IP); empty announces the interface addresses.
+    pub public_ips: Vec<String>,
+    /// Lowest UDP port for media; with `udp_port_max` a range, 0 = any free port.
+    pub udp_port_min: u16,
+    /// Highest UDP port for media (inclusive); 0 = any free port.
+    pub udp_port_max: u16,
+    /// STUN/TURN servers (`stun:host:port`, `turn:host:port?transport=udp`).
+    pub ice_servers: Vec<String>,
+    /// TURN username, if a TURN server is listed.
+    pub ice_username: String,
+    /// TURN credential.
+    pub ice_credential: String,
+    /// A peer not connected within this many milliseconds is closed.
+    pub connect_timeout_ms: u64,
+    /// A connected peer whose ICE is lost (no STUN for this long) is closed, in milliseconds.
+    pub disconnect_timeout_ms: u64,
+    /// WHIP and WHEP sessions at once; more get 503.
+    pub max_sessions: usize,
+}
+
+impl Default for WebRtcConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            bind_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            public_ips: Vec::new(),
+            udp_port_min: 0,
+            udp_port_max: 0,
+            ice_servers: Vec::new(),
+            ice_username: String::new(),
+            ice_credential: String::new(),
+            connect_timeout_ms: 15_000,
+            disconnect_timeout_ms: 5_000,
+            max_sessions: 500,
         }
     }
 }
@@ -377,6 +427,37 @@ impl Config {
         if !(50..=50_000).contains(&self.camera.h264_bitrate_kbps) {
             return invalid("camera.h264_bitrate_kbps", "must be between 50 and 50000");
         }
+        let w = &self.webrtc;
+        if (w.udp_port_min == 0) != (w.udp_port_max == 0) || w.udp_port_min > w.udp_port_max {
+            return invalid(
+                "webrtc.udp_port_min",
+                "set both udp_port_min and udp_port_max (min <= max), or neither",
+            );
+        }
+        if let Some(bad) = w.ice_servers.iter().find(|u| {
+            !(u.starts_with("stun:") || u.starts_with("turn:") || u.starts_with("turns:"))
+        }) {
+            return invalid(
+                "webrtc.ice_servers",
+                &format!("{bad:?} must start with stun:, turn: or turns:"),
+            );
+        }
+        if let Some(bad) = w
+            .public_ips
+            .iter()
+            .find(|ip| ip.parse::<std::net::IpAddr>().is_err())
+        {
+            return invalid(
+                "webrtc.public_ips",
+                &format!("{bad:?} is not an IP address"),
+            );
+        }
+        if w.connect_timeout_ms == 0 || w.disconnect_timeout_ms == 0 || w.max_sessions == 0 {
+            return invalid(
+                "webrtc.connect_timeout_ms",
+                "timeouts and max_sessions must be greater than 0",
+            );
+        }
         if let Some(token) = &self.auth.admin_token {
             if token.len() < 16 {
                 return invalid("auth.admin_token", "must be at least 16 characters");
@@ -405,7 +486,7 @@ fn apply_env(
             problem,
         };
         let (section, key) = [
-            "server", "http", "rtmp", "hls", "auth", "api", "webhooks", "camera",
+            "server", "http", "rtmp", "hls", "auth", "api", "webhooks", "camera", "webrtc",
         ]
         .iter()
         .find_map(|s| {

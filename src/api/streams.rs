@@ -58,6 +58,8 @@ pub struct StreamView {
     rtmp_url: String,
     /// WHIP endpoint (WebRTC ingest).
     whip_url: String,
+    /// WHEP endpoint (WebRTC playback, sub-second latency).
+    whep_url: String,
     /// WebSocket endpoint for JPEG cameras.
     ws_url: String,
     /// HLS multivariant playlist.
@@ -95,6 +97,24 @@ struct LiveView {
     is_recording: bool,
     /// Announced tracks.
     tracks: Vec<TrackView>,
+    /// RTP packet statistics of a WHIP publisher (loss, jitter, keyframe requests).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transport: Option<crate::hub::TransportStats>,
+    /// What a WHEP viewer gets of this stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webrtc_playback: Option<WebRtcPlayback>,
+}
+
+/// What WebRTC playback carries of a live stream.
+#[derive(Debug, Serialize, ToSchema)]
+struct WebRtcPlayback {
+    /// H.264 video is played.
+    video: bool,
+    /// Opus audio is played.
+    audio: bool,
+    /// Why a track is left out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
 }
 
 /// One track of a live stream.
@@ -297,6 +317,16 @@ fn track_views(s: &StreamSnapshot) -> Vec<TrackView> {
                 sample_rate: Some(c.sample_rate),
                 channels: Some(c.channels),
             },
+            CodecConfig::Opus(c) => TrackView {
+                kind: "audio".into(),
+                codec: "opus".into(),
+                codec_string: "opus".into(),
+                width: None,
+                height: None,
+                fps: None,
+                sample_rate: Some(48_000),
+                channels: Some(c.channels),
+            },
         })
         .collect()
 }
@@ -314,6 +344,8 @@ fn live_view(snap: Option<&StreamSnapshot>, status: &str) -> LiveView {
             dropped_frames: 0,
             is_recording: false,
             tracks: vec![],
+            transport: None,
+            webrtc_playback: None,
         };
     };
     LiveView {
@@ -330,6 +362,15 @@ fn live_view(snap: Option<&StreamSnapshot>, status: &str) -> LiveView {
         dropped_frames: s.dropped_frames,
         is_recording: false,
         tracks: track_views(s),
+        transport: s.transport.clone(),
+        webrtc_playback: s.tracks.as_ref().map(|t| {
+            let p = crate::egress::whep::Playable::of(t);
+            WebRtcPlayback {
+                video: p.video.is_some(),
+                audio: p.audio.is_some(),
+                note: p.note,
+            }
+        }),
     }
 }
 
@@ -344,6 +385,7 @@ fn view(state: &ApiState, row: StreamRow) -> StreamView {
         rtmp_play_url: format!("{}/{}/{}", state.config.rtmp.public_url, row.app, row.id),
         hls_url: format!("{http}/hls/{}/index.m3u8", row.id),
         whip_url: format!("{http}/whip/{}/{}", row.app, row.name),
+        whep_url: format!("{http}/whep/{}", row.id),
         ws_url: format!("{ws_base}/ingest/ws"),
         state: live.state.clone(),
         viewer_count: snap.as_ref().map_or(0, |s| s.viewers as u64),

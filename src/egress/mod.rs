@@ -4,6 +4,7 @@
 pub mod hls;
 pub mod mjpeg;
 pub mod rtmp_play;
+pub mod whep;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -56,8 +56,9 @@ impl FlvMuxer {
                         body: flv::avc_sequence_header_tag(&c.raw),
                     });
                 }
-                // Camera JPEG tracks are not carried over RTMP (their H.264 track is).
-                CodecConfig::Jpeg { .. } => {}
+                // Camera JPEG tracks are not carried over RTMP (their H.264 track is); legacy
+                // FLV has no Opus (WHIP audio), so RTMP players get video only.
+                CodecConfig::Jpeg { .. } | CodecConfig::Opus(_) => {}
                 CodecConfig::Aac(c) => {
                     meta.push(("audiocodecid", Amf0Value::Number(10.0)));
                     meta.push((
@@ -102,7 +103,7 @@ impl FlvMuxer {
                 self.buf.put_slice(&flv::AAC_FRAME_TAG_HEADER);
                 TYPE_AUDIO
             }
-            CodecConfig::Jpeg { .. } => return None,
+            CodecConfig::Jpeg { .. } | CodecConfig::Opus(_) => return None,
         };
         self.buf.put_slice(&frame.data);
         Some(PlayOutput::Tag {

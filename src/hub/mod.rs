@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use queue::{Event, Subscription};
-pub use stats::RateMeter;
+pub use stats::{RateMeter, TransportStats};
 pub use stream::{LiveStream, Publisher, StreamSnapshot, ViewerGuard};
 
 /// Default per-subscriber queue length, in frames (~8 s of 30 fps video with audio).

@@ -104,3 +104,21 @@ mod tests {
         assert_eq!(m.fps(later, TrackId(0)), None);
     }
 }
+
+/// Packet-level ingest statistics of transports that have them (WHIP: RTP), fed by the
+/// ingest driver and read by the API (and the health score).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct TransportStats {
+    /// RTP packets received, all tracks.
+    pub packets_received: u64,
+    /// RTP packets lost (sequence gaps not filled by retransmission).
+    pub packets_lost: u64,
+    /// Interarrival jitter of the video track (audio if none), in milliseconds.
+    pub jitter_ms: f64,
+    /// Keyframe requests (PLI) sent to the publisher.
+    pub keyframe_requests: u64,
+    /// Payloads that could not be depacketized.
+    pub malformed_packets: u64,
+    /// Video frames dropped because a packet of them (or of their reference) was lost.
+    pub damaged_frames: u64,
+}

@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime};
 use crate::media::{Frame, TrackId, Tracks};
 
 use super::queue::{Queue, Subscription};
-use super::stats::RateMeter;
+use super::stats::{RateMeter, TransportStats};
 use super::Hub;
 
 /// Frames kept at most in the GOP cache; a longer GOP is not cached (viewers wait for the next
@@ -51,6 +51,8 @@ struct StreamState {
     latest: Vec<(TrackId, Frame)>,
     /// Viewers served outside the hub's queues (MJPEG, HLS sessions), counted by guards.
     external_viewers: usize,
+    /// RTP statistics of a WHIP publisher.
+    transport: Option<TransportStats>,
 }
 
 /// What the API shows about a live stream.
@@ -76,6 +78,8 @@ pub struct StreamSnapshot {
     pub peak_viewers: usize,
     /// Frames dropped across subscribers that fell behind.
     pub dropped_frames: u64,
+    /// Packet-level ingest statistics (WHIP).
+    pub transport: Option<TransportStats>,
 }
 
 impl LiveStream {
@@ -201,6 +205,7 @@ impl LiveStream {
             viewers: st.subscribers.iter().filter(|q| q.is_viewer()).count() + st.external_viewers,
             peak_viewers: st.peak_viewers,
             dropped_frames: st.subscribers.iter().map(|q| q.dropped()).sum(),
+            transport: st.transport.clone(),
         }
     }
 
@@ -305,6 +310,11 @@ impl Publisher {
     /// Fans a frame out to every subscriber. Never blocks; slow subscribers drop frames.
     pub fn push(&self, frame: Frame) {
         self.stream.push(frame, Instant::now());
+    }
+
+    /// Replaces the packet-level ingest statistics shown for this stream.
+    pub fn set_transport_stats(&self, stats: TransportStats) {
+        self.stream.lock().transport = Some(stats);
     }
 
     /// The stream being fed.

@@ -3,3 +3,4 @@
 
 pub mod camera;
 pub mod rtmp;
+pub mod whip;

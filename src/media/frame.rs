@@ -11,6 +11,7 @@ use bytes::Bytes;
 
 use super::aac::AacConfig;
 use super::h264::AvcConfig;
+use super::opus::OpusConfig;
 
 /// Index of a track within its stream's [`Tracks`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -32,6 +33,8 @@ pub enum CodecConfig {
     H264(AvcConfig),
     /// AAC with its AudioSpecificConfig; samples are raw AAC frames.
     Aac(AacConfig),
+    /// Opus (WebRTC audio); samples are Opus packets, timescale 48 kHz.
+    Opus(OpusConfig),
     /// Motion JPEG from a camera: every sample is a whole JPEG. Not carried by fMP4/FLV
     /// egress; served as MJPEG and transcoded to an H.264 track for everything else.
     Jpeg {
@@ -47,7 +50,7 @@ impl CodecConfig {
     pub fn kind(&self) -> TrackKind {
         match self {
             CodecConfig::H264(_) | CodecConfig::Jpeg { .. } => TrackKind::Video,
-            CodecConfig::Aac(_) => TrackKind::Audio,
+            CodecConfig::Aac(_) | CodecConfig::Opus(_) => TrackKind::Audio,
         }
     }
 
@@ -56,15 +59,17 @@ impl CodecConfig {
         match self {
             CodecConfig::H264(c) => c.codec_string(),
             CodecConfig::Aac(c) => c.codec_string(),
+            CodecConfig::Opus(_) => "opus".into(),
             CodecConfig::Jpeg { .. } => "jpeg".into(),
         }
     }
 
-    /// A short lower-case codec name for the API (`h264`, `aac`).
+    /// A short lower-case codec name for the API (`h264`, `aac`, `opus`).
     pub fn name(&self) -> &'static str {
         match self {
             CodecConfig::H264(_) => "h264",
             CodecConfig::Aac(_) => "aac",
+            CodecConfig::Opus(_) => "opus",
             CodecConfig::Jpeg { .. } => "mjpeg",
         }
     }

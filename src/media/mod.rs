@@ -7,6 +7,7 @@ pub mod annexb;
 pub mod bits;
 mod frame;
 pub mod h264;
+pub mod opus;
 
 pub use frame::{CodecConfig, Frame, Track, TrackId, TrackKind, Tracks};
 

@@ -2,3 +2,5 @@
 //! publisher and a player on the same port).
 
 pub mod rtmp;
+pub mod webrtc;
+pub mod webrtc_http;

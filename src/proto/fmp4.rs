@@ -12,13 +12,14 @@
 
 use bytes::Bytes;
 use mp4_atom::{
-    Atom, Audio, Avc1, Avcc, AvccExt, Dinf, Dref, Encode, Esds, Ftyp, Hdlr, Header, Mdat, Mdhd,
-    Mdia, Mfhd, Minf, Moof, Moov, Mp4a, Mvex, Mvhd, Smhd, Stbl, Stco, Stsc, Stsd, Stsz, Stts, Tfdt,
-    Tfhd, Tkhd, Traf, Trak, Trex, Trun, TrunEntry, TrunSamples, Url, Visual, Vmhd,
+    Atom, Audio, Avc1, Avcc, AvccExt, Dinf, Dops, Dref, Encode, Esds, Ftyp, Hdlr, Header, Mdat,
+    Mdhd, Mdia, Mfhd, Minf, Moof, Moov, Mp4a, Mvex, Mvhd, Opus, Smhd, Stbl, Stco, Stsc, Stsd, Stsz,
+    Stts, Tfdt, Tfhd, Tkhd, Traf, Trak, Trex, Trun, TrunEntry, TrunSamples, Url, Visual, Vmhd,
 };
 
 use crate::media::aac::AacConfig;
 use crate::media::h264::AvcConfig;
+use crate::media::opus::OpusConfig;
 use crate::media::{CodecConfig, Track, Tracks};
 
 /// `sample_flags` of a sync sample (depends on no other sample).
@@ -169,6 +170,14 @@ fn trak(track: &Track) -> Result<Trak, Fmp4Error> {
             };
             (tkhd, b"soun", MinfHeader::Sound, mp4a(aac).into())
         }
+        CodecConfig::Opus(opus) => {
+            let tkhd = Tkhd {
+                volume: 1.into(),
+                alternate_group: 1,
+                ..Default::default()
+            };
+            (tkhd, b"soun", MinfHeader::Sound, opus_entry(opus).into())
+        }
         CodecConfig::Jpeg { .. } => return Err(Fmp4Error::Unsupported("jpeg")),
     };
     let mut minf = Minf {
@@ -261,6 +270,27 @@ fn avc1(avc: &AvcConfig) -> Result<Avc1, Fmp4Error> {
         fiel: None,
         spatial: None,
     })
+}
+
+/// `Opus` sample entry with its `dOps` box ("Encapsulation of Opus in ISO Base Media File
+/// Format" §4.3): 48 kHz in the sample entry, channel mapping family 0.
+fn opus_entry(opus: &OpusConfig) -> Opus {
+    Opus {
+        audio: Audio {
+            data_reference_index: 1,
+            channel_count: u16::from(opus.channels.max(1)),
+            sample_size: 16,
+            sample_rate: 48_000u16.into(),
+        },
+        dops: Dops {
+            output_channel_count: opus.channels.max(1),
+            pre_skip: opus.pre_skip,
+            input_sample_rate: opus.input_sample_rate,
+            output_gain: 0,
+            channel_mapping: None,
+        },
+        btrt: None,
+    }
 }
 
 fn mp4a(aac: &AacConfig) -> Mp4a {

@@ -7,3 +7,5 @@ pub mod jpeg;
 pub mod multipart;
 pub mod playlist;
 pub mod rtmp;
+pub mod rtp;
+pub mod sdp;

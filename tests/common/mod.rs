@@ -4,6 +4,8 @@
 //! instead of skipping.
 #![allow(dead_code)]
 
+pub mod webrtc;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -71,6 +73,7 @@ pub fn test_config(dir: &Path) -> Config {
     c.hls.grace_period_ms = 3000;
     c.rtmp.handshake_timeout_ms = 3000;
     c.rtmp.idle_timeout_ms = 5000;
+    c.webrtc.bind_ip = "127.0.0.1".parse().unwrap();
     c
 }
 

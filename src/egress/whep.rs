@@ -1,0 +1,377 @@
+//! WHEP playback: `POST /whep/{stream_id}` with a recvonly SDP offer → `201 Created` with the
+//! answer; the peer then receives the stream's H.264 (from RTMP, WHIP or the camera encoder)
+//! and its Opus audio (WHIP), starting at the GOP cache's keyframe. AAC audio (RTMP) is not
+//! transcoded: such a stream plays video-only over WHEP, which the stream's detail says.
+//!
+//! Private streams need a play token (`?token=` or `Authorization: Bearer`). Every WHEP peer
+//! holds a hub subscription, so it is counted as a viewer while connected; a slow peer drops
+//! to the next keyframe like any subscriber.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS};
+use rtc::rtp::codec::h264::H264Payloader;
+use rtc::rtp::packetizer::Payloader;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::peer_connection::RTCPeerConnectionState;
+use webrtc::rtp_transceiver::RtpSender;
+
+use crate::error::HttpError;
+use crate::hub::{Event, LiveStream};
+use crate::media::{CodecConfig, Frame, Track, Tracks};
+use crate::net::webrtc::{PeerEvent, Session, SessionKind};
+use crate::net::webrtc_http::{bearer, created_response, require_sdp, sdp_error, WebRtcContext};
+use crate::proto::rtp::avcc_to_annexb;
+use crate::proto::sdp;
+
+/// RTP payload size we packetize to (fits a 1280-byte path MTU with SRTP overhead).
+const RTP_MTU: usize = 1200;
+/// How long a WHEP request waits for a just-started stream to announce its tracks.
+const TRACKS_WAIT: Duration = Duration::from_secs(5);
+
+/// `?token=`.
+#[derive(Debug, Deserialize)]
+pub struct TokenQuery {
+    token: Option<String>,
+}
+
+/// What WebRTC can carry of a stream's tracks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Playable {
+    /// The H.264 track.
+    pub video: Option<Track>,
+    /// The Opus track.
+    pub audio: Option<Track>,
+    /// Why something is left out (AAC audio), for the API.
+    pub note: Option<String>,
+}
+
+impl Playable {
+    /// What of `tracks` a WHEP viewer gets.
+    pub fn of(tracks: &Tracks) -> Playable {
+        let video = tracks
+            .list
+            .iter()
+            .find(|t| matches!(t.codec, CodecConfig::H264(_)))
+            .cloned();
+        let audio = tracks
+            .list
+            .iter()
+            .find(|t| matches!(t.codec, CodecConfig::Opus(_)))
+            .cloned();
+        let note = tracks
+            .list
+            .iter()
+            .find(|t| matches!(t.codec, CodecConfig::Aac(_)))
+            .filter(|_| audio.is_none())
+            .map(|_| {
+                "AAC audio is not transcoded to Opus: WebRTC (WHEP) plays video only".to_owned()
+            });
+        Playable { video, audio, note }
+    }
+}
+
+/// `POST /whep/{stream_id}`.
+pub async fn play(
+    State(ctx): State<WebRtcContext>,
+    Path(stream_id): Path<String>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    require_sdp(&headers)?;
+    let token = q.token.or_else(|| bearer(&headers));
+    ctx.gate.check(&stream_id, token.as_deref()).await?;
+    let offer = sdp::parse_offer(&body).map_err(sdp_error)?;
+    let stream = ctx
+        .hub
+        .get(&stream_id)
+        .ok_or_else(|| HttpError::not_found("the stream is not live"))?;
+    let tracks = wait_for_tracks(&stream).await?;
+    let playable = Playable::of(&tracks);
+    if playable.video.is_none() && playable.audio.is_none() {
+        return Err(HttpError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "unsupported_codec",
+            "the stream has no track WebRTC can carry (H.264 video or Opus audio)",
+        ));
+    }
+    if playable.video.is_some() && !offer.has_video() {
+        return Err(sdp_error(sdp::SdpError::UnsupportedCodec(
+            "the stream is H.264 but the offer has no H.264 (packetization-mode=1) video section"
+                .into(),
+        )));
+    }
+    let peer = ctx.webrtc.new_peer().await?;
+    let offer_text = String::from_utf8_lossy(&body).into_owned();
+    let setup = async {
+        ctx.webrtc.apply_offer(&peer, offer_text).await?;
+        let mut senders = Vec::new();
+        if playable.video.is_some() {
+            senders.push(add_track(&peer.pc, RtpCodecKind::Video).await?);
+        }
+        if playable.audio.is_some() && offer.has_audio() {
+            senders.push(add_track(&peer.pc, RtpCodecKind::Audio).await?);
+        }
+        let answer = ctx.webrtc.answer(&peer).await?;
+        Ok::<_, crate::net::webrtc::PeerError>((senders, answer))
+    }
+    .await;
+    let (senders, answer) = match setup {
+        Ok(v) => v,
+        Err(e) => {
+            ctx.webrtc.discard(peer).await;
+            return Err(e.into());
+        }
+    };
+    let (session, events) = ctx.webrtc.register(
+        peer,
+        SessionKind::Whep,
+        &stream_id,
+        None,
+        ctx.shutdown.clone(),
+    );
+    tracing::info!(stream = %stream_id, session = %session.id, "whep: viewer joined");
+    tokio::spawn(run(session.clone(), stream, events, senders));
+    Ok(created_response(&session, "whep", answer))
+}
+
+async fn wait_for_tracks(stream: &LiveStream) -> Result<Arc<Tracks>, HttpError> {
+    let deadline = tokio::time::Instant::now() + TRACKS_WAIT;
+    loop {
+        if let Some(t) = stream.tracks() {
+            return Ok(t);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(HttpError::unavailable(
+                "the stream is live but has not sent media yet; retry",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One outgoing track: its RTP state and the sender it was negotiated on.
+struct Outgoing {
+    kind: RtpCodecKind,
+    track: Arc<TrackLocalStaticRTP>,
+    sender: Arc<dyn RtpSender>,
+    ssrc: u32,
+}
+
+async fn add_track(
+    pc: &Arc<dyn webrtc::peer_connection::PeerConnection>,
+    kind: RtpCodecKind,
+) -> Result<Outgoing, crate::net::webrtc::PeerError> {
+    let ssrc = rand::random::<u32>();
+    let codec = match kind {
+        RtpCodecKind::Audio => RTCRtpCodec {
+            mime_type: MIME_TYPE_OPUS.to_owned(),
+            clock_rate: 48_000,
+            channels: 2,
+            sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+            rtcp_feedback: vec![],
+        },
+        _ => RTCRtpCodec {
+            mime_type: MIME_TYPE_H264.to_owned(),
+            clock_rate: 90_000,
+            channels: 0,
+            sdp_fmtp_line: "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f"
+                .to_owned(),
+            rtcp_feedback: vec![],
+        },
+    };
+    let label = if kind == RtpCodecKind::Audio {
+        "audio"
+    } else {
+        "video"
+    };
+    let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        "media-server".to_owned(),
+        label.to_owned(),
+        label.to_owned(),
+        kind,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec,
+            ..Default::default()
+        }],
+    )));
+    let sender = pc
+        .add_track(track.clone() as Arc<dyn TrackLocal>)
+        .await
+        .map_err(|e| crate::net::webrtc::PeerError::WebRtc(e.to_string()))?;
+    Ok(Outgoing {
+        kind,
+        track,
+        sender,
+        ssrc,
+    })
+}
+
+/// RTP state of one outgoing track.
+struct RtpOut {
+    out: Outgoing,
+    payload_type: u8,
+    seq: u16,
+    ts_base: u32,
+    first_pts: Option<(i64, u32)>,
+}
+
+impl RtpOut {
+    /// RTP timestamp of a frame: its pts on the codec clock, from a random base.
+    fn timestamp(&mut self, pts: i64, timescale: u32, clock: u32) -> u32 {
+        let (first, _) = *self.first_pts.get_or_insert((pts, timescale));
+        let ticks = (i128::from(pts - first) * i128::from(clock)) / i128::from(timescale.max(1));
+        self.ts_base.wrapping_add(ticks as u32)
+    }
+
+    async fn send(&mut self, payloads: Vec<Bytes>, timestamp: u32) -> bool {
+        let n = payloads.len();
+        for (i, payload) in payloads.into_iter().enumerate() {
+            let packet = rtc::rtp::Packet {
+                header: rtc::rtp::header::Header {
+                    version: 2,
+                    marker: i + 1 == n,
+                    payload_type: self.payload_type,
+                    sequence_number: self.seq,
+                    timestamp,
+                    ssrc: self.out.ssrc,
+                    ..Default::default()
+                },
+                payload,
+            };
+            self.seq = self.seq.wrapping_add(1);
+            if self.out.track.write_rtp(packet).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+async fn negotiated(out: Outgoing) -> Option<RtpOut> {
+    let params = out.sender.get_parameters().await.ok()?;
+    let payload_type = params.rtp_parameters.codecs.first()?.payload_type;
+    Some(RtpOut {
+        out,
+        payload_type,
+        seq: rand::random(),
+        ts_base: rand::random(),
+        first_pts: None,
+    })
+}
+
+async fn run(
+    session: Arc<Session>,
+    stream: Arc<LiveStream>,
+    mut events: mpsc::UnboundedReceiver<PeerEvent>,
+    senders: Vec<Outgoing>,
+) {
+    // Media starts once ICE and DTLS are up.
+    loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Some(PeerEvent::State(RTCPeerConnectionState::Connected)) => break,
+                Some(_) => {}
+                None => return,
+            },
+            _ = session.closed() => return,
+        }
+    }
+    let mut video = None;
+    let mut audio = None;
+    for s in senders {
+        let kind = s.kind;
+        match negotiated(s).await {
+            Some(o) if kind == RtpCodecKind::Video => video = Some(o),
+            Some(o) => audio = Some(o),
+            None => tracing::warn!(session = %session.id, "whep: a track was not negotiated"),
+        }
+    }
+    let mut sub = stream.subscribe();
+    let mut tracks: Option<Arc<Tracks>> = None;
+    let mut payloader = H264Payloader::default();
+    let mut waiting_for_keyframe = true;
+    loop {
+        let event = tokio::select! {
+            e = sub.recv() => e,
+            _ = session.closed() => break,
+            ev = events.recv() => { if ev.is_none() { break; } continue; }
+        };
+        let Some(event) = event else {
+            tracing::info!(session = %session.id, "whep: the stream ended");
+            break;
+        };
+        match event {
+            Event::Tracks(t) => {
+                tracks = Some(t);
+                waiting_for_keyframe = true;
+            }
+            Event::Frame(frame) => {
+                let Some(t) = tracks.as_ref().and_then(|t| t.get(frame.track)) else {
+                    continue;
+                };
+                let ok = match &t.codec {
+                    CodecConfig::H264(avc) => match video.as_mut() {
+                        Some(v) => {
+                            if waiting_for_keyframe && !frame.keyframe {
+                                continue;
+                            }
+                            waiting_for_keyframe = false;
+                            send_video(v, &mut payloader, avc, &frame, t.timescale).await
+                        }
+                        None => true,
+                    },
+                    CodecConfig::Opus(_) => match audio.as_mut() {
+                        Some(a) => {
+                            let ts = a.timestamp(frame.pts, t.timescale, 48_000);
+                            a.send(vec![frame.data.clone()], ts).await
+                        }
+                        None => true,
+                    },
+                    _ => true,
+                };
+                if !ok {
+                    break;
+                }
+            }
+        }
+    }
+    session.close();
+}
+
+async fn send_video(
+    v: &mut RtpOut,
+    payloader: &mut H264Payloader,
+    avc: &crate::media::h264::AvcConfig,
+    frame: &Frame,
+    timescale: u32,
+) -> bool {
+    let prefix: Vec<Bytes> = if frame.keyframe {
+        avc.sps.iter().chain(avc.pps.iter()).cloned().collect()
+    } else {
+        Vec::new()
+    };
+    let annexb = avcc_to_annexb(&frame.data, avc.nal_length_size, &prefix);
+    let Ok(payloads) = payloader.payload(RTP_MTU, &annexb) else {
+        return true;
+    };
+    let ts = v.timestamp(frame.pts, timescale, 90_000);
+    v.send(payloads, ts).await
+}

@@ -1,0 +1,62 @@
+//! Opus (RFC 6716) as WebRTC carries it: 48 kHz RTP clock, one Opus packet per RTP payload.
+
+/// Decoder configuration of an Opus track (what an `OpusHead` / MP4 `dOps` holds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpusConfig {
+    /// Output channels (1 or 2; WebRTC always signals 2).
+    pub channels: u8,
+    /// The original input rate, informational; Opus always decodes at 48 kHz.
+    pub input_sample_rate: u32,
+    /// Samples (at 48 kHz) to discard from the decoder output at the start.
+    pub pre_skip: u16,
+}
+
+impl OpusConfig {
+    /// What a WebRTC `opus/48000/2` track is: stereo, 48 kHz, no pre-skip signalled.
+    pub fn webrtc() -> Self {
+        OpusConfig {
+            channels: 2,
+            input_sample_rate: 48_000,
+            pre_skip: 0,
+        }
+    }
+}
+
+/// Duration of an Opus packet in 48 kHz samples from its TOC byte and frame count
+/// (RFC 6716 §3.1), or `None` when the packet is empty or malformed.
+pub fn packet_samples(packet: &[u8]) -> Option<u32> {
+    let toc = *packet.first()?;
+    let config = toc >> 3;
+    // Frame size in 48 kHz samples per configuration (SILK, hybrid, CELT ranges).
+    let frame: u32 = match config {
+        0..=11 => [480, 960, 1920, 2880][usize::from(config % 4)],
+        12..=15 => [480, 960][usize::from(config % 2)],
+        _ => [120, 240, 480, 960][usize::from(config % 4)],
+    };
+    let frames = match toc & 0x03 {
+        0 => 1,
+        1 | 2 => 2,
+        _ => u32::from(*packet.get(1)? & 0x3f),
+    };
+    let total = frame * frames;
+    (frames > 0 && total <= 5760).then_some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toc_durations() {
+        // config 31 (CELT FB 20 ms), code 0 → 960 samples.
+        assert_eq!(packet_samples(&[31 << 3]), Some(960));
+        // config 1 (SILK NB 20 ms), code 1 → two frames.
+        assert_eq!(packet_samples(&[(1 << 3) | 1]), Some(1920));
+        // code 3 with 3 frames of 10 ms CELT (config 30).
+        assert_eq!(packet_samples(&[(30 << 3) | 3, 3]), Some(1440));
+        assert_eq!(packet_samples(&[(30 << 3) | 3, 0]), None);
+        assert_eq!(packet_samples(&[]), None);
+        // 48 frames of 20 ms is over the 120 ms limit.
+        assert_eq!(packet_samples(&[(31 << 3) | 3, 48]), None);
+    }
+}

