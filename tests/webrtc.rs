@@ -215,3 +215,174 @@ async fn whep_plays_an_rtmp_stream_as_decodable_h264() {
     pusher.abort();
     ts.server.shutdown().await;
 }
+
+async fn post_json_error(
+    url: &str,
+    bearer: Option<&str>,
+    content_type: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let mut req = reqwest::Client::new()
+        .post(url)
+        .header("content-type", content_type)
+        .body(body.to_owned());
+    if let Some(b) = bearer {
+        req = req.bearer_auth(b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let json = resp.json().await.unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_offers_keys_and_requests_are_refused_without_a_session() {
+    let ts = start_server("whip-bad").await;
+    let (id, key) = ts.create_stream("bad1").await;
+    let url = ts.http("/whip/live/bad1");
+    // A real offer from a webrtc-crate peer, to mutate.
+    let (peer, offer) = publisher_offer().await;
+
+    let (status, err) = post_json_error(
+        &url,
+        Some(&key),
+        "application/sdp",
+        "v=0\r\nthis is not sdp",
+    )
+    .await;
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(err["error"]["code"], "invalid_sdp", "{err}");
+
+    let (status, err) = post_json_error(&url, Some("wrong-key"), "application/sdp", &offer).await;
+    assert_eq!(status, 401, "{err}");
+    let (status, _) = post_json_error(&url, None, "application/sdp", &offer).await;
+    assert_eq!(status, 401);
+    // The right key for another stream name is refused too.
+    let (status, _) = post_json_error(
+        &ts.http("/whip/live/other"),
+        Some(&key),
+        "application/sdp",
+        &offer,
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    let vp8_only = offer.replace("H264/90000", "VP8/90000");
+    let (status, err) = post_json_error(&url, Some(&key), "application/sdp", &vp8_only).await;
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(err["error"]["code"], "unsupported_codec", "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("H.264"));
+
+    let (status, err) = post_json_error(&url, Some(&key), "text/plain", &offer).await;
+    assert_eq!(status, 415, "{err}");
+
+    // WHEP: a stream that is not live, a private stream without a token, an unknown session.
+    let (status, err) = post_json_error(
+        &ts.http(&format!("/whep/{id}")),
+        None,
+        "application/sdp",
+        &offer,
+    )
+    .await;
+    assert_eq!(status, 404, "{err}");
+    let (private_id, _) = ts.create_stream("private1").await;
+    ts.server
+        .store
+        .update_stream(
+            &private_id,
+            media_server::store::StreamPatch {
+                privacy: Some(media_server::store::Privacy::Private),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let (status, err) = post_json_error(
+        &ts.http(&format!("/whep/{private_id}")),
+        None,
+        "application/sdp",
+        &offer,
+    )
+    .await;
+    assert_eq!(status, 401, "{err}");
+    let resp = reqwest::Client::new()
+        .delete(ts.http("/whip/session/0123456789abcdef0123456789abcdef"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+
+    // OPTIONS advertises what POST takes.
+    let resp = reqwest::Client::new()
+        .request(reqwest::Method::OPTIONS, &url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["accept-post"], "application/sdp");
+
+    // Nothing was left behind: no session, the stream never went live.
+    assert_eq!(ts.server.webrtc.count(), 0);
+    assert!(ts.server.hub.get(&id).is_none());
+    let detail = api_get(&ts, &format!("/api/v1/streams/{id}")).await;
+    assert_eq!(detail["state"], "idle", "{detail}");
+    let _ = peer.pc.close().await;
+    ts.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whip_session_trickle_and_second_publisher() {
+    let ts = start_server("whip-trickle").await;
+    let (_id, key) = ts.create_stream("tr1").await;
+    let url = ts.http("/whip/live/tr1");
+    let publishing = whip_publish(&url, &key, 1).await;
+    let session = ts.http(&publishing.location);
+    let client = reqwest::Client::new();
+    let etag = ts.server.webrtc.list()[0].etag.clone();
+    // Trickle candidates are accepted (204); a new ufrag is an ICE restart we refuse (422);
+    // a stale ETag fails the precondition (412); DELETE needs the stream key (401).
+    let frag = "a=ice-ufrag:ZZZZ\r\na=ice-pwd:x\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\na=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\n";
+    let remote = publishing.peer.pc.local_description().await.unwrap().sdp;
+    let ufrag = remote
+        .lines()
+        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let patch = |body: String, tag: &str| {
+        client
+            .patch(&session)
+            .bearer_auth(&key)
+            .header("content-type", "application/trickle-ice-sdpfrag")
+            .header("if-match", tag)
+            .body(body)
+    };
+    let resp = patch(frag.replace("ZZZZ", &ufrag), &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    let resp = patch(frag.to_owned(), &etag).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 422);
+    let resp = patch(frag.replace("ZZZZ", &ufrag), "\"stale\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 412);
+    // A second publisher on the same stream gets 409.
+    let (second, offer) = publisher_offer().await;
+    let (status, _, _) = post_sdp(&url, Some(&key), &offer).await;
+    assert_eq!(status, 409);
+    let resp = client.delete(&session).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    let resp = client
+        .delete(&session)
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    wait_sessions(&ts, 0).await;
+    publishing.sender.abort();
+    let _ = second.pc.close().await;
+    ts.server.shutdown().await;
+}

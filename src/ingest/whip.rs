@@ -292,12 +292,9 @@ pub async fn publish(
         })?;
     let offer = sdp::parse_offer(&body).map_err(sdp_error)?;
     offer.check_publishable().map_err(sdp_error)?;
-    let publisher = match ctx.hub.publish(&stream.id, "whip") {
-        Ok(p) => p,
-        Err(HubError::AlreadyPublishing(_)) => {
-            return Err(HttpError::conflict("the stream already has a publisher"))
-        }
-    };
+    if ctx.hub.get(&stream.id).is_some() {
+        return Err(HttpError::conflict("the stream already has a publisher"));
+    }
     let peer = ctx.webrtc.new_peer().await?;
     let offer_text = String::from_utf8_lossy(&body).into_owned();
     let answer = async {
@@ -310,6 +307,14 @@ pub async fn publish(
         Err(e) => {
             ctx.webrtc.discard(peer).await;
             return Err(e.into());
+        }
+    };
+    // Claimed only now, so a failed negotiation never shows the stream live.
+    let publisher = match ctx.hub.publish(&stream.id, "whip") {
+        Ok(p) => p,
+        Err(HubError::AlreadyPublishing(_)) => {
+            ctx.webrtc.discard(peer).await;
+            return Err(HttpError::conflict("the stream already has a publisher"));
         }
     };
     let (session, events) = ctx.webrtc.register(

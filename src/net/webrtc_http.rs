@@ -137,10 +137,30 @@ pub fn router(ctx: WebRtcContext) -> Router {
                 .options(session_options),
         )
         .with_state(ctx);
-    match cors {
+    let router = match cors {
         Some(c) => router.layer(c),
         None => router,
+    };
+    // The CORS layer answers every OPTIONS itself; add what RFC 9725 clients look for.
+    router.layer(axum::middleware::from_fn(options_headers))
+}
+
+async fn options_headers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let is_options = req.method() == Method::OPTIONS;
+    let session = req.uri().path().contains("/session/");
+    let mut res = next.run(req).await;
+    if is_options {
+        let h = res.headers_mut();
+        if session {
+            h.insert(
+                "accept-patch",
+                HeaderValue::from_static("application/trickle-ice-sdpfrag"),
+            );
+        } else {
+            h.insert("accept-post", HeaderValue::from_static("application/sdp"));
+        }
     }
+    res
 }
 
 fn cors(origins: &[String]) -> Option<CorsLayer> {

@@ -379,3 +379,19 @@ pub async fn receive_video(peer: &mut Peer, path: &std::path::Path, secs: u64) -
     writer.close().unwrap();
     packets
 }
+
+/// A peer with H.264 + Opus send tracks and its offer (nothing is sent).
+pub async fn publisher_offer() -> (Peer, String) {
+    let mut peer = new_peer().await;
+    for (kind, codec) in [
+        (RtpCodecKind::Video, h264_codec()),
+        (RtpCodecKind::Audio, opus_codec()),
+    ] {
+        peer.pc
+            .add_track(local_track(kind, codec) as Arc<dyn TrackLocal>)
+            .await
+            .unwrap();
+    }
+    let offer = peer.offer().await;
+    (peer, offer)
+}
