@@ -111,3 +111,132 @@ async fn chromium_shows_the_camera_in_an_img_tag() {
     camera.abort();
     ts.server.shutdown().await;
 }
+
+/// A WHEP player page: offers recvonly video + audio, posts to `whep`, counts decoded frames
+/// with `requestVideoFrameCallback` and reports them to `report` after `ms` milliseconds.
+fn whep_page(whep: &str, report: &str, ms: u32) -> String {
+    format!(
+        r#"<!doctype html><html><body>
+<video id="v" autoplay muted playsinline width="640" height="360"></video>
+<script>
+(async () => {{
+  const v = document.getElementById('v');
+  let frames = 0, error = '';
+  const count = () => {{ frames++; v.requestVideoFrameCallback(count); }};
+  v.requestVideoFrameCallback(count);
+  try {{
+    const pc = new RTCPeerConnection();
+    pc.addTransceiver('video', {{ direction: 'recvonly' }});
+    pc.addTransceiver('audio', {{ direction: 'recvonly' }});
+    pc.ontrack = (e) => {{ if (e.track.kind === 'video') v.srcObject = e.streams[0] || new MediaStream([e.track]); }};
+    await pc.setLocalDescription(await pc.createOffer());
+    await new Promise((done) => {{
+      if (pc.iceGatheringState === 'complete') return done();
+      pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && done();
+      setTimeout(done, 2000);
+    }});
+    const r = await fetch('{whep}', {{ method: 'POST', headers: {{ 'Content-Type': 'application/sdp' }}, body: pc.localDescription.sdp }});
+    if (r.status !== 201) throw new Error('WHEP ' + r.status + ' ' + await r.text());
+    await pc.setRemoteDescription({{ type: 'answer', sdp: await r.text() }});
+  }} catch (e) {{ error = String(e); }}
+  setTimeout(() => {{
+    const q = 'frames=' + frames + '&width=' + v.videoWidth + '&error=' + encodeURIComponent(error);
+    fetch('{report}?' + q, {{ mode: 'no-cors' }});
+  }}, {ms});
+}})();
+</script></body></html>"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_plays_an_rtmp_stream_over_whep() {
+    if !require_program("chromium") {
+        return;
+    }
+    let ts = start_server("browser-whep").await;
+    let (id, key) = ts.create_stream("whep").await;
+    // WebRTC decoders in browsers do not take B-frames: an RTMP source made for WebRTC
+    // (x264 baseline, AAC), as the stream detail advises.
+    let tags = read_flv(BASELINE_FIXTURE);
+    let mut publisher = RtmpPublisher::connect(ts.server.rtmp_addr, "live", &key)
+        .await
+        .expect("publish accepted");
+    let pusher = tokio::spawn(async move {
+        loop {
+            publisher.send_tags(&tags, true).await;
+        }
+    });
+    wait_for_200(&ts.http(&format!("/hls/{id}/index.m3u8")), 10).await;
+
+    // The page reports to this listener.
+    let reports = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let report_url = format!("http://{}/report", reports.local_addr().unwrap());
+    let page = ts.dir.join("whep.html");
+    std::fs::write(
+        &page,
+        whep_page(&ts.http(&format!("/whep/{id}")), &report_url, 4000),
+    )
+    .unwrap();
+    let mut chromium = tokio::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--autoplay-policy=no-user-gesture-required",
+            "--allow-loopback-in-peer-connection",
+            "--disable-features=WebRtcHideLocalIpsWithMdns",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            ts.dir.join("profile-whep").display()
+        ))
+        .arg(format!("file://{}", page.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run chromium");
+    let (mut socket, _) = tokio::time::timeout(Duration::from_secs(30), reports.accept())
+        .await
+        .expect("the page reports within 30 s")
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::io::AsyncReadExt::read(&mut socket, &mut buf)
+        .await
+        .unwrap();
+    let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let _ = tokio::io::AsyncWriteExt::write_all(
+        &mut socket,
+        b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n",
+    )
+    .await;
+    let query = request
+        .lines()
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|p| p.split_once('?'))
+        .map(|(_, q)| q.to_owned())
+        .unwrap_or_default();
+    let field = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .unwrap_or("")
+            .to_owned()
+    };
+    let frames: u64 = field("frames").parse().unwrap_or(0);
+    let width: u64 = field("width").parse().unwrap_or(0);
+    assert!(
+        frames > 10 && width == 320,
+        "Chromium decoded {frames} frames at width {width}; page error: {}",
+        field("error")
+    );
+    let _ = chromium.kill().await;
+    pusher.abort();
+    ts.server.shutdown().await;
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need (Debian
-# packages: ffmpeg for interop, nasm for the camera encoder's fast path, curl; schemathesis
-# from PyPI into a venv), checks formatting and lints, runs every test, then schemathesis
+# packages: ffmpeg for interop, nasm for the camera encoder's fast path, curl, chromium;
+# aiortc and schemathesis from PyPI into venvs under target/), checks formatting and lints, runs every test, then schemathesis
 # against the live server. Interop tests fail (not skip) under CI=true when a program
 # is missing. Usage: bash tests/run.sh
 set -euo pipefail
@@ -25,6 +25,18 @@ fi
 for program in ffmpeg ffprobe chromium; do
   command -v "$program" >/dev/null 2>&1 || { echo "error: $program is still missing" >&2; exit 1; }
 done
+
+# aiortc (an independent WHIP publisher) for tests/webrtc.rs, in a venv under target/.
+venv=target/py-venv
+if ! "$venv/bin/python" -c 'import aiortc, numpy' >/dev/null 2>&1; then
+  log "installing aiortc into $venv"
+  python3 -m venv "$venv" 2>/dev/null || {
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$venv"
+  }
+  "$venv/bin/pip" install -q --disable-pip-version-check "aiortc==1.16.0" "av==18.1.0" "numpy==2.4.6"
+fi
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

@@ -176,14 +176,19 @@ async fn whep_plays_an_rtmp_stream_as_decodable_h264() {
 
     let (mut peer, location) = whep_play(&ts.http(&format!("/whep/{id}")), None).await;
     peer.connected(10).await;
-    let detail = api_get(&ts, &format!("/api/v1/streams/{id}")).await;
+    let mut detail = serde_json::Value::Null;
+    for _ in 0..30 {
+        detail = api_get(&ts, &format!("/api/v1/streams/{id}")).await;
+        if detail["live"]["duration_seconds"].as_f64().unwrap_or(0.0) > 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(detail["viewer_count"].as_u64().unwrap() >= 1, "{detail}");
     assert_eq!(detail["live"]["webrtc_playback"]["video"], true);
     assert_eq!(detail["live"]["webrtc_playback"]["audio"], false);
-    assert!(detail["live"]["webrtc_playback"]["note"]
-        .as_str()
-        .unwrap()
-        .contains("AAC"));
+    let note = detail["live"]["webrtc_playback"]["note"].as_str().unwrap();
+    assert!(note.contains("AAC") && note.contains("B-frames"), "{note}");
     let file = ts.dir.join("whep.h264");
     let packets = receive_video(&mut peer, &file, 4).await;
     eprintln!("packets {packets}");
@@ -384,5 +389,86 @@ async fn whip_session_trickle_and_second_publisher() {
     wait_sessions(&ts, 0).await;
     publishing.sender.abort();
     let _ = second.pc.close().await;
+    ts.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aiortc_publishes_over_whip_and_the_hls_decodes() {
+    let Some(python) = test_python() else {
+        return;
+    };
+    let ts = start_server("aiortc").await;
+    let (id, key) = ts.create_stream("py1").await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/whip_aiortc.py");
+    let child = tokio::process::Command::new(python)
+        .arg(script)
+        .arg(ts.http("/whip/live/py1"))
+        .arg(&key)
+        .arg("6")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // While it publishes: a WHIP stream at aiortc's resolution, with Opus audio.
+    let mut detail = serde_json::Value::Null;
+    for _ in 0..100 {
+        detail = api_get(&ts, &format!("/api/v1/streams/{id}")).await;
+        if detail["live"]["tracks"]
+            .as_array()
+            .is_some_and(|t| t.len() == 2)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(detail["live"]["protocol"], "whip", "{detail}");
+    let tracks = detail["live"]["tracks"].as_array().unwrap();
+    assert_eq!(tracks[0]["codec"], "h264", "{detail}");
+    assert_eq!(tracks[0]["width"], 640, "{detail}");
+    assert_eq!(tracks[0]["height"], 360, "{detail}");
+    assert_eq!(tracks[1]["codec"], "opus", "{detail}");
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("aiortc finishes")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("state=connected") && stdout.contains("done"),
+        "aiortc: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_sessions(&ts, 0).await;
+    let text = wait_for_endlist(&ts, &id, 20).await;
+    parse_media_playlist(text.as_bytes());
+    if require_program("ffmpeg") {
+        let file = ts.dir.join("aiortc.mp4");
+        let out = std::process::Command::new("ffmpeg")
+            .args(["-v", "error", "-i"])
+            .arg(ts.http(&format!("/hls/{id}/index.m3u8")))
+            .args(["-map", "0", "-c", "copy", "-y"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let decode = std::process::Command::new("ffmpeg")
+            .args(["-v", "error", "-i"])
+            .arg(&file)
+            .args(["-f", "null", "-"])
+            .output()
+            .unwrap();
+        assert!(
+            decode.status.success() && decode.stderr.is_empty(),
+            "decode: {}",
+            String::from_utf8_lossy(&decode.stderr)
+        );
+        let (frames, text) = ffprobe_frames(&file);
+        assert!(frames >= 60, "decoded {frames} frames: {text}");
+        assert!(text.starts_with("640,360"), "{text}");
+    }
     ts.server.shutdown().await;
 }

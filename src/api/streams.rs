@@ -364,7 +364,7 @@ fn live_view(snap: Option<&StreamSnapshot>, status: &str) -> LiveView {
         tracks: track_views(s),
         transport: s.transport.clone(),
         webrtc_playback: s.tracks.as_ref().map(|t| {
-            let p = crate::egress::whep::Playable::of(t);
+            let p = crate::egress::whep::Playable::of(t, s.has_b_frames);
             WebRtcPlayback {
                 video: p.video.is_some(),
                 audio: p.audio.is_some(),

@@ -59,8 +59,9 @@ pub struct Playable {
 }
 
 impl Playable {
-    /// What of `tracks` a WHEP viewer gets.
-    pub fn of(tracks: &Tracks) -> Playable {
+    /// What of `tracks` a WHEP viewer gets; `b_frames` when the video has been seen to
+    /// reorder frames (browsers' WebRTC decoders assume it does not).
+    pub fn of(tracks: &Tracks, b_frames: bool) -> Playable {
         let video = tracks
             .list
             .iter()
@@ -71,14 +72,22 @@ impl Playable {
             .iter()
             .find(|t| matches!(t.codec, CodecConfig::Opus(_)))
             .cloned();
-        let note = tracks
-            .list
-            .iter()
-            .find(|t| matches!(t.codec, CodecConfig::Aac(_)))
-            .filter(|_| audio.is_none())
-            .map(|_| {
-                "AAC audio is not transcoded to Opus: WebRTC (WHEP) plays video only".to_owned()
-            });
+        let mut notes = Vec::new();
+        if audio.is_none()
+            && tracks
+                .list
+                .iter()
+                .any(|t| matches!(t.codec, CodecConfig::Aac(_)))
+        {
+            notes.push("AAC audio is not transcoded to Opus: WebRTC (WHEP) plays video only");
+        }
+        if b_frames && video.is_some() {
+            notes.push(
+                "the video has B-frames, which browsers' WebRTC decoders do not support: \
+                 publish with B-frames off (x264 -bf 0, OBS profile baseline) for WHEP",
+            );
+        }
+        let note = (!notes.is_empty()).then(|| notes.join("; "));
         Playable { video, audio, note }
     }
 }
@@ -100,7 +109,7 @@ pub async fn play(
         .get(&stream_id)
         .ok_or_else(|| HttpError::not_found("the stream is not live"))?;
     let tracks = wait_for_tracks(&stream).await?;
-    let playable = Playable::of(&tracks);
+    let playable = Playable::of(&tracks, stream.snapshot().has_b_frames);
     if playable.video.is_none() && playable.audio.is_none() {
         return Err(HttpError::new(
             axum::http::StatusCode::BAD_REQUEST,

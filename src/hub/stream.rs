@@ -53,6 +53,8 @@ struct StreamState {
     external_viewers: usize,
     /// RTP statistics of a WHIP publisher.
     transport: Option<TransportStats>,
+    /// A video frame with pts ≠ dts was seen (B-frames).
+    reordered: bool,
 }
 
 /// What the API shows about a live stream.
@@ -80,6 +82,8 @@ pub struct StreamSnapshot {
     pub dropped_frames: u64,
     /// Packet-level ingest statistics (WHIP).
     pub transport: Option<TransportStats>,
+    /// The video has B-frames (reordered frames), which WebRTC players decode badly.
+    pub has_b_frames: bool,
 }
 
 impl LiveStream {
@@ -206,6 +210,7 @@ impl LiveStream {
             peak_viewers: st.peak_viewers,
             dropped_frames: st.subscribers.iter().map(|q| q.dropped()).sum(),
             transport: st.transport.clone(),
+            has_b_frames: st.reordered,
         }
     }
 
@@ -229,6 +234,7 @@ impl LiveStream {
         let is_video = primary == Some(frame.track);
         let has_video = primary.is_some();
         st.meter.record(now, frame.data.len(), frame.track);
+        st.reordered |= is_video && frame.pts != frame.dts;
         match st.latest.iter_mut().find(|(t, _)| *t == frame.track) {
             Some(slot) => slot.1 = frame.clone(),
             None => st.latest.push((frame.track, frame.clone())),

@@ -21,6 +21,11 @@ use tokio::net::TcpStream;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 pub const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/av_bframes.flv");
+/// H.264 constrained baseline (no B-frames) + AAC, 320x240, 4 s: an RTMP source for WebRTC.
+pub const BASELINE_FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/av_baseline.flv"
+);
 
 /// A running in-process server with its own data directory.
 pub struct TestServer {
@@ -368,4 +373,30 @@ pub async fn wait_for_endlist(ts: &TestServer, id: &str, secs: u64) -> String {
         assert!(Instant::now() < deadline, "playlist never ended:\n{text}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The Python of the test venv (`target/py-venv`, made by `tests/run.sh` with aiortc) or
+/// `MEDIA_SERVER_TEST_PYTHON`. Under `CI` a missing venv fails the test.
+pub fn test_python() -> Option<PathBuf> {
+    let path = std::env::var_os("MEDIA_SERVER_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/py-venv/bin/python"));
+    let ok = std::process::Command::new(&path)
+        .args(["-c", "import aiortc, numpy"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        if std::env::var_os("CI").is_some() {
+            panic!(
+                "{} with aiortc is required under CI (bash tests/run.sh makes it)",
+                path.display()
+            );
+        }
+        eprintln!(
+            "SKIPPED LOCALLY: no Python venv with aiortc at {}",
+            path.display()
+        );
+        return None;
+    }
+    Some(path)
 }
