@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need (Debian
 # packages: ffmpeg for interop, nasm for the camera encoder's fast path, curl, chromium;
-# aiortc and schemathesis from PyPI into venvs under target/), checks formatting and lints, runs every test, then schemathesis
-# against the live server. Interop tests fail (not skip) under CI=true when a program
-# is missing. Usage: bash tests/run.sh
+# aiortc and schemathesis from PyPI into venvs under target/), checks formatting and
+# lints, runs every test, then schemathesis against the live server. Interop tests fail
+# (not skip) under CI=true when a program is missing. Usage: bash tests/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

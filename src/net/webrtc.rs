@@ -332,7 +332,6 @@ impl WebRtc {
                             ],
                         },
                         payload_type: pt,
-                        ..Default::default()
                     },
                     RtpCodecKind::Video,
                 )
@@ -349,7 +348,6 @@ impl WebRtc {
                         rtcp_feedback: vec![],
                     },
                     payload_type: OPUS_PT,
-                    ..Default::default()
                 },
                 RtpCodecKind::Audio,
             )

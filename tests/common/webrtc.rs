@@ -94,7 +94,6 @@ pub async fn new_peer() -> Peer {
             RTCRtpCodecParameters {
                 rtp_codec: h264_codec(),
                 payload_type: 102,
-                ..Default::default()
             },
             RtpCodecKind::Video,
         )
@@ -104,7 +103,6 @@ pub async fn new_peer() -> Peer {
             RTCRtpCodecParameters {
                 rtp_codec: opus_codec(),
                 payload_type: 111,
-                ..Default::default()
             },
             RtpCodecKind::Audio,
         )

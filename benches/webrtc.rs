@@ -1,0 +1,516 @@
+//! WebRTC load harness (not criterion: it measures a running server). Starts the release
+//! `media-server` binary as its own process on loopback, then:
+//!
+//! 1. CPU per WHIP publisher: N publishers (webrtc crate) each sending synthetic H.264 at
+//!    2 Mbit/s, 30 fps, IDR every 2 s, plus Opus at 48 kbit/s; the server's CPU time over a
+//!    10 s window from `/proc/{pid}/stat`, divided by N.
+//! 2. CPU per WHEP viewer: M viewers on one of those streams; the CPU added, divided by M.
+//! 3. Glass-to-glass estimate on loopback: every synthetic frame carries its send time
+//!    (µs since the harness started) right after the NAL header; a WHEP viewer reads it
+//!    from the first RTP packet of each frame, and an LL-HLS client reading parts with
+//!    blocking playlist reload reads it from each part's samples. Latency = arrival - send.
+//!
+//! Run: `cargo bench --bench webrtc` (numbers: BENCHMARKS.md). Env: `PUBLISHERS` (4),
+//! `VIEWERS` (8), `SECONDS` (10).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use rtc::media::Sample;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use tokio::sync::mpsc;
+use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::media_stream::Track;
+use webrtc::peer_connection::{
+    register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
+    PeerConnectionEventHandler, RTCIceGatheringState, RTCPeerConnectionState,
+    RTCSessionDescription, Registry,
+};
+
+const TOKEN: &str = "bench-admin-token-0123456789";
+const MAGIC: [u8; 4] = *b"MSTS";
+/// SPS/PPS of tests/fixtures/whip_baseline.h264 (x264 constrained baseline, 320x240; the
+/// slices that follow are filler, only their size and NAL types matter to the server).
+const SPS: &[u8] = &[
+    0x67, 0x42, 0xc0, 0x0d, 0xda, 0x05, 0x07, 0xec, 0x04, 0x40, 0x00, 0x00, 0x03, 0x00, 0x40,
+    0x00, 0x00, 0x0f, 0x03, 0xc5, 0x0a, 0xa8,
+];
+const PPS: &[u8] = &[0x68, 0xce, 0x3c, 0x80];
+
+static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+fn now_us() -> u64 {
+    EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+fn codec(kind: RtpCodecKind) -> RTCRtpCodec {
+    if kind == RtpCodecKind::Video {
+        RTCRtpCodec {
+            mime_type: MIME_TYPE_H264.to_owned(),
+            clock_rate: 90_000,
+            channels: 0,
+            sdp_fmtp_line: "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f"
+                .to_owned(),
+            rtcp_feedback: vec![],
+        }
+    } else {
+        RTCRtpCodec {
+            mime_type: MIME_TYPE_OPUS.to_owned(),
+            clock_rate: 48_000,
+            channels: 2,
+            sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+            rtcp_feedback: vec![],
+        }
+    }
+}
+
+struct Handler {
+    tx: mpsc::UnboundedSender<Option<Arc<dyn TrackRemote>>>,
+    gathered: mpsc::UnboundedSender<()>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_gathering_state_change(&self, s: RTCIceGatheringState) {
+        if s == RTCIceGatheringState::Complete {
+            let _ = self.gathered.send(());
+        }
+    }
+    async fn on_connection_state_change(&self, s: RTCPeerConnectionState) {
+        if s == RTCPeerConnectionState::Connected {
+            let _ = self.tx.send(None);
+        }
+    }
+    async fn on_track(&self, t: Arc<dyn TrackRemote>) {
+        let _ = self.tx.send(Some(t));
+    }
+}
+
+struct Peer {
+    pc: Arc<dyn PeerConnection>,
+    events: mpsc::UnboundedReceiver<Option<Arc<dyn TrackRemote>>>,
+    gathered: mpsc::UnboundedReceiver<()>,
+}
+
+async fn peer() -> Peer {
+    let mut engine = MediaEngine::default();
+    for (kind, pt) in [(RtpCodecKind::Video, 102), (RtpCodecKind::Audio, 111)] {
+        engine
+            .register_codec(
+                RTCRtpCodecParameters {
+                    rtp_codec: codec(kind),
+                    payload_type: pt,
+                },
+                kind,
+            )
+            .unwrap();
+    }
+    let registry = register_default_interceptors(Registry::new(), &mut engine).unwrap();
+    let (tx, events) = mpsc::unbounded_channel();
+    let (gtx, gathered) = mpsc::unbounded_channel();
+    let pc = PeerConnectionBuilder::new()
+        .with_media_engine(engine)
+        .with_interceptor_registry(registry)
+        .with_handler(Arc::new(Handler { tx, gathered: gtx }))
+        .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
+        .build()
+        .await
+        .unwrap();
+    Peer {
+        pc: Arc::new(pc),
+        events,
+        gathered,
+    }
+}
+
+async fn negotiate(p: &mut Peer, url: &str, bearer: Option<&str>) {
+    let offer = p.pc.create_offer(None).await.unwrap();
+    p.pc.set_local_description(offer).await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), p.gathered.recv()).await;
+    let sdp = p.pc.local_description().await.unwrap().sdp;
+    let mut req = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/sdp")
+        .body(sdp);
+    if let Some(b) = bearer {
+        req = req.bearer_auth(b);
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let answer = resp.text().await.unwrap();
+    p.pc
+        .set_remote_description(RTCSessionDescription::answer(answer).unwrap())
+        .await
+        .unwrap();
+}
+
+fn local(kind: RtpCodecKind) -> Arc<TrackLocalStaticSample> {
+    Arc::new(
+        TrackLocalStaticSample::new(
+            Instant::now(),
+            MediaStreamTrack::new(
+                "bench".into(),
+                format!("{kind}"),
+                format!("{kind}"),
+                kind,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(rand::random()),
+                        ..Default::default()
+                    },
+                    codec: codec(kind),
+                    ..Default::default()
+                }],
+            ),
+        )
+        .unwrap(),
+    )
+}
+
+/// One synthetic access unit: parameter sets + IDR every 60 frames, else a P slice; the
+/// slice starts with MAGIC and the send time.
+fn access_unit(n: u64, bytes: usize) -> Bytes {
+    let mut b = BytesMut::with_capacity(bytes + 64);
+    let idr = n % 60 == 0;
+    if idr {
+        for ps in [SPS, PPS] {
+            b.put_slice(&[0, 0, 0, 1]);
+            b.put_slice(ps);
+        }
+    }
+    b.put_slice(&[0, 0, 0, 1, if idr { 0x65 } else { 0x41 }]);
+    b.put_slice(&MAGIC);
+    b.put_u64(now_us());
+    // Filler without start codes (0x01..=0xff never forms 00 00 01).
+    let fill = bytes.saturating_sub(17);
+    b.extend((0..fill).map(|i| ((i * 7 + n as usize) % 255 + 1) as u8));
+    b.freeze()
+}
+
+async fn publish(base: &str, name: &str, key: &str, stop: Arc<AtomicU64>) -> Peer {
+    let mut p = peer().await;
+    let video = local(RtpCodecKind::Video);
+    let audio = local(RtpCodecKind::Audio);
+    let vs = p.pc.add_track(video.clone() as Arc<dyn TrackLocal>).await.unwrap();
+    let as_ = p.pc.add_track(audio.clone() as Arc<dyn TrackLocal>).await.unwrap();
+    negotiate(&mut p, &format!("{base}/whip/live/{name}"), Some(key)).await;
+    while let Some(ev) = p.events.recv().await {
+        if ev.is_none() {
+            break;
+        }
+    }
+    let vpt = vs.get_parameters().await.unwrap().rtp_parameters.codecs[0].payload_type;
+    let apt = as_.get_parameters().await.unwrap().rtp_parameters.codecs[0].payload_type;
+    // 2 Mbit/s at 30 fps: 8,333 bytes per frame on average.
+    let s1 = stop.clone();
+    tokio::spawn(async move {
+        let ssrc = video.ssrcs().await[0];
+        let frame = Duration::from_nanos(1_000_000_000 / 30);
+        let start = tokio::time::Instant::now();
+        for n in 0u64.. {
+            if s1.load(Ordering::Relaxed) != 0 {
+                return;
+            }
+            let size = if n % 60 == 0 { 40_000 } else { 7_800 };
+            let _ = video
+                .sample_writer(ssrc, vpt)
+                .write_sample(&Sample {
+                    data: access_unit(n, size),
+                    duration: frame,
+                    ..Sample::new(Instant::now())
+                })
+                .await;
+            tokio::time::sleep_until(start + frame * (n as u32 + 1)).await;
+        }
+    });
+    tokio::spawn(async move {
+        let ssrc = audio.ssrcs().await[0];
+        let start = tokio::time::Instant::now();
+        let packet = Bytes::from(vec![0xfcu8; 120]); // CELT 20 ms TOC + 119 bytes
+        for n in 0u32.. {
+            if stop.load(Ordering::Relaxed) != 0 {
+                return;
+            }
+            let _ = audio
+                .sample_writer(ssrc, apt)
+                .write_sample(&Sample {
+                    data: packet.clone(),
+                    duration: Duration::from_millis(20),
+                    ..Sample::new(Instant::now())
+                })
+                .await;
+            tokio::time::sleep_until(start + Duration::from_millis(20) * (n + 1)).await;
+        }
+    });
+    p
+}
+
+/// A WHEP viewer; latency samples (µs) of frames whose first packet carries the stamp.
+async fn view(base: &str, id: &str, latencies: Option<mpsc::UnboundedSender<u64>>) -> Peer {
+    let mut p = peer().await;
+    for kind in [RtpCodecKind::Video, RtpCodecKind::Audio] {
+        p.pc.add_transceiver_from_kind(
+            kind,
+            Some(RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Recvonly,
+                ..Default::default()
+            }),
+        )
+        .await
+        .unwrap();
+    }
+    negotiate(&mut p, &format!("{base}/whep/{id}"), None).await;
+    let mut tracks = Vec::new();
+    loop {
+        match p.events.recv().await {
+            Some(Some(t)) => tracks.push(t),
+            Some(None) => break,
+            None => break,
+        }
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    p.events = rx;
+    let _keep = tx;
+    let spawn_reader = |t: Arc<dyn TrackRemote>, latencies: Option<mpsc::UnboundedSender<u64>>| {
+        tokio::spawn(async move {
+            while let Some(ev) = t.poll().await {
+                if let (TrackRemoteEvent::OnRtpPacket(pkt), Some(l)) = (ev, &latencies) {
+                    let p = &pkt.payload;
+                    let body = match p.first().map(|b| b & 0x1f) {
+                        Some(28) if p.len() > 2 && p[1] & 0x80 != 0 => &p[2..],
+                        Some(1..=23) => &p[1..],
+                        _ => continue,
+                    };
+                    if body.len() >= 12 && body[..4] == MAGIC {
+                        let sent = u64::from_be_bytes(body[4..12].try_into().unwrap());
+                        let _ = l.send(now_us().saturating_sub(sent));
+                    }
+                }
+            }
+        });
+    };
+    for t in tracks {
+        let is_video = t.kind().await == RtpCodecKind::Video;
+        spawn_reader(t, if is_video { latencies.clone() } else { None });
+    }
+    // Tracks that arrive after Connected.
+    let mut late = std::mem::replace(&mut p.events, mpsc::unbounded_channel().1);
+    tokio::spawn(async move {
+        while let Some(Some(t)) = late.recv().await {
+            let is_video = t.kind().await == RtpCodecKind::Video;
+            spawn_reader(t, if is_video { latencies.clone() } else { None });
+        }
+    });
+    p
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+async fn cpu_over(pid: u32, secs: u64) -> f64 {
+    let (c0, t0) = (cpu_seconds(pid), Instant::now());
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    (cpu_seconds(pid) - c0) / t0.elapsed().as_secs_f64() * 100.0
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn percentile(v: &mut [u64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_unstable();
+    v[((v.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
+}
+
+/// LL-HLS client: follows the preload hint with blocking requests; for every part, the
+/// latency of its newest stamped frame when the part arrived.
+async fn hls_latency(base: String, id: String, secs: u64) -> Vec<u64> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut out = Vec::new();
+    let playlist_url = format!("{base}/hls/{id}/media.m3u8");
+    let mut text = client.get(&playlist_url).send().await.unwrap().text().await.unwrap();
+    while Instant::now() < deadline {
+        let Some(hint) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\""))
+            .map(|h| h.trim_end_matches('"').to_owned())
+        else {
+            break;
+        };
+        let Ok(resp) = client.get(format!("{base}/hls/{id}/{hint}")).send().await else {
+            break;
+        };
+        let body = resp.bytes().await.unwrap_or_default();
+        let arrived = now_us();
+        let newest = body
+            .windows(12)
+            .filter(|w| w[..4] == MAGIC)
+            .map(|w| u64::from_be_bytes(w[4..12].try_into().unwrap()))
+            .max();
+        if let Some(sent) = newest {
+            out.push(arrived.saturating_sub(sent));
+        }
+        // Next hint: ask for the playlist that contains this part.
+        let (msn, part) = hint
+            .trim_start_matches("part")
+            .trim_end_matches(".m4s")
+            .split_once('.')
+            .map(|(a, b)| (a.parse::<u64>().unwrap_or(0), b.parse::<u64>().unwrap_or(0)))
+            .unwrap_or((0, 0));
+        text = client
+            .get(format!("{playlist_url}?_HLS_msn={msn}&_HLS_part={part}"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+    }
+    out
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
+async fn main() {
+    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let publishers = env("PUBLISHERS", 4);
+    let viewers = env("VIEWERS", 8);
+    let secs = env("SECONDS", 10) as u64;
+    now_us();
+    let dir = std::env::temp_dir().join(format!("ms-bench-webrtc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (http_port, rtmp_port) = (free_port(), free_port());
+    let config = dir.join("media-server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ndata_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n\
+             [rtmp]\nlisten = \"127.0.0.1:{rtmp_port}\"\n[auth]\nadmin_token = \"{TOKEN}\"\n\
+             [api]\nrate_limit_per_token = 1000000\n[webrtc]\nbind_ip = \"127.0.0.1\"\n",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    let exe = env!("CARGO_BIN_EXE_media-server");
+    let mut server = std::process::Command::new(exe)
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start media-server");
+    let pid = server.id();
+    let base = format!("http://127.0.0.1:{http_port}");
+    let client = reqwest::Client::new();
+    for _ in 0..100 {
+        if client.get(format!("{base}/healthz")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut streams = Vec::new();
+    for i in 0..publishers {
+        let resp: serde_json::Value = client
+            .post(format!("{base}/api/v1/streams"))
+            .bearer_auth(TOKEN)
+            .json(&serde_json::json!({ "name": format!("bench{i}") }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        streams.push((
+            resp["id"].as_str().unwrap().to_owned(),
+            resp["stream_key"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let idle = cpu_over(pid, 3).await;
+    let stop = Arc::new(AtomicU64::new(0));
+    let mut peers = Vec::new();
+    for (i, (_, key)) in streams.iter().enumerate() {
+        peers.push(publish(&base, &format!("bench{i}"), key, stop.clone()).await);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let with_publishers = cpu_over(pid, secs).await;
+    let rss_publishers = rss_mib(pid);
+    println!(
+        "WHIP: {publishers} publishers at 2 Mbit/s + Opus: server {with_publishers:.1} % of one core \
+         (idle {idle:.1} %) -> {:.2} % per publisher; RSS {rss_publishers:.0} MiB",
+        (with_publishers - idle) / publishers as f64
+    );
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let target = streams[0].0.clone();
+    let mut viewer_peers = Vec::new();
+    viewer_peers.push(view(&base, &target, Some(tx)).await);
+    for _ in 1..viewers {
+        viewer_peers.push(view(&base, &target, None).await);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    while rx.try_recv().is_ok() {}
+    let hls = tokio::spawn(hls_latency(base.clone(), target.clone(), secs));
+    let with_viewers = cpu_over(pid, secs).await;
+    let mut whep: Vec<u64> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+    let mut hls = hls.await.unwrap();
+    println!(
+        "WHEP: {viewers} viewers of one 2 Mbit/s stream: server {with_viewers:.1} % -> {:.2} % per viewer; RSS {:.0} MiB",
+        (with_viewers - with_publishers) / viewers as f64,
+        rss_mib(pid)
+    );
+    println!(
+        "glass-to-glass on loopback (send -> first RTP packet at the WHEP viewer): p50 {:.1} ms, p95 {:.1} ms ({} frames)",
+        percentile(&mut whep, 0.5),
+        percentile(&mut whep, 0.95),
+        whep.len()
+    );
+    println!(
+        "WHIP -> LL-HLS part available at a blocking-reload client (newest frame of each part): p50 {:.0} ms, p95 {:.0} ms ({} parts)",
+        percentile(&mut hls, 0.5),
+        percentile(&mut hls, 0.95),
+        hls.len()
+    );
+    stop.store(1, Ordering::Relaxed);
+    for p in peers.into_iter().chain(viewer_peers) {
+        let _ = p.pc.close().await;
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
