@@ -6,12 +6,12 @@
 //!    10 s window from `/proc/{pid}/stat`, divided by N.
 //! 2. CPU per WHEP viewer: M viewers on one of those streams; the CPU added, divided by M.
 //! 3. Glass-to-glass estimate on loopback: every synthetic frame carries its send time
-//!    (µs since the harness started) right after the NAL header; a WHEP viewer reads it
+//!    (µs since the harness started, as ASCII digits) right after the NAL header; a WHEP viewer reads it
 //!    from the first RTP packet of each frame, and an LL-HLS client reading parts with
 //!    blocking playlist reload reads it from each part's samples. Latency = arrival - send.
 //!
 //! Run: `cargo bench --bench webrtc` (numbers: BENCHMARKS.md). Env: `PUBLISHERS` (4),
-//! `VIEWERS` (8), `SECONDS` (10).
+//! `VIEWERS` (8), `SECONDS` (10). Under `cargo test` it makes a 1+1 smoke run of 2 s.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -42,8 +42,8 @@ const MAGIC: [u8; 4] = *b"MSTS";
 /// SPS/PPS of tests/fixtures/whip_baseline.h264 (x264 constrained baseline, 320x240; the
 /// slices that follow are filler, only their size and NAL types matter to the server).
 const SPS: &[u8] = &[
-    0x67, 0x42, 0xc0, 0x0d, 0xda, 0x05, 0x07, 0xec, 0x04, 0x40, 0x00, 0x00, 0x03, 0x00, 0x40,
-    0x00, 0x00, 0x0f, 0x03, 0xc5, 0x0a, 0xa8,
+    0x67, 0x42, 0xc0, 0x0d, 0xda, 0x05, 0x07, 0xec, 0x04, 0x40, 0x00, 0x00, 0x03, 0x00, 0x40, 0x00,
+    0x00, 0x0f, 0x03, 0xc5, 0x0a, 0xa8,
 ];
 const PPS: &[u8] = &[0x68, 0xce, 0x3c, 0x80];
 
@@ -148,8 +148,7 @@ async fn negotiate(p: &mut Peer, url: &str, bearer: Option<&str>) {
     let resp = req.send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 201);
     let answer = resp.text().await.unwrap();
-    p.pc
-        .set_remote_description(RTCSessionDescription::answer(answer).unwrap())
+    p.pc.set_remote_description(RTCSessionDescription::answer(answer).unwrap())
         .await
         .unwrap();
 }
@@ -190,9 +189,10 @@ fn access_unit(n: u64, bytes: usize) -> Bytes {
     }
     b.put_slice(&[0, 0, 0, 1, if idr { 0x65 } else { 0x41 }]);
     b.put_slice(&MAGIC);
-    b.put_u64(now_us());
+    // The send time as 16 ASCII digits: binary would contain 00 00 01, a start code.
+    b.put_slice(format!("{:016}", now_us()).as_bytes());
     // Filler without start codes (0x01..=0xff never forms 00 00 01).
-    let fill = bytes.saturating_sub(17);
+    let fill = bytes.saturating_sub(25);
     b.extend((0..fill).map(|i| ((i * 7 + n as usize) % 255 + 1) as u8));
     b.freeze()
 }
@@ -201,8 +201,14 @@ async fn publish(base: &str, name: &str, key: &str, stop: Arc<AtomicU64>) -> Pee
     let mut p = peer().await;
     let video = local(RtpCodecKind::Video);
     let audio = local(RtpCodecKind::Audio);
-    let vs = p.pc.add_track(video.clone() as Arc<dyn TrackLocal>).await.unwrap();
-    let as_ = p.pc.add_track(audio.clone() as Arc<dyn TrackLocal>).await.unwrap();
+    let vs =
+        p.pc.add_track(video.clone() as Arc<dyn TrackLocal>)
+            .await
+            .unwrap();
+    let as_ =
+        p.pc.add_track(audio.clone() as Arc<dyn TrackLocal>)
+            .await
+            .unwrap();
     negotiate(&mut p, &format!("{base}/whip/live/{name}"), Some(key)).await;
     while let Some(ev) = p.events.recv().await {
         if ev.is_none() {
@@ -278,9 +284,6 @@ async fn view(base: &str, id: &str, latencies: Option<mpsc::UnboundedSender<u64>
             None => break,
         }
     }
-    let (tx, rx) = mpsc::unbounded_channel();
-    p.events = rx;
-    let _keep = tx;
     let spawn_reader = |t: Arc<dyn TrackRemote>, latencies: Option<mpsc::UnboundedSender<u64>>| {
         tokio::spawn(async move {
             while let Some(ev) = t.poll().await {
@@ -291,8 +294,7 @@ async fn view(base: &str, id: &str, latencies: Option<mpsc::UnboundedSender<u64>
                         Some(1..=23) => &p[1..],
                         _ => continue,
                     };
-                    if body.len() >= 12 && body[..4] == MAGIC {
-                        let sent = u64::from_be_bytes(body[4..12].try_into().unwrap());
+                    if let Some(sent) = stamp(body) {
                         let _ = l.send(now_us().saturating_sub(sent));
                     }
                 }
@@ -304,7 +306,8 @@ async fn view(base: &str, id: &str, latencies: Option<mpsc::UnboundedSender<u64>
         spawn_reader(t, if is_video { latencies.clone() } else { None });
     }
     // Tracks that arrive after Connected.
-    let mut late = std::mem::replace(&mut p.events, mpsc::unbounded_channel().1);
+    let (_, placeholder) = mpsc::unbounded_channel();
+    let mut late = std::mem::replace(&mut p.events, placeholder);
     tokio::spawn(async move {
         while let Some(Some(t)) = late.recv().await {
             let is_video = t.kind().await == RtpCodecKind::Video;
@@ -312,6 +315,14 @@ async fn view(base: &str, id: &str, latencies: Option<mpsc::UnboundedSender<u64>
         }
     });
     p
+}
+
+/// The send time written after MAGIC at the start of `b`, if there is one.
+fn stamp(b: &[u8]) -> Option<u64> {
+    if b.len() < 20 || b[..4] != MAGIC {
+        return None;
+    }
+    std::str::from_utf8(&b[4..20]).ok()?.parse().ok()
 }
 
 fn cpu_seconds(pid: u32) -> f64 {
@@ -359,12 +370,19 @@ fn percentile(v: &mut [u64], p: f64) -> f64 {
 
 /// LL-HLS client: follows the preload hint with blocking requests; for every part, the
 /// latency of its newest stamped frame when the part arrived.
-async fn hls_latency(base: String, id: String, secs: u64) -> Vec<u64> {
+async fn hls_latency(base: String, id: String, secs: u64) -> Vec<(u64, u64)> {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut out = Vec::new();
     let playlist_url = format!("{base}/hls/{id}/media.m3u8");
-    let mut text = client.get(&playlist_url).send().await.unwrap().text().await.unwrap();
+    let mut text = client
+        .get(&playlist_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     while Instant::now() < deadline {
         let Some(hint) = text
             .lines()
@@ -378,13 +396,12 @@ async fn hls_latency(base: String, id: String, secs: u64) -> Vec<u64> {
         };
         let body = resp.bytes().await.unwrap_or_default();
         let arrived = now_us();
-        let newest = body
-            .windows(12)
-            .filter(|w| w[..4] == MAGIC)
-            .map(|w| u64::from_be_bytes(w[4..12].try_into().unwrap()))
-            .max();
-        if let Some(sent) = newest {
-            out.push(arrived.saturating_sub(sent));
+        let stamps: Vec<u64> = body.windows(20).filter_map(stamp).collect();
+        if let (Some(newest), Some(oldest)) = (stamps.iter().max(), stamps.iter().min()) {
+            out.push((
+                arrived.saturating_sub(*newest),
+                arrived.saturating_sub(*oldest),
+            ));
         }
         // Next hint: ask for the playlist that contains this part.
         let (msn, part) = hint
@@ -405,9 +422,14 @@ async fn hls_latency(base: String, id: String, secs: u64) -> Vec<u64> {
     out
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
     let publishers = env("PUBLISHERS", 4);
     let viewers = env("VIEWERS", 8);
     let secs = env("SECONDS", 10) as u64;
@@ -449,7 +471,7 @@ async fn main() {
         let resp: serde_json::Value = client
             .post(format!("{base}/api/v1/streams"))
             .bearer_auth(TOKEN)
-            .json(&serde_json::json!({ "name": format!("bench{i}") }))
+            .json(&serde_json::json!({ "title": format!("bench {i}"), "app": "live", "name": format!("bench{i}") }))
             .send()
             .await
             .unwrap()
@@ -461,13 +483,13 @@ async fn main() {
             resp["stream_key"].as_str().unwrap().to_owned(),
         ));
     }
-    let idle = cpu_over(pid, 3).await;
+    let idle = cpu_over(pid, secs.min(3)).await;
     let stop = Arc::new(AtomicU64::new(0));
     let mut peers = Vec::new();
     for (i, (_, key)) in streams.iter().enumerate() {
         peers.push(publish(&base, &format!("bench{i}"), key, stop.clone()).await);
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(secs.min(3))).await;
     let with_publishers = cpu_over(pid, secs).await;
     let rss_publishers = rss_mib(pid);
     println!(
@@ -488,7 +510,9 @@ async fn main() {
     let hls = tokio::spawn(hls_latency(base.clone(), target.clone(), secs));
     let with_viewers = cpu_over(pid, secs).await;
     let mut whep: Vec<u64> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
-    let mut hls = hls.await.unwrap();
+    let hls = hls.await.unwrap();
+    let mut hls_newest: Vec<u64> = hls.iter().map(|h| h.0).collect();
+    let mut hls_oldest: Vec<u64> = hls.iter().map(|h| h.1).collect();
     println!(
         "WHEP: {viewers} viewers of one 2 Mbit/s stream: server {with_viewers:.1} % -> {:.2} % per viewer; RSS {:.0} MiB",
         (with_viewers - with_publishers) / viewers as f64,
@@ -501,10 +525,17 @@ async fn main() {
         whep.len()
     );
     println!(
-        "WHIP -> LL-HLS part available at a blocking-reload client (newest frame of each part): p50 {:.0} ms, p95 {:.0} ms ({} parts)",
-        percentile(&mut hls, 0.5),
-        percentile(&mut hls, 0.95),
+        "WHIP -> LL-HLS part at a blocking-reload client: newest frame of the part p50 {:.0} ms, \
+         p95 {:.0} ms; oldest frame p50 {:.0} ms, p95 {:.0} ms ({} parts)",
+        percentile(&mut hls_newest, 0.5),
+        percentile(&mut hls_newest, 0.95),
+        percentile(&mut hls_oldest, 0.5),
+        percentile(&mut hls_oldest, 0.95),
         hls.len()
+    );
+    assert!(
+        !whep.is_empty() && !hls_newest.is_empty(),
+        "no frame reached a viewer: the harness or the server is broken"
     );
     stop.store(1, Ordering::Relaxed);
     for p in peers.into_iter().chain(viewer_peers) {

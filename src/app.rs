@@ -139,12 +139,22 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     } else {
         Router::new()
     };
+    // Players on other origins (hls.js, <img>) need CORS on the media routes too.
+    let media_routes =
+        Router::new()
+            .merge(hls::http::router(hls.clone()))
+            .merge(crate::egress::mjpeg::router(
+                crate::egress::mjpeg::MjpegContext {
+                    hub: hub.clone(),
+                    gate: gate.clone(),
+                },
+            ));
+    let media_routes = match api::cors(&config.api.cors_allowed_origins) {
+        Some(cors) => media_routes.layer(cors),
+        None => media_routes,
+    };
     let router = Router::new()
-        .merge(hls::http::router(hls.clone()))
-        .merge(crate::egress::mjpeg::router(crate::egress::mjpeg::MjpegContext {
-            hub: hub.clone(),
-            gate: gate.clone(),
-        }))
+        .merge(media_routes)
         .merge(crate::ingest::camera::router(crate::ingest::camera::CameraContext {
             config: config.camera.clone(),
             store: store.clone(),

@@ -148,6 +148,149 @@ fn whep_page(whep: &str, report: &str, ms: u32) -> String {
     )
 }
 
+/// Loads `page` in headless Chromium and returns the query string the page reports to
+/// `listener` (`fetch(report + '?…')`), or panics after 40 s.
+async fn run_page(
+    ts: &TestServer,
+    page: &std::path::Path,
+    listener: tokio::net::TcpListener,
+    name: &str,
+) -> String {
+    let mut chromium = tokio::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--autoplay-policy=no-user-gesture-required",
+            "--allow-loopback-in-peer-connection",
+            "--allow-file-access-from-files",
+            "--disable-features=WebRtcHideLocalIpsWithMdns",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            ts.dir.join(format!("profile-{name}")).display()
+        ))
+        .arg(format!("file://{}", page.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run chromium");
+    let (mut socket, _) = tokio::time::timeout(Duration::from_secs(40), listener.accept())
+        .await
+        .expect("the page reports within 40 s")
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::io::AsyncReadExt::read(&mut socket, &mut buf)
+        .await
+        .unwrap();
+    let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let _ = tokio::io::AsyncWriteExt::write_all(
+        &mut socket,
+        b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n",
+    )
+    .await;
+    let _ = chromium.kill().await;
+    request
+        .lines()
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|p| p.split_once('?'))
+        .map(|(_, q)| q.to_owned())
+        .unwrap_or_default()
+}
+
+fn field(query: &str, name: &str) -> String {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// hls.js from npm (installed by tests/run.sh into target/npm); under CI it must be there.
+fn hlsjs() -> Option<std::path::PathBuf> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/npm/node_modules/hls.js/dist/hls.min.js");
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "{} is required under CI (bash tests/run.sh installs it)",
+            path.display()
+        );
+    }
+    eprintln!(
+        "SKIPPED LOCALLY: hls.js not installed at {}",
+        path.display()
+    );
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hlsjs_in_chromium_plays_a_whip_stream_with_opus_audio() {
+    if !require_program("chromium") {
+        return;
+    }
+    let Some(hls) = hlsjs() else {
+        return;
+    };
+    let ts = start_server("browser-hlsjs").await;
+    let (id, key) = ts.create_stream("whiphls").await;
+    let publishing = common::webrtc::whip_publish(&ts.http("/whip/live/whiphls"), &key, 4).await;
+    wait_for_200(&ts.http(&format!("/hls/{id}/index.m3u8")), 10).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let report = format!("http://{}/report", listener.local_addr().unwrap());
+    let page = ts.dir.join("hlsjs.html");
+    std::fs::write(
+        &page,
+        format!(
+            r#"<!doctype html><html><body>
+<video id="v" autoplay muted playsinline width="640" height="360"></video>
+<script src="file://{hls}"></script>
+<script>
+  const v = document.getElementById('v');
+  let frames = 0, error = '';
+  const count = () => {{ frames++; v.requestVideoFrameCallback(count); }};
+  v.requestVideoFrameCallback(count);
+  const hls = new Hls({{ lowLatencyMode: true }});
+  hls.on(Hls.Events.ERROR, (_, d) => {{ if (d.fatal) error = d.type + ':' + d.details; }});
+  hls.loadSource('{url}');
+  hls.attachMedia(v);
+  hls.on(Hls.Events.MANIFEST_PARSED, () => v.play().catch((e) => error = String(e)));
+  setTimeout(() => {{
+    const q = 'frames=' + frames + '&width=' + v.videoWidth
+      + '&audio=' + (v.webkitAudioDecodedByteCount || 0)
+      + '&codecs=' + encodeURIComponent(hls.levels.map((l) => l.attrs.CODECS).join('|'))
+      + '&error=' + encodeURIComponent(error);
+    fetch('{report}?' + q, {{ mode: 'no-cors' }});
+  }}, 7000);
+</script></body></html>"#,
+            hls = hls.display(),
+            url = ts.http(&format!("/hls/{id}/index.m3u8")),
+        ),
+    )
+    .unwrap();
+    let q = run_page(&ts, &page, listener, "hlsjs").await;
+    let frames: u64 = field(&q, "frames").parse().unwrap_or(0);
+    let audio: u64 = field(&q, "audio").parse().unwrap_or(0);
+    assert!(
+        frames > 30 && field(&q, "width") == "320" && audio > 0,
+        "hls.js: {frames} frames, width {}, {audio} audio bytes decoded, codecs {}, error {}",
+        field(&q, "width"),
+        field(&q, "codecs"),
+        field(&q, "error")
+    );
+    publishing.sender.abort();
+    ts.server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_plays_an_rtmp_stream_over_whep() {
     if !require_program("chromium") {
@@ -177,58 +320,8 @@ async fn chromium_plays_an_rtmp_stream_over_whep() {
         whep_page(&ts.http(&format!("/whep/{id}")), &report_url, 4000),
     )
     .unwrap();
-    let mut chromium = tokio::process::Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--autoplay-policy=no-user-gesture-required",
-            "--allow-loopback-in-peer-connection",
-            "--disable-features=WebRtcHideLocalIpsWithMdns",
-        ])
-        .arg(format!(
-            "--user-data-dir={}",
-            ts.dir.join("profile-whep").display()
-        ))
-        .arg(format!("file://{}", page.display()))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run chromium");
-    let (mut socket, _) = tokio::time::timeout(Duration::from_secs(30), reports.accept())
-        .await
-        .expect("the page reports within 30 s")
-        .unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = tokio::io::AsyncReadExt::read(&mut socket, &mut buf)
-        .await
-        .unwrap();
-    let request = String::from_utf8_lossy(&buf[..n]).into_owned();
-    let _ = tokio::io::AsyncWriteExt::write_all(
-        &mut socket,
-        b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n",
-    )
-    .await;
-    let query = request
-        .lines()
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|p| p.split_once('?'))
-        .map(|(_, q)| q.to_owned())
-        .unwrap_or_default();
-    let field = |name: &str| {
-        query
-            .split('&')
-            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-            .unwrap_or("")
-            .to_owned()
-    };
+    let query = run_page(&ts, &page, reports, "whep").await;
+    let field = |name: &str| field(&query, name);
     let frames: u64 = field("frames").parse().unwrap_or(0);
     let width: u64 = field("width").parse().unwrap_or(0);
     assert!(
@@ -236,7 +329,6 @@ async fn chromium_plays_an_rtmp_stream_over_whep() {
         "Chromium decoded {frames} frames at width {width}; page error: {}",
         field("error")
     );
-    let _ = chromium.kill().await;
     pusher.abort();
     ts.server.shutdown().await;
 }

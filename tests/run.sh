@@ -38,6 +38,17 @@ if ! "$venv/bin/python" -c 'import aiortc, numpy' >/dev/null 2>&1; then
   "$venv/bin/pip" install -q --disable-pip-version-check "aiortc==1.16.0" "av==18.1.0" "numpy==2.4.6"
 fi
 
+# hls.js (npm) for the browser test that plays WHIP's H.264 + Opus HLS over MSE.
+if [ ! -f target/npm/node_modules/hls.js/dist/hls.min.js ]; then
+  command -v npm >/dev/null 2>&1 || {
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get install -y -qq --no-install-recommends npm >/dev/null
+  }
+  log "installing hls.js into target/npm"
+  mkdir -p target/npm
+  npm install --silent --no-audit --no-fund --prefix target/npm "hls.js@1.7.4" >/dev/null
+fi
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 

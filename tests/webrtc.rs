@@ -472,3 +472,49 @@ async fn aiortc_publishes_over_whip_and_the_hls_decodes() {
     }
     ts.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_port_range_and_public_ips_shape_the_answer() {
+    // Two ports: two sessions fit, a third is refused with 503 until one ends.
+    let base = 40_000 + (std::process::id() % 20_000) as u16;
+    let ts = start_with("whip-ports", |c| {
+        c.webrtc.udp_port_min = base;
+        c.webrtc.udp_port_max = base + 1;
+        c.webrtc.public_ips = vec!["203.0.113.9".into()];
+    })
+    .await;
+    let mut peers = Vec::new();
+    for name in ["p1", "p2"] {
+        let (_, key) = ts.create_stream(name).await;
+        let (peer, offer) = publisher_offer().await;
+        let (status, _, answer) =
+            post_sdp(&ts.http(&format!("/whip/live/{name}")), Some(&key), &offer).await;
+        assert_eq!(status, 201, "{answer}");
+        let ports: Vec<u16> = answer
+            .lines()
+            .filter_map(|l| l.strip_prefix("a=candidate:"))
+            .filter_map(|c| c.split(' ').nth(5)?.parse().ok())
+            .collect();
+        assert!(!ports.is_empty(), "{answer}");
+        assert!(
+            ports.iter().all(|p| (base..=base + 1).contains(p)),
+            "candidate ports {ports:?} outside {base}-{}",
+            base + 1
+        );
+        assert!(
+            answer.contains(" 203.0.113.9 "),
+            "public IP not announced: {answer}"
+        );
+        peers.push((peer, key));
+    }
+    let (_, key) = ts.create_stream("p3").await;
+    let (third, offer) = publisher_offer().await;
+    let (status, _, body) = post_sdp(&ts.http("/whip/live/p3"), Some(&key), &offer).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("UDP port"), "{body}");
+    for (p, _) in peers {
+        let _ = p.pc.close().await;
+    }
+    let _ = third.pc.close().await;
+    ts.server.shutdown().await;
+}

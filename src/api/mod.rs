@@ -142,7 +142,9 @@ impl MakeRequestId for MakeId {
     }
 }
 
-fn cors(origins: &[String]) -> Option<CorsLayer> {
+/// The CORS layer for `api.cors_allowed_origins` (API, HLS, MJPEG, WHIP/WHEP); `None` when
+/// the list is empty.
+pub fn cors(origins: &[String]) -> Option<CorsLayer> {
     if origins.is_empty() {
         return None;
     }

@@ -153,7 +153,13 @@ pub async fn play(
         ctx.shutdown.clone(),
     );
     tracing::info!(stream = %stream_id, session = %session.id, "whep: viewer joined");
-    tokio::spawn(run(session.clone(), stream, events, senders));
+    tokio::spawn(run(
+        session.clone(),
+        ctx.hub.clone(),
+        stream,
+        events,
+        senders,
+    ));
     Ok(created_response(&session, "whep", answer))
 }
 
@@ -288,6 +294,7 @@ async fn negotiated(out: Outgoing) -> Option<RtpOut> {
 
 async fn run(
     session: Arc<Session>,
+    hub: crate::hub::Hub,
     stream: Arc<LiveStream>,
     mut events: mpsc::UnboundedReceiver<PeerEvent>,
     senders: Vec<Outgoing>,
@@ -336,6 +343,7 @@ async fn run(
                 let Some(t) = tracks.as_ref().and_then(|t| t.get(frame.track)) else {
                     continue;
                 };
+                hub.add_bytes_out(frame.data.len() as u64);
                 let ok = match &t.codec {
                     CodecConfig::H264(avc) => match video.as_mut() {
                         Some(v) => {

@@ -16,12 +16,11 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, ETAG, IF_MATCH, LOCATION};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use axum::Router;
 use tokio::sync::watch;
-use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::egress::PlaybackGate;
 use crate::error::HttpError;
@@ -114,7 +113,7 @@ pub fn created_response(session: &Session, prefix: &str, answer: String) -> Resp
 
 /// WHIP/WHEP routes with their CORS layer.
 pub fn router(ctx: WebRtcContext) -> Router {
-    let cors = cors(&ctx.cors_origins);
+    let cors = crate::api::cors(&ctx.cors_origins);
     let router = Router::new()
         .route(
             "/whip/{app}/{name}",
@@ -161,29 +160,6 @@ async fn options_headers(req: axum::extract::Request, next: axum::middleware::Ne
         }
     }
     res
-}
-
-fn cors(origins: &[String]) -> Option<CorsLayer> {
-    if origins.is_empty() {
-        return None;
-    }
-    let allow = if origins.iter().any(|o| o == "*") {
-        AllowOrigin::any()
-    } else {
-        AllowOrigin::list(origins.iter().filter_map(|o| o.parse().ok()))
-    };
-    Some(
-        CorsLayer::new()
-            .allow_origin(allow)
-            .allow_methods([Method::POST, Method::DELETE, Method::PATCH, Method::OPTIONS])
-            .allow_headers([AUTHORIZATION, CONTENT_TYPE, IF_MATCH])
-            .expose_headers([
-                LOCATION,
-                ETAG,
-                HeaderName::from_static("accept-patch"),
-                HeaderName::from_static("link"),
-            ]),
-    )
 }
 
 async fn endpoint_options() -> Response {
