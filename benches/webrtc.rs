@@ -19,23 +19,16 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use rtc::media::Sample;
-use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS};
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
-    RtpCodecKind,
-};
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use tokio::sync::mpsc;
-use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::media_stream::Track;
-use webrtc::peer_connection::{
-    register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
-    PeerConnectionEventHandler, RTCIceGatheringState, RTCPeerConnectionState,
-    RTCSessionDescription, Registry,
-};
+
+#[path = "../tests/common/webrtc.rs"]
+mod peers;
+use peers::{h264_codec, local_track, new_peer, opus_codec, post_sdp, Ev, Peer};
 
 const TOKEN: &str = "bench-admin-token-0123456789";
 const MAGIC: [u8; 4] = *b"MSTS";
@@ -51,129 +44,6 @@ static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
 fn now_us() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64
-}
-
-fn codec(kind: RtpCodecKind) -> RTCRtpCodec {
-    if kind == RtpCodecKind::Video {
-        RTCRtpCodec {
-            mime_type: MIME_TYPE_H264.to_owned(),
-            clock_rate: 90_000,
-            channels: 0,
-            sdp_fmtp_line: "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f"
-                .to_owned(),
-            rtcp_feedback: vec![],
-        }
-    } else {
-        RTCRtpCodec {
-            mime_type: MIME_TYPE_OPUS.to_owned(),
-            clock_rate: 48_000,
-            channels: 2,
-            sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
-            rtcp_feedback: vec![],
-        }
-    }
-}
-
-struct Handler {
-    tx: mpsc::UnboundedSender<Option<Arc<dyn TrackRemote>>>,
-    gathered: mpsc::UnboundedSender<()>,
-}
-
-#[async_trait::async_trait]
-impl PeerConnectionEventHandler for Handler {
-    async fn on_ice_gathering_state_change(&self, s: RTCIceGatheringState) {
-        if s == RTCIceGatheringState::Complete {
-            let _ = self.gathered.send(());
-        }
-    }
-    async fn on_connection_state_change(&self, s: RTCPeerConnectionState) {
-        if s == RTCPeerConnectionState::Connected {
-            let _ = self.tx.send(None);
-        }
-    }
-    async fn on_track(&self, t: Arc<dyn TrackRemote>) {
-        let _ = self.tx.send(Some(t));
-    }
-}
-
-struct Peer {
-    pc: Arc<dyn PeerConnection>,
-    events: mpsc::UnboundedReceiver<Option<Arc<dyn TrackRemote>>>,
-    gathered: mpsc::UnboundedReceiver<()>,
-}
-
-async fn peer() -> Peer {
-    let mut engine = MediaEngine::default();
-    for (kind, pt) in [(RtpCodecKind::Video, 102), (RtpCodecKind::Audio, 111)] {
-        engine
-            .register_codec(
-                RTCRtpCodecParameters {
-                    rtp_codec: codec(kind),
-                    payload_type: pt,
-                },
-                kind,
-            )
-            .unwrap();
-    }
-    let registry = register_default_interceptors(Registry::new(), &mut engine).unwrap();
-    let (tx, events) = mpsc::unbounded_channel();
-    let (gtx, gathered) = mpsc::unbounded_channel();
-    let pc = PeerConnectionBuilder::new()
-        .with_media_engine(engine)
-        .with_interceptor_registry(registry)
-        .with_handler(Arc::new(Handler { tx, gathered: gtx }))
-        .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
-        .build()
-        .await
-        .unwrap();
-    Peer {
-        pc: Arc::new(pc),
-        events,
-        gathered,
-    }
-}
-
-async fn negotiate(p: &mut Peer, url: &str, bearer: Option<&str>) {
-    let offer = p.pc.create_offer(None).await.unwrap();
-    p.pc.set_local_description(offer).await.unwrap();
-    let _ = tokio::time::timeout(Duration::from_secs(5), p.gathered.recv()).await;
-    let sdp = p.pc.local_description().await.unwrap().sdp;
-    let mut req = reqwest::Client::new()
-        .post(url)
-        .header("content-type", "application/sdp")
-        .body(sdp);
-    if let Some(b) = bearer {
-        req = req.bearer_auth(b);
-    }
-    let resp = req.send().await.unwrap();
-    assert_eq!(resp.status().as_u16(), 201);
-    let answer = resp.text().await.unwrap();
-    p.pc.set_remote_description(RTCSessionDescription::answer(answer).unwrap())
-        .await
-        .unwrap();
-}
-
-fn local(kind: RtpCodecKind) -> Arc<TrackLocalStaticSample> {
-    Arc::new(
-        TrackLocalStaticSample::new(
-            Instant::now(),
-            MediaStreamTrack::new(
-                "bench".into(),
-                format!("{kind}"),
-                format!("{kind}"),
-                kind,
-                vec![RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters {
-                        ssrc: Some(rand::random()),
-                        ..Default::default()
-                    },
-                    codec: codec(kind),
-                    ..Default::default()
-                }],
-            ),
-        )
-        .unwrap(),
-    )
 }
 
 /// One synthetic access unit: parameter sets + IDR every 60 frames, else a P slice; the
@@ -197,10 +67,18 @@ fn access_unit(n: u64, bytes: usize) -> Bytes {
     b.freeze()
 }
 
+async fn negotiate(p: &mut Peer, url: &str, bearer: Option<&str>) -> Vec<Arc<dyn TrackRemote>> {
+    let offer = p.offer().await;
+    let (status, _, answer) = post_sdp(url, bearer, &offer).await;
+    assert_eq!(status, 201, "{answer}");
+    p.accept(answer).await;
+    p.connected(10).await
+}
+
 async fn publish(base: &str, name: &str, key: &str, stop: Arc<AtomicU64>) -> Peer {
-    let mut p = peer().await;
-    let video = local(RtpCodecKind::Video);
-    let audio = local(RtpCodecKind::Audio);
+    let mut p = new_peer().await;
+    let video = local_track(RtpCodecKind::Video, h264_codec());
+    let audio = local_track(RtpCodecKind::Audio, opus_codec());
     let vs =
         p.pc.add_track(video.clone() as Arc<dyn TrackLocal>)
             .await
@@ -210,11 +88,6 @@ async fn publish(base: &str, name: &str, key: &str, stop: Arc<AtomicU64>) -> Pee
             .await
             .unwrap();
     negotiate(&mut p, &format!("{base}/whip/live/{name}"), Some(key)).await;
-    while let Some(ev) = p.events.recv().await {
-        if ev.is_none() {
-            break;
-        }
-    }
     let vpt = vs.get_parameters().await.unwrap().rtp_parameters.codecs[0].payload_type;
     let apt = as_.get_parameters().await.unwrap().rtp_parameters.codecs[0].payload_type;
     // 2 Mbit/s at 30 fps: 8,333 bytes per frame on average.
@@ -263,7 +136,7 @@ async fn publish(base: &str, name: &str, key: &str, stop: Arc<AtomicU64>) -> Pee
 
 /// A WHEP viewer; latency samples (µs) of frames whose first packet carries the stamp.
 async fn view(base: &str, id: &str, latencies: Option<mpsc::UnboundedSender<u64>>) -> Peer {
-    let mut p = peer().await;
+    let mut p = new_peer().await;
     for kind in [RtpCodecKind::Video, RtpCodecKind::Audio] {
         p.pc.add_transceiver_from_kind(
             kind,
@@ -275,15 +148,7 @@ async fn view(base: &str, id: &str, latencies: Option<mpsc::UnboundedSender<u64>
         .await
         .unwrap();
     }
-    negotiate(&mut p, &format!("{base}/whep/{id}"), None).await;
-    let mut tracks = Vec::new();
-    loop {
-        match p.events.recv().await {
-            Some(Some(t)) => tracks.push(t),
-            Some(None) => break,
-            None => break,
-        }
-    }
+    let tracks = negotiate(&mut p, &format!("{base}/whep/{id}"), None).await;
     let spawn_reader = |t: Arc<dyn TrackRemote>, latencies: Option<mpsc::UnboundedSender<u64>>| {
         tokio::spawn(async move {
             while let Some(ev) = t.poll().await {
@@ -309,7 +174,8 @@ async fn view(base: &str, id: &str, latencies: Option<mpsc::UnboundedSender<u64>
     let (_, placeholder) = mpsc::unbounded_channel();
     let mut late = std::mem::replace(&mut p.events, placeholder);
     tokio::spawn(async move {
-        while let Some(Some(t)) = late.recv().await {
+        while let Some(ev) = late.recv().await {
+            let Ev::Track(t) = ev else { continue };
             let is_video = t.kind().await == RtpCodecKind::Video;
             spawn_reader(t, if is_video { latencies.clone() } else { None });
         }

@@ -65,6 +65,8 @@ pub struct Server {
     pub hub: Hub,
     /// WHIP/WHEP sessions.
     pub webrtc: Arc<crate::net::webrtc::WebRtc>,
+    /// Recorders.
+    pub recorders: Arc<crate::egress::record::Recorders>,
     config: Arc<Config>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -91,6 +93,19 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         signer: signer.clone(),
         cache: std::sync::Mutex::new(std::collections::HashMap::new()),
     });
+    let recorders = crate::egress::record::Recorders::new(
+        store.clone(),
+        config.recording.clone(),
+        &config.server.data_dir,
+        events.clone(),
+    );
+    let recovered = recorders.recover().await;
+    if recovered > 0 {
+        tracing::info!(
+            count = recovered,
+            "recordings left open by an unclean stop were recovered"
+        );
+    }
     let hls = HlsRegistry::new(
         config.hls.clone(),
         shutdown_rx.clone(),
@@ -98,7 +113,15 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         gate.clone(),
     );
     let mut tasks = Vec::new();
-    tasks.push(wire_hub(&hub, &store, &hls, &events, shutdown_rx.clone()));
+    tasks.push(wire_hub(
+        &hub,
+        &store,
+        &hls,
+        &recorders,
+        &events,
+        shutdown_rx.clone(),
+    ));
+    tasks.push(recorders.spawn_retention(shutdown_rx.clone()));
     tasks.push(crate::webhooks::spawn(
         store.clone(),
         events_rx,
@@ -126,7 +149,8 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         hub.clone(),
         events.clone(),
         signer,
-    );
+    )
+    .with_recorders(recorders.clone());
     let webrtc_routes = if config.webrtc.enabled {
         crate::net::webrtc_http::router(crate::net::webrtc_http::WebRtcContext {
             webrtc: webrtc.clone(),
@@ -140,15 +164,19 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         Router::new()
     };
     // Players on other origins (hls.js, <img>) need CORS on the media routes too.
-    let media_routes =
-        Router::new()
-            .merge(hls::http::router(hls.clone()))
-            .merge(crate::egress::mjpeg::router(
-                crate::egress::mjpeg::MjpegContext {
-                    hub: hub.clone(),
-                    gate: gate.clone(),
-                },
-            ));
+    let media_routes = Router::new()
+        .merge(hls::http::router(hls.clone()))
+        .merge(crate::egress::mjpeg::router(
+            crate::egress::mjpeg::MjpegContext {
+                hub: hub.clone(),
+                gate: gate.clone(),
+            },
+        ))
+        .merge(crate::egress::vod::router(crate::egress::vod::VodContext {
+            store: store.clone(),
+            recorders: recorders.clone(),
+            gate: gate.clone(),
+        }));
     let media_routes = match api::cors(&config.api.cors_allowed_origins) {
         Some(cors) => media_routes.layer(cors),
         None => media_routes,
@@ -204,6 +232,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         store,
         hub,
         webrtc,
+        recorders,
         config,
         shutdown,
         tasks,
@@ -222,6 +251,7 @@ fn wire_hub(
     hub: &Hub,
     store: &Store,
     hls: &Arc<HlsRegistry>,
+    recorders: &Arc<crate::egress::record::Recorders>,
     events: &EventBus,
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
@@ -229,10 +259,22 @@ fn wire_hub(
     let (tx, mut rx) = mpsc::channel::<Update>(1024);
     let hls = hls.clone();
     let events = events.clone();
+    let recorders = recorders.clone();
+    let record_store = store.clone();
     hub.on_event(move |event| {
         let (stream, state, kind) = match event {
             HubEvent::Published(s) => {
                 hls.start(&s.id, s.subscribe_internal());
+                // Streams with `record` set are recorded whenever they go live; the recorder
+                // starts from the GOP cache, so the lookup's delay loses nothing.
+                let (recorders, store, live) = (recorders.clone(), record_store.clone(), s.clone());
+                tokio::spawn(async move {
+                    if let Ok(Some(row)) = store.get_stream(&live.id).await {
+                        if row.record {
+                            recorders.start(live);
+                        }
+                    }
+                });
                 (s, StreamState::Live, "stream.started")
             }
             HubEvent::Unpublished(s) => (s, StreamState::Ended, "stream.ended"),
@@ -408,10 +450,14 @@ impl Server {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let limit = Duration::from_millis(self.config.server.shutdown_timeout_ms);
+        let recorders = self.recorders.clone();
         let wait_all = async {
             for t in self.tasks {
                 let _ = t.await;
             }
+            // Recordings are finalised (ready) rather than left for crash recovery.
+            recorders.stop_all();
+            recorders.idle().await;
         };
         if tokio::time::timeout(limit, wait_all).await.is_err() {
             tracing::warn!("shutdown timeout: some connections were cut");

@@ -68,6 +68,8 @@ pub struct Config {
     pub camera: CameraConfig,
     /// WHIP ingest and WHEP playback.
     pub webrtc: WebRtcConfig,
+    /// Recording to fragmented MP4.
+    pub recording: RecordingConfig,
 }
 
 /// `[server]`
@@ -246,6 +248,34 @@ impl Default for WebRtcConfig {
             connect_timeout_ms: 15_000,
             disconnect_timeout_ms: 5_000,
             max_sessions: 500,
+        }
+    }
+}
+
+/// `[recording]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordingConfig {
+    /// Duration of one fragment (flushed to disk as a whole), in milliseconds.
+    pub fragment_ms: u64,
+    /// `fsync` every fragment, so a power cut loses at most the open one.
+    pub fsync: bool,
+    /// A recording longer than this is split into consecutive files (seconds).
+    pub max_duration_secs: u64,
+    /// Below this much free disk space (MiB) recordings stop with `disk_full`.
+    pub min_free_mb: u64,
+    /// Finished recordings older than this are deleted (hours; 0 keeps them).
+    pub delete_after_hours: u64,
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        Self {
+            fragment_ms: 1000,
+            fsync: true,
+            max_duration_secs: 3600,
+            min_free_mb: 1024,
+            delete_after_hours: 0,
         }
     }
 }
@@ -458,6 +488,12 @@ impl Config {
                 "timeouts and max_sessions must be greater than 0",
             );
         }
+        if !(100..=10_000).contains(&self.recording.fragment_ms) {
+            return invalid("recording.fragment_ms", "must be between 100 and 10000");
+        }
+        if self.recording.max_duration_secs == 0 {
+            return invalid("recording.max_duration_secs", "must be at least 1");
+        }
         if let Some(token) = &self.auth.admin_token {
             if token.len() < 16 {
                 return invalid("auth.admin_token", "must be at least 16 characters");
@@ -486,7 +522,16 @@ fn apply_env(
             problem,
         };
         let (section, key) = [
-            "server", "http", "rtmp", "hls", "auth", "api", "webhooks", "camera", "webrtc",
+            "server",
+            "http",
+            "rtmp",
+            "hls",
+            "auth",
+            "api",
+            "webhooks",
+            "camera",
+            "webrtc",
+            "recording",
         ]
         .iter()
         .find_map(|s| {

@@ -12,7 +12,9 @@ pub const EVENT_TYPES: &[&str] = &[
     "stream.started",
     "stream.ended",
     "stream.deleted",
+    "recording.started",
     "recording.ready",
+    "recording.failed",
     "restream.failed",
     "health.degraded",
 ];

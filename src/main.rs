@@ -43,6 +43,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> ExitCode {
+    // Handlers first: a SIGTERM that arrives while the server is starting (its ports already
+    // answer) must still mean a clean stop, not the default kill.
+    let stop = stop_signal();
     let server = match media_server::start(config).await {
         Ok(s) => s,
         Err(err) => {
@@ -53,30 +56,28 @@ async fn run(config: Config) -> ExitCode {
     if let Some(text) = server.welcome_text() {
         println!("{text}");
     }
-    wait_for_signal().await;
+    stop.await;
     tracing::info!("shutting down");
     server.shutdown().await;
     ExitCode::SUCCESS
 }
 
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
+/// Registers the SIGINT/SIGTERM handlers now; the returned future resolves on either.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
+    let ctrl_c = tokio::spawn(async {
         let _ = tokio::signal::ctrl_c().await;
+    });
+    #[cfg(unix)]
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        #[cfg(unix)]
+        if let Some(mut term) = term {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+        let _ = ctrl_c.await;
     }
 }

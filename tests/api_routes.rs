@@ -691,6 +691,12 @@ async fn openapi_documents_every_route() {
         "DELETE /api/v1/webhooks/{id}",
         "GET /api/v1/webhooks/{id}/deliveries",
         "GET /api/v1/stats",
+        "GET /api/v1/recordings",
+        "GET /api/v1/recordings/{id}",
+        "DELETE /api/v1/recordings/{id}",
+        "GET /api/v1/recordings/{id}/download",
+        "POST /api/v1/streams/{id}/recording/start",
+        "POST /api/v1/streams/{id}/recording/stop",
     ];
     expected.sort();
     assert_eq!(documented, expected);

@@ -20,6 +20,28 @@ async fn api_get(ts: &TestServer, path: &str) -> serde_json::Value {
     resp.json().await.unwrap()
 }
 
+/// Polls the stream detail (up to `secs`) until `ready` holds; returns the last detail.
+async fn detail_when(
+    ts: &TestServer,
+    id: &str,
+    secs: u64,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let mut detail = serde_json::Value::Null;
+    for _ in 0..secs * 10 {
+        detail = api_get(ts, &format!("/api/v1/streams/{id}")).await;
+        if ready(&detail) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    detail
+}
+
+fn has_two_tracks(d: &serde_json::Value) -> bool {
+    d["live"]["tracks"].as_array().is_some_and(|t| t.len() == 2)
+}
+
 async fn wait_sessions(ts: &TestServer, n: usize) {
     for _ in 0..100 {
         if ts.server.webrtc.count() == n {
@@ -69,17 +91,7 @@ async fn whip_fixture_becomes_hls_that_ffmpeg_decodes() {
     let publishing = whip_publish(&url, &key, 1).await;
 
     // While live: the API shows a WHIP stream with the fixture's resolution and Opus audio.
-    let mut detail = serde_json::Value::Null;
-    for _ in 0..50 {
-        detail = api_get(&ts, &format!("/api/v1/streams/{id}")).await;
-        if detail["live"]["tracks"]
-            .as_array()
-            .is_some_and(|t| t.len() == 2)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let detail = detail_when(&ts, &id, 5, has_two_tracks).await;
     assert_eq!(detail["live"]["protocol"], "whip", "{detail}");
     let tracks = detail["live"]["tracks"].as_array().unwrap();
     assert_eq!(tracks[0]["codec"], "h264");
@@ -176,14 +188,10 @@ async fn whep_plays_an_rtmp_stream_as_decodable_h264() {
 
     let (mut peer, location) = whep_play(&ts.http(&format!("/whep/{id}")), None).await;
     peer.connected(10).await;
-    let mut detail = serde_json::Value::Null;
-    for _ in 0..30 {
-        detail = api_get(&ts, &format!("/api/v1/streams/{id}")).await;
-        if detail["live"]["duration_seconds"].as_f64().unwrap_or(0.0) > 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let detail = detail_when(&ts, &id, 3, |d| {
+        d["live"]["duration_seconds"].as_f64().unwrap_or(0.0) > 1.0
+    })
+    .await;
     assert!(detail["viewer_count"].as_u64().unwrap() >= 1, "{detail}");
     assert_eq!(detail["live"]["webrtc_playback"]["video"], true);
     assert_eq!(detail["live"]["webrtc_playback"]["audio"], false);
@@ -411,17 +419,7 @@ async fn aiortc_publishes_over_whip_and_the_hls_decodes() {
         .spawn()
         .unwrap();
     // While it publishes: a WHIP stream at aiortc's resolution, with Opus audio.
-    let mut detail = serde_json::Value::Null;
-    for _ in 0..100 {
-        detail = api_get(&ts, &format!("/api/v1/streams/{id}")).await;
-        if detail["live"]["tracks"]
-            .as_array()
-            .is_some_and(|t| t.len() == 2)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let detail = detail_when(&ts, &id, 10, has_two_tracks).await;
     assert_eq!(detail["live"]["protocol"], "whip", "{detail}");
     let tracks = detail["live"]["tracks"].as_array().unwrap();
     assert_eq!(tracks[0]["codec"], "h264", "{detail}");
@@ -516,5 +514,72 @@ async fn udp_port_range_and_public_ips_shape_the_answer() {
         let _ = p.pc.close().await;
     }
     let _ = third.pc.close().await;
+    ts.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_stream_plays_over_whep_with_a_play_token() {
+    let ts = start_server("whep-private").await;
+    let (id, key) = ts.create_stream("priv").await;
+    ts.server
+        .store
+        .update_stream(
+            &id,
+            media_server::store::StreamPatch {
+                privacy: Some(media_server::store::Privacy::Private),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let publishing = whip_publish(&ts.http("/whip/live/priv"), &key, 1).await;
+    detail_when(&ts, &id, 5, has_two_tracks).await;
+    let (peer, offer) = publisher_offer().await;
+    let _ = peer.pc.close().await;
+    let whep = ts.http(&format!("/whep/{id}"));
+    let (status, _, body) = post_sdp(&format!("{whep}?token=1.bogus"), None, &offer).await;
+    assert_eq!(status, 403, "{body}");
+    let resp: serde_json::Value = reqwest::Client::new()
+        .post(ts.http(&format!("/api/v1/streams/{id}/play-token")))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({ "ttl_seconds": 300 }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = resp["token"].as_str().unwrap().to_owned();
+    // As ?token= and as a bearer token.
+    let (mut viewer, _) = whep_play(&format!("{whep}?token={token}"), None).await;
+    viewer.connected(10).await;
+    let (mut viewer2, _) = whep_play(&whep, Some(&token)).await;
+    viewer2.connected(10).await;
+    let _ = viewer.pc.close().await;
+    let _ = viewer2.pc.close().await;
+    publishing.sender.abort();
+    let _ = publishing.peer.pc.close().await;
+    ts.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_connects_is_closed_and_its_stream_ends() {
+    let ts = start_with("whip-timeout", |c| c.webrtc.connect_timeout_ms = 1000).await;
+    let (id, key) = ts.create_stream("ghost").await;
+    let (peer, offer) = publisher_offer().await;
+    // The client posts its offer and then vanishes (never applies the answer).
+    let (status, _, _) = post_sdp(&ts.http("/whip/live/ghost"), Some(&key), &offer).await;
+    assert_eq!(status, 201);
+    let _ = peer.pc.close().await;
+    assert_eq!(ts.server.webrtc.count(), 1);
+    assert!(ts.server.hub.get(&id).is_some(), "live while negotiating");
+    wait_sessions(&ts, 0).await;
+    for _ in 0..50 {
+        if ts.server.hub.get(&id).is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ts.server.hub.get(&id).is_none(), "the stream ended");
     ts.server.shutdown().await;
 }

@@ -22,6 +22,18 @@ pub const SCOPES: &[&str] = &[
     "*",
 ];
 
+/// The `Authorization: Bearer …` value of a request (trimmed, non-empty): API tokens, and
+/// stream keys for WHIP and cameras.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned)
+}
+
 /// An authenticated caller.
 #[derive(Debug, Clone)]
 pub struct Auth(pub TokenRow);

@@ -7,10 +7,11 @@
 //! unknown route, 405 wrong method, 400 malformed JSON, 422 invalid fields, 413 too large,
 //! 429 rate limited), Bearer tokens with scopes, `X-RateLimit-*` and `X-Request-Id` headers.
 
-mod auth;
+pub mod auth;
 mod json;
 pub mod openapi;
 pub mod rate_limit;
+mod recordings;
 mod stats;
 mod streams;
 mod tokens;
@@ -59,6 +60,8 @@ pub struct ApiState {
     pub limiter: Arc<RateLimiter>,
     /// When the server started (for uptime).
     pub started: Instant,
+    /// Recorders (absent in API-only tests).
+    pub recorders: Option<Arc<crate::egress::record::Recorders>>,
 }
 
 impl ApiState {
@@ -78,7 +81,14 @@ impl ApiState {
             signer,
             limiter: Arc::new(RateLimiter::default()),
             started: Instant::now(),
+            recorders: None,
         }
+    }
+
+    /// With recorders (recording API and `is_recording`).
+    pub fn with_recorders(mut self, recorders: Arc<crate::egress::record::Recorders>) -> Self {
+        self.recorders = Some(recorders);
+        self
     }
 }
 
@@ -101,7 +111,7 @@ pub struct Pagination {
 }
 
 impl Pagination {
-    fn from_cursor(next_cursor: Option<String>) -> Self {
+    pub(crate) fn from_cursor(next_cursor: Option<String>) -> Self {
         Pagination {
             has_more: next_cursor.is_some(),
             next_cursor,
@@ -176,6 +186,11 @@ pub fn routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(webhooks::get_one, webhooks::delete))
         .routes(routes!(webhooks::deliveries))
         .routes(routes!(stats::get))
+        .routes(routes!(recordings::list))
+        .routes(routes!(recordings::get_one, recordings::delete))
+        .routes(routes!(recordings::download))
+        .routes(routes!(recordings::start))
+        .routes(routes!(recordings::stop))
         .split_for_parts()
 }
 

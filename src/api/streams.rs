@@ -93,7 +93,7 @@ struct LiveView {
     subscribers: u64,
     /// Frames dropped for slow subscribers.
     dropped_frames: u64,
-    /// Whether a recording is running (recording arrives with its own issue).
+    /// Whether a recording is running.
     is_recording: bool,
     /// Announced tracks.
     tracks: Vec<TrackView>,
@@ -331,7 +331,7 @@ fn track_views(s: &StreamSnapshot) -> Vec<TrackView> {
         .collect()
 }
 
-fn live_view(snap: Option<&StreamSnapshot>, status: &str) -> LiveView {
+fn live_view(snap: Option<&StreamSnapshot>, status: &str, is_recording: bool) -> LiveView {
     let Some(s) = snap else {
         return LiveView {
             state: if status == "live" { "ended" } else { status }.into(),
@@ -360,7 +360,7 @@ fn live_view(snap: Option<&StreamSnapshot>, status: &str) -> LiveView {
         bytes_in: s.bytes_in,
         subscribers: s.subscribers as u64,
         dropped_frames: s.dropped_frames,
-        is_recording: false,
+        is_recording,
         tracks: track_views(s),
         transport: s.transport.clone(),
         webrtc_playback: s.tracks.as_ref().map(|t| {
@@ -377,7 +377,11 @@ fn live_view(snap: Option<&StreamSnapshot>, status: &str) -> LiveView {
 fn view(state: &ApiState, row: StreamRow) -> StreamView {
     let snap = state.hub.get(&row.id).map(|s| s.snapshot());
     let status = row.status(&crate::store::now_rfc3339());
-    let live = live_view(snap.as_ref(), status);
+    let is_recording = state
+        .recorders
+        .as_ref()
+        .is_some_and(|r| r.is_recording(&row.id));
+    let live = live_view(snap.as_ref(), status, is_recording);
     let http = &state.config.http.public_url;
     let ws_base = http.replacen("http", "ws", 1);
     StreamView {

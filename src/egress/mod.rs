@@ -3,7 +3,9 @@
 
 pub mod hls;
 pub mod mjpeg;
+pub mod record;
 pub mod rtmp_play;
+pub mod vod;
 pub mod whep;
 
 use std::future::Future;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, ETAG, IF_MATCH, LOCATION};
+use axum::http::header::{CONTENT_TYPE, ETAG, IF_MATCH, LOCATION};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
@@ -52,16 +52,7 @@ impl std::fmt::Debug for WebRtcContext {
     }
 }
 
-/// The bearer token of a request.
-pub fn bearer(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get(AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
-        .map(str::to_owned)
-}
+pub use crate::api::auth::bearer;
 
 /// 415 unless the body is `application/sdp`.
 pub fn require_sdp(headers: &HeaderMap) -> Result<(), HttpError> {

@@ -4,6 +4,7 @@
 pub mod flv;
 pub mod fmp4;
 pub mod jpeg;
+pub mod mp4scan;
 pub mod multipart;
 pub mod playlist;
 pub mod rtmp;

@@ -7,6 +7,7 @@
 //! Secrets are stored only as SHA-256 hashes: stream keys and API tokens are random 128-bit+
 //! values, so a fast hash is enough, and the plain value is returned once, at creation.
 
+mod recordings;
 mod streams;
 mod tokens;
 mod webhooks;
@@ -18,6 +19,7 @@ use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
+pub use recordings::{RecordingFilter, RecordingOrder, RecordingPage, RecordingRow, BAD_CURSOR};
 pub use streams::{
     decode_cursor, encode_cursor, NewStream, Privacy, StreamFilter, StreamPage, StreamPatch,
     StreamRow, StreamState,
@@ -103,6 +105,23 @@ const MIGRATIONS: &[&str] = &[
         created_at TEXT NOT NULL
     );
     CREATE INDEX webhook_deliveries_by_hook ON webhook_deliveries (webhook_id);",
+    // 3: recordings.
+    "CREATE TABLE recordings (
+        id TEXT PRIMARY KEY,
+        stream_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        reason TEXT,
+        file TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        ended_at TEXT,
+        duration_ms INTEGER NOT NULL DEFAULT 0,
+        size_bytes INTEGER NOT NULL DEFAULT 0,
+        width INTEGER,
+        height INTEGER,
+        codecs TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX recordings_by_stream ON recordings (stream_id, started_at);
+    CREATE INDEX recordings_by_status ON recordings (status);",
 ];
 
 impl Store {

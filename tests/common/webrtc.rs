@@ -190,7 +190,7 @@ pub struct Publishing {
     pub sender: tokio::task::JoinHandle<()>,
 }
 
-fn local_track(kind: RtpCodecKind, codec: RTCRtpCodec) -> Arc<TrackLocalStaticSample> {
+pub fn local_track(kind: RtpCodecKind, codec: RTCRtpCodec) -> Arc<TrackLocalStaticSample> {
     let label = if kind == RtpCodecKind::Audio {
         "audio"
     } else {

@@ -1,0 +1,575 @@
+//! Recording end to end: an ffmpeg-published stream recorded to fMP4 that ffprobe reads while
+//! it grows and that decodes, with the right duration, once finished; VOD HLS of it; the
+//! recordings API (list, download with ranges, delete, path traversal); disk full; splitting
+//! at max_duration; start/stop through the API; and `kill -9` mid-recording followed by
+//! recovery on the next start.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+async fn api(
+    ts_http: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, format!("{ts_http}{path}"))
+        .bearer_auth(ADMIN_TOKEN);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+fn base(ts: &TestServer) -> String {
+    format!("http://{}", ts.server.http_addr)
+}
+
+async fn recordings_of(http: &str, stream: &str) -> Vec<serde_json::Value> {
+    let (status, v) = api(
+        http,
+        reqwest::Method::GET,
+        &format!("/api/v1/recordings?stream_id={stream}&dir=asc"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    v["data"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits until every recording of the stream is finished and at least `n` exist.
+async fn finished_recordings(
+    http: &str,
+    stream: &str,
+    n: usize,
+    secs: u64,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let recs = recordings_of(http, stream).await;
+        if recs.len() >= n
+            && recs
+                .iter()
+                .all(|r| r["status"] == "ready" || r["status"] == "failed")
+        {
+            return recs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "recordings not finished: {recs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn set_record(ts: &TestServer, id: &str) {
+    ts.server
+        .store
+        .update_stream(
+            id,
+            media_server::store::StreamPatch {
+                record: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+}
+
+fn ffprobe_duration(path_or_url: &str) -> f64 {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "csv=p=0",
+            path_or_url,
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| {
+            panic!(
+                "ffprobe {path_or_url}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
+fn decode_errors(input: &str) -> String {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i", input, "-map", "0", "-f", "null", "-"])
+        .output()
+        .unwrap();
+    if out.status.success() {
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    } else {
+        format!(
+            "exit {:?}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+}
+
+fn ffmpeg_publish(url: &str, secs: u32) -> std::process::Child {
+    Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args(["-t", &secs.to_string()])
+        .args([
+            "-c:v", "libx264", "-preset", "veryfast", "-g", "30", "-pix_fmt", "yuv420p",
+        ])
+        .args(["-c:a", "aac", "-b:a", "96k", "-f", "flv", url])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ffmpeg")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_stream_is_recorded_plays_while_growing_and_as_vod() {
+    if !require_program("ffmpeg") {
+        return;
+    }
+    let ts = start_server("rec-ffmpeg").await;
+    let http = base(&ts);
+    let (id, key) = ts.create_stream("rec1").await;
+    set_record(&ts, &id).await;
+    let ffmpeg = ffmpeg_publish(&ts.rtmp(&format!("/live/{key}")), 10);
+
+    // While recording: listed as `recording`, the growing file opens in ffprobe, the VOD
+    // playlist is an EVENT playlist, and the download is refused with 409.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let rec = loop {
+        let recs = recordings_of(&http, &id).await;
+        if let Some(r) = recs
+            .first()
+            .filter(|_| Instant::now() > deadline - Duration::from_secs(11))
+        {
+            break r.clone();
+        }
+        assert!(Instant::now() < deadline, "no recording started");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(rec["status"], "recording", "{rec}");
+    let rec_id = rec["id"].as_str().unwrap().to_owned();
+    let file = ts.dir.join("data/recordings").join(format!("{rec_id}.mp4"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let growing = ffprobe_duration(file.to_str().unwrap());
+    assert!(growing > 1.0, "the growing file plays: {growing} s");
+    let (status, _, body) = get(&format!("{http}/vod/{rec_id}/index.m3u8")).await;
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        status == 200 && text.contains("#EXT-X-PLAYLIST-TYPE:EVENT"),
+        "{status} {text}"
+    );
+    let (status, _) = api(
+        &http,
+        reqwest::Method::GET,
+        &format!("/api/v1/recordings/{rec_id}/download"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 409);
+    let detail = api(
+        &http,
+        reqwest::Method::GET,
+        &format!("/api/v1/streams/{id}"),
+        None,
+    )
+    .await
+    .1;
+    assert_eq!(detail["live"]["is_recording"], true, "{detail}");
+
+    let out = tokio::task::spawn_blocking(move || ffmpeg.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recs = finished_recordings(&http, &id, 1, 20).await;
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    let rec = &recs[0];
+    assert_eq!(rec["status"], "ready", "{rec}");
+    assert_eq!(rec["width"], 640);
+    assert_eq!(rec["height"], 360);
+    let api_duration = rec["duration_seconds"].as_f64().unwrap();
+    let file_duration = ffprobe_duration(file.to_str().unwrap());
+    assert!(
+        (file_duration - 10.0).abs() <= 1.0,
+        "file lasts {file_duration} s, 10 s were sent"
+    );
+    assert!(
+        (api_duration - file_duration).abs() <= 0.5,
+        "API says {api_duration} s, ffprobe {file_duration} s"
+    );
+    let errors = decode_errors(file.to_str().unwrap());
+    assert!(errors.is_empty(), "decoding the recording: {errors}");
+
+    // VOD HLS: parses, ends, decodes.
+    let vod = format!("{http}/vod/{rec_id}/index.m3u8");
+    let (_, _, body) = get(&vod).await;
+    let text = String::from_utf8_lossy(&body).into_owned();
+    assert!(
+        text.contains("#EXT-X-ENDLIST") && text.contains("#EXT-X-BYTERANGE"),
+        "{text}"
+    );
+    assert!(matches!(
+        m3u8_rs::parse_playlist_res(&body),
+        Ok(m3u8_rs::Playlist::MediaPlaylist(_))
+    ));
+    let errors = decode_errors(&vod);
+    assert!(errors.is_empty(), "decoding the VOD playlist: {errors}");
+    let vod_duration = ffprobe_duration(&vod);
+    assert!(
+        (vod_duration - file_duration).abs() < 1.0,
+        "VOD {vod_duration} s"
+    );
+
+    // Download: whole file as an attachment, and a range.
+    let whole = std::fs::read(&file).unwrap();
+    let client = reqwest::Client::new();
+    let url = format!("{http}/api/v1/recordings/{rec_id}/download");
+    let resp = client
+        .get(&url)
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(resp.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .starts_with("attachment"));
+    assert_eq!(resp.bytes().await.unwrap().len(), whole.len());
+    let resp = client
+        .get(&url)
+        .bearer_auth(ADMIN_TOKEN)
+        .header("range", "bytes=100-1099")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 206);
+    assert_eq!(
+        resp.headers()["content-range"].to_str().unwrap(),
+        format!("bytes 100-1099/{}", whole.len())
+    );
+    assert_eq!(&resp.bytes().await.unwrap()[..], &whole[100..1100]);
+    let resp = client.get(&url).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 401, "download needs a token");
+
+    // Path traversal and unknown ids: 404 everywhere.
+    for path in [
+        "/vod/..%2F..%2Fetc%2Fpasswd/index.m3u8".to_owned(),
+        "/vod/../../etc/passwd/media.mp4".to_owned(),
+        format!("/vod/{rec_id}%2F..%2F..%2Fdata.db/media.mp4"),
+        "/vod/rec_0000000000000000/media.mp4".to_owned(),
+    ] {
+        let (status, _, _) = get(&format!("{http}{path}")).await;
+        assert_eq!(status, 404, "{path}");
+    }
+    for path in [
+        "/api/v1/recordings/..%2F..%2Fdata.db/download",
+        "/api/v1/recordings/%2Fetc%2Fpasswd",
+    ] {
+        let (status, _) = api(&http, reqwest::Method::GET, path, None).await;
+        assert_eq!(status, 404, "{path}");
+    }
+
+    // Filters and ordering.
+    let (status, v) = api(
+        &http,
+        reqwest::Method::GET,
+        "/api/v1/recordings?status=ready&order=size_bytes&limit=1",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(v["data"][0]["id"], rec_id.as_str());
+    let (status, _) = api(
+        &http,
+        reqwest::Method::GET,
+        "/api/v1/recordings?status=bogus",
+        None,
+    )
+    .await;
+    assert_eq!(status, 422);
+    let (status, _) = api(
+        &http,
+        reqwest::Method::GET,
+        "/api/v1/recordings?cursor=zz",
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    // Delete: file and row.
+    let (status, _) = api(
+        &http,
+        reqwest::Method::DELETE,
+        &format!("/api/v1/recordings/{rec_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert!(!file.exists());
+    let (status, _) = api(
+        &http,
+        reqwest::Method::GET,
+        &format!("/api/v1/recordings/{rec_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    ts.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_full_fails_the_recording_and_live_hls_carries_on() {
+    // "Minimum free space" larger than any disk: the first fragment finds the disk full.
+    let ts = start_with("rec-full", |c| {
+        c.recording.min_free_mb = u64::MAX / (1024 * 1024)
+    })
+    .await;
+    let http = base(&ts);
+    let (id, key) = ts.create_stream("full").await;
+    set_record(&ts, &id).await;
+    let tags = read_flv(FIXTURE);
+    let mut publisher = RtmpPublisher::connect(ts.server.rtmp_addr, "live", &key)
+        .await
+        .unwrap();
+    publisher.send_tags(&tags, true).await;
+    publisher.finish().await;
+    let recs = finished_recordings(&http, &id, 1, 20).await;
+    assert_eq!(recs[0]["status"], "failed", "{:?}", recs);
+    assert_eq!(recs[0]["reason"], "disk_full");
+    // The live HLS output has every segment.
+    let text = wait_for_endlist(&ts, &id, 20).await;
+    let pl = parse_media_playlist(text.as_bytes());
+    let total: f32 = pl.segments.iter().map(|s| s.duration).sum();
+    assert!((total - 4.0).abs() < 0.2, "HLS has {total} s");
+    ts.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_duration_splits_into_consecutive_recordings() {
+    let ts = start_with("rec-split", |c| c.recording.max_duration_secs = 1).await;
+    let http = base(&ts);
+    let (id, key) = ts.create_stream("split").await;
+    set_record(&ts, &id).await;
+    // 4 s, a keyframe every second.
+    let tags = read_flv(BASELINE_FIXTURE);
+    let mut publisher = RtmpPublisher::connect(ts.server.rtmp_addr, "live", &key)
+        .await
+        .unwrap();
+    publisher.send_tags(&tags, true).await;
+    publisher.finish().await;
+    let recs = finished_recordings(&http, &id, 3, 20).await;
+    assert!(recs.len() >= 3, "{recs:?}");
+    assert!(recs.iter().all(|r| r["status"] == "ready"), "{recs:?}");
+    let durations: Vec<f64> = recs
+        .iter()
+        .map(|r| r["duration_seconds"].as_f64().unwrap())
+        .collect();
+    let total: f64 = durations.iter().sum();
+    // Consecutive: together they hold the whole 4 s; no gap as long as a GOP (1 s).
+    assert!((total - 4.0).abs() < 0.5, "durations {durations:?}");
+    for d in &durations[..durations.len() - 1] {
+        assert!(
+            *d >= 0.9,
+            "each split holds at least max_duration: {durations:?}"
+        );
+    }
+    ts.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recording_starts_and_stops_through_the_api() {
+    let ts = start_server("rec-api").await;
+    let http = base(&ts);
+    let (id, key) = ts.create_stream("manual").await;
+    let (status, _) = api(
+        &http,
+        reqwest::Method::POST,
+        &format!("/api/v1/streams/{id}/recording/start"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 409, "not live yet");
+    let tags = read_flv(FIXTURE);
+    let mut publisher = RtmpPublisher::connect(ts.server.rtmp_addr, "live", &key)
+        .await
+        .unwrap();
+    let pusher = tokio::spawn(async move {
+        for _ in 0..3 {
+            publisher.send_tags(&tags, true).await;
+        }
+        publisher.finish().await;
+    });
+    wait_for_200(&ts.http(&format!("/hls/{id}/index.m3u8")), 10).await;
+    let (status, v) = api(
+        &http,
+        reqwest::Method::POST,
+        &format!("/api/v1/streams/{id}/recording/start"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202, "{v}");
+    assert!(v["recording_id"].as_str().is_some(), "{v}");
+    let (status, _) = api(
+        &http,
+        reqwest::Method::POST,
+        &format!("/api/v1/streams/{id}/recording/start"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 409, "already recording");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (status, _) = api(
+        &http,
+        reqwest::Method::POST,
+        &format!("/api/v1/streams/{id}/recording/stop"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202);
+    let recs = finished_recordings(&http, &id, 1, 10).await;
+    assert_eq!(recs[0]["status"], "ready", "{recs:?}");
+    let d = recs[0]["duration_seconds"].as_f64().unwrap();
+    assert!((2.0..=5.0).contains(&d), "{d}");
+    pusher.abort();
+    ts.server.shutdown().await;
+}
+
+/// Polls `url` until it answers 200; connection errors (server still starting) are retried.
+async fn wait_healthy(url: &str) {
+    let client = reqwest::Client::new();
+    for _ in 0..100 {
+        if client
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{url} never answered");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_recording_is_recovered_on_the_next_start() {
+    if !require_program("ffmpeg") {
+        return;
+    }
+    let dir = temp_dir("rec-crash");
+    let (http_port, rtmp_port) = (free_port(), free_port());
+    let config = dir.join("media-server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ndata_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n\
+             [rtmp]\nlisten = \"127.0.0.1:{rtmp_port}\"\n[auth]\nadmin_token = \"{ADMIN_TOKEN}\"\n",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_media-server"))
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let http = format!("http://127.0.0.1:{http_port}");
+    let mut server = spawn();
+    wait_healthy(&format!("{http}/healthz")).await;
+    let (status, created) = api(
+        &http,
+        reqwest::Method::POST,
+        "/api/v1/streams",
+        Some(json!({"title": "crash", "record": true})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["stream"]["id"]
+        .as_str()
+        .or(created["id"].as_str())
+        .unwrap()
+        .to_owned();
+    let key = created["stream_key"].as_str().unwrap().to_owned();
+    let app = created["stream"]["app"]
+        .as_str()
+        .or(created["app"].as_str())
+        .unwrap_or("live")
+        .to_owned();
+    // ffmpeg publishes a continuous 30 s source in real time; the power goes after ~6 s.
+    let mut ffmpeg = ffmpeg_publish(&format!("rtmp://127.0.0.1:{rtmp_port}/{app}/{key}"), 30);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while recordings_of(&http, &id).await.is_empty() {
+        assert!(Instant::now() < deadline, "no recording started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let sent = started.elapsed().as_secs_f64();
+    server.kill().unwrap(); // SIGKILL
+    let _ = server.wait();
+    let _ = ffmpeg.kill();
+    let _ = ffmpeg.wait();
+    let recs = dir.join("data/recordings");
+    let files: Vec<_> = std::fs::read_dir(&recs).unwrap().flatten().collect();
+    assert_eq!(files.len(), 1, "one file was being written");
+    let file = files[0].path();
+
+    let mut server = spawn();
+    wait_healthy(&format!("{http}/healthz")).await;
+    let list = recordings_of(&http, &id).await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    let rec = &list[0];
+    assert_eq!(rec["status"], "ready", "{rec}");
+    let duration = rec["duration_seconds"].as_f64().unwrap();
+    assert!(
+        duration >= sent - 2.0,
+        "recovered {duration} s of {sent:.1} s sent"
+    );
+    if require_program("ffprobe") {
+        let probed = ffprobe_duration(file.to_str().unwrap());
+        assert!(
+            (probed - duration).abs() < 0.5,
+            "ffprobe {probed} s, API {duration} s"
+        );
+        let errors = decode_errors(file.to_str().unwrap());
+        assert!(errors.is_empty(), "{errors}");
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+}
