@@ -573,3 +573,155 @@ async fn kill_9_mid_recording_is_recovered_on_the_next_start() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// A local webhook receiver; returns its URL and what it got.
+async fn hook_receiver() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) {
+    let got: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Default::default();
+    let g = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let g = g.clone();
+            async move {
+                if let Ok(v) = serde_json::from_slice(&body) {
+                    g.lock().unwrap().push(v);
+                }
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/hook"), got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whip_h264_and_opus_are_recorded_and_announced() {
+    let ts = start_server("rec-whip").await;
+    let http = base(&ts);
+    let (url, got) = hook_receiver().await;
+    let (status, v) = api(
+        &http,
+        reqwest::Method::POST,
+        "/api/v1/webhooks",
+        Some(json!({"url": url, "events": ["recording.ready"], "secret": "0123456789abcdef-rec"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let (id, key) = ts.create_stream("whiprec").await;
+    set_record(&ts, &id).await;
+    let publishing = common::webrtc::whip_publish(&ts.http("/whip/live/whiprec"), &key, 1).await;
+    let _ = publishing.sender.await;
+    let _ = publishing.peer.pc.close().await;
+    let recs = finished_recordings(&http, &id, 1, 30).await;
+    let rec = &recs[0];
+    assert_eq!(rec["status"], "ready", "{rec}");
+    let codecs: Vec<&str> = rec["codecs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c.as_str())
+        .collect();
+    assert!(
+        codecs.iter().any(|c| c.starts_with("avc1")) && codecs.contains(&"opus"),
+        "{codecs:?}"
+    );
+    let rec_id = rec["id"].as_str().unwrap().to_owned();
+    // The recording.ready webhook arrives with the recording's id.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let hit = got.lock().unwrap().iter().any(|e| {
+            e["type"] == "recording.ready" && e["data"]["recording"]["id"] == rec_id.as_str()
+        });
+        if hit {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no recording.ready webhook: {:?}",
+            got.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if require_program("ffprobe") {
+        let file = ts.dir.join("data/recordings").join(format!("{rec_id}.mp4"));
+        let out = Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-show_entries",
+                "stream=codec_name",
+                "-of",
+                "csv=p=0",
+            ])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let names = String::from_utf8_lossy(&out.stdout);
+        assert!(names.contains("h264") && names.contains("opus"), "{names}");
+        let errors = decode_errors(file.to_str().unwrap());
+        assert!(errors.is_empty(), "{errors}");
+    }
+    ts.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_old_recordings_and_their_files() {
+    let dir = temp_dir("rec-retention");
+    let mut config = test_config(&dir);
+    let server = media_server::start(config.clone()).await.unwrap();
+    let old = server
+        .store
+        .create_recording("str_x", None, None, "")
+        .await
+        .unwrap();
+    let fresh = server
+        .store
+        .create_recording("str_x", None, None, "")
+        .await
+        .unwrap();
+    let recs_dir = dir.join("data/recordings");
+    std::fs::create_dir_all(&recs_dir).unwrap();
+    for r in [&old, &fresh] {
+        server
+            .store
+            .set_recording_status(&r.id, "ready", None, 1, 1)
+            .await
+            .unwrap();
+        std::fs::write(recs_dir.join(&r.file), b"x").unwrap();
+    }
+    let old_id = old.id.clone();
+    server
+        .store
+        .call(move |c| {
+            c.execute(
+                "UPDATE recordings SET ended_at = '2020-01-01T00:00:00.000Z' WHERE id = ?1",
+                [&old_id],
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    server.shutdown().await;
+    // Restarted with a retention of one hour: the old one goes at once, the fresh one stays.
+    config.recording.delete_after_hours = 1;
+    let server = media_server::start(config).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.store.get_recording(&old.id).await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "old recording not deleted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!recs_dir.join(&old.file).exists());
+    assert!(recs_dir.join(&fresh.file).exists());
+    assert!(server
+        .store
+        .get_recording(&fresh.id)
+        .await
+        .unwrap()
+        .is_some());
+    server.shutdown().await;
+}
