@@ -6,6 +6,10 @@
 
 mod common;
 
+#[path = "../examples/esp32_cam/frames.rs"]
+#[allow(dead_code)]
+mod frames;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -724,4 +728,47 @@ async fn retention_deletes_old_recordings_and_their_files() {
         .unwrap()
         .is_some());
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_stream_is_recorded_as_its_h264() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let ts = start_server("rec-camera").await;
+    let http = base(&ts);
+    let (id, key) = ts.create_stream("cam").await;
+    set_record(&ts, &id).await;
+    let url = format!("ws://{}/ingest/ws?key={key}", ts.server.http_addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    // 4 s at 10 fps.
+    for n in 0..40u64 {
+        let jpeg = frames::jpeg(n, 320, 240, 70);
+        ws.send(Message::Binary(jpeg.into())).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = ws.close(None).await;
+    let recs = finished_recordings(&http, &id, 1, 20).await;
+    let rec = &recs[0];
+    assert_eq!(rec["status"], "ready", "{rec}");
+    let codecs = rec["codecs"].as_array().unwrap();
+    assert!(
+        codecs.len() == 1 && codecs[0].as_str().unwrap().starts_with("avc1"),
+        "{rec}"
+    );
+    let d = rec["duration_seconds"].as_f64().unwrap();
+    assert!(
+        d >= 2.5,
+        "{d} s of 4 s (the file starts at the encoder's first IDR)"
+    );
+    if require_program("ffprobe") {
+        let file = ts
+            .dir
+            .join("data/recordings")
+            .join(format!("{}.mp4", rec["id"].as_str().unwrap()));
+        let errors = decode_errors(file.to_str().unwrap());
+        assert!(errors.is_empty(), "{errors}");
+    }
+    ts.server.shutdown().await;
 }
