@@ -67,6 +67,8 @@ pub struct Server {
     pub webrtc: Arc<crate::net::webrtc::WebRtc>,
     /// Recorders.
     pub recorders: Arc<crate::egress::record::Recorders>,
+    /// Restream pushers.
+    pub restreamer: Arc<crate::egress::restream::Restreamer>,
     config: Arc<Config>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -106,6 +108,13 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             "recordings left open by an unclean stop were recovered"
         );
     }
+    let restreamer = crate::egress::restream::Restreamer::new(
+        store.clone(),
+        config.restream.clone(),
+        events.clone(),
+        hub.clone(),
+        shutdown_rx.clone(),
+    );
     let hls = HlsRegistry::new(
         config.hls.clone(),
         shutdown_rx.clone(),
@@ -118,6 +127,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         &store,
         &hls,
         &recorders,
+        &restreamer,
         &events,
         shutdown_rx.clone(),
     ));
@@ -150,7 +160,8 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         events.clone(),
         signer,
     )
-    .with_recorders(recorders.clone());
+    .with_recorders(recorders.clone())
+    .with_restreamer(restreamer.clone());
     let webrtc_routes = if config.webrtc.enabled {
         crate::net::webrtc_http::router(crate::net::webrtc_http::WebRtcContext {
             webrtc: webrtc.clone(),
@@ -233,6 +244,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         hub,
         webrtc,
         recorders,
+        restreamer,
         config,
         shutdown,
         tasks,
@@ -252,6 +264,7 @@ fn wire_hub(
     store: &Store,
     hls: &Arc<HlsRegistry>,
     recorders: &Arc<crate::egress::record::Recorders>,
+    restreamer: &Arc<crate::egress::restream::Restreamer>,
     events: &EventBus,
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
@@ -260,6 +273,7 @@ fn wire_hub(
     let hls = hls.clone();
     let events = events.clone();
     let recorders = recorders.clone();
+    let restreamer = restreamer.clone();
     let record_store = store.clone();
     hub.on_event(move |event| {
         let (stream, state, kind) = match event {
@@ -275,9 +289,14 @@ fn wire_hub(
                         }
                     }
                 });
+                // Restream destinations follow the stream.
+                restreamer.on_published(s.clone());
                 (s, StreamState::Live, "stream.started")
             }
-            HubEvent::Unpublished(s) => (s, StreamState::Ended, "stream.ended"),
+            HubEvent::Unpublished(s) => {
+                restreamer.on_unpublished(&s.id);
+                (s, StreamState::Ended, "stream.ended")
+            }
         };
         events.publish(
             kind,

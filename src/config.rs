@@ -70,6 +70,8 @@ pub struct Config {
     pub webrtc: WebRtcConfig,
     /// Recording to fragmented MP4.
     pub recording: RecordingConfig,
+    /// Pushing live streams to other RTMP(S) servers.
+    pub restream: RestreamConfig,
 }
 
 /// `[server]`
@@ -276,6 +278,44 @@ impl Default for RecordingConfig {
             max_duration_secs: 3600,
             min_free_mb: 1024,
             delete_after_hours: 0,
+        }
+    }
+}
+
+/// `[restream]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestreamConfig {
+    /// Destinations one stream may have.
+    pub max_per_stream: u32,
+    /// Consecutive failed connection attempts before a destination goes `failed` (0: retry
+    /// for as long as the stream is live). A connection that reached `active` resets the count.
+    pub max_attempts: u32,
+    /// Wait before the first retry (doubling up to `backoff_max_ms`, with jitter), in ms.
+    pub backoff_initial_ms: u64,
+    /// Longest wait between retries, in ms.
+    pub backoff_max_ms: u64,
+    /// TCP connect + TLS + RTMP handshake + publish must complete within this, in ms.
+    pub connect_timeout_ms: u64,
+    /// A destination that accepts no bytes for this long is reconnected, in ms.
+    pub write_timeout_ms: u64,
+    /// Extra PEM CA certificates trusted for `rtmps://` (besides the system and webpki roots).
+    pub ca_file: String,
+    /// Chunk size announced to destinations.
+    pub out_chunk_size: u32,
+}
+
+impl Default for RestreamConfig {
+    fn default() -> Self {
+        Self {
+            max_per_stream: 10,
+            max_attempts: 10,
+            backoff_initial_ms: 1000,
+            backoff_max_ms: 30_000,
+            connect_timeout_ms: 10_000,
+            write_timeout_ms: 10_000,
+            ca_file: String::new(),
+            out_chunk_size: 4096,
         }
     }
 }
@@ -494,6 +534,25 @@ impl Config {
         if self.recording.max_duration_secs == 0 {
             return invalid("recording.max_duration_secs", "must be at least 1");
         }
+        let r = &self.restream;
+        if r.max_per_stream == 0
+            || r.backoff_initial_ms == 0
+            || r.backoff_max_ms < r.backoff_initial_ms
+            || r.connect_timeout_ms == 0
+            || r.write_timeout_ms == 0
+        {
+            return invalid(
+                "restream.backoff_initial_ms",
+                "max_per_stream, backoff and timeouts must be greater than 0 \
+                 (backoff_max_ms >= backoff_initial_ms)",
+            );
+        }
+        if !(128..=65_536).contains(&r.out_chunk_size) {
+            return invalid("restream.out_chunk_size", "must be between 128 and 65536");
+        }
+        if !r.ca_file.is_empty() && !std::path::Path::new(&r.ca_file).is_file() {
+            return invalid("restream.ca_file", "no such file");
+        }
         if let Some(token) = &self.auth.admin_token {
             if token.len() < 16 {
                 return invalid("auth.admin_token", "must be at least 16 characters");
@@ -532,6 +591,7 @@ fn apply_env(
             "camera",
             "webrtc",
             "recording",
+            "restream",
         ]
         .iter()
         .find_map(|s| {

@@ -149,8 +149,10 @@ async fn whip_fixture_becomes_hls_that_ffmpeg_decodes() {
         );
         let (frames, text) = ffprobe_frames(&file);
         eprintln!("frames {frames}: {text}");
-        // 4 s at 30 fps, less what came before the first keyframe reached us.
-        assert!(frames >= 100, "decoded {frames} frames: {text}");
+        // 4 s at 30 fps (1 s GOPs), less what came before the first keyframe reached us:
+        // on a loaded machine the first GOP's packets can arrive before the server's SRTP
+        // session is up, and a file replay cannot answer our PLI the way an encoder does.
+        assert!(frames >= 90, "decoded {frames} frames: {text}");
         let audio = std::process::Command::new("ffprobe")
             .args([
                 "-v",

@@ -12,6 +12,7 @@ mod json;
 pub mod openapi;
 pub mod rate_limit;
 mod recordings;
+mod restreams;
 mod stats;
 mod streams;
 mod tokens;
@@ -62,6 +63,8 @@ pub struct ApiState {
     pub started: Instant,
     /// Recorders (absent in API-only tests).
     pub recorders: Option<Arc<crate::egress::record::Recorders>>,
+    /// Restream pushers (absent in API-only tests: destinations are stored, nothing pushes).
+    pub restreamer: Option<Arc<crate::egress::restream::Restreamer>>,
 }
 
 impl ApiState {
@@ -82,12 +85,19 @@ impl ApiState {
             limiter: Arc::new(RateLimiter::default()),
             started: Instant::now(),
             recorders: None,
+            restreamer: None,
         }
     }
 
     /// With recorders (recording API and `is_recording`).
     pub fn with_recorders(mut self, recorders: Arc<crate::egress::record::Recorders>) -> Self {
         self.recorders = Some(recorders);
+        self
+    }
+
+    /// With restream pushers.
+    pub fn with_restreamer(mut self, r: Arc<crate::egress::restream::Restreamer>) -> Self {
+        self.restreamer = Some(r);
         self
     }
 }
@@ -191,6 +201,12 @@ pub fn routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(recordings::download))
         .routes(routes!(recordings::start))
         .routes(routes!(recordings::stop))
+        .routes(routes!(restreams::create, restreams::list))
+        .routes(routes!(
+            restreams::get_one,
+            restreams::update,
+            restreams::delete
+        ))
         .split_for_parts()
 }
 

@@ -12,7 +12,7 @@ use crate::error::ErrorEnvelope;
 #[openapi(
     info(
         title = "media-server control API",
-        description = "Streams, keys, tokens, webhooks, recordings and stats. Authenticate with `Authorization: Bearer <token>`; every response carries X-RateLimit-Limit/Remaining/Reset and X-Request-Id.",
+        description = "Streams, keys, tokens, webhooks, recordings, restreams and stats. Authenticate with `Authorization: Bearer <token>`; every response carries X-RateLimit-Limit/Remaining/Reset and X-Request-Id.",
     ),
     components(schemas(ErrorEnvelope)),
     modifiers(&BearerAuth),
@@ -22,6 +22,7 @@ use crate::error::ErrorEnvelope;
         (name = "webhooks", description = "Signed event delivery"),
         (name = "stats", description = "Server statistics"),
         (name = "recordings", description = "Recordings: list, download, delete, start/stop"),
+        (name = "restreams", description = "Push a stream to YouTube, Twitch, Facebook or any RTMP(S) server"),
     )
 )]
 struct Base;

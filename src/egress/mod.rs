@@ -4,6 +4,7 @@
 pub mod hls;
 pub mod mjpeg;
 pub mod record;
+pub mod restream;
 pub mod rtmp_play;
 pub mod vod;
 pub mod whep;

@@ -6,8 +6,12 @@
 //! (tracked in `PRAGMA user_version`), so a crash never leaves a half-migrated database.
 //! Secrets are stored only as SHA-256 hashes: stream keys and API tokens are random 128-bit+
 //! values, so a fast hash is enough, and the plain value is returned once, at creation.
+//! Restream keys must be sent to the platform later, so they are encrypted instead
+//! ([`secret_box`]).
 
 mod recordings;
+mod restreams;
+pub mod secret_box;
 mod streams;
 mod tokens;
 mod webhooks;
@@ -20,6 +24,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 pub use recordings::{RecordingFilter, RecordingOrder, RecordingPage, RecordingRow, BAD_CURSOR};
+pub use restreams::{NewRestream, RestreamPatch, RestreamRow};
 pub use streams::{
     decode_cursor, encode_cursor, NewStream, Privacy, StreamFilter, StreamPage, StreamPatch,
     StreamRow, StreamState,
@@ -50,6 +55,7 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 #[derive(Clone, Debug)]
 pub struct Store {
     tx: mpsc::Sender<Job>,
+    secrets: std::sync::Arc<secret_box::SecretBox>,
 }
 
 /// Migrations, in order; `PRAGMA user_version` records how many ran.
@@ -122,6 +128,20 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX recordings_by_stream ON recordings (stream_id, started_at);
     CREATE INDEX recordings_by_status ON recordings (status);",
+    // 4: restream destinations (URL and key sealed, see secret_box).
+    "CREATE TABLE restreams (
+        id TEXT PRIMARY KEY,
+        stream_id TEXT NOT NULL REFERENCES streams (id) ON DELETE CASCADE,
+        platform TEXT NOT NULL,
+        name TEXT NOT NULL,
+        secret TEXT NOT NULL,
+        url_masked TEXT NOT NULL,
+        key_hint TEXT NOT NULL,
+        enabled INTEGER NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX restreams_by_stream ON restreams (stream_id);",
 ];
 
 impl Store {
@@ -129,6 +149,7 @@ impl Store {
     /// database thread.
     pub async fn open(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir)?;
+        let secrets = std::sync::Arc::new(secret_box::SecretBox::load_or_create(dir)?);
         let path = dir.join("media-server.db");
         let (ready_tx, ready_rx) = oneshot::channel();
         let (tx, mut rx) = mpsc::channel::<Job>(256);
@@ -152,7 +173,7 @@ impl Store {
                 let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
             })?;
         ready_rx.await.map_err(|_| StoreError::Closed)??;
-        Ok(Store { tx })
+        Ok(Store { tx, secrets })
     }
 
     /// Runs `f` on the database thread.

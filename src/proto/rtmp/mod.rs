@@ -1,5 +1,6 @@
 //! RTMP without I/O: the hardened chunk reader and writer ([`chunk`]), AMF0 ([`amf0`]),
-//! message types ([`message`]) and the server session state machine ([`server`]).
+//! message types ([`message`]), the server session state machine ([`server`]) and the
+//! publishing client used by restream pushers ([`client`]).
 //!
 //! `rml_rtmp` 0.8 is used only for the handshake (by the connection driver); its chunk
 //! deserializer and `rml_amf0` decoding have crashers (see DESIGN.md) and are never fed
@@ -7,5 +8,6 @@
 
 pub mod amf0;
 pub mod chunk;
+pub mod client;
 pub mod message;
 pub mod server;

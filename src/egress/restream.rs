@@ -1,0 +1,998 @@
+//! Restream: push a live stream to YouTube, Twitch, Facebook or any RTMP(S) server.
+//!
+//! Each enabled destination of a live stream gets one pusher task: it subscribes to the hub
+//! (an internal, bounded queue — a slow destination drops to the next keyframe there and never
+//! slows the publisher or anyone else), waits for the tracks, connects (TCP, TLS for
+//! `rtmps://`, RTMP handshake from `rml_rtmp`, then our [`ClientSession`]), sends metadata and
+//! sequence headers and forwards every frame as an FLV tag without touching its payload.
+//!
+//! A failed connection is retried with capped exponential backoff and jitter; after
+//! `max_attempts` consecutive failures the destination goes `failed` and a `restream.failed`
+//! webhook is sent. Timestamps run on one timeline per live session, so a destination sees
+//! them continue across reconnects (after a reconnect we resume at the next keyframe newer
+//! than the last frame sent). Sources RTMP cannot carry fail clearly: Opus audio (WHIP) gives
+//! `unsupported audio codec opus` instead of silently sending video only.
+//!
+//! Destination URLs and keys are secrets: logs and the API only ever see [`mask_url`] and
+//! [`key_hint`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::BytesMut;
+use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::timeout;
+
+use crate::config::RestreamConfig;
+use crate::egress::rtmp_play::{FlvMuxer, PlayOutput};
+use crate::events::EventBus;
+use crate::hub::{Event, Hub, LiveStream, Subscription};
+use crate::media::{CodecConfig, TrackKind, Tracks};
+use crate::proto::rtmp::client::{ClientEvent, ClientSession};
+use crate::store::{RestreamRow, Store};
+
+/// Platforms with a preset server URL.
+pub const PLATFORMS: &[&str] = &["youtube", "twitch", "facebook", "custom"];
+
+/// Largest message accepted from a destination (they send only small control messages).
+const MAX_INBOUND_MESSAGE: u32 = 256 * 1024;
+
+/// The ingest URL of a platform preset (`None` for `custom`).
+pub fn preset_url(platform: &str) -> Option<&'static str> {
+    match platform {
+        "youtube" => Some("rtmps://a.rtmps.youtube.com:443/live2"),
+        "twitch" => Some("rtmps://live.twitch.tv:443/app"),
+        "facebook" => Some("rtmps://live-api-s.facebook.com:443/rtmp"),
+        _ => None,
+    }
+}
+
+/// Where and how to connect, derived from a destination's URL and key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Target {
+    /// `rtmps://`.
+    pub tls: bool,
+    /// Host name or address.
+    pub host: String,
+    /// Port (1935 / 443 by default).
+    pub port: u16,
+    /// RTMP application (the URL path, with its query).
+    pub app: String,
+    /// `tcUrl` sent in `connect`.
+    pub tc_url: String,
+    /// Publishing name: the stream key (or the URL's last path segment without a key).
+    pub stream_name: String,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("tls", &self.tls)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses an `rtmp://` or `rtmps://` URL. With an empty `key` the URL's last path segment is
+/// the stream name (`rtmp://host/app/name`).
+///
+/// # Errors
+/// A message naming what is wrong (never echoing the URL, which may hold credentials).
+pub fn parse_target(raw: &str, key: &str) -> Result<Target, String> {
+    let url = url::Url::parse(raw).map_err(|e| format!("not a valid URL: {e}"))?;
+    let tls = match url.scheme() {
+        "rtmp" => false,
+        "rtmps" => true,
+        other => return Err(format!("scheme must be rtmp or rtmps, not {other}")),
+    };
+    let host = url
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or("the URL has no host")?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = url.port().unwrap_or(if tls { 443 } else { 1935 });
+    let mut path = url.path().trim_matches('/').to_owned();
+    let stream_name = if key.is_empty() {
+        let (app, name) = path
+            .rsplit_once('/')
+            .ok_or("without a key, the URL must end with /app/stream_name")?;
+        let name = name.to_owned();
+        path = app.to_owned();
+        name
+    } else {
+        key.to_owned()
+    };
+    if path.is_empty() {
+        return Err("the URL has no application path (rtmp://host/app)".into());
+    }
+    if stream_name.is_empty() {
+        return Err("the stream name is empty".into());
+    }
+    let app = match url.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let scheme = url.scheme();
+    let tc_url = match url.port() {
+        Some(p) => format!(
+            "{scheme}://{}:{p}/{app}",
+            url.host_str().unwrap_or_default()
+        ),
+        None => format!("{scheme}://{}/{app}", url.host_str().unwrap_or_default()),
+    };
+    Ok(Target {
+        tls,
+        host,
+        port,
+        app,
+        tc_url,
+        stream_name,
+    })
+}
+
+/// The URL for display and logs: user info and query values replaced by `***`. A URL that
+/// does not parse is shown as `***`.
+pub fn mask_url(raw: &str) -> String {
+    let Ok(mut url) = url::Url::parse(raw) else {
+        return "***".into();
+    };
+    let had_userinfo = !url.username().is_empty() || url.password().is_some();
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    let masked_query = url.query().map(|q| {
+        q.split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) => format!("{k}=***"),
+                None => "***".into(),
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    });
+    url.set_query(None);
+    let mut text = url.to_string();
+    if had_userinfo {
+        if let Some(pos) = text.find("://") {
+            text.insert_str(pos + 3, "***@");
+        }
+    }
+    if let Some(q) = masked_query {
+        text.push('?');
+        text.push_str(&q);
+    }
+    text
+}
+
+/// A key for display: `****` and, for keys of 12+ characters, the last four.
+pub fn key_hint(key: &str) -> String {
+    let chars: Vec<char> = key.chars().collect();
+    if chars.len() >= 12 {
+        let tail: String = chars[chars.len() - 4..].iter().collect();
+        format!("****{tail}")
+    } else if chars.is_empty() {
+        String::new()
+    } else {
+        "****".into()
+    }
+}
+
+/// Wait before attempt `attempt + 1` (after `attempt` ≥ 1 failures): `initial · 2^(attempt-1)`
+/// capped at `max`, with "equal jitter" — half fixed, half scaled by `jitter` in `0..1`.
+pub fn backoff(attempt: u32, initial: Duration, max: Duration, jitter: f64) -> Duration {
+    let exp = attempt.saturating_sub(1).min(20);
+    let full = initial.saturating_mul(1u32 << exp).min(max);
+    let half = full / 2;
+    half + half.mul_f64(jitter.clamp(0.0, 1.0))
+}
+
+/// Whether RTMP can carry these tracks: `Err` with the reason the destination fails.
+pub fn check_tracks(tracks: &Tracks) -> Result<(), String> {
+    let mut carried = 0;
+    for t in &tracks.list {
+        match &t.codec {
+            CodecConfig::Opus(_) => return Err("unsupported audio codec opus".into()),
+            CodecConfig::H264(_) | CodecConfig::Aac(_) => carried += 1,
+            // A camera's JPEG track is not sent; its H.264 track is.
+            CodecConfig::Jpeg { .. } => {}
+        }
+    }
+    if carried == 0 {
+        return Err("the stream has no track RTMP can carry (H.264 video or AAC audio)".into());
+    }
+    Ok(())
+}
+
+/// Lifecycle state of a destination, as the API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Enabled, stream not live.
+    Idle,
+    /// Connecting for the first time in this live session.
+    Starting,
+    /// Publishing.
+    Active,
+    /// Lost or refused; waiting or reconnecting.
+    Retrying,
+    /// Gave up (attempts exhausted, or the source cannot be sent).
+    Failed,
+    /// Disabled.
+    Stopped,
+}
+
+impl State {
+    /// The API name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Idle => "idle",
+            State::Starting => "starting",
+            State::Active => "active",
+            State::Retrying => "retrying",
+            State::Failed => "failed",
+            State::Stopped => "stopped",
+        }
+    }
+}
+
+/// What the API shows about a destination's pusher.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// Current state.
+    pub state: State,
+    /// The last failure.
+    pub last_error: Option<String>,
+    /// Bytes written to the destination in this live session.
+    pub bytes_out: u64,
+    /// Outgoing bitrate over the last second.
+    pub bitrate_bps: u64,
+    /// When pushing first became active in this live session.
+    pub started_at: Option<SystemTime>,
+    /// Reconnections after a failure.
+    pub reconnects: u32,
+    /// Consecutive failed attempts.
+    pub attempts: u32,
+    /// Frames the hub dropped because the destination was too slow.
+    pub frames_dropped: u64,
+}
+
+/// Shared, updated by the pusher, read by the API.
+#[derive(Debug)]
+struct Shared {
+    status: Mutex<Status>,
+    bytes_out: AtomicU64,
+}
+
+impl Shared {
+    fn new(state: State) -> Self {
+        Shared {
+            status: Mutex::new(Status {
+                state,
+                last_error: None,
+                bytes_out: 0,
+                bitrate_bps: 0,
+                started_at: None,
+                reconnects: 0,
+                attempts: 0,
+                frames_dropped: 0,
+            }),
+            bytes_out: AtomicU64::new(0),
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Status)) {
+        f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    fn snapshot(&self) -> Status {
+        let mut s = self
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        s.bytes_out = self.bytes_out.load(Ordering::Relaxed);
+        s
+    }
+}
+
+/// Why a pusher is asked to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Run,
+    /// Disabled or deleted through the API, or replaced by a new configuration.
+    Disabled,
+    /// The stream ended.
+    Ended,
+}
+
+/// A running pusher.
+#[derive(Debug)]
+struct Running {
+    stop: watch::Sender<Stop>,
+    live: std::sync::Weak<LiveStream>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    stream_id: String,
+    shared: Arc<Shared>,
+    running: Option<Running>,
+}
+
+/// Every destination's pusher.
+#[derive(Debug)]
+pub struct Restreamer {
+    store: Store,
+    config: RestreamConfig,
+    events: EventBus,
+    hub: Hub,
+    shutdown: watch::Receiver<bool>,
+    tls: OnceLock<Result<Arc<tokio_rustls::rustls::ClientConfig>, String>>,
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+impl Restreamer {
+    /// A restreamer; pushers end when `shutdown` turns true.
+    pub fn new(
+        store: Store,
+        config: RestreamConfig,
+        events: EventBus,
+        hub: Hub,
+        shutdown: watch::Receiver<bool>,
+    ) -> Arc<Self> {
+        Arc::new(Restreamer {
+            store,
+            config,
+            events,
+            hub,
+            shutdown,
+            tls: OnceLock::new(),
+            entries: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A stream went live: start its enabled destinations.
+    pub fn on_published(self: &Arc<Self>, live: Arc<LiveStream>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            match this.store.restreams_of(&live.id).await {
+                Ok(rows) => {
+                    for row in rows.into_iter().filter(|r| r.enabled) {
+                        this.start(row, live.clone());
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(stream = %live.id, %err, "restream: cannot load destinations")
+                }
+            }
+        });
+    }
+
+    /// A stream ended: its pushers finish (also those waiting to retry).
+    pub fn on_unpublished(&self, stream_id: &str) {
+        for entry in self.lock().values() {
+            if entry.stream_id == stream_id {
+                if let Some(r) = &entry.running {
+                    let _ = r.stop.send(Stop::Ended);
+                }
+            }
+        }
+    }
+
+    /// After a create or update: (re)start the destination if it is enabled and its stream
+    /// is live, stop it if it is disabled.
+    pub fn apply(self: &Arc<Self>, row: RestreamRow, restart: bool) {
+        if !row.enabled {
+            self.stop(&row.id, false);
+            return;
+        }
+        let Some(live) = self.hub.get(&row.stream_id) else {
+            return;
+        };
+        if restart {
+            self.stop(&row.id, false);
+        }
+        self.start(row, live);
+    }
+
+    /// Stops a destination's pusher; `forget` also drops its status (deleted).
+    pub fn stop(&self, id: &str, forget: bool) {
+        let mut entries = self.lock();
+        if let Some(entry) = entries.get_mut(id) {
+            if let Some(r) = entry.running.take() {
+                let _ = r.stop.send(Stop::Disabled);
+            }
+            entry.shared.update(|s| {
+                if s.state != State::Failed {
+                    s.state = State::Stopped;
+                }
+            });
+        }
+        if forget {
+            entries.remove(id);
+        }
+    }
+
+    /// The pusher status of a destination, if it ran since the server started.
+    pub fn status(&self, id: &str) -> Option<Status> {
+        self.lock().get(id).map(|e| e.shared.snapshot())
+    }
+
+    /// Starts a pusher for `row` on `live` unless one already runs for this live session.
+    fn start(self: &Arc<Self>, row: RestreamRow, live: Arc<LiveStream>) {
+        let mut entries = self.lock();
+        let entry = entries.entry(row.id.clone()).or_insert_with(|| Entry {
+            stream_id: row.stream_id.clone(),
+            shared: Arc::new(Shared::new(State::Idle)),
+            running: None,
+        });
+        if let Some(r) = &entry.running {
+            let same = r.live.upgrade().is_some_and(|l| Arc::ptr_eq(&l, &live));
+            if same && !r.stop.is_closed() {
+                return;
+            }
+            let _ = r.stop.send(Stop::Disabled);
+        }
+        // A new live session: fresh counters.
+        let shared = Arc::new(Shared::new(State::Starting));
+        entry.shared = shared.clone();
+        let (stop_tx, stop_rx) = watch::channel(Stop::Run);
+        entry.running = Some(Running {
+            stop: stop_tx,
+            live: Arc::downgrade(&live),
+        });
+        drop(entries);
+        if !row.secrets_ok {
+            let reason = "the stored URL and key cannot be decrypted (secrets.key changed): \
+                          set them again with PATCH";
+            self.fail(&row, &shared, reason.into());
+            return;
+        }
+        let target = match parse_target(&row.url, &row.key) {
+            Ok(t) => t,
+            Err(reason) => {
+                self.fail(&row, &shared, reason);
+                return;
+            }
+        };
+        let pusher = Pusher {
+            restreamer: self.clone(),
+            row,
+            target,
+            shared,
+            stop: stop_rx,
+            muxer: FlvMuxer::default(),
+            last_sent_ms: None,
+        };
+        tokio::spawn(pusher.run(live));
+    }
+
+    fn fail(&self, row: &RestreamRow, shared: &Shared, reason: String) {
+        tracing::warn!(restream = %row.id, stream = %row.stream_id, url = %row.url_masked, %reason, "restream: failed");
+        let attempts = {
+            let mut attempts = 0;
+            shared.update(|s| {
+                s.state = State::Failed;
+                s.last_error = Some(reason.clone());
+                attempts = s.attempts;
+            });
+            attempts
+        };
+        self.events.publish(
+            "restream.failed",
+            serde_json::json!({ "restream": {
+                "id": row.id, "stream_id": row.stream_id, "name": row.name,
+                "platform": row.platform, "url": row.url_masked, "last_error": reason,
+                "attempts": attempts,
+            }}),
+        );
+    }
+
+    fn tls(&self) -> Result<tokio_rustls::TlsConnector, String> {
+        self.tls
+            .get_or_init(|| tls_config(&self.config.ca_file))
+            .clone()
+            .map(tokio_rustls::TlsConnector::from)
+    }
+}
+
+/// Builds the TLS client: webpki roots, the system bundle if present, and `ca_file`.
+fn tls_config(ca_file: &str) -> Result<Arc<tokio_rustls::rustls::ClientConfig>, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    use tokio_rustls::rustls;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let system = "/etc/ssl/certs/ca-certificates.crt";
+    if let Ok(certs) = CertificateDer::pem_file_iter(system) {
+        let (added, _) = roots.add_parsable_certificates(certs.flatten());
+        tracing::debug!(added, "restream: system CA bundle loaded");
+    }
+    if !ca_file.is_empty() {
+        let certs = CertificateDer::pem_file_iter(ca_file)
+            .map_err(|e| format!("restream.ca_file: {e}"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("restream.ca_file: {e}"))?;
+        let (added, ignored) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(format!(
+                "restream.ca_file holds no usable certificate ({ignored} ignored)"
+            ));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// How one connection ended.
+enum Outcome {
+    /// The stream ended (pusher done).
+    StreamEnded,
+    /// Disabled, replaced or server shutdown.
+    Stopped,
+    /// The source cannot be sent; no retry.
+    Unsupported(String),
+    /// Connection failed or broke; `was_active` if it had been publishing.
+    Failed { error: String, was_active: bool },
+}
+
+struct Pusher {
+    restreamer: Arc<Restreamer>,
+    row: RestreamRow,
+    target: Target,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<Stop>,
+    /// One muxer per live session, so timestamps continue across reconnects.
+    muxer: FlvMuxer,
+    /// Media time (ms) of the last frame sent, to resume after it.
+    last_sent_ms: Option<i64>,
+}
+
+impl Pusher {
+    async fn run(mut self, live: Arc<LiveStream>) {
+        let cfg = self.restreamer.config.clone();
+        let mut shutdown = self.restreamer.shutdown.clone();
+        let (id, stream) = (self.row.id.clone(), self.row.stream_id.clone());
+        let url = self.row.url_masked.clone();
+        let mut failures = 0u32;
+        loop {
+            let outcome = tokio::select! {
+                o = self.attempt(&live) => o,
+                _ = crate::shutdown::requested(&mut shutdown) => Outcome::Stopped,
+            };
+            match outcome {
+                Outcome::StreamEnded => {
+                    tracing::info!(restream = %id, stream = %stream, %url, "restream: stream ended");
+                    self.shared.update(|s| s.state = State::Idle);
+                    return;
+                }
+                Outcome::Stopped => {
+                    tracing::info!(restream = %id, stream = %stream, %url, "restream: stopped");
+                    if *self.stop.borrow() == Stop::Ended {
+                        self.shared.update(|s| s.state = State::Idle);
+                    }
+                    return;
+                }
+                Outcome::Unsupported(reason) => {
+                    self.restreamer.fail(&self.row, &self.shared, reason);
+                    return;
+                }
+                Outcome::Failed { error, was_active } => {
+                    if was_active {
+                        failures = 0;
+                    }
+                    failures += 1;
+                    self.shared.update(|s| {
+                        s.attempts = failures;
+                        s.last_error = Some(error.clone());
+                        s.bitrate_bps = 0;
+                    });
+                    if cfg.max_attempts > 0 && failures >= cfg.max_attempts {
+                        let reason = format!("{error} (gave up after {failures} attempts)");
+                        self.restreamer.fail(&self.row, &self.shared, reason);
+                        return;
+                    }
+                    let wait = backoff(
+                        failures,
+                        Duration::from_millis(cfg.backoff_initial_ms),
+                        Duration::from_millis(cfg.backoff_max_ms),
+                        rand::random::<f64>(),
+                    );
+                    tracing::warn!(restream = %id, stream = %stream, %url, %error, attempt = failures,
+                        retry_in_ms = wait.as_millis() as u64, "restream: connection failed; retrying");
+                    self.shared.update(|s| s.state = State::Retrying);
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.stop.changed() => {}
+                        _ = crate::shutdown::requested(&mut shutdown) => return,
+                    }
+                    match *self.stop.borrow() {
+                        Stop::Run => {}
+                        Stop::Ended => {
+                            self.shared.update(|s| s.state = State::Idle);
+                            return;
+                        }
+                        Stop::Disabled => return,
+                    }
+                    self.shared.update(|s| s.reconnects += 1);
+                }
+            }
+        }
+    }
+
+    /// One connection: wait for tracks, connect, publish, forward until something ends it.
+    async fn attempt(&mut self, live: &Arc<LiveStream>) -> Outcome {
+        if *self.stop.borrow() != Stop::Run {
+            return self.stopped();
+        }
+        let mut sub = live.subscribe_internal();
+        // Tracks first: there is no point connecting for a source RTMP cannot carry.
+        let tracks = loop {
+            tokio::select! {
+                ev = sub.recv() => match ev {
+                    Some(Event::Tracks(t)) => break t,
+                    Some(Event::Frame(_)) => {}
+                    None => return Outcome::StreamEnded,
+                },
+                _ = self.stop.changed() => return self.stopped(),
+            }
+        };
+        if let Err(reason) = check_tracks(&tracks) {
+            return Outcome::Unsupported(reason);
+        }
+        let cfg = self.restreamer.config.clone();
+        let connect = timeout(
+            Duration::from_millis(cfg.connect_timeout_ms),
+            connect(self.restreamer.clone(), self.target.clone()),
+        );
+        let (mut io, mut session) = tokio::select! {
+            r = connect => match r {
+                Ok(Ok(pair)) => pair,
+                Ok(Err(error)) => return Outcome::Failed { error, was_active: false },
+                Err(_) => return Outcome::Failed {
+                    error: format!("no publish within {} ms (connect, handshake, publish)", cfg.connect_timeout_ms),
+                    was_active: false,
+                },
+            },
+            _ = self.stop.changed() => return self.stopped(),
+        };
+        tracing::info!(restream = %self.row.id, stream = %self.row.stream_id, url = %self.row.url_masked, "restream: publishing");
+        self.shared.update(|s| {
+            s.state = State::Active;
+            s.attempts = 0;
+            s.started_at.get_or_insert_with(SystemTime::now);
+        });
+        let result = self.forward(&mut io, &mut session, &mut sub, tracks).await;
+        let dropped = sub.dropped();
+        self.shared.update(|s| s.frames_dropped += dropped);
+        if matches!(result, Outcome::StreamEnded | Outcome::Stopped) {
+            // Say goodbye properly so the destination ends the broadcast at once.
+            session.unpublish();
+            let out = session.take_output();
+            let _ = timeout(Duration::from_millis(500), io.write_all(&out)).await;
+            let _ = timeout(Duration::from_millis(500), io.shutdown()).await;
+        }
+        result
+    }
+
+    fn stopped(&self) -> Outcome {
+        match *self.stop.borrow() {
+            Stop::Ended => Outcome::StreamEnded,
+            _ => Outcome::Stopped,
+        }
+    }
+
+    /// Forwards hub events until the stream ends, the pusher is stopped or the connection
+    /// breaks.
+    async fn forward(
+        &mut self,
+        io: &mut Box<dyn Io>,
+        session: &mut ClientSession,
+        sub: &mut Subscription,
+        tracks: Arc<Tracks>,
+    ) -> Outcome {
+        let write_timeout = Duration::from_millis(self.restreamer.config.write_timeout_ms);
+        let hub = self.restreamer.hub.clone();
+        let shared = self.shared.clone();
+        let mut has_video = tracks.list.iter().any(|t| t.kind() == TrackKind::Video);
+        let mut waiting_keyframe = true;
+        let mut current = tracks.clone();
+        let mut pending = self.muxer.on_tracks(tracks);
+        let mut read_buf = BytesMut::with_capacity(4096);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let (mut last_bytes, mut last_tick) =
+            (shared.bytes_out.load(Ordering::Relaxed), Instant::now());
+        loop {
+            for out in pending.drain(..) {
+                match out {
+                    PlayOutput::Metadata(m) => session.send_metadata(&m),
+                    PlayOutput::Tag {
+                        type_id,
+                        timestamp,
+                        body,
+                    } => session.send_media(type_id, timestamp, &body),
+                }
+            }
+            if session.pending_output() > 0 {
+                let out = session.take_output();
+                match timeout(write_timeout, io.write_all(&out)).await {
+                    Ok(Ok(())) => {
+                        shared
+                            .bytes_out
+                            .fetch_add(out.len() as u64, Ordering::Relaxed);
+                        hub.add_bytes_out(out.len() as u64);
+                    }
+                    Ok(Err(e)) => return broken(format!("write failed: {e}")),
+                    Err(_) => {
+                        return broken(format!(
+                            "the destination took no data for {} ms",
+                            write_timeout.as_millis()
+                        ))
+                    }
+                }
+            }
+            tokio::select! {
+                ev = sub.recv() => match ev {
+                    None => return Outcome::StreamEnded,
+                    Some(Event::Tracks(t)) => {
+                        if let Err(reason) = check_tracks(&t) {
+                            return Outcome::Unsupported(reason);
+                        }
+                        has_video = t.list.iter().any(|t| t.kind() == TrackKind::Video);
+                        current = t.clone();
+                        pending = self.muxer.on_tracks(t);
+                    }
+                    Some(Event::Frame(f)) => {
+                        let Some(track) = current.get(f.track) else { continue };
+                        let scale = i64::from(track.timescale.max(1));
+                        let dts_ms = f.dts * 1000 / scale;
+                        let is_video = track.kind() == TrackKind::Video;
+                        if waiting_keyframe {
+                            // Start (and resume after a reconnect) on a keyframe newer than
+                            // anything sent, so the destination decodes from the first frame
+                            // and its timestamps keep going forward.
+                            let newer = self.last_sent_ms.is_none_or(|last| dts_ms > last);
+                            let start = newer
+                                && (!has_video || (is_video && f.keyframe))
+                                && !matches!(track.codec, CodecConfig::Jpeg { .. });
+                            if !start {
+                                continue;
+                            }
+                            waiting_keyframe = false;
+                        }
+                        if let Some(tag) = self.muxer.on_frame(&f) {
+                            self.last_sent_ms = Some(self.last_sent_ms.map_or(dts_ms, |l| l.max(dts_ms)));
+                            pending.push(tag);
+                        }
+                    }
+                },
+                r = io.read_buf(&mut read_buf) => {
+                    match r {
+                        Ok(0) => return broken("closed by the destination".into()),
+                        Ok(_) => {
+                            session.push(&read_buf);
+                            read_buf.clear();
+                            loop {
+                                match session.poll_event() {
+                                    Ok(Some(_)) => {}
+                                    Ok(None) => break,
+                                    Err(e) => return broken(e.to_string()),
+                                }
+                            }
+                        }
+                        Err(e) => return broken(format!("read failed: {e}")),
+                    }
+                }
+                _ = tick.tick() => {
+                    let bytes = shared.bytes_out.load(Ordering::Relaxed);
+                    let secs = last_tick.elapsed().as_secs_f64().max(0.001);
+                    let bps = ((bytes - last_bytes) as f64 * 8.0 / secs) as u64;
+                    let dropped = sub.dropped();
+                    shared.update(|s| { s.bitrate_bps = bps; s.frames_dropped = s.frames_dropped.max(dropped); });
+                    (last_bytes, last_tick) = (bytes, Instant::now());
+                }
+                _ = self.stop.changed() => return self.stopped(),
+            }
+        }
+    }
+}
+
+/// TCP (+ TLS) + handshake + command exchange until the server accepts the publish.
+async fn connect(
+    restreamer: Arc<Restreamer>,
+    target: Target,
+) -> Result<(Box<dyn Io>, ClientSession), String> {
+    let t = &target;
+    let tcp = TcpStream::connect((t.host.as_str(), t.port))
+        .await
+        .map_err(|e| format!("cannot connect to {}:{}: {e}", t.host, t.port))?;
+    let _ = tcp.set_nodelay(true);
+    let mut io: Box<dyn Io> = if t.tls {
+        let connector = restreamer.tls()?;
+        let name = rustls_pki_types::ServerName::try_from(t.host.clone())
+            .map_err(|e| format!("invalid TLS server name {}: {e}", t.host))?;
+        Box::new(
+            connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS with {}: {e}", t.host))?,
+        )
+    } else {
+        Box::new(tcp)
+    };
+    let mut session = ClientSession::new(
+        &t.app,
+        &t.tc_url,
+        &t.stream_name,
+        MAX_INBOUND_MESSAGE,
+        restreamer.config.out_chunk_size,
+    );
+    let mut buf = BytesMut::with_capacity(8192);
+    let mut hs = Handshake::new(PeerType::Client);
+    let c0c1 = hs
+        .generate_outbound_p0_and_p1()
+        .map_err(|e| format!("handshake: {e:?}"))?;
+    io.write_all(&c0c1).await.map_err(io_err)?;
+    loop {
+        buf.clear();
+        if io.read_buf(&mut buf).await.map_err(io_err)? == 0 {
+            return Err("closed by the destination during the handshake".into());
+        }
+        match hs
+            .process_bytes(&buf)
+            .map_err(|e| format!("handshake: {e:?}"))?
+        {
+            HandshakeProcessResult::InProgress { response_bytes } => {
+                io.write_all(&response_bytes).await.map_err(io_err)?;
+            }
+            HandshakeProcessResult::Completed {
+                response_bytes,
+                remaining_bytes,
+            } => {
+                io.write_all(&response_bytes).await.map_err(io_err)?;
+                session.push(&remaining_bytes);
+                break;
+            }
+        }
+    }
+    loop {
+        while let Some(ClientEvent::Publishing) = session.poll_event().map_err(|e| e.to_string())? {
+        }
+        let out = session.take_output();
+        io.write_all(&out).await.map_err(io_err)?;
+        if session.is_publishing() {
+            return Ok((io, session));
+        }
+        buf.clear();
+        if io.read_buf(&mut buf).await.map_err(io_err)? == 0 {
+            return Err("closed by the destination before accepting the publish".into());
+        }
+        session.push(&buf);
+    }
+}
+
+fn broken(error: String) -> Outcome {
+    Outcome::Failed {
+        error,
+        was_active: true,
+    }
+}
+
+fn io_err(e: std::io::Error) -> String {
+    format!("i/o: {e}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_from_urls_and_keys() {
+        let t = parse_target("rtmp://a.rtmp.youtube.com/live2", "abcd-efgh").unwrap();
+        assert_eq!(
+            (t.tls, t.host.as_str(), t.port, t.app.as_str()),
+            (false, "a.rtmp.youtube.com", 1935, "live2")
+        );
+        assert_eq!(t.tc_url, "rtmp://a.rtmp.youtube.com/live2");
+        assert_eq!(t.stream_name, "abcd-efgh");
+        let t = parse_target("rtmps://live-api-s.facebook.com:443/rtmp/", "FB-1").unwrap();
+        assert_eq!((t.tls, t.port, t.app.as_str()), (true, 443, "rtmp"));
+        assert_eq!(t.tc_url, "rtmps://live-api-s.facebook.com:443/rtmp");
+        let t = parse_target("rtmp://127.0.0.1:19350/live/cam?token=x", "").unwrap();
+        assert_eq!(
+            (t.port, t.app.as_str(), t.stream_name.as_str()),
+            (19350, "live?token=x", "cam")
+        );
+        let t = parse_target("rtmp://[::1]/a/b", "").unwrap();
+        assert_eq!(t.host, "::1");
+        for bad in [
+            "http://h/app",
+            "rtmp:///app",
+            "rtmp://h",
+            "rtmp://h/",
+            "not a url",
+        ] {
+            assert!(parse_target(bad, "k").is_err(), "{bad}");
+        }
+        assert!(parse_target("rtmp://h/app", "").is_err());
+        // Error messages never echo the URL (it may hold credentials).
+        let err = parse_target("ftp://user:hunter2@h/app", "k").unwrap_err();
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn masks_credentials_and_keys() {
+        assert_eq!(
+            mask_url("rtmp://user:hunter2@h:1936/app?token=s3cret&x"),
+            "rtmp://***@h:1936/app?token=***&***"
+        );
+        assert_eq!(mask_url("rtmps://h/app"), "rtmps://h/app");
+        assert_eq!(mask_url("::"), "***");
+        assert_eq!(key_hint("live_1234567890_abcd"), "****abcd");
+        assert_eq!(key_hint("short"), "****");
+        assert_eq!(key_hint(""), "");
+        for p in ["youtube", "twitch", "facebook"] {
+            assert!(parse_target(preset_url(p).unwrap(), "k").unwrap().tls);
+        }
+        assert!(preset_url("custom").is_none());
+    }
+
+    #[test]
+    fn backoff_doubles_caps_and_jitters() {
+        let (i, m) = (Duration::from_millis(1000), Duration::from_millis(30_000));
+        assert_eq!(backoff(1, i, m, 1.0), Duration::from_millis(1000));
+        assert_eq!(backoff(1, i, m, 0.0), Duration::from_millis(500));
+        assert_eq!(backoff(2, i, m, 1.0), Duration::from_millis(2000));
+        assert_eq!(backoff(4, i, m, 1.0), Duration::from_millis(8000));
+        assert_eq!(backoff(10, i, m, 1.0), m);
+        assert_eq!(backoff(u32::MAX, i, m, 0.5), Duration::from_millis(22_500));
+    }
+
+    #[test]
+    fn opus_and_jpeg_only_sources_are_refused() {
+        use crate::media::opus::OpusConfig;
+        use crate::media::test_support::av_tracks;
+        use crate::media::{Track, TrackId};
+        assert!(check_tracks(&av_tracks()).is_ok());
+        let opus = Tracks {
+            list: vec![Track {
+                id: TrackId(1),
+                timescale: 48_000,
+                codec: CodecConfig::Opus(OpusConfig::webrtc()),
+            }],
+        };
+        assert_eq!(
+            check_tracks(&opus).unwrap_err(),
+            "unsupported audio codec opus"
+        );
+        let jpeg = Tracks {
+            list: vec![Track {
+                id: TrackId(0),
+                timescale: 90_000,
+                codec: CodecConfig::Jpeg {
+                    width: 640,
+                    height: 480,
+                },
+            }],
+        };
+        assert!(check_tracks(&jpeg).is_err());
+    }
+}

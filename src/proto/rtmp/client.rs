@@ -1,0 +1,455 @@
+//! The publishing client side of an RTMP connection after the handshake, without I/O: what a
+//! restream pusher speaks to YouTube, Twitch, Facebook or any RTMP server.
+//!
+//! [`ClientSession::new`] queues `connect`; [`ClientSession::poll_event`] consumes the
+//! server's messages, walks `connect` → `releaseStream`/`FCPublish`/`createStream` →
+//! `publish` and reports [`ClientEvent::Publishing`] once the server answers
+//! `NetStream.Publish.Start`; after that [`ClientSession::send_metadata`] and
+//! [`ClientSession::send_media`] queue FLV tag bodies. Pings are answered and
+//! acknowledgements sent on the way.
+//!
+//! `rml_rtmp`'s `ClientSession` implements the same flow but can only be fed raw socket
+//! bytes, which would put its chunk deserializer and `rml_amf0` (both with crashers, see
+//! DESIGN.md) in front of whatever a remote server sends. Here every byte from the network
+//! goes through our hardened [`ChunkReader`] and AMF0 decoder, as on the server side.
+
+use bytes::BytesMut;
+
+use super::amf0::Amf0Value;
+use super::chunk::{ChunkReader, ChunkWriter};
+use super::message::{self, RtmpMessage};
+use super::server::{SessionError, MAX_COMMAND_BYTES};
+
+/// Transaction ids of the commands we send.
+const TXN_CONNECT: f64 = 1.0;
+const TXN_RELEASE: f64 = 2.0;
+const TXN_FCPUBLISH: f64 = 3.0;
+const TXN_CREATE_STREAM: f64 = 4.0;
+const TXN_PUBLISH: f64 = 5.0;
+
+/// What the driver must act on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientEvent {
+    /// The server accepted the publish: metadata and media may follow.
+    Publishing,
+}
+
+/// Where the client is in the command exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Connecting,
+    CreatingStream,
+    Publishing,
+    Live,
+}
+
+/// RTMP publishing client session state.
+#[derive(Debug)]
+pub struct ClientSession {
+    reader: ChunkReader,
+    writer: ChunkWriter,
+    out: BytesMut,
+    stream_name: String,
+    phase: Phase,
+    stream_id: u32,
+    peer_window: u32,
+    last_ack: u64,
+}
+
+impl ClientSession {
+    /// A session publishing `stream_name` (the destination's stream key; never log it) to
+    /// `app` at `tc_url` (`rtmp://host/app`). Accepts messages up to `max_message_bytes`;
+    /// sends chunks of `out_chunk_size`. The `connect` command is queued at once.
+    pub fn new(
+        app: &str,
+        tc_url: &str,
+        stream_name: &str,
+        max_message_bytes: u32,
+        out_chunk_size: u32,
+    ) -> Self {
+        let mut session = ClientSession {
+            reader: ChunkReader::new(max_message_bytes),
+            writer: ChunkWriter::new(),
+            out: BytesMut::with_capacity(4096),
+            stream_name: stream_name.to_owned(),
+            phase: Phase::Connecting,
+            stream_id: 0,
+            peer_window: 0,
+            last_ack: 0,
+        };
+        message::write_set_chunk_size(&mut session.writer, &mut session.out, out_chunk_size);
+        let object = Amf0Value::object([
+            ("app", Amf0Value::String(app.to_owned())),
+            ("type", Amf0Value::String("nonprivate".into())),
+            (
+                "flashVer",
+                Amf0Value::String("FMLE/3.0 (compatible; media-server)".into()),
+            ),
+            ("tcUrl", Amf0Value::String(tc_url.to_owned())),
+        ]);
+        message::write_command(
+            &mut session.writer,
+            &mut session.out,
+            0,
+            "connect",
+            TXN_CONNECT,
+            &object,
+            &[],
+        );
+        session
+    }
+
+    /// Feeds bytes read from the socket.
+    pub fn push(&mut self, data: &[u8]) {
+        self.reader.push(data);
+    }
+
+    /// Bytes to write to the socket (empty if none).
+    pub fn take_output(&mut self) -> BytesMut {
+        self.out.split()
+    }
+
+    /// Bytes waiting to be written.
+    pub fn pending_output(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Whether the server accepted the publish.
+    pub fn is_publishing(&self) -> bool {
+        self.phase == Phase::Live
+    }
+
+    /// The next event, `Ok(None)` when more bytes are needed.
+    ///
+    /// # Errors
+    /// A malformed chunk or message, or the server refusing the connection or the publish
+    /// ([`SessionError::Protocol`] with the server's status code and description).
+    pub fn poll_event(&mut self) -> Result<Option<ClientEvent>, SessionError> {
+        loop {
+            let Some(raw) = self.reader.read_message()? else {
+                return Ok(None);
+            };
+            self.acknowledge();
+            if matches!(raw.type_id, 15 | 17 | 18 | 20) && raw.payload.len() > MAX_COMMAND_BYTES {
+                return Err(SessionError::Protocol(format!(
+                    "command/data message of {} bytes (limit {MAX_COMMAND_BYTES})",
+                    raw.payload.len()
+                )));
+            }
+            let event = match RtmpMessage::parse(&raw)? {
+                RtmpMessage::WindowAckSize(size) => {
+                    self.peer_window = size;
+                    None
+                }
+                RtmpMessage::UserControl { event: 6, data } => {
+                    // PingRequest: answer with PingResponse carrying the same timestamp.
+                    let mut payload = vec![0, 7];
+                    payload.extend_from_slice(&data);
+                    self.writer.write_message(
+                        &mut self.out,
+                        2,
+                        0,
+                        message::TYPE_USER_CONTROL,
+                        0,
+                        &payload,
+                    );
+                    None
+                }
+                RtmpMessage::Command {
+                    name,
+                    transaction_id,
+                    args,
+                    ..
+                } => self.command(&name, transaction_id, &args)?,
+                _ => None,
+            };
+            if event.is_some() {
+                return Ok(event);
+            }
+        }
+    }
+
+    /// Sends an `Acknowledgement` whenever the peer's window has been received.
+    fn acknowledge(&mut self) {
+        let received = self.reader.bytes_received();
+        if self.peer_window > 0 && received - self.last_ack >= u64::from(self.peer_window) {
+            self.last_ack = received;
+            message::write_acknowledgement(&mut self.writer, &mut self.out, received as u32);
+        }
+    }
+
+    fn command(
+        &mut self,
+        name: &str,
+        txn: f64,
+        args: &[Amf0Value],
+    ) -> Result<Option<ClientEvent>, SessionError> {
+        match (name, self.phase) {
+            ("_result", Phase::Connecting) if txn == TXN_CONNECT => {
+                self.send_command(
+                    0,
+                    "releaseStream",
+                    TXN_RELEASE,
+                    vec![Amf0Value::String(self.stream_name.clone())],
+                );
+                self.send_command(
+                    0,
+                    "FCPublish",
+                    TXN_FCPUBLISH,
+                    vec![Amf0Value::String(self.stream_name.clone())],
+                );
+                self.send_command(0, "createStream", TXN_CREATE_STREAM, Vec::new());
+                self.phase = Phase::CreatingStream;
+                Ok(None)
+            }
+            ("_result", Phase::CreatingStream) if txn == TXN_CREATE_STREAM => {
+                let id = args
+                    .iter()
+                    .find_map(Amf0Value::as_f64)
+                    .filter(|n| n.is_finite() && *n >= 0.0 && *n <= f64::from(u32::MAX))
+                    .ok_or_else(|| {
+                        SessionError::Protocol("createStream answered without a stream id".into())
+                    })?;
+                self.stream_id = id as u32;
+                self.send_command(
+                    self.stream_id,
+                    "publish",
+                    TXN_PUBLISH,
+                    vec![
+                        Amf0Value::String(self.stream_name.clone()),
+                        Amf0Value::String("live".into()),
+                    ],
+                );
+                self.phase = Phase::Publishing;
+                Ok(None)
+            }
+            ("_error", _) => Err(refused(name, args)),
+            ("onStatus", _) => {
+                let info = args.iter().find(|a| a.get("code").is_some());
+                let code = info
+                    .and_then(|i| i.get("code"))
+                    .and_then(Amf0Value::as_str)
+                    .unwrap_or("");
+                let level = info
+                    .and_then(|i| i.get("level"))
+                    .and_then(Amf0Value::as_str)
+                    .unwrap_or("");
+                if code == "NetStream.Publish.Start" && self.phase == Phase::Publishing {
+                    self.phase = Phase::Live;
+                    return Ok(Some(ClientEvent::Publishing));
+                }
+                if level == "error"
+                    || code.ends_with(".BadName")
+                    || code.ends_with(".Failed")
+                    || code.ends_with("Rejected")
+                {
+                    return Err(refused(name, args));
+                }
+                Ok(None)
+            }
+            // `onBWDone`, `onFCPublish`, answers to releaseStream/FCPublish, ...: nothing to do.
+            _ => Ok(None),
+        }
+    }
+
+    fn send_command(&mut self, stream_id: u32, name: &str, txn: f64, args: Vec<Amf0Value>) {
+        message::write_command(
+            &mut self.writer,
+            &mut self.out,
+            stream_id,
+            name,
+            txn,
+            &Amf0Value::Null,
+            &args,
+        );
+    }
+
+    /// Sends `@setDataFrame onMetaData` (call once publishing).
+    pub fn send_metadata(&mut self, metadata: &Amf0Value) {
+        message::write_data(
+            &mut self.writer,
+            &mut self.out,
+            self.stream_id,
+            &[
+                Amf0Value::String("@setDataFrame".into()),
+                Amf0Value::String("onMetaData".into()),
+                metadata.clone(),
+            ],
+        );
+    }
+
+    /// Sends an FLV audio (type 8) or video (type 9) tag body.
+    pub fn send_media(&mut self, type_id: u8, timestamp: u32, tag: &[u8]) {
+        message::write_media(
+            &mut self.writer,
+            &mut self.out,
+            type_id,
+            self.stream_id,
+            timestamp,
+            tag,
+        );
+    }
+
+    /// Tells the server the publish is over (`FCUnpublish` + `deleteStream`).
+    pub fn unpublish(&mut self) {
+        if self.phase != Phase::Live {
+            return;
+        }
+        let name = Amf0Value::String(self.stream_name.clone());
+        self.send_command(self.stream_id, "FCUnpublish", 6.0, vec![name]);
+        self.send_command(
+            0,
+            "deleteStream",
+            7.0,
+            vec![Amf0Value::Number(f64::from(self.stream_id))],
+        );
+        self.phase = Phase::Connecting;
+    }
+}
+
+/// `code: description` of a refusal (`_error` or an error `onStatus`).
+fn refused(name: &str, args: &[Amf0Value]) -> SessionError {
+    let info = args.iter().find(|a| a.get("code").is_some());
+    let field = |k: &str| {
+        info.and_then(|i| i.get(k))
+            .and_then(Amf0Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
+    let (code, description) = (field("code"), field("description"));
+    SessionError::Protocol(if code.is_empty() {
+        format!("server answered {name}")
+    } else if description.is_empty() {
+        format!("server refused: {code}")
+    } else {
+        format!("server refused: {code} ({description})")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::rtmp::message::{TYPE_AUDIO, TYPE_VIDEO};
+    use crate::proto::rtmp::server::{ServerSession, SessionEvent};
+
+    /// Runs the client against our own server session in memory until neither has output.
+    fn exchange(client: &mut ClientSession, server: &mut ServerSession) -> Vec<SessionEvent> {
+        let mut events = Vec::new();
+        for _ in 0..20 {
+            let to_server = client.take_output();
+            server.push(&to_server);
+            while let Some(ev) = server.poll_event().unwrap() {
+                if let SessionEvent::Publish { .. } = ev {
+                    server.accept_publish();
+                }
+                events.push(ev);
+            }
+            let to_client = server.take_output();
+            client.push(&to_client);
+            while client.poll_event().unwrap().is_some() {}
+            if to_server.is_empty() && to_client.is_empty() {
+                break;
+            }
+        }
+        events
+    }
+
+    #[test]
+    fn publishes_metadata_and_media_to_our_server() {
+        let mut client = ClientSession::new("live", "rtmp://h/live", "key1", 1 << 20, 4096);
+        let mut server = ServerSession::new(1 << 20, 4096);
+        let events = exchange(&mut client, &mut server);
+        assert!(client.is_publishing());
+        assert!(events.contains(&SessionEvent::Publish {
+            app: "live".into(),
+            name: "key1".into()
+        }));
+        client.send_metadata(&Amf0Value::object([("width", Amf0Value::Number(640.0))]));
+        let video = vec![0x17u8; 10_000];
+        client.send_media(TYPE_VIDEO, 40, &video);
+        client.send_media(TYPE_AUDIO, 41, &[0xAF, 1, 2]);
+        client.unpublish();
+        let events = exchange(&mut client, &mut server);
+        assert!(matches!(&events[0], SessionEvent::Metadata(m) if m.get("width").is_some()));
+        assert_eq!(
+            events[1],
+            SessionEvent::Video {
+                timestamp: 40,
+                data: video.into()
+            }
+        );
+        assert!(matches!(
+            events[2],
+            SessionEvent::Audio { timestamp: 41, .. }
+        ));
+        assert_eq!(events[3], SessionEvent::Unpublish);
+    }
+
+    #[test]
+    fn a_refused_publish_is_an_error_naming_the_code() {
+        let mut client = ClientSession::new("live", "rtmp://h/live", "bad", 1 << 20, 4096);
+        let mut server = ServerSession::new(1 << 20, 4096);
+        for _ in 0..5 {
+            server.push(&client.take_output());
+            while let Some(ev) = server.poll_event().unwrap() {
+                if let SessionEvent::Publish { .. } = ev {
+                    server.reject("NetStream.Publish.BadName", "unknown stream key");
+                }
+            }
+            client.push(&server.take_output());
+            if let Err(e) = client.poll_event() {
+                let text = e.to_string();
+                assert!(text.contains("NetStream.Publish.BadName"), "{text}");
+                assert!(text.contains("unknown stream key"), "{text}");
+                return;
+            }
+        }
+        panic!("refusal not reported");
+    }
+
+    #[test]
+    fn garbage_from_the_server_is_an_error_not_a_panic() {
+        let mut client = ClientSession::new("live", "rtmp://h/live", "k", 1 << 16, 4096);
+        // A command message declaring more than the limit, then random bytes.
+        client.push(&[0x03, 0, 0, 0, 0xFF, 0xFF, 0xFF, 20, 0, 0, 0, 0]);
+        assert!(client.poll_event().is_err());
+        let mut client = ClientSession::new("live", "rtmp://h/live", "k", 1 << 16, 4096);
+        let mut seed = 7u32;
+        let bytes: Vec<u8> = (0..4096)
+            .map(|_| {
+                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                (seed >> 16) as u8
+            })
+            .collect();
+        client.push(&bytes);
+        for _ in 0..100 {
+            match client.poll_event() {
+                Ok(None) | Err(_) => break,
+                Ok(Some(_)) => {}
+            }
+        }
+    }
+
+    #[test]
+    fn answers_pings() {
+        let mut client = ClientSession::new("live", "rtmp://h/live", "k", 1 << 16, 4096);
+        let _ = client.take_output();
+        let mut w = ChunkWriter::new();
+        let mut out = BytesMut::new();
+        w.write_message(
+            &mut out,
+            2,
+            0,
+            message::TYPE_USER_CONTROL,
+            0,
+            &[0, 6, 0, 0, 1, 2],
+        );
+        client.push(&out);
+        assert!(client.poll_event().unwrap().is_none());
+        let mut reader = ChunkReader::new(1 << 16);
+        reader.push(&client.take_output());
+        let msg = reader.read_message().unwrap().unwrap();
+        assert_eq!(msg.type_id, message::TYPE_USER_CONTROL);
+        assert_eq!(&msg.payload[..], &[0, 7, 0, 0, 1, 2]);
+    }
+}
