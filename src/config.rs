@@ -303,6 +303,9 @@ pub struct RestreamConfig {
     pub ca_file: String,
     /// Chunk size announced to destinations.
     pub out_chunk_size: u32,
+    /// Kernel send buffer per destination (KiB). Bounds how much media waits in the kernel
+    /// before a slow destination is noticed; enough for 20 Mbit/s at 100 ms RTT.
+    pub send_buffer_kb: u32,
 }
 
 impl Default for RestreamConfig {
@@ -316,6 +319,7 @@ impl Default for RestreamConfig {
             write_timeout_ms: 10_000,
             ca_file: String::new(),
             out_chunk_size: 4096,
+            send_buffer_kb: 256,
         }
     }
 }
@@ -546,6 +550,9 @@ impl Config {
                 "max_per_stream, backoff and timeouts must be greater than 0 \
                  (backoff_max_ms >= backoff_initial_ms)",
             );
+        }
+        if !(16..=65_536).contains(&r.send_buffer_kb) {
+            return invalid("restream.send_buffer_kb", "must be between 16 and 65536");
         }
         if !(128..=65_536).contains(&r.out_chunk_size) {
             return invalid("restream.out_chunk_size", "must be between 128 and 65536");

@@ -53,18 +53,10 @@ fn bad_config_is_one_line_and_exit_code_2() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn first_start_prints_the_welcome_once_and_sigterm_exits_cleanly() {
     let dir = common::temp_dir("cli-run");
-    let (http, rtmp) = (free_port(), free_port());
+    let (http, rtmp) = (common::free_port(), common::free_port());
     let config = write_config(
         &dir,
         &format!(

@@ -16,23 +16,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 
-async fn api(
-    ts_http: &str,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> (u16, serde_json::Value) {
-    let mut req = reqwest::Client::new()
-        .request(method, format!("{ts_http}{path}"))
-        .bearer_auth(ADMIN_TOKEN);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(serde_json::Value::Null))
-}
-
 fn base(ts: &TestServer) -> String {
     format!("http://{}", ts.server.http_addr)
 }
@@ -126,22 +109,6 @@ fn decode_errors(input: &str) -> String {
             String::from_utf8_lossy(&out.stderr)
         )
     }
-}
-
-fn ffmpeg_publish(url: &str, secs: u32) -> std::process::Child {
-    Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
-        .args(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30"])
-        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
-        .args(["-t", &secs.to_string()])
-        .args([
-            "-c:v", "libx264", "-preset", "veryfast", "-g", "30", "-pix_fmt", "yuv420p",
-        ])
-        .args(["-c:a", "aac", "-b:a", "96k", "-f", "flv", url])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ffmpeg")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -463,29 +430,6 @@ async fn recording_starts_and_stops_through_the_api() {
 }
 
 /// Polls `url` until it answers 200; connection errors (server still starting) are retried.
-async fn wait_healthy(url: &str) {
-    let client = reqwest::Client::new();
-    for _ in 0..100 {
-        if client
-            .get(url)
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{url} never answered");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_recording_is_recovered_on_the_next_start() {
@@ -576,31 +520,6 @@ async fn kill_9_mid_recording_is_recovered_on_the_next_start() {
     }
     let _ = server.kill();
     let _ = server.wait();
-}
-
-/// A local webhook receiver; returns its URL and what it got.
-async fn hook_receiver() -> (
-    String,
-    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
-) {
-    let got: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Default::default();
-    let g = got.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |body: axum::body::Bytes| {
-            let g = g.clone();
-            async move {
-                if let Ok(v) = serde_json::from_slice(&body) {
-                    g.lock().unwrap().push(v);
-                }
-                axum::http::StatusCode::OK
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://{addr}/hook"), got)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need (Debian
-# packages: ffmpeg for interop, nasm for the camera encoder's fast path, curl, chromium;
+# packages: ffmpeg for interop, nasm for the camera encoder's fast path, curl, chromium,
+# nginx with libnginx-mod-rtmp/-stream as the restream target;
 # aiortc and schemathesis from PyPI into venvs under target/), checks formatting and
 # lints, runs every test, then schemathesis against the live server. Interop tests fail
 # (not skip) under CI=true when a program is missing. Usage: bash tests/run.sh
@@ -14,6 +15,10 @@ for pair in ffmpeg:ffmpeg ffprobe:ffmpeg nasm:nasm curl:curl python3:python3 chr
   program=${pair%%:*}; package=${pair##*:}
   command -v "$program" >/dev/null 2>&1 || need_apt+=("$package")
 done
+# nginx-rtmp (and nginx's stream module as a TLS terminator) for the restream interop tests.
+command -v nginx >/dev/null 2>&1 || need_apt+=(nginx)
+[ -f /usr/lib/nginx/modules/ngx_rtmp_module.so ] || need_apt+=(libnginx-mod-rtmp)
+[ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || need_apt+=(libnginx-mod-stream)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing Debian packages: ${need_apt[*]}"
   sudo=""
@@ -22,7 +27,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need_apt[@]}" | sort -u) >/dev/null
 fi
-for program in ffmpeg ffprobe chromium; do
+for program in ffmpeg ffprobe chromium nginx; do
   command -v "$program" >/dev/null 2>&1 || { echo "error: $program is still missing" >&2; exit 1; }
 done
 

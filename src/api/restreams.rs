@@ -161,7 +161,7 @@ fn check_destination(v: &mut Validate, url: &str, key: &str) {
     );
     if url.chars().count() <= MAX_URL {
         if let Err(problem) = restream::parse_target(url, key) {
-            let field = if problem.contains("stream name") {
+            let field = if problem.contains("key") || problem.contains("stream name") {
                 "key"
             } else {
                 "url"

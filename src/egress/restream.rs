@@ -192,22 +192,24 @@ pub fn backoff(attempt: u32, initial: Duration, max: Duration, jitter: f64) -> D
     half + half.mul_f64(jitter.clamp(0.0, 1.0))
 }
 
-/// Whether RTMP can carry these tracks: `Err` with the reason the destination fails.
-pub fn check_tracks(tracks: &Tracks) -> Result<(), String> {
-    let mut carried = 0;
+/// Whether RTMP can carry these tracks: `Ok(true)` to send, `Ok(false)` when nothing can be
+/// sent yet (a camera announces its JPEG track before the H.264 made from it), `Err` with the
+/// reason the destination fails.
+pub fn check_tracks(tracks: &Tracks) -> Result<bool, String> {
+    let mut carried = false;
     for t in &tracks.list {
         match &t.codec {
             CodecConfig::Opus(_) => return Err("unsupported audio codec opus".into()),
-            CodecConfig::H264(_) | CodecConfig::Aac(_) => carried += 1,
+            CodecConfig::H264(_) | CodecConfig::Aac(_) => carried = true,
             // A camera's JPEG track is not sent; its H.264 track is.
             CodecConfig::Jpeg { .. } => {}
         }
     }
-    if carried == 0 {
-        return Err("the stream has no track RTMP can carry (H.264 video or AAC audio)".into());
-    }
-    Ok(())
+    Ok(carried)
 }
+
+/// Why a source without an RTMP-capable track fails.
+const NOTHING_TO_SEND: &str = "the stream has no track RTMP can carry (H.264 video or AAC audio)";
 
 /// Lifecycle state of a destination, as the API shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -644,21 +646,26 @@ impl Pusher {
             return self.stopped();
         }
         let mut sub = live.subscribe_internal();
-        // Tracks first: there is no point connecting for a source RTMP cannot carry.
+        let cfg = self.restreamer.config.clone();
+        // Tracks first: there is no point connecting for a source RTMP cannot carry. A camera
+        // adds its H.264 track shortly after its JPEG track; wait for it a while.
+        let wait_for_tracks = tokio::time::sleep(Duration::from_millis(cfg.connect_timeout_ms));
+        tokio::pin!(wait_for_tracks);
         let tracks = loop {
             tokio::select! {
                 ev = sub.recv() => match ev {
-                    Some(Event::Tracks(t)) => break t,
+                    Some(Event::Tracks(t)) => match check_tracks(&t) {
+                        Ok(true) => break t,
+                        Ok(false) => {}
+                        Err(reason) => return Outcome::Unsupported(reason),
+                    },
                     Some(Event::Frame(_)) => {}
                     None => return Outcome::StreamEnded,
                 },
+                _ = &mut wait_for_tracks => return Outcome::Unsupported(NOTHING_TO_SEND.into()),
                 _ = self.stop.changed() => return self.stopped(),
             }
         };
-        if let Err(reason) = check_tracks(&tracks) {
-            return Outcome::Unsupported(reason);
-        }
-        let cfg = self.restreamer.config.clone();
         let connect = timeout(
             Duration::from_millis(cfg.connect_timeout_ms),
             connect(self.restreamer.clone(), self.target.clone()),
@@ -753,8 +760,10 @@ impl Pusher {
                 ev = sub.recv() => match ev {
                     None => return Outcome::StreamEnded,
                     Some(Event::Tracks(t)) => {
-                        if let Err(reason) = check_tracks(&t) {
-                            return Outcome::Unsupported(reason);
+                        match check_tracks(&t) {
+                            Ok(true) => {}
+                            Ok(false) => return Outcome::Unsupported(NOTHING_TO_SEND.into()),
+                            Err(reason) => return Outcome::Unsupported(reason),
                         }
                         has_video = t.list.iter().any(|t| t.kind() == TrackKind::Video);
                         current = t.clone();
@@ -821,7 +830,7 @@ async fn connect(
     target: Target,
 ) -> Result<(Box<dyn Io>, ClientSession), String> {
     let t = &target;
-    let tcp = TcpStream::connect((t.host.as_str(), t.port))
+    let tcp = connect_tcp(&t.host, t.port, restreamer.config.send_buffer_kb)
         .await
         .map_err(|e| format!("cannot connect to {}:{}: {e}", t.host, t.port))?;
     let _ = tcp.set_nodelay(true);
@@ -887,6 +896,26 @@ async fn connect(
         }
         session.push(&buf);
     }
+}
+
+/// TCP to the first address of `host` that answers, with a bounded kernel send buffer: a
+/// stalled destination then blocks our writes within seconds (and the hub drops frames for it
+/// to the next keyframe) instead of the kernel queueing half a minute of stale media.
+async fn connect_tcp(host: &str, port: u16, send_buffer_kb: u32) -> std::io::Result<TcpStream> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_send_buffer_size(send_buffer_kb.saturating_mul(1024))?;
+        match socket.connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no address for the host")))
 }
 
 fn broken(error: String) -> Outcome {
@@ -971,7 +1000,7 @@ mod tests {
         use crate::media::opus::OpusConfig;
         use crate::media::test_support::av_tracks;
         use crate::media::{Track, TrackId};
-        assert!(check_tracks(&av_tracks()).is_ok());
+        assert_eq!(check_tracks(&av_tracks()), Ok(true));
         let opus = Tracks {
             list: vec![Track {
                 id: TrackId(1),
@@ -993,6 +1022,6 @@ mod tests {
                 },
             }],
         };
-        assert!(check_tracks(&jpeg).is_err());
+        assert_eq!(check_tracks(&jpeg), Ok(false));
     }
 }
