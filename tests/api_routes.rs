@@ -697,12 +697,17 @@ async fn openapi_documents_every_route() {
         "GET /api/v1/recordings/{id}/download",
         "POST /api/v1/streams/{id}/recording/start",
         "POST /api/v1/streams/{id}/recording/stop",
+        "GET /api/v1/streams/{id}/restreams",
+        "POST /api/v1/streams/{id}/restreams",
+        "GET /api/v1/streams/{id}/restreams/{rid}",
+        "PATCH /api/v1/streams/{id}/restreams/{rid}",
+        "DELETE /api/v1/streams/{id}/restreams/{rid}",
     ];
     expected.sort();
     assert_eq!(documented, expected);
     for op in &documented {
         let (method, path) = op.split_once(' ').unwrap();
-        let uri = path.replace("{id}", "none");
+        let uri = path.replace("{id}", "none").replace("{rid}", "none");
         let r = api
             .admin(
                 method.parse().unwrap(),

@@ -1,0 +1,38 @@
+//! RTMP publishing client (the restream pusher's session): whatever a remote server sends,
+//! from the first byte or after a real server's answers brought the session to publishing
+//! (first input bit). Bytes arrive in pieces of varying size; media is sent in between.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use media_server::proto::rtmp::client::ClientSession;
+use media_server::proto::rtmp::server::{ServerSession, SessionEvent};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let mut client = ClientSession::new("live", "rtmp://h/live", "key", 1 << 20, 4096);
+    if mode & 1 == 1 {
+        let mut server = ServerSession::new(1 << 20, 4096);
+        for _ in 0..8 {
+            server.push(&client.take_output());
+            while let Ok(Some(ev)) = server.poll_event() {
+                if let SessionEvent::Publish { .. } = ev {
+                    server.accept_publish();
+                }
+            }
+            client.push(&server.take_output());
+            while let Ok(Some(_)) = client.poll_event() {}
+        }
+        assert!(client.is_publishing());
+    }
+    let piece = usize::from(mode >> 1).max(1) * 7;
+    for part in rest.chunks(piece) {
+        client.push(part);
+        while let Ok(Some(_)) = client.poll_event() {}
+        if client.is_publishing() {
+            client.send_media(9, 0, part);
+        }
+        let _ = client.take_output();
+    }
+});
