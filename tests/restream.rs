@@ -327,9 +327,28 @@ async fn rtmps_push_through_a_tls_terminator_trusts_the_configured_ca_only() {
     ts.server.shutdown().await;
 }
 
-/// An RTMP server that completes the handshake and accepts the publish, then never reads
-/// again (a destination whose network stalled). Counts connections.
-async fn stalled_destination() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+/// What a fake destination received, in order, per connection.
+#[derive(Debug, Clone, PartialEq)]
+enum Got {
+    Metadata,
+    VideoConfig,
+    AudioConfig,
+    Video { ts: u32, key: bool },
+    Audio { ts: u32 },
+}
+
+struct FakeDestination {
+    port: u16,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<Vec<Got>>>>,
+    /// Closes every open connection (the destination drops us).
+    drop_all: std::sync::Arc<tokio::sync::Notify>,
+}
+
+/// An RTMP server built from our own server session: completes the handshake, accepts the
+/// publish and records what arrives — or, with `stall`, never reads again after accepting
+/// (a destination whose network stalled; its receive buffer is tiny).
+async fn fake_destination(stall: bool) -> FakeDestination {
+    use media_server::proto::flv::{parse_audio, parse_video, AudioTag, VideoTag};
     use media_server::proto::rtmp::server::{ServerSession, SessionEvent};
     use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -338,56 +357,105 @@ async fn stalled_destination() -> (u16, std::sync::Arc<std::sync::atomic::Atomic
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let port = socket.local_addr().unwrap().port();
     let listener = socket.listen(16).unwrap();
-    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let c = count.clone();
+    let connections: std::sync::Arc<std::sync::Mutex<Vec<Vec<Got>>>> = Default::default();
+    let drop_all = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (conns, dropper) = (connections.clone(), drop_all.clone());
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
-            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let index = {
+                let mut c = conns.lock().unwrap();
+                c.push(Vec::new());
+                c.len() - 1
+            };
+            let (conns, dropper) = (conns.clone(), dropper.clone());
             tokio::spawn(async move {
-                let mut hs = Handshake::new(PeerType::Server);
-                let mut session = ServerSession::new(1 << 20, 4096);
-                let mut buf = vec![0u8; 8192];
-                loop {
-                    let n = s.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    match hs.process_bytes(&buf[..n]) {
-                        Ok(HandshakeProcessResult::InProgress { response_bytes }) => {
-                            let _ = s.write_all(&response_bytes).await;
-                        }
-                        Ok(HandshakeProcessResult::Completed {
-                            response_bytes,
-                            remaining_bytes,
-                        }) => {
-                            let _ = s.write_all(&response_bytes).await;
-                            session.push(&remaining_bytes);
-                            break;
-                        }
-                        Err(_) => return,
-                    }
-                }
-                loop {
-                    while let Ok(Some(ev)) = session.poll_event() {
-                        if let SessionEvent::Publish { .. } = ev {
-                            session.accept_publish();
-                            let _ = s.write_all(&session.take_output()).await;
-                            // Stall: hold the socket open, never read again.
-                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                let serve = async {
+                    let mut hs = Handshake::new(PeerType::Server);
+                    let mut session = ServerSession::new(1 << 20, 4096);
+                    let mut buf = vec![0u8; 8192];
+                    loop {
+                        let n = s.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
                             return;
                         }
+                        match hs.process_bytes(&buf[..n]) {
+                            Ok(HandshakeProcessResult::InProgress { response_bytes }) => {
+                                let _ = s.write_all(&response_bytes).await;
+                            }
+                            Ok(HandshakeProcessResult::Completed {
+                                response_bytes,
+                                remaining_bytes,
+                            }) => {
+                                let _ = s.write_all(&response_bytes).await;
+                                session.push(&remaining_bytes);
+                                break;
+                            }
+                            Err(_) => return,
+                        }
                     }
-                    let _ = s.write_all(&session.take_output()).await;
-                    let n = s.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
+                    loop {
+                        while let Ok(Some(ev)) = session.poll_event() {
+                            let got = match ev {
+                                SessionEvent::Publish { .. } => {
+                                    session.accept_publish();
+                                    let _ = s.write_all(&session.take_output()).await;
+                                    if stall {
+                                        // Hold the socket open, never read again.
+                                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                                        return;
+                                    }
+                                    None
+                                }
+                                SessionEvent::Metadata(_) => Some(Got::Metadata),
+                                SessionEvent::Video { timestamp, data } => {
+                                    match parse_video(data) {
+                                        Ok(VideoTag::SequenceHeader { .. }) => {
+                                            Some(Got::VideoConfig)
+                                        }
+                                        Ok(VideoTag::Frame { keyframe, .. }) => Some(Got::Video {
+                                            ts: timestamp,
+                                            key: keyframe,
+                                        }),
+                                        _ => None,
+                                    }
+                                }
+                                SessionEvent::Audio { timestamp, data } => {
+                                    match parse_audio(data) {
+                                        Ok(AudioTag::SequenceHeader { .. }) => {
+                                            Some(Got::AudioConfig)
+                                        }
+                                        Ok(AudioTag::Frame { .. }) => {
+                                            Some(Got::Audio { ts: timestamp })
+                                        }
+                                        _ => None,
+                                    }
+                                }
+                                _ => None,
+                            };
+                            if let Some(g) = got {
+                                conns.lock().unwrap()[index].push(g);
+                            }
+                        }
+                        let _ = s.write_all(&session.take_output()).await;
+                        let n = s.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        session.push(&buf[..n]);
                     }
-                    session.push(&buf[..n]);
+                };
+                tokio::select! {
+                    _ = serve => {}
+                    _ = dropper.notified() => {}
                 }
             });
         }
     });
-    (port, count)
+    FakeDestination {
+        port,
+        connections,
+        drop_all,
+    }
 }
 
 /// Index of the newest segment and the media seconds of segments after `after`.
@@ -412,7 +480,8 @@ async fn a_stalled_destination_does_not_slow_the_other_one_or_hls() {
     let ts = start_with("rs-stall", fast_retries).await;
     let http = base(&ts);
     let nginx = Nginx::start(&ts.dir.join("nginx"), None);
-    let (stall_port, stall_connections) = stalled_destination().await;
+    let stall = fake_destination(true).await;
+    let stall_port = stall.port;
     let (id, key) = ts.create_stream("stall").await;
     let healthy = add(
         &http,
@@ -456,7 +525,7 @@ async fn a_stalled_destination_does_not_slow_the_other_one_or_hls() {
             .is_some_and(|e| e.contains("took no data")),
         "{stuck}"
     );
-    assert!(stall_connections.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    assert!(!stall.connections.lock().unwrap().is_empty());
     let h = get_restream(&http, &id, &healthy).await;
     assert_eq!(h["state"], "active", "{h}");
     assert_eq!(h["reconnect_count"], 0, "{h}");
@@ -473,6 +542,90 @@ async fn a_stalled_destination_does_not_slow_the_other_one_or_hls() {
     );
     let _ = ffmpeg.kill();
     let _ = ffmpeg.wait();
+    ts.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_connection_starts_with_headers_and_a_keyframe_and_timestamps_continue() {
+    let ts = start_with("rs-resume", fast_retries).await;
+    let http = base(&ts);
+    let dest = fake_destination(false).await;
+    let (id, key) = ts.create_stream("resume").await;
+    let rid = add(
+        &http,
+        &id,
+        json!({"platform": "custom", "url": format!("rtmp://127.0.0.1:{}/app", dest.port), "key": "k"}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut publisher = RtmpPublisher::connect(ts.server.rtmp_addr, "live", &key)
+        .await
+        .unwrap();
+    // The fixture (4 s, a keyframe every second) twice on one timeline.
+    let tags = read_flv(FIXTURE);
+    let span = tags.last().unwrap().timestamp + 40;
+    let twice: Vec<FlvTag> = (0..2)
+        .flat_map(|i| {
+            tags.iter().map(move |t| FlvTag {
+                timestamp: t.timestamp + i * span,
+                ..t.clone()
+            })
+        })
+        .collect();
+    let sending = tokio::spawn(async move {
+        publisher.send_tags(&twice, true).await;
+        publisher
+    });
+    wait_state(&http, &id, &rid, "active", 10).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The destination drops us mid-stream; we reconnect.
+    dest.drop_all.notify_waiters();
+    let back = wait_state(&http, &id, &rid, "active", 10).await;
+    assert!(back["reconnect_count"].as_u64().unwrap() >= 1, "{back}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    sending.await.unwrap().finish().await;
+    wait_state(&http, &id, &rid, "idle", 10).await;
+    let conns = dest.connections.lock().unwrap().clone();
+    assert!(conns.len() >= 2, "{} connections", conns.len());
+    let mut last_ts = None;
+    for (n, c) in conns.iter().enumerate() {
+        // Metadata and both sequence headers before any frame; the first frame is a keyframe.
+        assert_eq!(
+            &c[..3],
+            &[Got::Metadata, Got::VideoConfig, Got::AudioConfig],
+            "connection {n}"
+        );
+        let first_media = c
+            .iter()
+            .find(|g| matches!(g, Got::Video { .. } | Got::Audio { .. }));
+        assert!(
+            matches!(first_media, Some(Got::Video { key: true, .. })),
+            "connection {n} starts with {first_media:?}"
+        );
+        let stamps: Vec<u32> = c
+            .iter()
+            .filter_map(|g| match g {
+                Got::Video { ts, .. } | Got::Audio { ts } => Some(*ts),
+                _ => None,
+            })
+            .collect();
+        assert!(stamps.len() > 20, "connection {n}: {} frames", stamps.len());
+        assert!(
+            stamps.windows(2).all(|w| w[0] <= w[1]),
+            "connection {n} goes back in time"
+        );
+        // One timeline across reconnects: the new connection continues after the old one.
+        if let Some(prev) = last_ts {
+            assert!(
+                stamps[0] > prev,
+                "connection {n} restarts at {} after {prev}",
+                stamps[0]
+            );
+        }
+        last_ts = stamps.last().copied();
+    }
     ts.server.shutdown().await;
 }
 
