@@ -11,44 +11,19 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/proc.rs"]
+mod proc_stats;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{free_port, read_flv, FlvTag, RtmpPublisher, FIXTURE};
+use common::{free_port, read_flv, server_handshake, FlvTag, RtmpPublisher, FIXTURE};
 use media_server::proto::rtmp::server::{ServerSession, SessionEvent};
-use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use proc_stats::{cpu_over, rss_mib};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "bench-admin-token-0123456789";
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
-async fn cpu_over(pid: u32, secs: u64) -> f64 {
-    let (c0, t0) = (cpu_seconds(pid), Instant::now());
-    tokio::time::sleep(Duration::from_secs(secs)).await;
-    (cpu_seconds(pid) - c0) / t0.elapsed().as_secs_f64() * 100.0
-}
 
 /// An RTMP sink: accepts publishes and discards the media; counts media bytes received.
 async fn sink(received: Arc<AtomicU64>) -> u16 {
@@ -58,29 +33,12 @@ async fn sink(received: Arc<AtomicU64>) -> u16 {
         while let Ok((mut s, _)) = listener.accept().await {
             let received = received.clone();
             tokio::spawn(async move {
-                let mut hs = Handshake::new(PeerType::Server);
+                let Some(rest) = server_handshake(&mut s).await else {
+                    return;
+                };
                 let mut session = ServerSession::new(8 << 20, 4096);
+                session.push(&rest);
                 let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    let n = s.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    match hs.process_bytes(&buf[..n]) {
-                        Ok(HandshakeProcessResult::InProgress { response_bytes }) => {
-                            let _ = s.write_all(&response_bytes).await;
-                        }
-                        Ok(HandshakeProcessResult::Completed {
-                            response_bytes,
-                            remaining_bytes,
-                        }) => {
-                            let _ = s.write_all(&response_bytes).await;
-                            session.push(&remaining_bytes);
-                            break;
-                        }
-                        Err(_) => return,
-                    }
-                }
                 loop {
                     loop {
                         match session.poll_event() {

@@ -28,7 +28,10 @@ use webrtc::media_stream::Track;
 
 #[path = "../tests/common/webrtc.rs"]
 mod peers;
+#[path = "support/proc.rs"]
+mod proc_stats;
 use peers::{h264_codec, local_track, new_peer, opus_codec, post_sdp, Ev, Peer};
+use proc_stats::{cpu_over, rss_mib};
 
 const TOKEN: &str = "bench-admin-token-0123456789";
 const MAGIC: [u8; 4] = *b"MSTS";
@@ -189,33 +192,6 @@ fn stamp(b: &[u8]) -> Option<u64> {
         return None;
     }
     std::str::from_utf8(&b[4..20]).ok()?.parse().ok()
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
-async fn cpu_over(pid: u32, secs: u64) -> f64 {
-    let (c0, t0) = (cpu_seconds(pid), Instant::now());
-    tokio::time::sleep(Duration::from_secs(secs)).await;
-    (cpu_seconds(pid) - c0) / t0.elapsed().as_secs_f64() * 100.0
 }
 
 fn free_port() -> u16 {

@@ -555,21 +555,10 @@ async fn whip_h264_and_opus_are_recorded_and_announced() {
     );
     let rec_id = rec["id"].as_str().unwrap().to_owned();
     // The recording.ready webhook arrives with the recording's id.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let hit = got.lock().unwrap().iter().any(|e| {
-            e["type"] == "recording.ready" && e["data"]["recording"]["id"] == rec_id.as_str()
-        });
-        if hit {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no recording.ready webhook: {:?}",
-            got.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_hook(&got, "recording.ready", |e| {
+        e["type"] == "recording.ready" && e["data"]["recording"]["id"] == rec_id.as_str()
+    })
+    .await;
     if require_program("ffprobe") {
         let file = ts.dir.join("data/recordings").join(format!("{rec_id}.mp4"));
         let out = Command::new("ffprobe")

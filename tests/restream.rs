@@ -46,6 +46,14 @@ async fn add(http: &str, stream: &str, body: Value) -> Value {
     v
 }
 
+/// Adds a destination; returns its id.
+async fn add_id(http: &str, stream: &str, body: Value) -> String {
+    add(http, stream, body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 async fn get_restream(http: &str, stream: &str, rid: &str) -> Value {
     let (status, v) = api(
         http,
@@ -350,7 +358,6 @@ struct FakeDestination {
 async fn fake_destination(stall: bool) -> FakeDestination {
     use media_server::proto::flv::{parse_audio, parse_video, AudioTag, VideoTag};
     use media_server::proto::rtmp::server::{ServerSession, SessionEvent};
-    use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
@@ -370,29 +377,12 @@ async fn fake_destination(stall: bool) -> FakeDestination {
             let (conns, dropper) = (conns.clone(), dropper.clone());
             tokio::spawn(async move {
                 let serve = async {
-                    let mut hs = Handshake::new(PeerType::Server);
+                    let Some(rest) = server_handshake(&mut s).await else {
+                        return;
+                    };
                     let mut session = ServerSession::new(1 << 20, 4096);
+                    session.push(&rest);
                     let mut buf = vec![0u8; 8192];
-                    loop {
-                        let n = s.read(&mut buf).await.unwrap_or(0);
-                        if n == 0 {
-                            return;
-                        }
-                        match hs.process_bytes(&buf[..n]) {
-                            Ok(HandshakeProcessResult::InProgress { response_bytes }) => {
-                                let _ = s.write_all(&response_bytes).await;
-                            }
-                            Ok(HandshakeProcessResult::Completed {
-                                response_bytes,
-                                remaining_bytes,
-                            }) => {
-                                let _ = s.write_all(&response_bytes).await;
-                                session.push(&remaining_bytes);
-                                break;
-                            }
-                            Err(_) => return,
-                        }
-                    }
                     loop {
                         while let Ok(Some(ev)) = session.poll_event() {
                             let got = match ev {
@@ -483,24 +473,18 @@ async fn a_stalled_destination_does_not_slow_the_other_one_or_hls() {
     let stall = fake_destination(true).await;
     let stall_port = stall.port;
     let (id, key) = ts.create_stream("stall").await;
-    let healthy = add(
+    let healthy = add_id(
         &http,
         &id,
         json!({"platform": "custom", "url": nginx.url(), "key": "healthy"}),
     )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let stalled = add(
+    .await;
+    let stalled = add_id(
         &http,
         &id,
         json!({"platform": "custom", "url": format!("rtmp://127.0.0.1:{stall_port}/live"), "key": "stalled"}),
     )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    .await;
     let mut ffmpeg = ffmpeg_publish(&ts.rtmp(&format!("/live/{key}")), 60);
     wait_state(&http, &id, &healthy, "active", 20).await;
     let playlist = ts.http(&format!("/hls/{id}/media.m3u8"));
@@ -551,15 +535,12 @@ async fn each_connection_starts_with_headers_and_a_keyframe_and_timestamps_conti
     let http = base(&ts);
     let dest = fake_destination(false).await;
     let (id, key) = ts.create_stream("resume").await;
-    let rid = add(
+    let rid = add_id(
         &http,
         &id,
         json!({"platform": "custom", "url": format!("rtmp://127.0.0.1:{}/app", dest.port), "key": "k"}),
     )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    .await;
     let mut publisher = RtmpPublisher::connect(ts.server.rtmp_addr, "live", &key)
         .await
         .unwrap();
@@ -650,15 +631,12 @@ async fn an_unreachable_destination_fails_after_the_configured_attempts_with_a_w
     assert_eq!(status, 201, "{v}");
     let (id, key) = ts.create_stream("unreach").await;
     let closed = free_port();
-    let rid = add(
+    let rid = add_id(
         &http,
         &id,
         json!({"platform": "custom", "url": format!("rtmp://127.0.0.1:{closed}/live"), "key": "k-unreachable"}),
     )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    .await;
     let mut publisher = RtmpPublisher::connect(ts.server.rtmp_addr, "live", &key)
         .await
         .unwrap();
@@ -674,23 +652,12 @@ async fn an_unreachable_destination_fails_after_the_configured_attempts_with_a_w
         "{failed}"
     );
     assert_eq!(failed["failed_attempts"], 3, "{failed}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let hit = got.lock().unwrap().iter().any(|e| {
-            e["type"] == "restream.failed"
-                && e["data"]["restream"]["id"] == rid.as_str()
-                && e["data"]["restream"]["last_error"] == err
-        });
-        if hit {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no restream.failed webhook: {:?}",
-            got.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_hook(&got, "restream.failed", |e| {
+        e["type"] == "restream.failed"
+            && e["data"]["restream"]["id"] == rid.as_str()
+            && e["data"]["restream"]["last_error"] == err
+    })
+    .await;
     assert!(!format!("{:?}", got.lock().unwrap()).contains("k-unreachable"));
     // Failed stays failed (no more attempts) while the stream stays live.
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -714,15 +681,12 @@ async fn a_whip_stream_with_opus_fails_clearly_instead_of_sending_video_only() {
         }
     });
     let (id, key) = ts.create_stream("opus").await;
-    let rid = add(
+    let rid = add_id(
         &http,
         &id,
         json!({"platform": "custom", "url": format!("rtmp://127.0.0.1:{port}/live"), "key": "k"}),
     )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    .await;
     let publishing = common::webrtc::whip_publish(&ts.http("/whip/live/opus"), &key, 1).await;
     let failed = wait_state(&http, &id, &rid, "failed", 15).await;
     assert_eq!(failed["last_error"], "unsupported audio codec opus");
@@ -741,15 +705,12 @@ async fn a_camera_stream_restreams_its_h264() {
     let http = base(&ts);
     let nginx = Nginx::start(&ts.dir.join("nginx"), None);
     let (id, key) = ts.create_stream("cam").await;
-    let rid = add(
+    let rid = add_id(
         &http,
         &id,
         json!({"platform": "custom", "url": nginx.url(), "key": "camera"}),
     )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    .await;
     let url = format!("ws://{}/ingest/ws?key={key}", ts.server.http_addr);
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     let camera = tokio::spawn(async move {

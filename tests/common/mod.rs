@@ -303,6 +303,48 @@ pub async fn client_handshake(socket: &mut TcpStream) -> Vec<u8> {
     }
 }
 
+/// The server side of the RTMP handshake (test destinations and sinks); the bytes that
+/// followed it, or `None` if the peer left or sent garbage.
+pub async fn server_handshake(socket: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut hs = Handshake::new(PeerType::Server);
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let n = socket.read(&mut buf).await.ok().filter(|n| *n > 0)?;
+        match hs.process_bytes(&buf[..n]).ok()? {
+            HandshakeProcessResult::InProgress { response_bytes } => {
+                socket.write_all(&response_bytes).await.ok()?;
+            }
+            HandshakeProcessResult::Completed {
+                response_bytes,
+                remaining_bytes,
+            } => {
+                socket.write_all(&response_bytes).await.ok()?;
+                return Some(remaining_bytes);
+            }
+        }
+    }
+}
+
+/// Polls the webhook receiver's log until an event matches `hit`.
+pub async fn wait_for_hook(
+    got: &std::sync::Mutex<Vec<serde_json::Value>>,
+    what: &str,
+    hit: impl Fn(&serde_json::Value) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if got.lock().unwrap().iter().any(&hit) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {what} webhook: {:?}",
+            got.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// An external program the test needs. Under `CI` a missing program fails the test; locally
 /// it is reported and the test returns early.
 pub fn require_program(name: &str) -> bool {

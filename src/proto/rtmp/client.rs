@@ -18,7 +18,7 @@ use bytes::BytesMut;
 use super::amf0::Amf0Value;
 use super::chunk::{ChunkReader, ChunkWriter};
 use super::message::{self, RtmpMessage};
-use super::server::{SessionError, MAX_COMMAND_BYTES};
+use super::server::{Housekeeping, SessionError};
 
 /// Transaction ids of the commands we send.
 const TXN_CONNECT: f64 = 1.0;
@@ -52,8 +52,7 @@ pub struct ClientSession {
     stream_name: String,
     phase: Phase,
     stream_id: u32,
-    peer_window: u32,
-    last_ack: u64,
+    housekeeping: Housekeeping,
 }
 
 impl ClientSession {
@@ -74,8 +73,7 @@ impl ClientSession {
             stream_name: stream_name.to_owned(),
             phase: Phase::Connecting,
             stream_id: 0,
-            peer_window: 0,
-            last_ack: 0,
+            housekeeping: Housekeeping::default(),
         };
         message::write_set_chunk_size(&mut session.writer, &mut session.out, out_chunk_size);
         let object = Amf0Value::object([
@@ -126,35 +124,13 @@ impl ClientSession {
     /// ([`SessionError::Protocol`] with the server's status code and description).
     pub fn poll_event(&mut self) -> Result<Option<ClientEvent>, SessionError> {
         loop {
-            let Some(raw) = self.reader.read_message()? else {
+            let Some((_, msg)) =
+                self.housekeeping
+                    .next(&mut self.reader, &mut self.writer, &mut self.out)?
+            else {
                 return Ok(None);
             };
-            self.acknowledge();
-            if matches!(raw.type_id, 15 | 17 | 18 | 20) && raw.payload.len() > MAX_COMMAND_BYTES {
-                return Err(SessionError::Protocol(format!(
-                    "command/data message of {} bytes (limit {MAX_COMMAND_BYTES})",
-                    raw.payload.len()
-                )));
-            }
-            let event = match RtmpMessage::parse(&raw)? {
-                RtmpMessage::WindowAckSize(size) => {
-                    self.peer_window = size;
-                    None
-                }
-                RtmpMessage::UserControl { event: 6, data } => {
-                    // PingRequest: answer with PingResponse carrying the same timestamp.
-                    let mut payload = vec![0, 7];
-                    payload.extend_from_slice(&data);
-                    self.writer.write_message(
-                        &mut self.out,
-                        2,
-                        0,
-                        message::TYPE_USER_CONTROL,
-                        0,
-                        &payload,
-                    );
-                    None
-                }
+            let event = match msg {
                 RtmpMessage::Command {
                     name,
                     transaction_id,
@@ -166,15 +142,6 @@ impl ClientSession {
             if event.is_some() {
                 return Ok(event);
             }
-        }
-    }
-
-    /// Sends an `Acknowledgement` whenever the peer's window has been received.
-    fn acknowledge(&mut self) {
-        let received = self.reader.bytes_received();
-        if self.peer_window > 0 && received - self.last_ack >= u64::from(self.peer_window) {
-            self.last_ack = received;
-            message::write_acknowledgement(&mut self.writer, &mut self.out, received as u32);
         }
     }
 

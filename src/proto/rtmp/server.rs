@@ -85,8 +85,7 @@ pub struct ServerSession {
     out: BytesMut,
     out_chunk_size: u32,
     app: Option<String>,
-    peer_window: u32,
-    last_ack: u64,
+    housekeeping: Housekeeping,
 }
 
 impl ServerSession {
@@ -99,8 +98,7 @@ impl ServerSession {
             out: BytesMut::with_capacity(4096),
             out_chunk_size,
             app: None,
-            peer_window: 0,
-            last_ack: 0,
+            housekeeping: Housekeeping::default(),
         }
     }
 
@@ -127,44 +125,16 @@ impl ServerSession {
     /// The next event, `Ok(None)` when more bytes are needed.
     pub fn poll_event(&mut self) -> Result<Option<SessionEvent>, SessionError> {
         loop {
-            let Some(raw) = self.reader.read_message()? else {
+            let Some((timestamp, msg)) =
+                self.housekeeping
+                    .next(&mut self.reader, &mut self.writer, &mut self.out)?
+            else {
                 return Ok(None);
             };
-            self.acknowledge();
-            if matches!(raw.type_id, 15 | 17 | 18 | 20) && raw.payload.len() > MAX_COMMAND_BYTES {
-                return Err(SessionError::Protocol(format!(
-                    "command/data message of {} bytes (limit {MAX_COMMAND_BYTES})",
-                    raw.payload.len()
-                )));
-            }
-            let event = match RtmpMessage::parse(&raw)? {
-                RtmpMessage::Audio(data) => Some(SessionEvent::Audio {
-                    timestamp: raw.timestamp,
-                    data,
-                }),
-                RtmpMessage::Video(data) => Some(SessionEvent::Video {
-                    timestamp: raw.timestamp,
-                    data,
-                }),
+            let event = match msg {
+                RtmpMessage::Audio(data) => Some(SessionEvent::Audio { timestamp, data }),
+                RtmpMessage::Video(data) => Some(SessionEvent::Video { timestamp, data }),
                 RtmpMessage::Data(values) => metadata(values),
-                RtmpMessage::WindowAckSize(size) => {
-                    self.peer_window = size;
-                    None
-                }
-                RtmpMessage::UserControl { event: 6, data } => {
-                    // PingRequest: answer with PingResponse carrying the same timestamp.
-                    let mut payload = vec![0, 7];
-                    payload.extend_from_slice(&data);
-                    self.writer.write_message(
-                        &mut self.out,
-                        2,
-                        0,
-                        message::TYPE_USER_CONTROL,
-                        0,
-                        &payload,
-                    );
-                    None
-                }
                 RtmpMessage::Command {
                     name,
                     transaction_id,
@@ -176,15 +146,6 @@ impl ServerSession {
             if event.is_some() {
                 return Ok(event);
             }
-        }
-    }
-
-    /// Sends an `Acknowledgement` whenever the peer's window has been received.
-    fn acknowledge(&mut self) {
-        let received = self.reader.bytes_received();
-        if self.peer_window > 0 && received - self.last_ack >= u64::from(self.peer_window) {
-            self.last_ack = received;
-            message::write_acknowledgement(&mut self.writer, &mut self.out, received as u32);
         }
     }
 
@@ -365,6 +326,52 @@ impl ServerSession {
             timestamp,
             tag,
         );
+    }
+}
+
+/// What both ends of a connection do besides their own commands: acknowledge the peer's
+/// window of received bytes, answer pings, and refuse oversized command/data messages.
+#[derive(Debug, Default)]
+pub(super) struct Housekeeping {
+    peer_window: u32,
+    last_ack: u64,
+}
+
+impl Housekeeping {
+    /// The next message (with its timestamp) that is not housekeeping; `Ok(None)` when more
+    /// bytes are needed.
+    pub(super) fn next(
+        &mut self,
+        reader: &mut ChunkReader,
+        writer: &mut ChunkWriter,
+        out: &mut BytesMut,
+    ) -> Result<Option<(u32, RtmpMessage)>, SessionError> {
+        loop {
+            let Some(raw) = reader.read_message()? else {
+                return Ok(None);
+            };
+            let received = reader.bytes_received();
+            if self.peer_window > 0 && received - self.last_ack >= u64::from(self.peer_window) {
+                self.last_ack = received;
+                message::write_acknowledgement(writer, out, received as u32);
+            }
+            if matches!(raw.type_id, 15 | 17 | 18 | 20) && raw.payload.len() > MAX_COMMAND_BYTES {
+                return Err(SessionError::Protocol(format!(
+                    "command/data message of {} bytes (limit {MAX_COMMAND_BYTES})",
+                    raw.payload.len()
+                )));
+            }
+            match RtmpMessage::parse(&raw)? {
+                RtmpMessage::WindowAckSize(size) => self.peer_window = size,
+                RtmpMessage::UserControl { event: 6, data } => {
+                    // PingRequest: answer with PingResponse carrying the same timestamp.
+                    let mut payload = vec![0, 7];
+                    payload.extend_from_slice(&data);
+                    writer.write_message(out, 2, 0, message::TYPE_USER_CONTROL, 0, &payload);
+                }
+                msg => return Ok(Some((raw.timestamp, msg))),
+            }
+        }
     }
 }
 
