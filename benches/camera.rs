@@ -66,7 +66,7 @@ fn mjpeg_fanout(c: &mut Criterion) {
         },
     }]));
     let live = hub.get("cam").unwrap();
-    let mut viewers: Vec<_> = (0..100).map(|_| live.subscribe_short(4)).collect();
+    let mut viewers: Vec<_> = (0..100).map(|_| live.subscribe_short(4, "mjpeg")).collect();
     let mut g = c.benchmark_group("mjpeg_fanout");
     g.throughput(Throughput::Elements(1));
     let mut dts = 0i64;

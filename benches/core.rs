@@ -182,7 +182,9 @@ fn hub_fanout(c: &mut Criterion) {
                 let hub = Hub::new(64);
                 let p = hub.publish("s", "rtmp").unwrap();
                 p.set_tracks(tracks());
-                let mut subs: Vec<_> = (0..n).map(|_| hub.subscribe("s").unwrap()).collect();
+                let mut subs: Vec<_> = (0..n)
+                    .map(|_| hub.subscribe("s", "rtmp").unwrap())
+                    .collect();
                 let mut i = 0i64;
                 b.iter(|| {
                     p.push(frame(i));
@@ -209,7 +211,9 @@ fn report_allocations() {
         let hub = Hub::new(64);
         let p = hub.publish("alloc", "rtmp").unwrap();
         p.set_tracks(tracks());
-        let mut subs: Vec<_> = (0..n).map(|_| hub.subscribe("alloc").unwrap()).collect();
+        let mut subs: Vec<_> = (0..n)
+            .map(|_| hub.subscribe("alloc", "rtmp").unwrap())
+            .collect();
         let payload = Bytes::from(vec![0u8; 16 * 1024]);
         let push = |i: i64| {
             p.push(Frame {
@@ -257,5 +261,56 @@ fn report_allocations() {
     }
 }
 
-criterion_group!(benches, chunk_reader, flv_to_frame, fmp4_part, hub_fanout);
+/// The per-frame cost of the health bookkeeping (done under the stream's own lock on every
+/// pushed frame) and of one evaluation (a few per minute per stream).
+fn stats_bookkeeping(c: &mut Criterion) {
+    use media_server::hub::health::{External, FrameInfo, HealthTracker};
+    use std::time::{Duration, Instant};
+    let info = |i: u64| FrameInfo {
+        video: i % 3 != 2,
+        clock: i % 3 != 2,
+        dts_ms: (i * 22) as i64,
+        keyframe: i % 90 == 0,
+        bytes: 16 * 1024,
+    };
+    let start = Instant::now();
+    let at = |i: u64| start + Duration::from_micros(i * 22_000);
+    let mut g = c.benchmark_group("stats_bookkeeping");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("health_record_per_frame", |b| {
+        let mut h = HealthTracker::default();
+        let mut i = 0u64;
+        b.iter(|| {
+            h.record(at(i), black_box(info(i)));
+            i += 1;
+        })
+    });
+    g.bench_function("health_evaluate_30s_window", |b| {
+        let mut h = HealthTracker::default();
+        for i in 0..2000 {
+            h.record(at(i), info(i));
+        }
+        b.iter(|| black_box(h.evaluate(at(2000), External::default())))
+    });
+    g.finish();
+    let mut h = HealthTracker::default();
+    for i in 0..2000 {
+        h.record(at(i), info(i));
+    }
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for i in 2000..12_000 {
+        h.record(at(i), info(i));
+    }
+    let allocs = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    println!("stats_bookkeeping allocations: {allocs} over 10000 recorded frames");
+}
+
+criterion_group!(
+    benches,
+    chunk_reader,
+    flv_to_frame,
+    fmp4_part,
+    hub_fanout,
+    stats_bookkeeping
+);
 criterion_main!(benches);

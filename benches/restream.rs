@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{free_port, read_flv, server_handshake, FlvTag, RtmpPublisher, FIXTURE};
+use common::{free_port, looped, read_flv, server_handshake, RtmpPublisher, FIXTURE};
 use media_server::proto::rtmp::server::{ServerSession, SessionEvent};
 use proc_stats::{cpu_over, rss_mib};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -66,19 +66,6 @@ async fn sink(received: Arc<AtomicU64>) -> u16 {
         }
     });
     port
-}
-
-/// The fixture repeated `loops` times on one continuous timeline.
-fn looped(tags: &[FlvTag], loops: u32) -> Vec<FlvTag> {
-    let span = tags.last().map_or(0, |t| t.timestamp) + 40;
-    (0..loops)
-        .flat_map(|i| {
-            tags.iter().map(move |t| FlvTag {
-                timestamp: t.timestamp + i * span,
-                ..t.clone()
-            })
-        })
-        .collect()
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

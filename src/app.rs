@@ -121,23 +121,31 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         hub.clone(),
         gate.clone(),
     );
-    let mut tasks = Vec::new();
-    tasks.push(wire_hub(
-        &hub,
-        &store,
-        &hls,
-        &recorders,
-        &restreamer,
-        &events,
-        shutdown_rx.clone(),
-    ));
-    tasks.push(recorders.spawn_retention(shutdown_rx.clone()));
-    tasks.push(crate::webhooks::spawn(
-        store.clone(),
-        events_rx,
-        config.webhooks.clone(),
-        shutdown_rx.clone(),
-    ));
+    let mut tasks = vec![
+        wire_hub(
+            &hub,
+            &store,
+            &hls,
+            &recorders,
+            &restreamer,
+            &events,
+            shutdown_rx.clone(),
+        ),
+        recorders.spawn_retention(shutdown_rx.clone()),
+        spawn_stats_monitor(
+            hub.clone(),
+            hls.clone(),
+            events.clone(),
+            config.stats.health_interval_ms,
+            shutdown_rx.clone(),
+        ),
+        crate::webhooks::spawn(
+            store.clone(),
+            events_rx,
+            config.webhooks.clone(),
+            shutdown_rx.clone(),
+        ),
+    ];
 
     let http = bind(config.http.listen).await?;
     let rtmp_listener = bind(config.rtmp.listen).await?;
@@ -161,7 +169,8 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         signer,
     )
     .with_recorders(recorders.clone())
-    .with_restreamer(restreamer.clone());
+    .with_restreamer(restreamer.clone())
+    .with_hls(hls.clone());
     let webrtc_routes = if config.webrtc.enabled {
         crate::net::webrtc_http::router(crate::net::webrtc_http::WebRtcContext {
             webrtc: webrtc.clone(),
@@ -329,6 +338,54 @@ fn wire_hub(
                 return;
             };
             store_state(&store, &id, state, protocol).await;
+        }
+    })
+}
+
+/// Once a second: samples traffic (1 s / 10 s rates), expires HLS sessions, evaluates every
+/// live stream's health; every `health_interval_ms` the score goes into the stream's history
+/// and through its alarm, whose transitions become `health.degraded` / `health.recovered`.
+fn spawn_stats_monitor(
+    hub: Hub,
+    hls: Arc<HlsRegistry>,
+    events: EventBus,
+    health_interval_ms: u64,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let every = (health_interval_ms / 1000).max(1);
+        let mut n: u64 = 0;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = crate::shutdown::requested(&mut shutdown) => return,
+            }
+            n += 1;
+            let now = std::time::Instant::now();
+            hub.sample_traffic(now);
+            hls.sessions.expire(now);
+            for live in hub.live_streams() {
+                let (health, transition) =
+                    live.tick(now, std::time::SystemTime::now(), n % every == 0);
+                let (Some(t), Some(h)) = (transition, health) else {
+                    continue;
+                };
+                let kind = match t {
+                    crate::hub::health::Transition::Degraded => "health.degraded",
+                    crate::hub::health::Transition::Recovered => "health.recovered",
+                };
+                tracing::warn!(stream = %live.id, score = h.score, grade = h.grade,
+                    worst = h.components.first().map_or("", |c| c.name), "{kind}");
+                events.publish(
+                    kind,
+                    serde_json::json!({
+                        "stream": { "id": live.id, "protocol": live.protocol },
+                        "health": { "score": h.score, "grade": h.grade, "components": h.components },
+                    }),
+                );
+            }
         }
     })
 }

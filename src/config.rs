@@ -72,6 +72,8 @@ pub struct Config {
     pub recording: RecordingConfig,
     /// Pushing live streams to other RTMP(S) servers.
     pub restream: RestreamConfig,
+    /// Health scores, history and `/metrics`.
+    pub stats: StatsConfig,
 }
 
 /// `[server]`
@@ -129,6 +131,8 @@ pub struct HlsConfig {
     /// After the publisher leaves, how long a reconnect with the same key continues the same
     /// playlist (with `EXT-X-DISCONTINUITY`) before it is ended with `EXT-X-ENDLIST`.
     pub grace_period_ms: u64,
+    /// An HLS viewer (session) unseen for this long stops counting, in milliseconds.
+    pub session_timeout_ms: u64,
 }
 
 /// `[auth]`
@@ -282,6 +286,26 @@ impl Default for RecordingConfig {
     }
 }
 
+/// `[stats]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatsConfig {
+    /// How often a stream's health score is kept for its history and checked for the
+    /// `health.degraded` / `health.recovered` webhooks, in milliseconds.
+    pub health_interval_ms: u64,
+    /// Serve `/metrics` without a token (otherwise a token with `stats:read` is needed).
+    pub metrics_public: bool,
+}
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        Self {
+            health_interval_ms: 5000,
+            metrics_public: false,
+        }
+    }
+}
+
 /// `[restream]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -386,6 +410,7 @@ impl Default for HlsConfig {
             segment_target_ms: 2000,
             window_segments: 6,
             grace_period_ms: 10_000,
+            session_timeout_ms: 30_000,
         }
     }
 }
@@ -538,6 +563,12 @@ impl Config {
         if self.recording.max_duration_secs == 0 {
             return invalid("recording.max_duration_secs", "must be at least 1");
         }
+        if !(1000..=60_000).contains(&self.stats.health_interval_ms) {
+            return invalid("stats.health_interval_ms", "must be between 1000 and 60000");
+        }
+        if self.hls.session_timeout_ms < 1000 {
+            return invalid("hls.session_timeout_ms", "must be at least 1000");
+        }
         let r = &self.restream;
         if r.max_per_stream == 0
             || r.backoff_initial_ms == 0
@@ -599,6 +630,7 @@ fn apply_env(
             "webrtc",
             "recording",
             "restream",
+            "stats",
         ]
         .iter()
         .find_map(|s| {

@@ -17,6 +17,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "recording.failed",
     "restream.failed",
     "health.degraded",
+    "health.recovered",
 ];
 
 /// Capacity of the bus.

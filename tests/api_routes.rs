@@ -697,6 +697,8 @@ async fn openapi_documents_every_route() {
         "GET /api/v1/recordings/{id}/download",
         "POST /api/v1/streams/{id}/recording/start",
         "POST /api/v1/streams/{id}/recording/stop",
+        "GET /api/v1/streams/{id}/health",
+        "GET /api/v1/streams/{id}/viewers",
         "GET /api/v1/streams/{id}/restreams",
         "POST /api/v1/streams/{id}/restreams",
         "GET /api/v1/streams/{id}/restreams/{rid}",

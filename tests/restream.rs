@@ -545,16 +545,7 @@ async fn each_connection_starts_with_headers_and_a_keyframe_and_timestamps_conti
         .await
         .unwrap();
     // The fixture (4 s, a keyframe every second) twice on one timeline.
-    let tags = read_flv(FIXTURE);
-    let span = tags.last().unwrap().timestamp + 40;
-    let twice: Vec<FlvTag> = (0..2)
-        .flat_map(|i| {
-            tags.iter().map(move |t| FlvTag {
-                timestamp: t.timestamp + i * span,
-                ..t.clone()
-            })
-        })
-        .collect();
+    let twice = looped(&read_flv(FIXTURE), 2);
     let sending = tokio::spawn(async move {
         publisher.send_tags(&twice, true).await;
         publisher

@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let mut ingest = RtmpIngest::new(publisher);
-    let Some(mut sub) = hub.subscribe("s") else {
+    let Some(mut sub) = hub.subscribe("s", "rtmp") else {
         return;
     };
     let input = Bytes::copy_from_slice(data);

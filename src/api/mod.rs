@@ -9,6 +9,8 @@
 
 pub mod auth;
 mod json;
+mod live_stats;
+mod metrics;
 pub mod openapi;
 pub mod rate_limit;
 mod recordings;
@@ -65,6 +67,8 @@ pub struct ApiState {
     pub recorders: Option<Arc<crate::egress::record::Recorders>>,
     /// Restream pushers (absent in API-only tests: destinations are stored, nothing pushes).
     pub restreamer: Option<Arc<crate::egress::restream::Restreamer>>,
+    /// HLS output and its viewer sessions (absent in API-only tests).
+    pub hls: Option<Arc<crate::egress::hls::HlsRegistry>>,
 }
 
 impl ApiState {
@@ -86,12 +90,19 @@ impl ApiState {
             started: Instant::now(),
             recorders: None,
             restreamer: None,
+            hls: None,
         }
     }
 
     /// With recorders (recording API and `is_recording`).
     pub fn with_recorders(mut self, recorders: Arc<crate::egress::record::Recorders>) -> Self {
         self.recorders = Some(recorders);
+        self
+    }
+
+    /// With the HLS registry (viewer sessions).
+    pub fn with_hls(mut self, hls: Arc<crate::egress::hls::HlsRegistry>) -> Self {
+        self.hls = Some(hls);
         self
     }
 
@@ -201,6 +212,8 @@ pub fn routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(recordings::download))
         .routes(routes!(recordings::start))
         .routes(routes!(recordings::stop))
+        .routes(routes!(live_stats::health))
+        .routes(routes!(live_stats::viewers))
         .routes(routes!(restreams::create, restreams::list))
         .routes(routes!(
             restreams::get_one,
@@ -216,6 +229,7 @@ pub fn router(state: ApiState) -> Router {
     let doc = Arc::new(doc);
     let request_id = HeaderName::from_static("x-request-id");
     let api = api
+        .route("/metrics", get(metrics::get))
         .route(
             "/api/v1/openapi.json",
             get(move || {

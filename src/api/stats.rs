@@ -24,8 +24,12 @@ pub struct ServerStats {
     live_streams: u64,
     /// Live publishers per ingest protocol.
     publishers_by_protocol: BTreeMap<String, u64>,
-    /// Viewers across all streams now (RTMP players; HLS sessions arrive with the stats issue).
+    /// Viewers across all streams now.
     total_viewers: u64,
+    /// Viewers across all streams by protocol (`hls` sessions, `rtmp`, `whep`, `mjpeg`).
+    viewers_by_protocol: BTreeMap<String, u64>,
+    /// Server-wide in/out bitrates over the last 1 and 10 seconds.
+    bandwidth: crate::hub::Rates,
     /// Media bytes received since start.
     bytes_in: u64,
     /// Bytes sent to viewers since start.
@@ -48,11 +52,19 @@ pub async fn get(
     let live = state.hub.live_streams();
     let mut publishers_by_protocol = BTreeMap::new();
     let mut total_viewers = 0;
+    let mut viewers_by_protocol: BTreeMap<String, u64> = crate::hub::VIEWER_PROTOCOLS
+        .iter()
+        .map(|p| ((*p).to_owned(), 0))
+        .collect();
     for s in &live {
         *publishers_by_protocol
             .entry(s.protocol.to_owned())
             .or_insert(0) += 1;
-        total_viewers += s.snapshot().viewers as u64;
+        let snap = s.snapshot();
+        total_viewers += snap.viewers as u64;
+        for (p, n) in &snap.viewers_by_protocol {
+            *viewers_by_protocol.entry((*p).to_owned()).or_default() += *n as u64;
+        }
     }
     let (bytes_in, bytes_out) = state.hub.traffic_totals();
     let streams_total = state
@@ -67,6 +79,8 @@ pub async fn get(
         live_streams: live.len() as u64,
         publishers_by_protocol,
         total_viewers,
+        viewers_by_protocol,
+        bandwidth: state.hub.rates(),
         bytes_in,
         bytes_out,
     }))

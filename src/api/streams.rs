@@ -66,8 +66,10 @@ pub struct StreamView {
     hls_url: String,
     /// RTMP play URL (by stream id, never the key).
     rtmp_play_url: String,
-    /// Viewers now.
+    /// Viewers now, all protocols.
     viewer_count: u64,
+    /// Viewers now per protocol (`hls` sessions, `rtmp`, `whep`, `mjpeg` connections).
+    viewer_count_by_protocol: std::collections::BTreeMap<String, u64>,
     /// Most viewers at once during the current or last session.
     peak_viewer_count: u64,
     /// Runtime state.
@@ -89,6 +91,14 @@ struct LiveView {
     ingest_bitrate_bps: u64,
     /// Media bytes received in this session.
     bytes_in: u64,
+    /// Bytes sent to viewers and outputs in this session.
+    bytes_out: u64,
+    /// In/out bitrates over the last 1 and 10 seconds.
+    bandwidth: crate::hub::Rates,
+    /// Health score 0-100 (`null` in the first seconds); details at `/health`.
+    health_score: Option<u8>,
+    /// `excellent`, `good`, `fair`, `poor` or `bad`.
+    health_grade: Option<String>,
     /// Subscribers (segmenters and players).
     subscribers: u64,
     /// Frames dropped for slow subscribers.
@@ -136,6 +146,11 @@ struct TrackView {
     sample_rate: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     channels: Option<u8>,
+    /// Bitrate over the last seconds, bits per second.
+    bitrate_bps: u64,
+    /// Seconds between keyframes (video), measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keyframe_interval_seconds: Option<f64>,
 }
 
 /// A created stream: the view plus the key, shown this once.
@@ -277,6 +292,23 @@ fn track_views(s: &StreamSnapshot) -> Vec<TrackView> {
     let Some(tracks) = &s.tracks else {
         return vec![];
     };
+    let primary = tracks.primary_video();
+    let mut views = base_track_views(s, tracks);
+    for (view, t) in views.iter_mut().zip(&tracks.list) {
+        view.bitrate_bps = s
+            .track_bitrates
+            .iter()
+            .find(|(id, _)| *id == t.id)
+            .map_or(0, |(_, b)| *b);
+        if primary == Some(t.id) {
+            view.keyframe_interval_seconds =
+                s.keyframe_interval_s.map(|k| (k * 100.0).round() / 100.0);
+        }
+    }
+    views
+}
+
+fn base_track_views(s: &StreamSnapshot, tracks: &crate::media::Tracks) -> Vec<TrackView> {
     let measured = |id| {
         s.measured_fps
             .iter()
@@ -296,6 +328,8 @@ fn track_views(s: &StreamSnapshot) -> Vec<TrackView> {
                 fps: c.info.fps.or(measured(t.id)),
                 sample_rate: None,
                 channels: None,
+                bitrate_bps: 0,
+                keyframe_interval_seconds: None,
             },
             CodecConfig::Jpeg { width, height } => TrackView {
                 kind: "video".into(),
@@ -306,6 +340,8 @@ fn track_views(s: &StreamSnapshot) -> Vec<TrackView> {
                 fps: measured(t.id),
                 sample_rate: None,
                 channels: None,
+                bitrate_bps: 0,
+                keyframe_interval_seconds: None,
             },
             CodecConfig::Aac(c) => TrackView {
                 kind: "audio".into(),
@@ -316,6 +352,8 @@ fn track_views(s: &StreamSnapshot) -> Vec<TrackView> {
                 fps: None,
                 sample_rate: Some(c.sample_rate),
                 channels: Some(c.channels),
+                bitrate_bps: 0,
+                keyframe_interval_seconds: None,
             },
             CodecConfig::Opus(c) => TrackView {
                 kind: "audio".into(),
@@ -326,6 +364,8 @@ fn track_views(s: &StreamSnapshot) -> Vec<TrackView> {
                 fps: None,
                 sample_rate: Some(48_000),
                 channels: Some(c.channels),
+                bitrate_bps: 0,
+                keyframe_interval_seconds: None,
             },
         })
         .collect()
@@ -340,6 +380,10 @@ fn live_view(snap: Option<&StreamSnapshot>, status: &str, is_recording: bool) ->
             duration_seconds: None,
             ingest_bitrate_bps: 0,
             bytes_in: 0,
+            bytes_out: 0,
+            bandwidth: crate::hub::Rates::default(),
+            health_score: None,
+            health_grade: None,
             subscribers: 0,
             dropped_frames: 0,
             is_recording: false,
@@ -358,6 +402,10 @@ fn live_view(snap: Option<&StreamSnapshot>, status: &str, is_recording: bool) ->
             .map(|d| (d.as_secs_f64() * 10.0).round() / 10.0),
         ingest_bitrate_bps: s.bitrate_bps,
         bytes_in: s.bytes_in,
+        bytes_out: s.bytes_out,
+        bandwidth: s.rates,
+        health_score: s.health.as_ref().map(|h| h.score),
+        health_grade: s.health.as_ref().map(|h| h.grade.to_owned()),
         subscribers: s.subscribers as u64,
         dropped_frames: s.dropped_frames,
         is_recording,
@@ -393,6 +441,7 @@ fn view(state: &ApiState, row: StreamRow) -> StreamView {
         ws_url: format!("{ws_base}/ingest/ws"),
         state: live.state.clone(),
         viewer_count: snap.as_ref().map_or(0, |s| s.viewers as u64),
+        viewer_count_by_protocol: super::live_stats::by_protocol(snap.as_ref()),
         peak_viewer_count: snap.as_ref().map_or(0, |s| s.peak_viewers as u64),
         live,
         id: row.id,

@@ -77,22 +77,24 @@ async fn stream(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, HttpError> {
     let (live, track) = live_camera(&ctx, &stream_id, &query).await?;
-    let sub = live.subscribe_short(VIEWER_QUEUE);
-    let hub = ctx.hub.clone();
-    let parts =
-        futures_util::stream::unfold((sub, track, hub), |(mut sub, track, hub)| async move {
+    let sub = live.subscribe_short(VIEWER_QUEUE, "mjpeg");
+    let counted = live.clone();
+    let parts = futures_util::stream::unfold(
+        (sub, track, counted),
+        |(mut sub, track, counted)| async move {
             let frame = next_latest(&mut sub, track).await?;
-            hub.add_bytes_out(frame.data.len() as u64);
+            counted.add_bytes_out(frame.data.len() as u64);
             let chunks = [
                 multipart::part_header(frame.data.len()),
                 frame.data,
                 multipart::part_trailer(),
             ];
-            Some((chunks, (sub, track, hub)))
-        })
-        .flat_map(|chunks| {
-            futures_util::stream::iter(chunks.map(Ok::<Bytes, std::convert::Infallible>))
-        });
+            Some((chunks, (sub, track, counted)))
+        },
+    )
+    .flat_map(|chunks| {
+        futures_util::stream::iter(chunks.map(Ok::<Bytes, std::convert::Infallible>))
+    });
     let mut resp = Response::new(Body::from_stream(parts));
     let h = resp.headers_mut();
     h.insert(
@@ -155,7 +157,7 @@ async fn frame(
     {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        ctx.hub.add_bytes_out(frame.data.len() as u64);
+        live.add_bytes_out(frame.data.len() as u64);
         let len = frame.data.len();
         let mut r = Response::new(Body::from(frame.data));
         r.headers_mut()

@@ -42,6 +42,8 @@ pub struct Recorders {
     dir: PathBuf,
     events: EventBus,
     active: Mutex<HashMap<String, Active>>,
+    /// Bytes written to recordings since start (for `/metrics`).
+    written: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Recorders {
@@ -71,6 +73,7 @@ impl Recorders {
             dir: data_dir.join("recordings"),
             events,
             active: Mutex::new(HashMap::new()),
+            written: Arc::default(),
         })
     }
 
@@ -146,6 +149,16 @@ impl Recorders {
     /// Whether a stream is being recorded (possibly waiting for its first keyframe).
     pub fn is_recording(&self, stream_id: &str) -> bool {
         self.active().contains_key(stream_id)
+    }
+
+    /// Recordings running now.
+    pub fn active_count(&self) -> usize {
+        self.active().len()
+    }
+
+    /// Bytes written to recording files since the server started.
+    pub fn bytes_written(&self) -> u64 {
+        self.written.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn run(
@@ -384,6 +397,7 @@ struct Writer {
     first_dts: Option<i64>,
     last_dts: i64,
     last_progress: Instant,
+    written: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Writer {
@@ -471,6 +485,7 @@ impl Writer {
             first_dts: None,
             last_dts: 0,
             last_progress: Instant::now(),
+            written: recs.written.clone(),
         })
     }
 
@@ -525,6 +540,8 @@ impl Writer {
                         .map_err(|e| format!("write_error: {e}"))?;
                 }
                 self.bytes += bytes.len() as u64;
+                self.written
+                    .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 self.next = (msn, index + 1);
                 continue;
             }

@@ -424,6 +424,14 @@ impl Restreamer {
         }
     }
 
+    /// Every destination that ran since the server started: (id, stream id, status).
+    pub fn all(&self) -> Vec<(String, String, Status)> {
+        self.lock()
+            .iter()
+            .map(|(id, e)| (id.clone(), e.stream_id.clone(), e.shared.snapshot()))
+            .collect()
+    }
+
     /// The pusher status of a destination, if it ran since the server started.
     pub fn status(&self, id: &str) -> Option<Status> {
         self.lock().get(id).map(|e| e.shared.snapshot())

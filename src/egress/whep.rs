@@ -153,13 +153,7 @@ pub async fn play(
         ctx.shutdown.clone(),
     );
     tracing::info!(stream = %stream_id, session = %session.id, "whep: viewer joined");
-    tokio::spawn(run(
-        session.clone(),
-        ctx.hub.clone(),
-        stream,
-        events,
-        senders,
-    ));
+    tokio::spawn(run(session.clone(), stream, events, senders));
     Ok(created_response(&session, "whep", answer))
 }
 
@@ -294,7 +288,6 @@ async fn negotiated(out: Outgoing) -> Option<RtpOut> {
 
 async fn run(
     session: Arc<Session>,
-    hub: crate::hub::Hub,
     stream: Arc<LiveStream>,
     mut events: mpsc::UnboundedReceiver<PeerEvent>,
     senders: Vec<Outgoing>,
@@ -320,7 +313,7 @@ async fn run(
             None => tracing::warn!(session = %session.id, "whep: a track was not negotiated"),
         }
     }
-    let mut sub = stream.subscribe();
+    let mut sub = stream.subscribe("whep");
     let mut tracks: Option<Arc<Tracks>> = None;
     let mut payloader = H264Payloader::default();
     let mut waiting_for_keyframe = true;
@@ -343,7 +336,7 @@ async fn run(
                 let Some(t) = tracks.as_ref().and_then(|t| t.get(frame.track)) else {
                     continue;
                 };
-                hub.add_bytes_out(frame.data.len() as u64);
+                stream.add_bytes_out(frame.data.len() as u64);
                 let ok = match &t.codec {
                     CodecConfig::H264(avc) => match video.as_mut() {
                         Some(v) => {

@@ -6,6 +6,7 @@
 //! Lifecycle hooks ([`Hub::on_event`]) let the app start an HLS segmenter and update the
 //! store when a stream goes live or ends, without ingest knowing about either.
 
+pub mod health;
 mod queue;
 mod stats;
 mod stream;
@@ -15,8 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use queue::{Event, Subscription};
-pub use stats::{RateMeter, TransportStats};
-pub use stream::{LiveStream, Publisher, StreamSnapshot, ViewerGuard};
+pub use stats::{RateMeter, Rates, TrafficMeter, TransportStats};
+pub use stream::{LiveStream, Publisher, StreamSnapshot, ViewerGuard, VIEWER_PROTOCOLS};
 
 /// Default per-subscriber queue length, in frames (~8 s of 30 fps video with audio).
 pub const DEFAULT_QUEUE_FRAMES: usize = 512;
@@ -47,7 +48,8 @@ pub(crate) struct HubInner {
     hooks: Mutex<Vec<Hook>>,
     queue_capacity: usize,
     bytes_in: Arc<AtomicU64>,
-    bytes_out: AtomicU64,
+    bytes_out: Arc<AtomicU64>,
+    traffic: Mutex<TrafficMeter>,
 }
 
 impl std::fmt::Debug for HubInner {
@@ -112,6 +114,7 @@ impl Hub {
             protocol,
             self.inner.queue_capacity,
             self.inner.bytes_in.clone(),
+            self.inner.bytes_out.clone(),
         ));
         streams.insert(stream_id.to_owned(), stream.clone());
         self.emit(HubEvent::Published(stream.clone()));
@@ -136,8 +139,8 @@ impl Hub {
     }
 
     /// Subscribes to a live stream, starting from its GOP cache.
-    pub fn subscribe(&self, stream_id: &str) -> Option<Subscription> {
-        self.get(stream_id).map(|s| s.subscribe())
+    pub fn subscribe(&self, stream_id: &str, protocol: &'static str) -> Option<Subscription> {
+        self.get(stream_id).map(|s| s.subscribe(protocol))
     }
 
     /// Ids of every live stream.
@@ -150,9 +153,37 @@ impl Hub {
         self.streams().values().cloned().collect()
     }
 
-    /// Counts bytes sent to viewers (called by egress).
+    /// Counts bytes sent that belong to no live stream (server total only).
     pub fn add_bytes_out(&self, n: u64) {
         self.inner.bytes_out.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts bytes sent for a stream (its total and the server's), by id: for egress that
+    /// holds no [`LiveStream`] (HLS requests).
+    pub fn add_stream_bytes_out(&self, stream_id: &str, n: u64) {
+        match self.get(stream_id) {
+            Some(s) => s.add_bytes_out(n),
+            None => self.add_bytes_out(n),
+        }
+    }
+
+    /// Samples the server's traffic totals (the stats monitor, once a second).
+    pub fn sample_traffic(&self, now: std::time::Instant) {
+        let (i, o) = self.traffic_totals();
+        self.inner
+            .traffic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(now, i, o);
+    }
+
+    /// Server-wide in/out rates over the last 1 and 10 seconds.
+    pub fn rates(&self) -> Rates {
+        self.inner
+            .traffic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .rates()
     }
 
     /// Media payload bytes received and bytes sent to viewers since start.
@@ -224,7 +255,7 @@ mod tests {
         p.push(kf);
         p.push(frame(1, 70, true));
         p.push(frame(0, 99, false));
-        let mut sub = hub.subscribe("s").unwrap();
+        let mut sub = hub.subscribe("s", "rtmp").unwrap();
         assert!(matches!(sub.try_recv(), Some(Event::Tracks(_))));
         let mut got = vec![];
         while let Some(Event::Frame(f)) = sub.try_recv() {
@@ -242,7 +273,7 @@ mod tests {
         let hub = Hub::default();
         let p = hub.publish("s", "rtmp").unwrap();
         p.set_tracks(Arc::new(av_tracks()));
-        let mut sub = hub.subscribe("s").unwrap();
+        let mut sub = hub.subscribe("s", "rtmp").unwrap();
         p.push(frame(0, 0, true));
         drop(p);
         assert!(matches!(sub.recv().await, Some(Event::Tracks(_))));
@@ -255,8 +286,8 @@ mod tests {
         let hub = Hub::new(16);
         let p = hub.publish("s", "rtmp").unwrap();
         p.set_tracks(Arc::new(av_tracks()));
-        let mut fast = hub.subscribe("s").unwrap();
-        let slow = hub.subscribe("s").unwrap();
+        let mut fast = hub.subscribe("s", "rtmp").unwrap();
+        let slow = hub.subscribe("s", "rtmp").unwrap();
         let mut fast_frames = 0;
         for i in 0..1000 {
             p.push(frame(0, i * 33, i % 30 == 0));

@@ -31,7 +31,8 @@ pub(crate) struct Queue {
     notify: Notify,
     capacity: usize,
     dropped: AtomicU64,
-    viewer: bool,
+    /// The viewer's protocol; `None` for internal consumers (segmenter, recorder, restream).
+    viewer: Option<&'static str>,
 }
 
 #[derive(Debug)]
@@ -48,7 +49,7 @@ struct QueueState {
 }
 
 impl Queue {
-    pub(crate) fn new(capacity: usize, viewer: bool) -> Self {
+    pub(crate) fn new(capacity: usize, viewer: Option<&'static str>) -> Self {
         Queue {
             inner: Mutex::new(QueueState {
                 items: VecDeque::with_capacity(capacity.min(1024)),
@@ -137,6 +138,10 @@ impl Queue {
     }
 
     pub(crate) fn is_viewer(&self) -> bool {
+        self.viewer.is_some()
+    }
+
+    pub(crate) fn viewer_protocol(&self) -> Option<&'static str> {
         self.viewer
     }
 
@@ -236,7 +241,7 @@ mod tests {
 
     #[test]
     fn overflow_drops_until_next_keyframe_and_counts() {
-        let q = Arc::new(Queue::new(4, true));
+        let q = Arc::new(Queue::new(4, Some("rtmp")));
         let mut sub = Subscription { queue: q.clone() };
         q.push_tracks(video_tracks());
         q.push_frame(&frame(0, 0, true), true);
@@ -253,7 +258,7 @@ mod tests {
 
     #[test]
     fn re_announcements_do_not_pile_up() {
-        let q = Arc::new(Queue::new(8, true));
+        let q = Arc::new(Queue::new(8, Some("rtmp")));
         let sub = Subscription { queue: q.clone() };
         for i in 0..1000 {
             q.push_tracks(video_tracks());
@@ -265,7 +270,7 @@ mod tests {
 
     #[test]
     fn waits_for_a_keyframe_after_new_tracks() {
-        let q = Arc::new(Queue::new(8, true));
+        let q = Arc::new(Queue::new(8, Some("rtmp")));
         let mut sub = Subscription { queue: q.clone() };
         q.push_tracks(video_tracks());
         q.push_frame(&frame(0, 1, false), true);
@@ -275,7 +280,7 @@ mod tests {
 
     #[test]
     fn detached_queue_reports_it() {
-        let q = Arc::new(Queue::new(8, true));
+        let q = Arc::new(Queue::new(8, Some("rtmp")));
         let sub = Subscription { queue: q.clone() };
         drop(sub);
         assert!(!q.push_frame(&frame(0, 1, true), true));
@@ -284,7 +289,7 @@ mod tests {
 
     #[tokio::test]
     async fn recv_ends_after_close() {
-        let q = Arc::new(Queue::new(8, true));
+        let q = Arc::new(Queue::new(8, Some("rtmp")));
         let mut sub = Subscription { queue: q.clone() };
         q.push_tracks(video_tracks());
         q.push_frame(&frame(0, 1, true), true);

@@ -4,14 +4,16 @@
 //! All mutable state sits behind one std mutex taken once per pushed frame and never across
 //! an `.await`; each subscriber's queue has its own lock (see [`super::queue`]).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::media::{Frame, TrackId, Tracks};
 
+use super::health::{External, FrameInfo, Health, HealthAlarm, HealthTracker, Transition};
 use super::queue::{Queue, Subscription};
-use super::stats::{RateMeter, TransportStats};
+use super::stats::{RateMeter, Rates, TrafficMeter, TransportStats};
 use super::Hub;
 
 /// Frames kept at most in the GOP cache; a longer GOP is not cached (viewers wait for the next
@@ -33,6 +35,10 @@ pub struct LiveStream {
     queue_capacity: usize,
     /// Server-wide ingest byte counter.
     bytes_in_total: Arc<AtomicU64>,
+    /// Server-wide egress byte counter.
+    bytes_out_total: Arc<AtomicU64>,
+    /// Bytes sent to viewers and outputs of this stream.
+    bytes_out: AtomicU64,
     /// Set by [`LiveStream::stop`]; the publisher's driver disconnects.
     stop_requested: AtomicBool,
     stop_notify: tokio::sync::Notify,
@@ -49,12 +55,36 @@ struct StreamState {
     peak_viewers: usize,
     /// The newest frame of each track (camera snapshots).
     latest: Vec<(TrackId, Frame)>,
-    /// Viewers served outside the hub's queues (MJPEG, HLS sessions), counted by guards.
-    external_viewers: usize,
+    /// Viewers served outside the hub's queues (HLS sessions), counted by guards, by
+    /// protocol (index into [`VIEWER_PROTOCOLS`]).
+    external_viewers: [usize; VIEWER_PROTOCOLS.len()],
+    /// Health score bookkeeping (per frame), its alarm and its history.
+    health: HealthTracker,
+    alarm: HealthAlarm,
+    history: VecDeque<(SystemTime, u8)>,
+    /// In/out byte totals sampled once a second.
+    traffic: TrafficMeter,
+    /// Frames received in this session.
+    frames_in: u64,
+    /// Frames dropped for subscribers that have since left.
+    dropped_gone: u64,
     /// RTP statistics of a WHIP publisher.
     transport: Option<TransportStats>,
     /// A video frame with pts ≠ dts was seen (B-frames).
     reordered: bool,
+}
+
+/// Protocols viewers are counted under.
+pub const VIEWER_PROTOCOLS: [&str; 4] = ["hls", "rtmp", "whep", "mjpeg"];
+
+/// Health history kept: 10 minutes.
+const HISTORY: Duration = Duration::from_secs(600);
+
+fn protocol_index(protocol: &str) -> usize {
+    VIEWER_PROTOCOLS
+        .iter()
+        .position(|p| *p == protocol)
+        .unwrap_or(0)
 }
 
 /// What the API shows about a live stream.
@@ -76,10 +106,24 @@ pub struct StreamSnapshot {
     pub subscribers: usize,
     /// Subscribers that are viewers (players), not internal consumers like the segmenter.
     pub viewers: usize,
+    /// Viewers per protocol (every entry of [`VIEWER_PROTOCOLS`]).
+    pub viewers_by_protocol: Vec<(&'static str, usize)>,
+    /// Bytes sent to viewers and outputs in this session.
+    pub bytes_out: u64,
+    /// In/out bitrates over 1 s and 10 s.
+    pub rates: Rates,
+    /// Bitrate of each track over the last few seconds.
+    pub track_bitrates: Vec<(TrackId, u64)>,
+    /// Average interval between video keyframes (media seconds).
+    pub keyframe_interval_s: Option<f64>,
+    /// The health score now (`None` in the first seconds).
+    pub health: Option<Health>,
     /// Most viewers at once in this session.
     pub peak_viewers: usize,
-    /// Frames dropped across subscribers that fell behind.
+    /// Frames dropped across subscribers that fell behind (in this session).
     pub dropped_frames: u64,
+    /// Frames received in this session.
+    pub frames_in: u64,
     /// Packet-level ingest statistics (WHIP).
     pub transport: Option<TransportStats>,
     /// The video has B-frames (reordered frames), which WebRTC players decode badly.
@@ -92,6 +136,7 @@ impl LiveStream {
         protocol: &'static str,
         queue_capacity: usize,
         bytes_in_total: Arc<AtomicU64>,
+        bytes_out_total: Arc<AtomicU64>,
     ) -> Self {
         LiveStream {
             id,
@@ -100,6 +145,8 @@ impl LiveStream {
             state: Mutex::new(StreamState::default()),
             queue_capacity,
             bytes_in_total,
+            bytes_out_total,
+            bytes_out: AtomicU64::new(0),
             stop_requested: AtomicBool::new(false),
             stop_notify: tokio::sync::Notify::new(),
         }
@@ -126,27 +173,31 @@ impl LiveStream {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Subscribes: the queue starts with the current tracks and the GOP cache, so a new viewer
-    /// begins at the last keyframe at once.
-    pub fn subscribe(&self) -> Subscription {
-        self.subscribe_as(true)
+    /// Subscribes a viewer of `protocol` (one of [`VIEWER_PROTOCOLS`]): the queue starts with
+    /// the current tracks and the GOP cache, so a new viewer begins at the last keyframe at
+    /// once.
+    pub fn subscribe(&self, protocol: &'static str) -> Subscription {
+        self.subscribe_with(Some(protocol), self.queue_capacity)
     }
 
-    /// Subscribes an internal consumer (segmenter, recorder): not counted as a viewer.
+    /// Subscribes an internal consumer (segmenter, recorder, restream): not counted as a
+    /// viewer.
     pub fn subscribe_internal(&self) -> Subscription {
-        self.subscribe_as(false)
+        self.subscribe_with(None, self.queue_capacity)
     }
 
     /// Subscribes a viewer with a short queue (latest-frame consumers like MJPEG).
-    pub fn subscribe_short(&self, capacity: usize) -> Subscription {
-        self.subscribe_with(true, capacity)
+    pub fn subscribe_short(&self, capacity: usize, protocol: &'static str) -> Subscription {
+        self.subscribe_with(Some(protocol), capacity)
     }
 
-    fn subscribe_as(&self, viewer: bool) -> Subscription {
-        self.subscribe_with(viewer, self.queue_capacity)
+    /// Counts bytes sent for this stream (and in the server's total).
+    pub fn add_bytes_out(&self, n: u64) {
+        self.bytes_out.fetch_add(n, Ordering::Relaxed);
+        self.bytes_out_total.fetch_add(n, Ordering::Relaxed);
     }
 
-    fn subscribe_with(&self, viewer: bool, capacity: usize) -> Subscription {
+    fn subscribe_with(&self, viewer: Option<&'static str>, capacity: usize) -> Subscription {
         let queue = Arc::new(Queue::new(capacity, viewer));
         let mut st = self.lock();
         if let Some(tracks) = &st.tracks {
@@ -159,7 +210,7 @@ impl LiveStream {
             queue.close();
         }
         st.subscribers.push(queue.clone());
-        if viewer {
+        if viewer.is_some() {
             st.update_peak();
         }
         Subscription { queue }
@@ -180,19 +231,68 @@ impl LiveStream {
     }
 
     /// Counts a viewer served outside the hub's queues until the guard is dropped.
-    pub fn viewer_guard(self: &Arc<Self>) -> ViewerGuard {
+    pub fn viewer_guard(self: &Arc<Self>, protocol: &'static str) -> ViewerGuard {
+        let index = protocol_index(protocol);
         let mut st = self.lock();
-        st.external_viewers += 1;
+        st.external_viewers[index] += 1;
         st.update_peak();
         ViewerGuard {
             stream: self.clone(),
+            index,
         }
+    }
+
+    /// Once a second (the stats monitor): samples traffic and evaluates the health score;
+    /// with `history`, the score is also kept for the history and fed to the alarm, whose
+    /// transition (if any) is returned.
+    pub fn tick(
+        &self,
+        now: Instant,
+        wall: SystemTime,
+        history: bool,
+    ) -> (Option<Health>, Option<Transition>) {
+        let bytes_out = self.bytes_out.load(Ordering::Relaxed);
+        let mut st = self.lock();
+        let bytes_in = st.meter.total_bytes();
+        st.traffic.record(now, bytes_in, bytes_out);
+        let external = st.external();
+        let health = st.health.evaluate(now, external);
+        let mut transition = None;
+        if let (true, Some(h)) = (history, &health) {
+            st.history.push_back((wall, h.score));
+            while st
+                .history
+                .front()
+                .is_some_and(|(at, _)| wall.duration_since(*at).unwrap_or_default() > HISTORY)
+            {
+                st.history.pop_front();
+            }
+            transition = st.alarm.update(h.score);
+        }
+        (health, transition)
+    }
+
+    /// The kept health scores, oldest first (last 10 minutes).
+    pub fn health_history(&self) -> Vec<(SystemTime, u8)> {
+        self.lock().history.iter().copied().collect()
     }
 
     /// A consistent view of the stream for the API.
     pub fn snapshot(&self) -> StreamSnapshot {
-        let st = self.lock();
+        let mut st = self.lock();
         let now = Instant::now();
+        let external = st.external();
+        let health = st.health.evaluate(now, external);
+        let mut viewers_by_protocol: Vec<(&'static str, usize)> =
+            VIEWER_PROTOCOLS.iter().map(|p| (*p, 0)).collect();
+        for q in &st.subscribers {
+            if let Some(p) = q.viewer_protocol() {
+                viewers_by_protocol[protocol_index(p)].1 += 1;
+            }
+        }
+        for (i, n) in st.external_viewers.iter().enumerate() {
+            viewers_by_protocol[i].1 += n;
+        }
         StreamSnapshot {
             protocol: self.protocol,
             started_at: self.started_at,
@@ -206,9 +306,21 @@ impl LiveStream {
                 .filter_map(|t| st.meter.fps(now, t.id).map(|f| (t.id, f)))
                 .collect(),
             subscribers: st.subscribers.len(),
-            viewers: st.subscribers.iter().filter(|q| q.is_viewer()).count() + st.external_viewers,
+            viewers: viewers_by_protocol.iter().map(|(_, n)| n).sum(),
+            viewers_by_protocol,
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            rates: st.traffic.rates(),
+            track_bitrates: st
+                .tracks
+                .iter()
+                .flat_map(|t| t.list.iter())
+                .map(|t| (t.id, st.meter.track_bits_per_second(now, t.id)))
+                .collect(),
+            keyframe_interval_s: st.health.keyframe_interval_s(),
+            health,
             peak_viewers: st.peak_viewers,
-            dropped_frames: st.subscribers.iter().map(|q| q.dropped()).sum(),
+            dropped_frames: external.dropped_frames,
+            frames_in: st.frames_in,
             transport: st.transport.clone(),
             has_b_frames: st.reordered,
         }
@@ -216,6 +328,14 @@ impl LiveStream {
 
     fn set_tracks(&self, tracks: Arc<Tracks>) {
         let mut st = self.lock();
+        let fps = tracks
+            .primary_video()
+            .and_then(|id| tracks.get(id))
+            .and_then(|t| match &t.codec {
+                crate::media::CodecConfig::H264(c) => c.info.fps,
+                _ => None,
+            });
+        st.health.set_nominal_fps(fps);
         st.latest.retain(|(t, _)| tracks.get(*t).is_some());
         st.gop.clear();
         st.gop_bytes = 0;
@@ -234,6 +354,19 @@ impl LiveStream {
         let is_video = primary == Some(frame.track);
         let has_video = primary.is_some();
         st.meter.record(now, frame.data.len(), frame.track);
+        if let Some(track) = tracks.get(frame.track) {
+            let scale = i64::from(track.timescale.max(1));
+            st.health.record(
+                now,
+                FrameInfo {
+                    video: track.kind() == crate::media::TrackKind::Video,
+                    clock: is_video || !has_video,
+                    dts_ms: frame.dts.saturating_mul(1000) / scale,
+                    keyframe: is_video && frame.keyframe,
+                    bytes: frame.data.len(),
+                },
+            );
+        }
         st.reordered |= is_video && frame.pts != frame.dts;
         match st.latest.iter_mut().find(|(t, _)| *t == frame.track) {
             Some(slot) => slot.1 = frame.clone(),
@@ -242,7 +375,16 @@ impl LiveStream {
         self.bytes_in_total
             .fetch_add(frame.data.len() as u64, Ordering::Relaxed);
         update_gop(&mut st, &frame, is_video, has_video);
-        st.subscribers.retain(|q| q.push_frame(&frame, is_video));
+        st.frames_in += 1;
+        let mut gone = 0;
+        st.subscribers.retain(|q| {
+            let keep = q.push_frame(&frame, is_video);
+            if !keep {
+                gone += q.dropped();
+            }
+            keep
+        });
+        st.dropped_gone += gone;
     }
 
     fn end(&self) {
@@ -257,8 +399,19 @@ impl LiveStream {
 
 impl StreamState {
     fn update_peak(&mut self) {
-        let now = self.subscribers.iter().filter(|q| q.is_viewer()).count() + self.external_viewers;
+        let now = self.subscribers.iter().filter(|q| q.is_viewer()).count()
+            + self.external_viewers.iter().sum::<usize>();
         self.peak_viewers = self.peak_viewers.max(now);
+    }
+
+    /// Counters the health score takes from outside the frame path.
+    fn external(&self) -> External {
+        External {
+            rtp_received: self.transport.as_ref().map_or(0, |t| t.packets_received),
+            rtp_lost: self.transport.as_ref().map_or(0, |t| t.packets_lost),
+            dropped_frames: self.dropped_gone
+                + self.subscribers.iter().map(|q| q.dropped()).sum::<u64>(),
+        }
     }
 }
 
@@ -266,12 +419,14 @@ impl StreamState {
 #[derive(Debug)]
 pub struct ViewerGuard {
     stream: Arc<LiveStream>,
+    index: usize,
 }
 
 impl Drop for ViewerGuard {
     fn drop(&mut self) {
         let mut st = self.stream.lock();
-        st.external_viewers = st.external_viewers.saturating_sub(1);
+        let n = &mut st.external_viewers[self.index];
+        *n = n.saturating_sub(1);
     }
 }
 

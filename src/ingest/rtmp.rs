@@ -317,7 +317,7 @@ mod tests {
     fn waits_for_both_sequence_headers_then_forwards() {
         let hub = Hub::default();
         let mut ingest = RtmpIngest::new(hub.publish("s", "rtmp").unwrap());
-        let mut sub = hub.subscribe("s").unwrap();
+        let mut sub = hub.subscribe("s", "rtmp").unwrap();
         ingest.on_metadata(&Amf0Value::object([
             ("videocodecid", Amf0Value::Number(7.0)),
             ("audiocodecid", Amf0Value::Number(10.0)),
@@ -343,7 +343,7 @@ mod tests {
     fn video_only_goes_live_without_metadata() {
         let hub = Hub::default();
         let mut ingest = RtmpIngest::new(hub.publish("s", "rtmp").unwrap());
-        let mut sub = hub.subscribe("s").unwrap();
+        let mut sub = hub.subscribe("s", "rtmp").unwrap();
         ingest
             .on_video(0, avc_sequence_header_tag(AVCC_720P))
             .unwrap();
@@ -355,7 +355,7 @@ mod tests {
     fn a_missing_promised_track_delays_only_briefly() {
         let hub = Hub::default();
         let mut ingest = RtmpIngest::new(hub.publish("s", "rtmp").unwrap());
-        let mut sub = hub.subscribe("s").unwrap();
+        let mut sub = hub.subscribe("s", "rtmp").unwrap();
         ingest.on_metadata(&Amf0Value::object([
             ("videocodecid", Amf0Value::Number(7.0)),
             ("audiocodecid", Amf0Value::Number(10.0)),
@@ -377,7 +377,7 @@ mod tests {
     fn changed_sequence_header_reannounces_and_repeats_do_not() {
         let hub = Hub::default();
         let mut ingest = RtmpIngest::new(hub.publish("s", "rtmp").unwrap());
-        let mut sub = hub.subscribe("s").unwrap();
+        let mut sub = hub.subscribe("s", "rtmp").unwrap();
         ingest
             .on_video(0, avc_sequence_header_tag(AVCC_720P))
             .unwrap();

@@ -112,6 +112,8 @@ struct Connection {
     shutdown: watch::Receiver<bool>,
     session: ServerSession,
     buf: BytesMut,
+    /// The stream being played, whose outgoing bytes this connection counts.
+    playing: Option<Arc<crate::hub::LiveStream>>,
 }
 
 impl Connection {
@@ -129,6 +131,7 @@ impl Connection {
             shutdown,
             session,
             buf: BytesMut::with_capacity(64 * 1024),
+            playing: None,
         }
     }
 
@@ -159,7 +162,10 @@ impl Connection {
     async fn flush(&mut self) -> Result<(), ConnectionError> {
         if self.session.pending_output() > 0 {
             let out = self.session.take_output();
-            self.ctx.hub.add_bytes_out(out.len() as u64);
+            match &self.playing {
+                Some(s) => s.add_bytes_out(out.len() as u64),
+                None => self.ctx.hub.add_bytes_out(out.len() as u64),
+            }
             let idle = Duration::from_millis(self.ctx.config.idle_timeout_ms);
             timeout(idle, self.socket.write_all(&out))
                 .await
@@ -291,8 +297,9 @@ impl Connection {
         let row = self.ctx.store.get_stream(&stream_id).await?;
         let live = row
             .filter(|r| r.app == app)
-            .and_then(|_| self.ctx.hub.subscribe(&stream_id));
-        let Some(mut sub) = live else {
+            .and_then(|_| self.ctx.hub.get(&stream_id));
+        self.playing = live.clone();
+        let Some(mut sub) = live.map(|l| l.subscribe("rtmp")) else {
             return self
                 .refuse("NetStream.Play.StreamNotFound", "stream is not live")
                 .await;

@@ -199,6 +199,16 @@ async fn delete_session(
     let session = find(&ctx, &id, kind, &headers)?;
     tracing::info!(session = %session.id, kind = kind.as_str(), "webrtc: DELETE");
     session.close();
+    if kind == SessionKind::Whip {
+        // Answer once the publisher has let the stream go (bounded), so a client that
+        // DELETEs and publishes again at once is not refused as a second publisher.
+        for _ in 0..40 {
+            if ctx.hub.get(&session.stream_id).is_none() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
     Ok(StatusCode::OK)
 }
 

@@ -303,6 +303,19 @@ pub async fn client_handshake(socket: &mut TcpStream) -> Vec<u8> {
     }
 }
 
+/// `tags` repeated `loops` times on one continuous timeline.
+pub fn looped(tags: &[FlvTag], loops: u32) -> Vec<FlvTag> {
+    let span = tags.last().map_or(0, |t| t.timestamp) + 40;
+    (0..loops)
+        .flat_map(|i| {
+            tags.iter().map(move |t| FlvTag {
+                timestamp: t.timestamp + i * span,
+                ..t.clone()
+            })
+        })
+        .collect()
+}
+
 /// The server side of the RTMP handshake (test destinations and sinks); the bytes that
 /// followed it, or `None` if the peer left or sent garbage.
 pub async fn server_handshake(socket: &mut TcpStream) -> Option<Vec<u8>> {

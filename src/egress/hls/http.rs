@@ -17,6 +17,7 @@ use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 
+use super::sessions::HlsSessions;
 use super::{HlsRegistry, HlsStream};
 use crate::error::HttpError;
 use crate::proto::fmp4::Chunks;
@@ -68,18 +69,42 @@ async fn serve(
     State(registry): State<Arc<HlsRegistry>>,
     Path((stream_id, file)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
+    connect: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
 ) -> Result<Response, HttpError> {
     let resource = parse_resource(&file)
         .ok_or_else(|| HttpError::not_found(format!("no such file: {file}")))?;
     let token = query.get("token").map(String::as_str);
     registry.gate.check(&stream_id, token).await?;
-    // Carry the play token to every URI the playlists name (token characters only).
-    let suffix = token
-        .filter(|t| {
-            t.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-        })
-        .map_or_else(String::new, |t| format!("?token={t}"));
+    let mut session = query
+        .get("session")
+        .filter(|s| HlsSessions::valid_id(s))
+        .cloned();
+    if session.is_none() {
+        match resource {
+            // The first request of a player: a new session, named in the media playlist URI.
+            Resource::Multivariant => session = Some(HlsSessions::new_id()),
+            // A player that went straight to the media playlist: send it to one with a session
+            // so its reloads and parts count as one viewer.
+            Resource::Media => return Ok(redirect_with_session(&file, &query)),
+            _ => {}
+        }
+    }
+    // Carry the play token and the session to every URI the playlists name.
+    let mut params = Vec::new();
+    if let Some(t) = token.filter(|t| {
+        t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    }) {
+        params.push(format!("token={t}"));
+    }
+    if let Some(s) = &session {
+        params.push(format!("session={s}"));
+    }
+    let suffix = if params.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", params.join("&"))
+    };
     let stream = registry
         .get(&stream_id)
         .ok_or_else(|| HttpError::not_found(format!("stream {stream_id} is not live")))?;
@@ -112,8 +137,38 @@ async fn serve(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
-    registry.hub.add_bytes_out(sent);
+    registry.hub.add_stream_bytes_out(&stream_id, sent);
+    if let Some(id) = &session {
+        let remote = connect.map(|c| c.0 .0.ip());
+        registry.sessions.touch(
+            &registry.hub,
+            id,
+            &stream_id,
+            remote,
+            sent,
+            std::time::Instant::now(),
+        );
+    }
     Ok(response)
+}
+
+/// `302` to the same file with every query parameter kept and a new `session`.
+fn redirect_with_session(file: &str, query: &HashMap<String, String>) -> Response {
+    let mut q = url::form_urlencoded::Serializer::new(String::new());
+    let mut keys: Vec<&String> = query.keys().filter(|k| *k != "session").collect();
+    keys.sort();
+    for k in keys {
+        q.append_pair(k, &query[k]);
+    }
+    q.append_pair("session", &HlsSessions::new_id());
+    let location = format!("{file}?{}", q.finish());
+    let mut resp = StatusCode::FOUND.into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
 }
 
 fn multivariant(stream: &HlsStream, suffix: &str) -> Result<Response, HttpError> {

@@ -9,6 +9,7 @@
 
 pub mod http;
 pub mod segmenter;
+pub mod sessions;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,6 +72,8 @@ pub struct HlsRegistry {
     pub(crate) hub: Hub,
     /// Private-stream checks.
     pub(crate) gate: Arc<dyn PlaybackGate>,
+    /// HLS viewers.
+    pub sessions: sessions::HlsSessions,
 }
 
 impl std::fmt::Debug for HlsRegistry {
@@ -90,6 +93,7 @@ impl HlsRegistry {
     ) -> Arc<Self> {
         Arc::new(HlsRegistry {
             streams: Mutex::new(HashMap::new()),
+            sessions: sessions::HlsSessions::new(Duration::from_millis(cfg.session_timeout_ms)),
             cfg,
             shutdown,
             hub,
