@@ -191,7 +191,12 @@ async fn blocking_reload_waits_for_the_next_part_and_rejects_bad_requests() {
         .expect("preload hint")
         .trim_end_matches('"')
         .to_owned();
+    // Every URI carries the viewer's session (`?session=…`).
+    assert!(hint.contains("?session="), "{hint}");
     let (msn, part) = hint
+        .split('?')
+        .next()
+        .unwrap()
         .trim_start_matches("part")
         .trim_end_matches(".m4s")
         .split_once('.')
