@@ -695,7 +695,9 @@ impl Pusher {
             s.attempts = 0;
             s.started_at.get_or_insert_with(SystemTime::now);
         });
-        let result = self.forward(&mut io, &mut session, &mut sub, tracks).await;
+        let result = self
+            .forward(live, &mut io, &mut session, &mut sub, tracks)
+            .await;
         let dropped = sub.dropped();
         self.shared.update(|s| s.frames_dropped += dropped);
         if matches!(result, Outcome::StreamEnded | Outcome::Stopped) {
@@ -719,13 +721,13 @@ impl Pusher {
     /// breaks.
     async fn forward(
         &mut self,
+        live: &Arc<LiveStream>,
         io: &mut Box<dyn Io>,
         session: &mut ClientSession,
         sub: &mut Subscription,
         tracks: Arc<Tracks>,
     ) -> Outcome {
         let write_timeout = Duration::from_millis(self.restreamer.config.write_timeout_ms);
-        let hub = self.restreamer.hub.clone();
         let shared = self.shared.clone();
         let mut has_video = tracks.list.iter().any(|t| t.kind() == TrackKind::Video);
         let mut waiting_keyframe = true;
@@ -753,7 +755,7 @@ impl Pusher {
                         shared
                             .bytes_out
                             .fetch_add(out.len() as u64, Ordering::Relaxed);
-                        hub.add_bytes_out(out.len() as u64);
+                        live.add_bytes_out(out.len() as u64);
                     }
                     Ok(Err(e)) => return broken(format!("write failed: {e}")),
                     Err(_) => {
