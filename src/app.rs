@@ -225,18 +225,15 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
                 tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id)
             }),
         );
-    let mut http_shutdown = shutdown_rx.clone();
-    tasks.push(tokio::spawn(async move {
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        let result = axum::serve(http, service)
-            .with_graceful_shutdown(async move {
-                crate::shutdown::requested(&mut http_shutdown).await;
-            })
-            .await;
-        if let Err(err) = result {
-            tracing::error!(%err, "http server failed");
-        }
-    }));
+    tasks.push(tokio::spawn(crate::net::http::serve(
+        http,
+        router,
+        crate::net::http::HttpLimits {
+            max_connections: config.http.max_connections as usize,
+            header_read_timeout: Duration::from_millis(config.http.header_read_timeout_ms),
+        },
+        shutdown_rx.clone(),
+    )));
     let ctx = RtmpContext {
         config: config.rtmp.clone(),
         hub: hub.clone(),

@@ -96,6 +96,11 @@ pub struct HttpConfig {
     pub public_url: String,
     /// Per-request timeout for non-blocking requests, in milliseconds.
     pub request_timeout_ms: u64,
+    /// HTTP connections at once; more are closed on accept.
+    pub max_connections: u32,
+    /// A client must send a request's headers within this time, in milliseconds (slow-drip
+    /// "slowloris" connections are cut).
+    pub header_read_timeout_ms: u64,
 }
 
 /// `[rtmp]`
@@ -385,6 +390,8 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             public_url: "http://localhost:8080".into(),
             request_timeout_ms: 30_000,
+            max_connections: 10_000,
+            header_read_timeout_ms: 10_000,
         }
     }
 }
@@ -562,6 +569,12 @@ impl Config {
         }
         if self.recording.max_duration_secs == 0 {
             return invalid("recording.max_duration_secs", "must be at least 1");
+        }
+        if self.http.max_connections == 0 || self.http.header_read_timeout_ms == 0 {
+            return invalid(
+                "http.max_connections",
+                "max_connections and header_read_timeout_ms must be greater than 0",
+            );
         }
         if !(1000..=60_000).contains(&self.stats.health_interval_ms) {
             return invalid("stats.health_interval_ms", "must be between 1000 and 60000");

@@ -54,6 +54,9 @@ if [ ! -f target/npm/node_modules/hls.js/dist/hls.min.js ]; then
   npm install --silent --no-audit --no-fund --prefix target/npm "hls.js@1.7.4" >/dev/null
 fi
 
+# The flood test opens ~6,000 sockets: use the hard limit on open files.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -1,6 +1,7 @@
 //! Protocol servers that own sockets and dispatch to ingest or egress (RTMP carries both a
 //! publisher and a player on the same port).
 
+pub mod http;
 pub mod rtmp;
 pub mod webrtc;
 pub mod webrtc_http;
