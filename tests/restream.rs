@@ -554,8 +554,15 @@ async fn each_connection_starts_with_headers_and_a_keyframe_and_timestamps_conti
     tokio::time::sleep(Duration::from_millis(2500)).await;
     // The destination drops us mid-stream; we reconnect.
     dest.drop_all.notify_waiters();
-    let back = wait_state(&http, &id, &rid, "active", 10).await;
-    assert!(back["reconnect_count"].as_u64().unwrap() >= 1, "{back}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = get_restream(&http, &id, &rid).await;
+        if v["state"] == "active" && v["reconnect_count"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no reconnect: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     tokio::time::sleep(Duration::from_millis(2500)).await;
     sending.await.unwrap().finish().await;
     wait_state(&http, &id, &rid, "idle", 10).await;

@@ -231,6 +231,14 @@ pub async fn get(auth: Result<Auth, HttpError>, State(state): State<ApiState>) -
             r.bytes_written() as f64,
         );
     }
+    o.single(
+        "media_server_tokio_tasks",
+        "gauge",
+        "Tasks alive in the async runtime (flat over time when nothing leaks).",
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks() as f64,
+    );
     process_metrics(&mut o);
     let mut resp = o.text.into_response();
     resp.headers_mut().insert(
