@@ -14,7 +14,10 @@ fuzz_target!(|data: &[u8]| {
     }
     let masked = mask_url(url);
     if let Ok(m) = url::Url::parse(&masked.replacen("://***@", "://", 1)) {
-        assert!(m.username().is_empty() && m.password().is_none(), "{masked}");
+        assert!(
+            m.username().is_empty() && m.password().is_none(),
+            "{masked}"
+        );
     }
     let _ = key_hint(key);
 });
