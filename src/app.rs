@@ -211,6 +211,12 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         }))
         .merge(api::router(api_state))
         .merge(webrtc_routes)
+        .merge(crate::web::router(crate::web::WebContext {
+            config: config.clone(),
+            store: store.clone(),
+            hub: hub.clone(),
+            gate: gate.clone(),
+        }))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             Duration::from_millis(config.http.request_timeout_ms),

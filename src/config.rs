@@ -74,6 +74,8 @@ pub struct Config {
     pub restream: RestreamConfig,
     /// Health scores, history and `/metrics`.
     pub stats: StatsConfig,
+    /// The player, embed and console pages.
+    pub web: WebConfig,
 }
 
 /// `[server]`
@@ -311,6 +313,29 @@ impl Default for StatsConfig {
     }
 }
 
+/// `[web]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Serve `/play/{id}`, `/embed/{id}` and the console at `/console`.
+    pub enabled: bool,
+    /// hls.js script for browsers without native HLS ("" = off: nothing is fetched from
+    /// anywhere but this server). Its origin is added to the pages' Content-Security-Policy.
+    pub hlsjs_url: String,
+    /// Origins allowed to put `/embed/{id}` in an iframe (CSP `frame-ancestors`); `*` = any.
+    pub embed_origins: Vec<String>,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            hlsjs_url: String::new(),
+            embed_origins: vec!["*".into()],
+        }
+    }
+}
+
 /// `[restream]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -496,6 +521,27 @@ impl Config {
             if url.ends_with('/') || !url.contains("://") {
                 return invalid(key, "must be an absolute URL without a trailing slash");
             }
+        }
+        let hlsjs = &self.web.hlsjs_url;
+        if !hlsjs.is_empty()
+            && (!(hlsjs.starts_with("https://") || hlsjs.starts_with("http://") || hlsjs.starts_with('/'))
+                || hlsjs.contains(|c: char| c.is_whitespace() || matches!(c, ';' | '"' | '\'' | '<' | '>')))
+        {
+            return invalid(
+                "web.hlsjs_url",
+                "must be empty, a path on this server or an http(s) URL",
+            );
+        }
+        if self
+            .web
+            .embed_origins
+            .iter()
+            .any(|o| o.is_empty() || o.contains(|c: char| c.is_whitespace() || matches!(c, ';' | ',' | '"' | '\'')))
+        {
+            return invalid(
+                "web.embed_origins",
+                "each must be * or an origin such as https://example.com",
+            );
         }
         if self.auth.play_token_ttl_secs == 0 {
             return invalid("auth.play_token_ttl_secs", "must be at least 1");

@@ -13,6 +13,7 @@
 //! - [`proto`]: sans-IO protocols and containers (RTMP chunks/AMF0/session, FLV, fMP4,
 //!   playlists).
 //! - [`media`]: [`media::Frame`], tracks, H.264 and AAC configurations.
+//! - [`web`]: the player, embed and console pages (HTML/CSS/JS embedded in the binary).
 //! - [`webhooks`]: signed, retried delivery of [`events`] to subscribers.
 //! - [`store`]: SQLite on its own thread; [`config`]: typed configuration;
 //!   [`error`]: the HTTP error shape; [`play_token`]: signed play tokens.
@@ -31,6 +32,7 @@ pub mod play_token;
 pub mod proto;
 pub mod shutdown;
 pub mod store;
+pub mod web;
 pub mod webhooks;
 
 pub use app::{start, Bootstrap, Server, StartError};

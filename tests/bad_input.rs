@@ -7,37 +7,10 @@ mod common;
 
 use std::time::Duration;
 
+use common::raw_rtmp::*;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// A fmt-0 chunk header: csid (2..=63), timestamp, length, type, stream id.
-fn fmt0(csid: u8, ts: u32, len: u32, type_id: u8, stream: u32) -> Vec<u8> {
-    let mut v = vec![csid & 0x3f];
-    v.extend_from_slice(&ts.to_be_bytes()[1..]);
-    v.extend_from_slice(&len.to_be_bytes()[1..]);
-    v.push(type_id);
-    v.extend_from_slice(&stream.to_le_bytes());
-    v
-}
-
-/// An AMF0 `connect` command whose app string is padded to make the payload `len` bytes.
-fn connect_command(len: usize) -> Vec<u8> {
-    let mut v = vec![0x02, 0x00, 0x07];
-    v.extend_from_slice(b"connect");
-    v.push(0x00);
-    v.extend_from_slice(&1f64.to_be_bytes());
-    v.push(0x03);
-    v.extend_from_slice(&[0x00, 0x03]);
-    v.extend_from_slice(b"app");
-    let pad = len - v.len() - 3 - 3;
-    v.push(0x02);
-    v.extend_from_slice(&(pad as u16).to_be_bytes());
-    v.extend(std::iter::repeat_n(b'a', pad));
-    v.extend_from_slice(&[0x00, 0x00, 0x09]);
-    assert_eq!(v.len(), len);
-    v
-}
 
 /// Case 1 of DESIGN.md: a 200-byte message on csid 6 split at 128, a whole message on csid 4,
 /// then the rest of csid 6 — legal RTMP that panics `rml_rtmp` 0.8.
@@ -81,31 +54,6 @@ fn deeply_nested_amf() -> Vec<u8> {
     v.extend(fmt0(3, 0, payload.len() as u32, 20, 0));
     v.extend_from_slice(&payload);
     v
-}
-
-fn set_chunk_size(size: u32) -> Vec<u8> {
-    let mut v = fmt0(2, 0, 4, 1, 0);
-    v.extend_from_slice(&size.to_be_bytes());
-    v
-}
-
-fn huge_declared_message() -> Vec<u8> {
-    let mut v = fmt0(3, 0, 0xFF_FFFF, 20, 0);
-    v.extend_from_slice(&[0u8; 128]);
-    v
-}
-
-fn garbage() -> Vec<u8> {
-    // Deterministic pseudo-random bytes.
-    let mut x = 0x1234_5678u32;
-    (0..4096)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
 }
 
 /// Sends `bytes` after a proper handshake; returns true if the server closed the connection

@@ -44,7 +44,7 @@ if ! "$venv/bin/python" -c 'import aiortc, numpy' >/dev/null 2>&1; then
 fi
 
 # hls.js (npm) for the browser test that plays WHIP's H.264 + Opus HLS over MSE.
-if [ ! -f target/npm/node_modules/hls.js/dist/hls.min.js ]; then
+if [ ! -f target/npm/node_modules/hls.js/dist/hls.min.js ] || [ ! -f target/npm/node_modules/playwright-core/package.json ]; then
   command -v npm >/dev/null 2>&1 || {
     sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get install -y -qq --no-install-recommends npm >/dev/null
@@ -52,6 +52,12 @@ if [ ! -f target/npm/node_modules/hls.js/dist/hls.min.js ]; then
   log "installing hls.js into target/npm"
   mkdir -p target/npm
   npm install --silent --no-audit --no-fund --prefix target/npm "hls.js@1.7.4" >/dev/null
+fi
+# playwright-core (npm) drives Debian's chromium for the page tests (tests/pages.rs).
+if [ ! -f target/npm/node_modules/playwright-core/package.json ]; then
+  log "installing playwright-core into target/npm"
+  mkdir -p target/npm
+  npm install --silent --no-audit --no-fund --prefix target/npm "playwright-core@1.57.0" >/dev/null
 fi
 
 # The flood test opens ~6,000 sockets: use the hard limit on open files.

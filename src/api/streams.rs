@@ -66,6 +66,13 @@ pub struct StreamView {
     hls_url: String,
     /// RTMP play URL (by stream id, never the key).
     rtmp_play_url: String,
+    /// Player page: picks WebRTC, HLS or MJPEG for the viewer's browser (private streams:
+    /// append `?token=` with a play token).
+    play_url: String,
+    /// The same player without chrome, for iframes.
+    embed_url: String,
+    /// A ready `<iframe>` snippet of `embed_url`.
+    iframe: String,
     /// Viewers now, all protocols.
     viewer_count: u64,
     /// Viewers now per protocol (`hls` sessions, `rtmp`, `whep`, `mjpeg` connections).
@@ -432,7 +439,11 @@ fn view(state: &ApiState, row: StreamRow) -> StreamView {
     let live = live_view(snap.as_ref(), status, is_recording);
     let http = &state.config.http.public_url;
     let ws_base = http.replacen("http", "ws", 1);
+    let (play_url, embed_url, iframe) = crate::web::page_urls(http, &row.id);
     StreamView {
+        play_url,
+        embed_url,
+        iframe,
         rtmp_url: format!("{}/{}", state.config.rtmp.public_url, row.app),
         rtmp_play_url: format!("{}/{}/{}", state.config.rtmp.public_url, row.app, row.id),
         hls_url: format!("{http}/hls/{}/index.m3u8", row.id),

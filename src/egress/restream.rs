@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use tokio::time::timeout;
 
 use crate::config::RestreamConfig;
-use crate::egress::rtmp_play::{FlvMuxer, PlayOutput};
+use crate::egress::rtmp_play::FlvMuxer;
 use crate::events::EventBus;
 use crate::hub::{Event, Hub, LiveStream, Subscription};
 use crate::media::{CodecConfig, TrackKind, Tracks};
@@ -739,14 +739,7 @@ impl Pusher {
             (shared.bytes_out.load(Ordering::Relaxed), Instant::now());
         loop {
             for out in pending.drain(..) {
-                match out {
-                    PlayOutput::Metadata(m) => session.send_metadata(&m),
-                    PlayOutput::Tag {
-                        type_id,
-                        timestamp,
-                        body,
-                    } => session.send_media(type_id, timestamp, &body),
-                }
+                out.send_to(session);
             }
             if session.pending_output() > 0 {
                 let out = session.take_output();

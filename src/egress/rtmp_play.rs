@@ -3,28 +3,72 @@
 //! On new tracks it yields `onMetaData` values and the AVC/AAC sequence headers; each frame
 //! becomes one tag with a timestamp relative to the first frame the player got, so every
 //! player starts near zero. The connection driver writes the tags through the RTMP session.
+//! A tag is its few header bytes plus the frame's shared buffer: the payload is copied once,
+//! by the chunk writer into the socket's output.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::media::{CodecConfig, Frame, Tracks};
 use crate::proto::flv;
 use crate::proto::rtmp::amf0::Amf0Value;
 use crate::proto::rtmp::message::{TYPE_AUDIO, TYPE_VIDEO};
+use crate::proto::rtmp::MediaSink;
 
 /// One message for the player.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PlayOutput {
     /// `onMetaData` object.
     Metadata(Amf0Value),
-    /// An FLV tag body of `type_id` (8 audio, 9 video) at `timestamp` ms.
+    /// An FLV tag body of `type_id` (8 audio, 9 video) at `timestamp` ms: `head` then `body`.
     Tag {
         /// RTMP message type.
         type_id: u8,
         /// Milliseconds.
         timestamp: u32,
-        /// FLV audio/video tag body.
+        /// The tag's header bytes (codec/frame type, packet type, composition time).
+        head: TagHead,
+        /// The rest of the tag body: the frame's data, shared with every other viewer.
         body: Bytes,
     },
+}
+
+impl PlayOutput {
+    /// Queues this output on an RTMP session.
+    pub fn send_to(&self, sink: &mut impl MediaSink) {
+        match self {
+            PlayOutput::Metadata(m) => sink.send_metadata(m),
+            PlayOutput::Tag {
+                type_id,
+                timestamp,
+                head,
+                body,
+            } => sink.send_media_parts(*type_id, *timestamp, head.as_slice(), body),
+        }
+    }
+}
+
+/// Up to 5 header bytes of an FLV audio/video tag body, kept inline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TagHead {
+    bytes: [u8; 5],
+    len: u8,
+}
+
+impl TagHead {
+    fn new(head: &[u8]) -> Self {
+        let mut bytes = [0; 5];
+        let len = head.len().min(5);
+        bytes[..len].copy_from_slice(&head[..len]);
+        TagHead {
+            bytes,
+            len: len as u8,
+        }
+    }
+
+    /// The header bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
 }
 
 /// Converts hub events for one player.
@@ -33,7 +77,6 @@ pub struct FlvMuxer {
     tracks: Option<std::sync::Arc<Tracks>>,
     base_ms: Option<i64>,
     last_ms: u32,
-    buf: BytesMut,
 }
 
 impl FlvMuxer {
@@ -53,6 +96,7 @@ impl FlvMuxer {
                     out.push(PlayOutput::Tag {
                         type_id: TYPE_VIDEO,
                         timestamp: self.last_ms,
+                        head: TagHead::default(),
                         body: flv::avc_sequence_header_tag(&c.raw),
                     });
                 }
@@ -69,6 +113,7 @@ impl FlvMuxer {
                     out.push(PlayOutput::Tag {
                         type_id: TYPE_AUDIO,
                         timestamp: self.last_ms,
+                        head: TagHead::default(),
                         body: flv::aac_sequence_header_tag(&c.raw),
                     });
                 }
@@ -91,25 +136,20 @@ impl FlvMuxer {
             .unwrap_or(u32::MAX)
             .max(self.last_ms);
         self.last_ms = timestamp;
-        self.buf.clear();
-        let type_id = match &track.codec {
+        let (type_id, head) = match &track.codec {
             CodecConfig::H264(_) => {
                 let cts = i32::try_from(cts_ms).unwrap_or(0);
-                self.buf
-                    .put_slice(&flv::avc_frame_tag_header(frame.keyframe, cts));
-                TYPE_VIDEO
+                let head = flv::avc_frame_tag_header(frame.keyframe, cts);
+                (TYPE_VIDEO, TagHead::new(&head))
             }
-            CodecConfig::Aac(_) => {
-                self.buf.put_slice(&flv::AAC_FRAME_TAG_HEADER);
-                TYPE_AUDIO
-            }
+            CodecConfig::Aac(_) => (TYPE_AUDIO, TagHead::new(&flv::AAC_FRAME_TAG_HEADER)),
             CodecConfig::Jpeg { .. } | CodecConfig::Opus(_) => return None,
         };
-        self.buf.put_slice(&frame.data);
         Some(PlayOutput::Tag {
             type_id,
             timestamp,
-            body: self.buf.split().freeze(),
+            head,
+            body: frame.data.clone(),
         })
     }
 }
@@ -139,13 +179,16 @@ mod tests {
         let Some(PlayOutput::Tag {
             type_id,
             timestamp,
+            head,
             body,
         }) = m.on_frame(&f)
         else {
             panic!("no tag")
         };
         assert_eq!((type_id, timestamp), (TYPE_VIDEO, 0));
-        match parse_video(body).unwrap() {
+        assert_eq!(body.as_ptr(), f.data.as_ptr(), "the frame's buffer is shared, not copied");
+        let tag = Bytes::from([head.as_slice(), &body[..]].concat());
+        match parse_video(tag).unwrap() {
             VideoTag::Frame {
                 keyframe,
                 composition_time,

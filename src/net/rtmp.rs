@@ -19,11 +19,14 @@ use tokio::sync::{watch, Semaphore};
 use tokio::time::timeout;
 
 use crate::config::RtmpConfig;
-use crate::egress::rtmp_play::{FlvMuxer, PlayOutput};
+use crate::egress::rtmp_play::FlvMuxer;
 use crate::hub::{Event, Hub, HubError};
 use crate::ingest::rtmp::RtmpIngest;
 use crate::proto::rtmp::server::{ServerSession, SessionError, SessionEvent};
 use crate::store::Store;
+
+/// Events a player's connection takes from its queue for one socket write, at most.
+const PLAY_BATCH: usize = 256;
 
 /// Why a connection ended early.
 #[derive(Debug, thiserror::Error)]
@@ -283,6 +286,22 @@ impl Connection {
         }
     }
 
+    /// Puts one hub event for a player into the session's output.
+    fn queue_play_event(&mut self, muxer: &mut FlvMuxer, ev: Event) {
+        match ev {
+            Event::Tracks(t) => {
+                for out in muxer.on_tracks(t) {
+                    out.send_to(&mut self.session);
+                }
+            }
+            Event::Frame(f) => {
+                if let Some(out) = muxer.on_frame(&f) {
+                    out.send_to(&mut self.session);
+                }
+            }
+        }
+    }
+
     async fn play(
         &mut self,
         app: String,
@@ -312,22 +331,17 @@ impl Connection {
         loop {
             tokio::select! {
                 ev = sub.recv() => {
-                    let outputs = match ev {
-                        Some(Event::Tracks(t)) => muxer.on_tracks(t),
-                        Some(Event::Frame(f)) => muxer.on_frame(&f).into_iter().collect(),
-                        None => {
-                            self.session.end_play();
-                            self.flush().await?;
-                            return Ok(());
-                        }
+                    let Some(ev) = ev else {
+                        self.session.end_play();
+                        self.flush().await?;
+                        return Ok(());
                     };
-                    for out in outputs {
-                        match out {
-                            PlayOutput::Metadata(m) => self.session.send_metadata(&m),
-                            PlayOutput::Tag { type_id, timestamp, body } => {
-                                self.session.send_media(type_id, timestamp, &body)
-                            }
-                        }
+                    // Everything already queued goes out in one write: under load this is
+                    // what keeps the syscalls per player below one per frame.
+                    self.queue_play_event(&mut muxer, ev);
+                    for _ in 0..PLAY_BATCH {
+                        let Some(ev) = sub.try_recv() else { break };
+                        self.queue_play_event(&mut muxer, ev);
                     }
                     self.flush().await?;
                 }

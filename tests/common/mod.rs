@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod nginx;
+pub mod raw_rtmp;
 pub mod webrtc;
 
 use std::path::{Path, PathBuf};

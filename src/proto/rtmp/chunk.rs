@@ -567,41 +567,63 @@ impl ChunkWriter {
         stream_id: u32,
         payload: &[u8],
     ) {
+        self.write_message_parts(out, csid, timestamp, type_id, stream_id, &[], payload);
+    }
+
+    /// [`Self::write_message`] of the payload `head` followed by `body`, without joining
+    /// them first (an FLV tag header in front of a shared frame buffer).
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_message_parts(
+        &mut self,
+        out: &mut BytesMut,
+        csid: u32,
+        timestamp: u32,
+        type_id: u8,
+        stream_id: u32,
+        head: &[u8],
+        body: &[u8],
+    ) {
+        let total = head.len() + body.len();
         debug_assert!(
-            payload.len() <= usize_from(MAX_CHUNK_SIZE),
+            total <= usize_from(MAX_CHUNK_SIZE),
             "RTMP payload too long"
         );
         debug_assert!(
             (MIN_CSID..=MAX_CSID).contains(&csid),
             "invalid chunk stream id"
         );
-        let Some(length) = u32::try_from(payload.len())
-            .ok()
-            .filter(|l| *l <= MAX_CHUNK_SIZE)
-        else {
+        let Some(length) = u32::try_from(total).ok().filter(|l| *l <= MAX_CHUNK_SIZE) else {
             return;
         };
         let csid = csid.clamp(MIN_CSID, MAX_CSID);
         let extended = timestamp >= EXTENDED_TIMESTAMP;
+        let chunk = usize_from(self.chunk_size).max(1);
+        // Headers: 18 bytes for the first chunk, up to 7 for each continuation.
+        out.reserve(total + 18 + total / chunk * 7);
         write_basic_header(out, 0, csid);
         out.put_uint(u64::from(timestamp.min(EXTENDED_TIMESTAMP)), 3);
         out.put_uint(u64::from(length), 3);
         out.put_u8(type_id);
         out.put_u32_le(stream_id);
-        for (index, chunk) in payload
-            .chunks(usize_from(self.chunk_size).max(1))
-            .enumerate()
-        {
-            if index > 0 {
+        let mut pos = 0;
+        loop {
+            if pos > 0 {
                 write_basic_header(out, 3, csid);
             }
             if extended {
                 out.put_u32(timestamp);
             }
-            out.put_slice(chunk);
-        }
-        if payload.is_empty() && extended {
-            out.put_u32(timestamp);
+            let end = (pos + chunk).min(total);
+            if pos < head.len() {
+                out.put_slice(&head[pos..end.min(head.len())]);
+            }
+            if end > head.len() {
+                out.put_slice(&body[pos.max(head.len()) - head.len()..end - head.len()]);
+            }
+            pos = end;
+            if pos >= total {
+                break;
+            }
         }
     }
 }
@@ -779,6 +801,31 @@ mod tests {
         b.extend_from_slice(&0x0100_0000u32.to_be_bytes());
         b.extend_from_slice(&payload[128..]);
         assert_eq!(feed(&b).unwrap(), vec![raw(6, 0x0100_0000, 9, 1, &payload)]);
+    }
+
+    #[test]
+    fn parts_are_chunked_like_the_joined_payload() {
+        let payload: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+        for chunk_size in [1, 2, 5, 128, 999, 1000, 4096] {
+            for split in [0, 1, 4, 5, 6, 127, 128, 129, 500, 1000] {
+                for ts in [40, 0x0100_0000] {
+                    let mut joined = BytesMut::new();
+                    let mut parts = BytesMut::new();
+                    let mut w = ChunkWriter::new();
+                    w.set_chunk_size(chunk_size);
+                    w.write_message(&mut joined, 6, ts, 9, 1, &payload);
+                    let (head, body) = payload.split_at(split);
+                    w.write_message_parts(&mut parts, 6, ts, 9, 1, head, body);
+                    assert_eq!(joined, parts, "chunk {chunk_size} split {split} ts {ts}");
+                    if chunk_size == DEFAULT_CHUNK_SIZE {
+                        assert_eq!(feed(&parts).unwrap(), vec![raw(6, ts, 9, 1, &payload)]);
+                    }
+                }
+            }
+        }
+        let mut empty = BytesMut::new();
+        ChunkWriter::new().write_message_parts(&mut empty, 6, 0x0100_0000, 9, 1, &[], &[]);
+        assert_eq!(empty.len(), 12 + 4);
     }
 
     #[test]

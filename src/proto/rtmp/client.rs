@@ -1,24 +1,28 @@
-//! The publishing client side of an RTMP connection after the handshake, without I/O: what a
-//! restream pusher speaks to YouTube, Twitch, Facebook or any RTMP server.
+//! The client side of an RTMP connection after the handshake, without I/O: what a restream
+//! pusher speaks to YouTube, Twitch, Facebook or any RTMP server, and what a player (the
+//! load generator's) speaks to pull a stream.
 //!
-//! [`ClientSession::new`] queues `connect`; [`ClientSession::poll_event`] consumes the
-//! server's messages, walks `connect` → `releaseStream`/`FCPublish`/`createStream` →
-//! `publish` and reports [`ClientEvent::Publishing`] once the server answers
+//! [`ClientSession::new`] (publishing) queues `connect`; [`ClientSession::poll_event`]
+//! consumes the server's messages, walks `connect` → `releaseStream`/`FCPublish`/
+//! `createStream` → `publish` and reports [`ClientEvent::Publishing`] once the server answers
 //! `NetStream.Publish.Start`; after that [`ClientSession::send_metadata`] and
-//! [`ClientSession::send_media`] queue FLV tag bodies. Pings are answered and
-//! acknowledgements sent on the way.
+//! [`ClientSession::send_media`] queue FLV tag bodies. [`ClientSession::player`] walks
+//! `connect` → `createStream` → `play`, reports [`ClientEvent::Playing`] on
+//! `NetStream.Play.Start` and then every audio/video message as [`ClientEvent::Media`].
+//! Pings are answered and acknowledgements sent on the way.
 //!
 //! `rml_rtmp`'s `ClientSession` implements the same flow but can only be fed raw socket
 //! bytes, which would put its chunk deserializer and `rml_amf0` (both with crashers, see
 //! DESIGN.md) in front of whatever a remote server sends. Here every byte from the network
 //! goes through our hardened [`ChunkReader`] and AMF0 decoder, as on the server side.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use super::amf0::Amf0Value;
 use super::chunk::{ChunkReader, ChunkWriter};
 use super::message::{self, RtmpMessage};
 use super::server::{Housekeeping, SessionError};
+use super::MediaSink;
 
 /// Transaction ids of the commands we send.
 const TXN_CONNECT: f64 = 1.0;
@@ -26,12 +30,24 @@ const TXN_RELEASE: f64 = 2.0;
 const TXN_FCPUBLISH: f64 = 3.0;
 const TXN_CREATE_STREAM: f64 = 4.0;
 const TXN_PUBLISH: f64 = 5.0;
+const TXN_PLAY: f64 = 6.0;
 
 /// What the driver must act on.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientEvent {
     /// The server accepted the publish: metadata and media may follow.
     Publishing,
+    /// The server accepted the play (`NetStream.Play.Start`): media follows.
+    Playing,
+    /// An audio (type 8) or video (type 9) message received while playing: an FLV tag body.
+    Media {
+        /// 8 (audio) or 9 (video).
+        type_id: u8,
+        /// The message timestamp (ms).
+        timestamp: u32,
+        /// The FLV tag body.
+        payload: Bytes,
+    },
 }
 
 /// Where the client is in the command exchange.
@@ -53,6 +69,7 @@ pub struct ClientSession {
     phase: Phase,
     stream_id: u32,
     housekeeping: Housekeeping,
+    play: bool,
 }
 
 impl ClientSession {
@@ -74,6 +91,7 @@ impl ClientSession {
             phase: Phase::Connecting,
             stream_id: 0,
             housekeeping: Housekeeping::default(),
+            play: false,
         };
         message::write_set_chunk_size(&mut session.writer, &mut session.out, out_chunk_size);
         let object = Amf0Value::object([
@@ -97,6 +115,20 @@ impl ClientSession {
         session
     }
 
+    /// A session playing `stream_name` from `app` at `tc_url`: `connect` is queued at once,
+    /// `createStream` and `play` follow the answers.
+    pub fn player(
+        app: &str,
+        tc_url: &str,
+        stream_name: &str,
+        max_message_bytes: u32,
+        out_chunk_size: u32,
+    ) -> Self {
+        let mut session = Self::new(app, tc_url, stream_name, max_message_bytes, out_chunk_size);
+        session.play = true;
+        session
+    }
+
     /// Feeds bytes read from the socket.
     pub fn push(&mut self, data: &[u8]) {
         self.reader.push(data);
@@ -104,7 +136,7 @@ impl ClientSession {
 
     /// Bytes to write to the socket (empty if none).
     pub fn take_output(&mut self) -> BytesMut {
-        self.out.split()
+        message::take_output(&mut self.out)
     }
 
     /// Bytes waiting to be written.
@@ -112,7 +144,7 @@ impl ClientSession {
         self.out.len()
     }
 
-    /// Whether the server accepted the publish.
+    /// Whether the server accepted the publish (or the play, for a player).
     pub fn is_publishing(&self) -> bool {
         self.phase == Phase::Live
     }
@@ -124,12 +156,13 @@ impl ClientSession {
     /// ([`SessionError::Protocol`] with the server's status code and description).
     pub fn poll_event(&mut self) -> Result<Option<ClientEvent>, SessionError> {
         loop {
-            let Some((_, msg)) =
+            let Some((timestamp, msg)) =
                 self.housekeeping
                     .next(&mut self.reader, &mut self.writer, &mut self.out)?
             else {
                 return Ok(None);
             };
+            let live = self.play && self.phase == Phase::Live;
             let event = match msg {
                 RtmpMessage::Command {
                     name,
@@ -137,6 +170,16 @@ impl ClientSession {
                     args,
                     ..
                 } => self.command(&name, transaction_id, &args)?,
+                RtmpMessage::Audio(payload) if live => Some(ClientEvent::Media {
+                    type_id: message::TYPE_AUDIO,
+                    timestamp,
+                    payload,
+                }),
+                RtmpMessage::Video(payload) if live => Some(ClientEvent::Media {
+                    type_id: message::TYPE_VIDEO,
+                    timestamp,
+                    payload,
+                }),
                 _ => None,
             };
             if event.is_some() {
@@ -152,6 +195,11 @@ impl ClientSession {
         args: &[Amf0Value],
     ) -> Result<Option<ClientEvent>, SessionError> {
         match (name, self.phase) {
+            ("_result", Phase::Connecting) if txn == TXN_CONNECT && self.play => {
+                self.send_command(0, "createStream", TXN_CREATE_STREAM, Vec::new());
+                self.phase = Phase::CreatingStream;
+                Ok(None)
+            }
             ("_result", Phase::Connecting) if txn == TXN_CONNECT => {
                 self.send_command(
                     0,
@@ -178,15 +226,13 @@ impl ClientSession {
                         SessionError::Protocol("createStream answered without a stream id".into())
                     })?;
                 self.stream_id = id as u32;
-                self.send_command(
-                    self.stream_id,
-                    "publish",
-                    TXN_PUBLISH,
-                    vec![
-                        Amf0Value::String(self.stream_name.clone()),
-                        Amf0Value::String("live".into()),
-                    ],
-                );
+                let name = Amf0Value::String(self.stream_name.clone());
+                if self.play {
+                    self.send_command(self.stream_id, "play", TXN_PLAY, vec![name]);
+                } else {
+                    let kind = Amf0Value::String("live".into());
+                    self.send_command(self.stream_id, "publish", TXN_PUBLISH, vec![name, kind]);
+                }
                 self.phase = Phase::Publishing;
                 Ok(None)
             }
@@ -204,6 +250,10 @@ impl ClientSession {
                 if code == "NetStream.Publish.Start" && self.phase == Phase::Publishing {
                     self.phase = Phase::Live;
                     return Ok(Some(ClientEvent::Publishing));
+                }
+                if code == "NetStream.Play.Start" && self.play && self.phase == Phase::Publishing {
+                    self.phase = Phase::Live;
+                    return Ok(Some(ClientEvent::Playing));
                 }
                 if level == "error"
                     || code.ends_with(".BadName")
@@ -247,14 +297,7 @@ impl ClientSession {
 
     /// Sends an FLV audio (type 8) or video (type 9) tag body.
     pub fn send_media(&mut self, type_id: u8, timestamp: u32, tag: &[u8]) {
-        message::write_media(
-            &mut self.writer,
-            &mut self.out,
-            type_id,
-            self.stream_id,
-            timestamp,
-            tag,
-        );
+        MediaSink::send_media_parts(self, type_id, timestamp, &[], tag);
     }
 
     /// Tells the server the publish is over (`FCUnpublish` + `deleteStream`).
@@ -271,6 +314,24 @@ impl ClientSession {
             vec![Amf0Value::Number(f64::from(self.stream_id))],
         );
         self.phase = Phase::Connecting;
+    }
+}
+
+impl MediaSink for ClientSession {
+    fn send_metadata(&mut self, metadata: &Amf0Value) {
+        ClientSession::send_metadata(self, metadata);
+    }
+
+    fn send_media_parts(&mut self, type_id: u8, timestamp: u32, head: &[u8], body: &[u8]) {
+        message::write_media_parts(
+            &mut self.writer,
+            &mut self.out,
+            type_id,
+            self.stream_id,
+            timestamp,
+            head,
+            body,
+        );
     }
 }
 
@@ -350,6 +411,47 @@ mod tests {
             SessionEvent::Audio { timestamp: 41, .. }
         ));
         assert_eq!(events[3], SessionEvent::Unpublish);
+    }
+
+    #[test]
+    fn plays_media_from_our_server() {
+        let mut client = ClientSession::player("live", "rtmp://h/live", "s1", 1 << 20, 4096);
+        let mut server = ServerSession::new(1 << 20, 4096);
+        let mut played = None;
+        let mut events = Vec::new();
+        for _ in 0..10 {
+            server.push(&client.take_output());
+            while let Some(ev) = server.poll_event().unwrap() {
+                if let SessionEvent::Play { name, .. } = &ev {
+                    played = Some(name.clone());
+                    server.accept_play();
+                    server.send_media(TYPE_VIDEO, 80, &[0x17, 0, 1, 2]);
+                    server.send_media(TYPE_AUDIO, 81, &[0xAF, 1]);
+                }
+            }
+            client.push(&server.take_output());
+            while let Some(ev) = client.poll_event().unwrap() {
+                events.push(ev);
+            }
+        }
+        assert_eq!(played.as_deref(), Some("s1"));
+        assert!(client.is_publishing());
+        assert_eq!(events[0], ClientEvent::Playing);
+        assert_eq!(
+            events[1..],
+            [
+                ClientEvent::Media {
+                    type_id: TYPE_VIDEO,
+                    timestamp: 80,
+                    payload: Bytes::from_static(&[0x17, 0, 1, 2])
+                },
+                ClientEvent::Media {
+                    type_id: TYPE_AUDIO,
+                    timestamp: 81,
+                    payload: Bytes::from_static(&[0xAF, 1])
+                }
+            ]
+        );
     }
 
     #[test]

@@ -298,6 +298,21 @@ pub fn write_data(w: &mut ChunkWriter, out: &mut BytesMut, stream_id: u32, value
     );
 }
 
+/// Output capacity a session keeps for its next messages after handing its bytes to the
+/// socket; a larger buffer (a player's start-up burst) is released with them.
+const KEEP_OUTPUT_CAPACITY: usize = 16 * 1024;
+
+/// The bytes queued in `out`, leaving `out` empty: it keeps its buffer for reuse unless
+/// that is larger than [`KEEP_OUTPUT_CAPACITY`], so one burst does not pin its memory for
+/// the rest of a connection.
+pub fn take_output(out: &mut BytesMut) -> BytesMut {
+    if out.capacity() > KEEP_OUTPUT_CAPACITY {
+        std::mem::take(out)
+    } else {
+        out.split()
+    }
+}
+
 /// Writes an audio (type 8, csid 4) or video (type 9, csid 6) message.
 pub fn write_media(
     w: &mut ChunkWriter,
@@ -307,12 +322,25 @@ pub fn write_media(
     timestamp: u32,
     payload: &[u8],
 ) {
+    write_media_parts(w, out, type_id, stream_id, timestamp, &[], payload);
+}
+
+/// [`write_media`] of `head` followed by `body` (an FLV tag header and a shared frame).
+pub fn write_media_parts(
+    w: &mut ChunkWriter,
+    out: &mut BytesMut,
+    type_id: u8,
+    stream_id: u32,
+    timestamp: u32,
+    head: &[u8],
+    body: &[u8],
+) {
     let csid = if type_id == TYPE_AUDIO {
         CSID_AUDIO
     } else {
         CSID_VIDEO
     };
-    w.write_message(out, csid, timestamp, type_id, stream_id, payload);
+    w.write_message_parts(out, csid, timestamp, type_id, stream_id, head, body);
 }
 
 /// Chunk stream for commands and data on `stream_id`.

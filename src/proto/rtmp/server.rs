@@ -13,6 +13,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::amf0::Amf0Value;
+use super::MediaSink as _;
 use super::chunk::{ChunkError, ChunkReader, ChunkWriter};
 use super::message::{self, MessageError, RtmpMessage};
 
@@ -109,7 +110,7 @@ impl ServerSession {
 
     /// Bytes to write to the socket (empty if none).
     pub fn take_output(&mut self) -> BytesMut {
-        self.out.split()
+        message::take_output(&mut self.out)
     }
 
     /// Bytes waiting to be written.
@@ -318,13 +319,24 @@ impl ServerSession {
 
     /// Sends an FLV audio (type 8) or video (type 9) tag body to a player.
     pub fn send_media(&mut self, type_id: u8, timestamp: u32, tag: &[u8]) {
-        message::write_media(
+        self.send_media_parts(type_id, timestamp, &[], tag);
+    }
+}
+
+impl super::MediaSink for ServerSession {
+    fn send_metadata(&mut self, metadata: &Amf0Value) {
+        ServerSession::send_metadata(self, metadata);
+    }
+
+    fn send_media_parts(&mut self, type_id: u8, timestamp: u32, head: &[u8], body: &[u8]) {
+        message::write_media_parts(
             &mut self.writer,
             &mut self.out,
             type_id,
             MEDIA_STREAM_ID,
             timestamp,
-            tag,
+            head,
+            body,
         );
     }
 }
