@@ -184,11 +184,7 @@ impl Ctx {
         let secs = t0.elapsed().as_secs_f64().max(0.001);
         self.cpu0 = (srv, me, Instant::now());
         let rss = self.cli_pid.map_or(0.0, proc_stats::rss_mib);
-        (
-            (srv - srv0) / secs * 100.0,
-            rss,
-            (me - me0) / secs * 100.0,
-        )
+        ((srv - srv0) / secs * 100.0, rss, (me - me0) / secs * 100.0)
     }
 
     fn publisher(&self, url: &str, pace: Pace) -> Result<Arc<PublisherStats>, String> {
@@ -260,7 +256,14 @@ async fn players_ramp(ctx: &mut Ctx, cmd: &Cmd) -> Result<(), String> {
     );
     println!(
         "{:>7} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9} {:>8} {:>7}",
-        "players", "min kbps", "med kbps", "max late", "behind", "failed", "srv CPU%", "RSS MiB",
+        "players",
+        "min kbps",
+        "med kbps",
+        "max late",
+        "behind",
+        "failed",
+        "srv CPU%",
+        "RSS MiB",
         "gen CPU%"
     );
     let mut all: Vec<Arc<PlayerStats>> = Vec::new();

@@ -524,20 +524,22 @@ impl Config {
         }
         let hlsjs = &self.web.hlsjs_url;
         if !hlsjs.is_empty()
-            && (!(hlsjs.starts_with("https://") || hlsjs.starts_with("http://") || hlsjs.starts_with('/'))
-                || hlsjs.contains(|c: char| c.is_whitespace() || matches!(c, ';' | '"' | '\'' | '<' | '>')))
+            && (!(hlsjs.starts_with("https://")
+                || hlsjs.starts_with("http://")
+                || hlsjs.starts_with('/'))
+                || hlsjs.contains(|c: char| {
+                    c.is_whitespace() || matches!(c, ';' | '"' | '\'' | '<' | '>')
+                }))
         {
             return invalid(
                 "web.hlsjs_url",
                 "must be empty, a path on this server or an http(s) URL",
             );
         }
-        if self
-            .web
-            .embed_origins
-            .iter()
-            .any(|o| o.is_empty() || o.contains(|c: char| c.is_whitespace() || matches!(c, ';' | ',' | '"' | '\'')))
-        {
+        if self.web.embed_origins.iter().any(|o| {
+            o.is_empty()
+                || o.contains(|c: char| c.is_whitespace() || matches!(c, ';' | ',' | '"' | '\''))
+        }) {
             return invalid(
                 "web.embed_origins",
                 "each must be * or an origin such as https://example.com",

@@ -59,7 +59,10 @@ async fn count_frames(addr: std::net::SocketAddr, id: String, frames: Arc<Atomic
     session.push(&rest);
     let mut buf = vec![0u8; 65536];
     loop {
-        while let Some(ev) = session.poll_event().expect("the healthy player's stream is valid") {
+        while let Some(ev) = session
+            .poll_event()
+            .expect("the healthy player's stream is valid")
+        {
             if let ClientEvent::Media {
                 type_id: 9,
                 payload,
@@ -102,87 +105,180 @@ fn rtmp_corpus() -> Vec<(&'static str, Vec<u8>, Expect)> {
         prelude
     };
     let mut cases = vec![
-        ("fmt 1 on a fresh chunk stream", {
-            let mut v = vec![0x40 | 5, 0, 0, 10, 0, 0, 4, 5];
-            v.extend_from_slice(&[0; 4]);
-            v
-        }, Expect::Closed),
-        ("fmt 2 on a fresh chunk stream", vec![0x80 | 5, 0, 0, 10, 1, 2, 3, 4], Expect::Closed),
-        ("fmt 3 on a fresh chunk stream", vec![0xC0 | 5, 1, 2, 3, 4], Expect::Closed),
-        ("chunk size 1, connect in 1-byte chunks", {
-            let mut v = set_chunk_size(1);
-            v.extend(fmt0(3, 0, connect.len() as u32, 20, 0));
-            for (i, b) in connect.iter().enumerate() {
-                if i > 0 {
-                    v.push(0xC3);
+        (
+            "fmt 1 on a fresh chunk stream",
+            {
+                let mut v = vec![0x40 | 5, 0, 0, 10, 0, 0, 4, 5];
+                v.extend_from_slice(&[0; 4]);
+                v
+            },
+            Expect::Closed,
+        ),
+        (
+            "fmt 2 on a fresh chunk stream",
+            vec![0x80 | 5, 0, 0, 10, 1, 2, 3, 4],
+            Expect::Closed,
+        ),
+        (
+            "fmt 3 on a fresh chunk stream",
+            vec![0xC0 | 5, 1, 2, 3, 4],
+            Expect::Closed,
+        ),
+        (
+            "chunk size 1, connect in 1-byte chunks",
+            {
+                let mut v = set_chunk_size(1);
+                v.extend(fmt0(3, 0, connect.len() as u32, 20, 0));
+                for (i, b) in connect.iter().enumerate() {
+                    if i > 0 {
+                        v.push(0xC3);
+                    }
+                    v.push(*b);
                 }
-                v.push(*b);
-            }
-            v
-        }, Expect::ConnectAnswered),
-        ("chunk size 2^24-1", with_connect(set_chunk_size(0xFF_FFFF)), Expect::ConnectAnswered),
-        ("chunk size 2^31-1", set_chunk_size(0x7FFF_FFFF), Expect::Closed),
-        ("three-byte basic header, csid 65599", {
-            let mut v = vec![0x01, 0xFF, 0xFF];
-            v.extend_from_slice(&fmt0(3, 0, connect.len() as u32, 20, 0)[1..]);
-            v.extend_from_slice(&connect);
-            v
-        }, Expect::ConnectAnswered),
-        ("extended timestamp 0xFFFFFFFF", {
-            let mut v = fmt0(3, 0xFF_FFFF, connect.len() as u32, 20, 0);
-            v.extend_from_slice(&u32::MAX.to_be_bytes());
-            v.extend_from_slice(&connect);
-            v
-        }, Expect::ConnectAnswered),
-        ("extended timestamp missing (stream ends)", fmt0(3, 0xFF_FFFF, 10, 20, 0), Expect::Survives),
-        ("unknown message type 99", with_connect({
-            let mut v = fmt0(4, 0, 100, 99, 0);
-            v.extend_from_slice(&[7; 100]);
-            v
-        }), Expect::ConnectAnswered),
-        ("abort of a chunk stream never used", with_connect({
-            let mut v = fmt0(2, 0, 4, 2, 0);
-            v.extend_from_slice(&50u32.to_be_bytes());
-            v
-        }), Expect::ConnectAnswered),
-        ("window ack size 0 and u32::MAX, peer bandwidth u32::MAX", with_connect({
-            let mut v = fmt0(2, 0, 4, 5, 0);
-            v.extend_from_slice(&0u32.to_be_bytes());
-            v.extend(fmt0(2, 0, 4, 5, 0));
-            v.extend_from_slice(&u32::MAX.to_be_bytes());
-            v.extend(fmt0(2, 0, 5, 6, 0));
-            v.extend_from_slice(&u32::MAX.to_be_bytes());
-            v.push(9);
-            v
-        }), Expect::ConnectAnswered),
-        ("zero-length command", with_connect(fmt0(3, 0, 0, 20, 0)), Expect::Survives),
-        ("control message shorter than its type needs", fmt0(2, 0, 1, 1, 0).into_iter().chain([1]).collect(), Expect::Closed),
-        ("message exactly at the cap (256 KiB video before publish)", with_connect({
-            let mut v = set_chunk_size(0xFF_FFFF);
-            v.extend(fmt0(6, 0, 256 * 1024, 9, 1));
-            v.extend(std::iter::repeat_n(0x17, 256 * 1024));
-            v
-        }), Expect::ConnectAnswered),
-        ("message one byte over the cap", {
-            let mut v = set_chunk_size(0xFF_FFFF);
-            v.extend(fmt0(6, 0, 256 * 1024 + 1, 9, 1));
-            v.extend(std::iter::repeat_n(0x17, 4096));
-            v
-        }, Expect::Closed),
-        ("publish before connect", command(1, "publish", 5.0, &[amf_string("key"), amf_string("live")]), Expect::Closed),
-        ("play before connect", command(1, "play", 5.0, &[amf_string("x")]), Expect::Closed),
-        ("createStream before connect", command(0, "createStream", 2.0, &[]), Expect::Closed),
-        ("connect with a 10 KB app name", {
-            let mut v = set_chunk_size(0xFF_FFFF);
-            v.extend(command_with_object(0, "connect", 1.0, &[("app", amf_string(&"a".repeat(10_000)))]));
-            v
-        }, Expect::Survives),
-        ("connect with a NaN transaction id", command_with_object(0, "connect", f64::NAN, &[("app", amf_string("live"))]), Expect::Survives),
-        ("garbage after a valid connect", {
-            let mut v = with_connect(Vec::new());
-            v.extend(garbage());
-            v
-        }, Expect::Closed),
+                v
+            },
+            Expect::ConnectAnswered,
+        ),
+        (
+            "chunk size 2^24-1",
+            with_connect(set_chunk_size(0xFF_FFFF)),
+            Expect::ConnectAnswered,
+        ),
+        (
+            "chunk size 2^31-1",
+            set_chunk_size(0x7FFF_FFFF),
+            Expect::Closed,
+        ),
+        (
+            "three-byte basic header, csid 65599",
+            {
+                let mut v = vec![0x01, 0xFF, 0xFF];
+                v.extend_from_slice(&fmt0(3, 0, connect.len() as u32, 20, 0)[1..]);
+                v.extend_from_slice(&connect);
+                v
+            },
+            Expect::ConnectAnswered,
+        ),
+        (
+            "extended timestamp 0xFFFFFFFF",
+            {
+                let mut v = fmt0(3, 0xFF_FFFF, connect.len() as u32, 20, 0);
+                v.extend_from_slice(&u32::MAX.to_be_bytes());
+                v.extend_from_slice(&connect);
+                v
+            },
+            Expect::ConnectAnswered,
+        ),
+        (
+            "extended timestamp missing (stream ends)",
+            fmt0(3, 0xFF_FFFF, 10, 20, 0),
+            Expect::Survives,
+        ),
+        (
+            "unknown message type 99",
+            with_connect({
+                let mut v = fmt0(4, 0, 100, 99, 0);
+                v.extend_from_slice(&[7; 100]);
+                v
+            }),
+            Expect::ConnectAnswered,
+        ),
+        (
+            "abort of a chunk stream never used",
+            with_connect({
+                let mut v = fmt0(2, 0, 4, 2, 0);
+                v.extend_from_slice(&50u32.to_be_bytes());
+                v
+            }),
+            Expect::ConnectAnswered,
+        ),
+        (
+            "window ack size 0 and u32::MAX, peer bandwidth u32::MAX",
+            with_connect({
+                let mut v = fmt0(2, 0, 4, 5, 0);
+                v.extend_from_slice(&0u32.to_be_bytes());
+                v.extend(fmt0(2, 0, 4, 5, 0));
+                v.extend_from_slice(&u32::MAX.to_be_bytes());
+                v.extend(fmt0(2, 0, 5, 6, 0));
+                v.extend_from_slice(&u32::MAX.to_be_bytes());
+                v.push(9);
+                v
+            }),
+            Expect::ConnectAnswered,
+        ),
+        (
+            "zero-length command",
+            with_connect(fmt0(3, 0, 0, 20, 0)),
+            Expect::Survives,
+        ),
+        (
+            "control message shorter than its type needs",
+            fmt0(2, 0, 1, 1, 0).into_iter().chain([1]).collect(),
+            Expect::Closed,
+        ),
+        (
+            "message exactly at the cap (256 KiB video before publish)",
+            with_connect({
+                let mut v = set_chunk_size(0xFF_FFFF);
+                v.extend(fmt0(6, 0, 256 * 1024, 9, 1));
+                v.extend(std::iter::repeat_n(0x17, 256 * 1024));
+                v
+            }),
+            Expect::ConnectAnswered,
+        ),
+        (
+            "message one byte over the cap",
+            {
+                let mut v = set_chunk_size(0xFF_FFFF);
+                v.extend(fmt0(6, 0, 256 * 1024 + 1, 9, 1));
+                v.extend(std::iter::repeat_n(0x17, 4096));
+                v
+            },
+            Expect::Closed,
+        ),
+        (
+            "publish before connect",
+            command(1, "publish", 5.0, &[amf_string("key"), amf_string("live")]),
+            Expect::Closed,
+        ),
+        (
+            "play before connect",
+            command(1, "play", 5.0, &[amf_string("x")]),
+            Expect::Closed,
+        ),
+        (
+            "createStream before connect",
+            command(0, "createStream", 2.0, &[]),
+            Expect::Closed,
+        ),
+        (
+            "connect with a 10 KB app name",
+            {
+                let mut v = set_chunk_size(0xFF_FFFF);
+                v.extend(command_with_object(
+                    0,
+                    "connect",
+                    1.0,
+                    &[("app", amf_string(&"a".repeat(10_000)))],
+                ));
+                v
+            },
+            Expect::Survives,
+        ),
+        (
+            "connect with a NaN transaction id",
+            command_with_object(0, "connect", f64::NAN, &[("app", amf_string("live"))]),
+            Expect::Survives,
+        ),
+        (
+            "garbage after a valid connect",
+            {
+                let mut v = with_connect(Vec::new());
+                v.extend(garbage());
+                v
+            },
+            Expect::Closed,
+        ),
     ];
     // Every format of the basic header with absurd lengths and types on a used chunk stream.
     for fmt in 0u8..4 {
@@ -211,7 +307,9 @@ async fn rtmp_case(addr: std::net::SocketAddr, name: &'static str, bytes: Vec<u8
             Ok(Ok(n)) => {
                 seen.extend_from_slice(&buf[..n]);
                 if expect == Expect::ConnectAnswered
-                    && seen.windows(29).any(|w| w == b"NetConnection.Connect.Success")
+                    && seen
+                        .windows(29)
+                        .any(|w| w == b"NetConnection.Connect.Success")
                 {
                     return;
                 }
@@ -346,7 +444,8 @@ async fn camera_corpus(ts: &TestServer) -> usize {
         reconnects += usize::from(cam_send(ts, &key, &mut ws, msg).await);
         if i % 2 == 1 {
             let frame = frames::jpeg(i as u64, 160, 120, 50);
-            reconnects += usize::from(cam_send(ts, &key, &mut ws, Message::Binary(frame.into())).await);
+            reconnects +=
+                usize::from(cam_send(ts, &key, &mut ws, Message::Binary(frame.into())).await);
         }
     }
     let last = frames::jpeg(999, 160, 120, 50);
@@ -354,7 +453,11 @@ async fn camera_corpus(ts: &TestServer) -> usize {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (status, _, body) = get(&ts.http(&format!("/mjpeg/{id}/frame.jpg"))).await;
     assert_eq!(status, 200);
-    assert_eq!(body.to_vec(), last, "the camera's last valid frame is served");
+    assert_eq!(
+        body.to_vec(),
+        last,
+        "the camera's last valid frame is served"
+    );
     eprintln!("camera corpus: {n} bad frames, {reconnects} reconnects after 1007 closes");
     n
 }
@@ -410,7 +513,11 @@ async fn sdp_corpus(ts: &TestServer) -> usize {
         b"v=0".to_vec(),
         vec![0xFF, 0xFE, 0x00, 0xC3, 0x28],
         "v=0\r\n".repeat(5000).into_bytes(),
-        format!("v=0\r\ns=\u{1F4A5}\u{202E}\r\n{}", "a=\u{0}\u{FFFF}\r\n".repeat(100)).into_bytes(),
+        format!(
+            "v=0\r\ns=\u{1F4A5}\u{202E}\r\n{}",
+            "a=\u{0}\u{FFFF}\r\n".repeat(100)
+        )
+        .into_bytes(),
         vec![b'a'; 2 * 1024 * 1024],
     ];
     // A thousand media sections.
@@ -427,7 +534,12 @@ async fn sdp_corpus(ts: &TestServer) -> usize {
     bodies.push(format!("{head}{}", m.repeat(500)).into_bytes());
     // Each line deleted; each line's numbers made absurd; each line doubled.
     for i in 0..lines.len() {
-        let without: Vec<&str> = lines.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, l)| *l).collect();
+        let without: Vec<&str> = lines
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, l)| *l)
+            .collect();
         bodies.push(format!("{}\r\n", without.join("\r\n")).into_bytes());
         let absurd: Vec<String> = lines
             .iter()
@@ -437,7 +549,13 @@ async fn sdp_corpus(ts: &TestServer) -> usize {
                     return (*l).to_owned();
                 }
                 l.split(' ')
-                    .map(|w| if w.chars().all(|c| c.is_ascii_digit()) && !w.is_empty() { "99999999999999999999".to_owned() } else { w.to_owned() })
+                    .map(|w| {
+                        if w.chars().all(|c| c.is_ascii_digit()) && !w.is_empty() {
+                            "99999999999999999999".to_owned()
+                        } else {
+                            w.to_owned()
+                        }
+                    })
                     .collect::<Vec<_>>()
                     .join(" ")
             })
@@ -556,18 +674,34 @@ async fn api_corpus(ts: &TestServer) -> usize {
     let paths = doc["paths"].as_object().expect("paths").clone();
     let mut requests = 0;
     for (path, item) in &paths {
-        let Some(item) = item.as_object() else { continue };
+        let Some(item) = item.as_object() else {
+            continue;
+        };
         for (method, op) in item {
             let Ok(m) = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()) else {
                 continue;
             };
-            if !matches!(m, reqwest::Method::GET | reqwest::Method::POST | reqwest::Method::PATCH | reqwest::Method::PUT | reqwest::Method::DELETE) {
+            if !matches!(
+                m,
+                reqwest::Method::GET
+                    | reqwest::Method::POST
+                    | reqwest::Method::PATCH
+                    | reqwest::Method::PUT
+                    | reqwest::Method::DELETE
+            ) {
                 continue;
             }
             let has_param = path.contains('{');
-            let ids = if has_param { bogus_ids() } else { vec![String::new()] };
+            let ids = if has_param {
+                bogus_ids()
+            } else {
+                vec![String::new()]
+            };
             let props = body_props(&doc, op);
-            let takes_body = matches!(m, reqwest::Method::POST | reqwest::Method::PATCH | reqwest::Method::PUT);
+            let takes_body = matches!(
+                m,
+                reqwest::Method::POST | reqwest::Method::PATCH | reqwest::Method::PUT
+            );
             for id in &ids {
                 let url = ts.http(&fill_params(path, id));
                 let mut variants: Vec<(String, Option<Vec<u8>>)> = Vec::new();
@@ -577,7 +711,11 @@ async fn api_corpus(ts: &TestServer) -> usize {
                     }
                 } else if takes_body {
                     // Bodies against the real route only with the first (well-formed) id.
-                    let bodies = if id == &ids[0] { bogus_bodies(&props) } else { vec![b"{}".to_vec()] };
+                    let bodies = if id == &ids[0] {
+                        bogus_bodies(&props)
+                    } else {
+                        vec![b"{}".to_vec()]
+                    };
                     for b in bodies {
                         variants.push((url.clone(), Some(b)));
                     }
@@ -605,9 +743,15 @@ async fn api_corpus(ts: &TestServer) -> usize {
                     let short: String = u.chars().take(120).collect();
                     assert!(status < 500, "{method} {short}: {status} {text}");
                     if status >= 400 {
-                        assert!(ctype.starts_with("application/json"), "{method} {short}: {status} as {ctype}");
+                        assert!(
+                            ctype.starts_with("application/json"),
+                            "{method} {short}: {status} as {ctype}"
+                        );
                         let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                        assert!(v["error"]["code"].is_string(), "{method} {short}: {status} {text}");
+                        assert!(
+                            v["error"]["code"].is_string(),
+                            "{method} {short}: {status} {text}"
+                        );
                         assert_eq!(v["error"]["status"], status, "{method} {short}: {text}");
                     }
                 }
@@ -623,7 +767,9 @@ fn fill_params(path: &str, id: &str) -> String {
     let mut rest = path;
     while let Some(start) = rest.find('{') {
         out.push_str(&rest[..start]);
-        let Some(end) = rest[start..].find('}') else { break };
+        let Some(end) = rest[start..].find('}') else {
+            break;
+        };
         out.push_str(id);
         rest = &rest[start + end + 1..];
     }
@@ -643,6 +789,8 @@ async fn malformed_input_corpus_leaves_the_healthy_stream_untouched() {
         c.api.rate_limit_per_token = 1_000_000;
         c.api.rate_limit_per_ip = 1_000_000;
         c.camera.max_invalid_frames = 3;
+        // The whole healthy stream stays in the playlist, to be checked at the end.
+        c.hls.window_segments = 30;
     })
     .await;
     let (id, key) = ts.create_stream("healthy").await;

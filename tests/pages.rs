@@ -109,7 +109,8 @@ async fn the_player_picks_a_path_for_rtmp_whip_and_camera_and_explains_private_s
     let mut ffmpeg = ffmpeg_publish(&ts.rtmp(&format!("/live/{rtmp_key}")), 120);
     // WHIP (baseline H.264 + Opus): WebRTC.
     let (whip_id, whip_key) = ts.create_stream("whip").await;
-    let whip_publisher = common::webrtc::whip_publish(&ts.http("/whip/live/whip"), &whip_key, 30).await;
+    let whip_publisher =
+        common::webrtc::whip_publish(&ts.http("/whip/live/whip"), &whip_key, 30).await;
     // A camera: MJPEG.
     let (cam_id, cam_key) = ts.create_stream("cam").await;
     let url = format!("ws://{}/ingest/ws?key={cam_key}", ts.server.http_addr);
@@ -154,13 +155,19 @@ async fn the_player_picks_a_path_for_rtmp_whip_and_camera_and_explains_private_s
     assert_eq!(rtmp["path"], "HLS (native)", "{rtmp}");
     assert!(rtmp["frames"].as_u64().unwrap_or(0) > 30, "{rtmp}");
     assert_eq!(rtmp["width"], 640, "{rtmp}");
-    assert!(rtmp["text"].as_str().unwrap().contains("behind live"), "latency readout: {rtmp}");
+    assert!(
+        rtmp["text"].as_str().unwrap().contains("behind live"),
+        "latency readout: {rtmp}"
+    );
 
     let whip = find(&reports, "name", "whip");
     assert_eq!(whip["state"], "playing", "{whip}");
     assert_eq!(whip["path"], "WebRTC (WHEP)", "{whip}");
     assert!(whip["frames"].as_u64().unwrap_or(0) > 30, "{whip}");
-    assert!(whip["latencyMs"].as_u64().is_some(), "latency readout: {whip}");
+    assert!(
+        whip["latencyMs"].as_u64().is_some(),
+        "latency readout: {whip}"
+    );
 
     let cam = find(&reports, "name", "camera");
     assert_eq!(cam["state"], "playing", "{cam}");
@@ -168,15 +175,24 @@ async fn the_player_picks_a_path_for_rtmp_whip_and_camera_and_explains_private_s
     assert_eq!(cam["picture_changes"], true, "the <img> updates: {cam}");
 
     let embed = find(&reports, "name", "embed");
-    assert_eq!(embed["state"], "playing", "the embed plays inside another origin's iframe: {embed}");
+    assert_eq!(
+        embed["state"], "playing",
+        "the embed plays inside another origin's iframe: {embed}"
+    );
     assert!(embed["frames"].as_u64().unwrap_or(0) > 30, "{embed}");
 
     let private = find(&reports, "name", "private");
     assert_eq!(private["state"], "denied", "{private}");
-    assert!(private["message"].as_str().unwrap().contains("private"), "{private}");
+    assert!(
+        private["message"].as_str().unwrap().contains("private"),
+        "{private}"
+    );
     let bad = find(&reports, "name", "bad_token");
     assert_eq!(bad["state"], "denied", "{bad}");
-    assert!(bad["message"].as_str().unwrap().contains("not valid"), "{bad}");
+    assert!(
+        bad["message"].as_str().unwrap().contains("not valid"),
+        "{bad}"
+    );
     let unknown = find(&reports, "name", "unknown");
     assert_eq!(unknown["state"], "notfound", "{unknown}");
     for r in &reports {
@@ -192,7 +208,13 @@ async fn the_player_picks_a_path_for_rtmp_whip_and_camera_and_explains_private_s
 
 async fn wait_live(base: &str, id: &str) {
     for _ in 0..100 {
-        let (_, body) = api(base, reqwest::Method::GET, &format!("/api/v1/streams/{id}"), None).await;
+        let (_, body) = api(
+            base,
+            reqwest::Method::GET,
+            &format!("/api/v1/streams/{id}"),
+            None,
+        )
+        .await;
         if body["state"] == "live" && !body["live"]["tracks"].as_array().is_none_or(Vec::is_empty) {
             return;
         }
@@ -222,29 +244,59 @@ async fn the_console_creates_watches_and_stops_a_stream() {
     let refused = wrong["refused"].as_array().unwrap();
     assert_eq!(refused.len(), 2);
     assert_eq!(refused[0], "That token was not accepted.");
-    assert_eq!(refused[0], refused[1], "a nearly-right token is refused in the same words");
+    assert_eq!(
+        refused[0], refused[1],
+        "a nearly-right token is refused in the same words"
+    );
     assert_eq!(wrong["app_visible"], false);
 
     let signed = step("signed_in");
-    assert!(!signed["url"].as_str().unwrap().contains(ADMIN_TOKEN), "the token is not in the URL");
+    assert!(
+        !signed["url"].as_str().unwrap().contains(ADMIN_TOKEN),
+        "the token is not in the URL"
+    );
 
     let created = step("created");
-    let labels: Vec<&str> = created["labels"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
-    for l in ["Stream key", "OBS: Server", "ffmpeg", "WHIP URL", "ESP32 camera (WebSocket)", "Embed"] {
+    let labels: Vec<&str> = created["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for l in [
+        "Stream key",
+        "OBS: Server",
+        "ffmpeg",
+        "WHIP URL",
+        "ESP32 camera (WebSocket)",
+        "Embed",
+    ] {
         assert!(labels.contains(&l), "the settings show {l}: {labels:?}");
     }
     let hidden = step("secrets_hidden");
     assert_eq!(hidden["hidden"], true);
-    assert_eq!(hidden["list"], "", "the key is gone from the page once acknowledged");
+    assert_eq!(
+        hidden["list"], "",
+        "the key is gone from the page once acknowledged"
+    );
 
     assert_eq!(step("live")["live"], true, "{}", step("live"));
     let viewers = step("viewers");
     assert_eq!(viewers["players_playing"], true, "{viewers}");
-    assert!(viewers["viewer_count"].as_u64().unwrap_or(0) >= 2, "{viewers}");
+    assert!(
+        viewers["viewer_count"].as_u64().unwrap_or(0) >= 2,
+        "{viewers}"
+    );
     let detail = step("detail");
-    assert!(detail["health_points"].as_u64().unwrap_or(0) >= 2, "the health chart has points: {detail}");
+    assert!(
+        detail["health_points"].as_u64().unwrap_or(0) >= 2,
+        "the health chart has points: {detail}"
+    );
     assert_eq!(detail["components"], 7, "{detail}");
-    assert!(detail["bitrate_points"].as_u64().unwrap_or(0) >= 2, "{detail}");
+    assert!(
+        detail["bitrate_points"].as_u64().unwrap_or(0) >= 2,
+        "{detail}"
+    );
     let stopped = step("stopped");
     assert_eq!(stopped["stopped"], true, "{stopped}");
     assert_eq!(stopped["errors"], serde_json::json!([]), "{stopped}");
@@ -282,17 +334,27 @@ async fn pages_carry_no_secrets_and_a_strict_policy() {
             let csp = csp.unwrap_or_else(|| panic!("{path} has no CSP"));
             assert!(csp.contains("default-src 'none'"), "{csp}");
             assert!(csp.contains("script-src 'self'"), "{csp}");
-            assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"), "{csp}");
+            assert!(
+                !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+                "{csp}"
+            );
             assert!(!body.contains("<script>"), "{path} has an inline script");
         }
     }
     // Frame policy: the console cannot be framed, the embed can.
     let csp_of = |resp: &reqwest::Response| {
-        resp.headers()["content-security-policy"].to_str().unwrap().to_owned()
+        resp.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .to_owned()
     };
     let console = client.get(ts.http("/console")).send().await.unwrap();
     assert!(csp_of(&console).ends_with("frame-ancestors 'none'"));
-    let embed = client.get(ts.http(&format!("/embed/{id}"))).send().await.unwrap();
+    let embed = client
+        .get(ts.http(&format!("/embed/{id}")))
+        .send()
+        .await
+        .unwrap();
     assert!(csp_of(&embed).ends_with("frame-ancestors *"));
     // `/` leads to the console; unknown ids and odd paths are 404.
     let root = reqwest::Client::builder()
@@ -311,7 +373,10 @@ async fn pages_carry_no_secrets_and_a_strict_policy() {
 
     // A wrong API token gets the same answer whether it is nearly right or nonsense.
     let mut answers = Vec::new();
-    for wrong in ["nonsense", &format!("{}x", &ADMIN_TOKEN[..ADMIN_TOKEN.len() - 1])] {
+    for wrong in [
+        "nonsense",
+        &format!("{}x", &ADMIN_TOKEN[..ADMIN_TOKEN.len() - 1]),
+    ] {
         let r = client
             .get(ts.http("/api/v1/streams"))
             .bearer_auth(wrong)
@@ -327,9 +392,24 @@ async fn pages_carry_no_secrets_and_a_strict_policy() {
     assert_eq!(answers[0], answers[1], "no hint about which part was wrong");
 
     // The API's stream view carries the page URLs and a ready iframe.
-    let (_, view) = api(&ts.http(""), reqwest::Method::GET, &format!("/api/v1/streams/{id}"), None).await;
-    assert!(view["play_url"].as_str().unwrap().ends_with(&format!("/play/{id}")));
-    assert!(view["embed_url"].as_str().unwrap().ends_with(&format!("/embed/{id}")));
-    assert!(view["iframe"].as_str().unwrap().starts_with("<iframe src=\""));
+    let (_, view) = api(
+        &ts.http(""),
+        reqwest::Method::GET,
+        &format!("/api/v1/streams/{id}"),
+        None,
+    )
+    .await;
+    assert!(view["play_url"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!("/play/{id}")));
+    assert!(view["embed_url"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!("/embed/{id}")));
+    assert!(view["iframe"]
+        .as_str()
+        .unwrap()
+        .starts_with("<iframe src=\""));
     ts.server.shutdown().await;
 }

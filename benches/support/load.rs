@@ -104,10 +104,8 @@ pub fn read_flv(path: &str) -> Result<Vec<Tag>, String> {
     while at + 11 <= data.len() {
         let h = &data[at..at + 11];
         let size = usize::from(h[1]) << 16 | usize::from(h[2]) << 8 | usize::from(h[3]);
-        let timestamp = u32::from(h[7]) << 24
-            | u32::from(h[4]) << 16
-            | u32::from(h[5]) << 8
-            | u32::from(h[6]);
+        let timestamp =
+            u32::from(h[7]) << 24 | u32::from(h[4]) << 16 | u32::from(h[5]) << 8 | u32::from(h[6]);
         let end = at + 11 + size;
         if end > data.len() {
             break;
@@ -464,15 +462,14 @@ async fn play_inner(
     }
 }
 
+/// Latencies of the newest and oldest frame of each part received (µs).
+pub type PartSamples = Arc<Mutex<Vec<(u64, u64)>>>;
+
 /// An LL-HLS client of `index` (a multivariant or media playlist URL): follows
 /// `EXT-X-PRELOAD-HINT` with blocking playlist requests and fetches every part, counting the
 /// bytes; with `samples`, records for each part the latency of its newest and oldest frame
 /// (stamp → part received) as `(newest, oldest)`.
-pub async fn ll_hls(
-    index: String,
-    received: Arc<AtomicU64>,
-    samples: Option<Arc<Mutex<Vec<(u64, u64)>>>>,
-) {
+pub async fn ll_hls(index: String, received: Arc<AtomicU64>, samples: Option<PartSamples>) {
     let client = reqwest::Client::new();
     let Some(dir_end) = index.rfind('/') else {
         return;

@@ -71,11 +71,7 @@ fn json_error(rejection: JsonRejection) -> HttpError {
             "send the body as Content-Type: application/json",
         ),
         JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            HttpError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "the request body is larger than the limit",
-            )
+            too_large()
         }
         other => HttpError::bad_request(other.body_text()),
     }
@@ -101,6 +97,40 @@ where
             .map(|axum::extract::Query(v)| ApiQuery(v))
             .map_err(|e| HttpError::bad_request(e.body_text()))
     }
+}
+
+/// An optional JSON body: empty means `T::default()`; otherwise the same 400/413/422 rules as
+/// [`ApiJson`] (any content type).
+#[derive(Debug, Clone)]
+pub struct OptionalJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for OptionalJson<T>
+where
+    T: DeserializeOwned + Default,
+    S: Send + Sync,
+{
+    type Rejection = HttpError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, HttpError> {
+        let body = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    too_large()
+                } else {
+                    HttpError::bad_request(e.body_text())
+                }
+            })?;
+        parse_optional(&body).map(OptionalJson)
+    }
+}
+
+fn too_large() -> HttpError {
+    HttpError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        "the request body is larger than the limit",
+    )
 }
 
 /// Parses an optional JSON body: empty means `T::default()`; otherwise the same 400/422

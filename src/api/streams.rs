@@ -828,10 +828,9 @@ pub async fn play_token(
     auth: Auth,
     State(state): State<ApiState>,
     Path(id): Path<String>,
-    body: axum::body::Bytes,
+    super::json::OptionalJson(body): super::json::OptionalJson<PlayTokenRequest>,
 ) -> Result<(StatusCode, Json<PlayToken>), HttpError> {
     auth.require("streams:read")?;
-    let body: PlayTokenRequest = super::json::parse_optional(&body)?;
     let row = load(&state, &id).await?;
     let ttl = body
         .ttl_seconds

@@ -186,7 +186,11 @@ mod tests {
             panic!("no tag")
         };
         assert_eq!((type_id, timestamp), (TYPE_VIDEO, 0));
-        assert_eq!(body.as_ptr(), f.data.as_ptr(), "the frame's buffer is shared, not copied");
+        assert_eq!(
+            body.as_ptr(),
+            f.data.as_ptr(),
+            "the frame's buffer is shared, not copied"
+        );
         let tag = Bytes::from([head.as_slice(), &body[..]].concat());
         match parse_video(tag).unwrap() {
             VideoTag::Frame {

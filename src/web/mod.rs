@@ -258,7 +258,10 @@ async fn info(
     let h264 = has(&|c| matches!(c, CodecConfig::H264(_)));
     let b_frames = snapshot.as_ref().is_some_and(|s| s.has_b_frames);
     let (whep_url, webrtc_note) = if !ctx.config.webrtc.enabled {
-        (None, Some("WebRTC playback is turned off on this server".to_owned()))
+        (
+            None,
+            Some("WebRTC playback is turned off on this server".to_owned()),
+        )
     } else if !h264 {
         (None, Some("no H.264 video to play over WebRTC".to_owned()))
     } else if b_frames {
@@ -304,8 +307,14 @@ mod tests {
         config.web.hlsjs_url = "https://cdn.example.com/hls.js@1/dist/hls.min.js".into();
         config.web.embed_origins = vec!["https://a.example".into(), "https://b.example".into()];
         let p = csp(&config, Page::Embed);
-        assert!(p.contains("script-src 'self' https://cdn.example.com;"), "{p}");
-        assert!(p.ends_with("frame-ancestors https://a.example https://b.example"), "{p}");
+        assert!(
+            p.contains("script-src 'self' https://cdn.example.com;"),
+            "{p}"
+        );
+        assert!(
+            p.ends_with("frame-ancestors https://a.example https://b.example"),
+            "{p}"
+        );
         config.web.hlsjs_url = "/static/hls.min.js".into();
         assert!(csp(&config, Page::Play).contains("script-src 'self';"));
     }

@@ -584,10 +584,7 @@ impl ChunkWriter {
         body: &[u8],
     ) {
         let total = head.len() + body.len();
-        debug_assert!(
-            total <= usize_from(MAX_CHUNK_SIZE),
-            "RTMP payload too long"
-        );
+        debug_assert!(total <= usize_from(MAX_CHUNK_SIZE), "RTMP payload too long");
         debug_assert!(
             (MIN_CSID..=MAX_CSID).contains(&csid),
             "invalid chunk stream id"

@@ -13,9 +13,9 @@
 use bytes::{Bytes, BytesMut};
 
 use super::amf0::Amf0Value;
-use super::MediaSink as _;
 use super::chunk::{ChunkError, ChunkReader, ChunkWriter};
 use super::message::{self, MessageError, RtmpMessage};
+use super::MediaSink as _;
 
 /// The message stream id handed out by `createStream`.
 pub const MEDIA_STREAM_ID: u32 = 1;
