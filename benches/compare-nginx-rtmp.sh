@@ -13,7 +13,7 @@
 #   - memory: RSS per idle publisher (one GOP sent, then silent) and per player of it;
 #   - HLS delivery: wrk fetching one finished segment from the live server vs nginx serving
 #     the same bytes as a static file.
-# The table goes to stdout and target/compare-nginx-rtmp.md.
+# The table goes to stdout and target/compare-nginx-rtmp/table.md (with the step tables).
 #
 # Usage: bash benches/compare-nginx-rtmp.sh            (full run, ~25 minutes)
 #        QUICK=1 bash benches/compare-nginx-rtmp.sh    (smaller steps and caps, ~8 minutes)
@@ -44,6 +44,9 @@ log "building release binaries"
 cargo build --release --locked --bin media-server --example loadgen >&2
 
 work=$(mktemp -d /tmp/compare-nginx-rtmp.XXXXXX)
+# Step tables and results stay after the run.
+out=$root/target/compare-nginx-rtmp
+rm -rf "$out"; mkdir -p "$out"
 servers=()
 cleanup() {
   for p in "${servers[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -134,7 +137,7 @@ EOF
 stop() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; sleep 1; }
 
 # result KIND KEY FILE: a value from the generator's RESULT line.
-result() { grep "^RESULT $1 " "$3" | tr ' ' '\n' | sed -n "s/^$2=//p" | head -1; }
+result() { { grep "^RESULT $1 " "$3" 2>/dev/null || true; } | tr ' ' '\n' | sed -n "s/^$2=//p" | head -1; }
 
 ms_api=(--api "http://$ms_http" --token "$token")
 ms_pub="rtmp://$ms_rtmp/live/{key}"
@@ -147,39 +150,52 @@ else
   player_step=1000; publisher_step=100; step_secs=6; max_publishers=$(( max_clients < 6000 ? max_clients : 6000 ))
 fi
 
+# SECTIONS picks parts of the run (default: all).
+sections=" ${SECTIONS:-players publishers latency memory hls} "
+want() { [[ "$sections" == *" $1 "* ]]; }
+
 for server in ms nginx; do
+  if want players; then
   log "$server: RTMP players of one stream"
   if [ $server = ms ]; then start_ms 6; else start_nginx; fi
   if [ $server = ms ]; then args=("${ms_api[@]}" players --publish "$ms_pub" --play "$ms_play")
   else args=(players --publish "$ng_pub" --play "$ng_play"); fi
   "${loadgen[@]}" --pid "$pid" "${args[@]}" --step $player_step --step-secs $step_secs \
-    --max "$max_clients" 2>"$work/$server-players.err" | tee "$work/$server-players.txt" >&2
+    --max "$max_clients" 2>"$out/$server-players.err" | tee "$out/$server-players.txt" >&2
   stop
+  fi
 
+  if want publishers; then
   log "$server: publishers (HLS on)"
   if [ $server = ms ]; then start_ms 6; args=("${ms_api[@]}" publishers --publish "$ms_pub")
   else start_nginx; args=(publishers --publish "$ng_pub"); fi
   "${loadgen[@]}" --pid "$pid" "${args[@]}" --step $publisher_step --step-secs $step_secs \
-    --max "$max_publishers" 2>"$work/$server-publishers.err" | tee "$work/$server-publishers.txt" >&2
+    --max "$max_publishers" 2>"$out/$server-publishers.err" | tee "$out/$server-publishers.txt" >&2
   stop
+  fi
 
+  if want latency; then
   log "$server: latency"
   if [ $server = ms ]; then
     start_ms 6
     args=("${ms_api[@]}" latency --publish "$ms_pub" --play "$ms_play"
           --hls "http://$ms_http/hls/{id}/index.m3u8")
   else start_nginx; args=(latency --publish "$ng_pub" --play "$ng_play"); fi
-  "${loadgen[@]}" --pid "$pid" --batch-ms 0 "${args[@]}" --secs 20 2>&1 | tee "$work/$server-latency.txt" >&2
+  "${loadgen[@]}" --pid "$pid" --batch-ms 0 "${args[@]}" --secs 20 2>&1 | tee "$out/$server-latency.txt" >&2
   stop
+  fi
 
+  if want memory; then
   log "$server: memory per idle publisher and player"
   if [ $server = ms ]; then start_ms 6; args=("${ms_api[@]}" memory --publish "$ms_pub" --play "$ms_play")
   else start_nginx; args=(memory --publish "$ng_pub" --play "$ng_play"); fi
   "${loadgen[@]}" --pid "$pid" "${args[@]}" --publishers 200 --players 2000 \
-    2>"$work/$server-memory.err" | tee "$work/$server-memory.txt" >&2
+    2>"$out/$server-memory.err" | tee "$out/$server-memory.txt" >&2
   stop
+  fi
 done
 
+if want hls; then
 log "HLS delivery: media-server's live segment vs nginx serving the same file"
 start_ms 100
 ms_pid=$pid
@@ -199,16 +215,18 @@ start_nginx
 curl -sf "$seg_url" -o "$work/nginx/static/seg.m4s"
 seg_bytes=$(stat -c %s "$work/nginx/static/seg.m4s")
 for c in 10 100; do
-  taskset -c 1 wrk -t1 -c$c -d10s "$seg_url" >"$work/wrk-ms-$c.txt"
-  taskset -c 1 wrk -t1 -c$c -d10s "http://$ng_http/seg.m4s" >"$work/wrk-nginx-$c.txt"
+  taskset -c 1 wrk -t1 -c$c -d10s "$seg_url" >"$out/wrk-ms-$c.txt"
+  taskset -c 1 wrk -t1 -c$c -d10s "http://$ng_http/seg.m4s" >"$out/wrk-nginx-$c.txt"
 done
 stop
 pid=$ms_pid; stop
 kill "$ff" 2>/dev/null || true
+fi
 
-rps() { awk '/^Requests\/sec/ {print $2}' "$1"; }
+rps() { if [ -f "$1" ]; then awk '/^Requests\/sec/ {print $2}' "$1"; fi; }
+seg_bytes=${seg_bytes:-?}
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
-get() { result "$1" "$2" "$work/$3.txt"; }
+get() { result "$1" "$2" "$out/$3.txt"; }
 
 {
   echo "| measure | media-server | nginx-rtmp 1.2.2 | ratio |"
@@ -218,16 +236,17 @@ get() { result "$1" "$2" "$work/$3.txt"; }
   a=$(get publishers max_publishers ms-publishers); b=$(get publishers max_publishers nginx-publishers)
   echo "| 600 kbit/s publishers, HLS on, none > 1 s behind | **$a** (CPU $(get publishers server_cpu_percent ms-publishers) %, RSS $(get publishers server_rss_mib ms-publishers) MiB) | $b (CPU $(get publishers server_cpu_percent nginx-publishers) %, RSS $(get publishers server_rss_mib nginx-publishers) MiB) | $(ratio "$a" "$b") |"
   for c in 10 100; do
-    a=$(rps "$work/wrk-ms-$c.txt"); b=$(rps "$work/wrk-nginx-$c.txt")
+    a=$(rps "$out/wrk-ms-$c.txt"); b=$(rps "$out/wrk-nginx-$c.txt")
     echo "| HLS: one ${seg_bytes}-byte segment, wrk $c connections (requests/s) | **$a** (live, from memory) | $b (static file, sendfile) | $(ratio "$a" "$b") |"
   done
   echo "| latency publisher → RTMP player, p50 / p95 (ms) | **$(get latency rtmp_p50_ms ms-latency) / $(get latency rtmp_p95_ms ms-latency)** | $(get latency rtmp_p50_ms nginx-latency) / $(get latency rtmp_p95_ms nginx-latency) | |"
   echo "| latency publisher → LL-HLS part with the frame, p50 / p95 (ms) | **$(get latency part_newest_p50_ms ms-latency) / $(get latency part_newest_p95_ms ms-latency)** | no LL-HLS | |"
   echo "| RSS per idle publisher (GOP $(get memory gop_kib ms-memory) KiB) | **$(get memory kib_per_idle_publisher ms-memory) KiB** | $(get memory kib_per_idle_publisher nginx-memory) KiB | |"
   echo "| RSS per player of an idle stream | **$(get memory kib_per_idle_player ms-memory) KiB** | $(get memory kib_per_idle_player nginx-memory) KiB | |"
-} | tee target/compare-nginx-rtmp.md
+} | tee "$out/table.md"
 echo
 echo "step tables:"
-for f in "$work"/*-players.txt "$work"/*-publishers.txt "$work"/*-memory.txt; do
+for f in "$out"/*-players.txt "$out"/*-publishers.txt "$out"/*-memory.txt "$out"/wrk-*.txt; do
+  [ -f "$f" ] || continue
   echo "--- $(basename "$f" .txt)"; cat "$f"
-done | tee -a target/compare-nginx-rtmp.md
+done | tee -a "$out/table.md"

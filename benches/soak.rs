@@ -9,6 +9,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/load.rs"]
+mod load;
 #[path = "support/proc.rs"]
 mod proc_stats;
 
@@ -16,110 +18,36 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{client_handshake, free_port, looped, read_flv, RtmpPublisher, FIXTURE};
-use rml_rtmp::sessions::{
-    ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult,
-};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use common::{free_port, looped, read_flv, RtmpPublisher, FIXTURE};
 
 const TOKEN: &str = "bench-admin-token-0123456789";
 
-/// An RTMP player (rml_rtmp's client session) counting the media bytes it receives;
-/// reconnects if the server closes it.
+/// An RTMP player (our client session, see support/load.rs) adding the media bytes it
+/// receives to `received`; reconnects if the server closes it.
 async fn rtmp_player(addr: std::net::SocketAddr, id: String, received: Arc<AtomicU64>) {
+    let target = load::Target {
+        addr,
+        app: "live".into(),
+        name: id,
+        tc_url: format!("rtmp://{addr}/live"),
+    };
     loop {
-        let Ok(mut socket) = tokio::net::TcpStream::connect(addr).await else {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        };
-        let rest = client_handshake(&mut socket).await;
-        let Ok((mut session, _)) = ClientSession::new(ClientSessionConfig::new()) else {
-            return;
-        };
-        let mut results = session.handle_input(&rest).unwrap_or_default();
-        if let Ok(r) = session.request_connection("live".into()) {
-            results.push(r);
-        }
-        let mut buf = vec![0u8; 65536];
-        loop {
-            for r in results.drain(..) {
-                match r {
-                    ClientSessionResult::OutboundResponse(p) => {
-                        let _ = socket.write_all(&p.bytes).await;
-                    }
-                    ClientSessionResult::RaisedEvent(
-                        ClientSessionEvent::ConnectionRequestAccepted,
-                    ) => {
-                        if let Ok(ClientSessionResult::OutboundResponse(p)) =
-                            session.request_playback(id.clone())
-                        {
-                            let _ = socket.write_all(&p.bytes).await;
-                        }
-                    }
-                    ClientSessionResult::RaisedEvent(
-                        ClientSessionEvent::VideoDataReceived { data, .. }
-                        | ClientSessionEvent::AudioDataReceived { data, .. },
-                    ) => {
-                        received.fetch_add(data.len() as u64, Ordering::Relaxed);
-                    }
-                    _ => {}
+        let stats = Arc::new(load::PlayerStats::default());
+        let counting = {
+            let (stats, received) = (stats.clone(), received.clone());
+            tokio::spawn(async move {
+                let mut last = 0;
+                loop {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let now = stats.bytes.load(Ordering::Relaxed);
+                    received.fetch_add(now - last, Ordering::Relaxed);
+                    last = now;
                 }
-            }
-            let n = socket.read(&mut buf).await.unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            results = session.handle_input(&buf[..n]).unwrap_or_default();
-        }
-    }
-}
-
-/// An LL-HLS client: follows the preload hint with blocking requests and fetches each part.
-async fn hls_client(base: String, id: String, received: Arc<AtomicU64>) {
-    let client = reqwest::Client::new();
-    let index = format!("{base}/hls/{id}/index.m3u8");
-    loop {
-        let Ok(text) = async { client.get(&index).send().await?.text().await }.await else {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
+            })
         };
-        let Some(media) = text.lines().find(|l| l.starts_with("media.m3u8")) else {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        };
-        let media = format!("{base}/hls/{id}/{media}");
-        let mut next: Option<(String, String)> = None;
-        loop {
-            let url = match &next {
-                Some((msn, part)) => format!("{media}&_HLS_msn={msn}&_HLS_part={part}"),
-                None => media.clone(),
-            };
-            let Ok(text) = async { client.get(&url).send().await?.text().await }.await else {
-                break;
-            };
-            let Some(hint) = text
-                .lines()
-                .find_map(|l| l.strip_prefix("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\""))
-            else {
-                break;
-            };
-            let uri = hint.trim_end_matches('"').to_owned();
-            if let Ok(r) = client.get(format!("{base}/hls/{id}/{uri}")).send().await {
-                if let Ok(b) = r.bytes().await {
-                    received.fetch_add(b.len() as u64, Ordering::Relaxed);
-                }
-            }
-            // part{msn}.{i}.m4s?… → ask for the playlist that lists the part after it.
-            let name = uri.split('?').next().unwrap_or("");
-            let Some((msn, part)) = name
-                .strip_prefix("part")
-                .and_then(|n| n.strip_suffix(".m4s"))
-                .and_then(|n| n.split_once('.'))
-            else {
-                break;
-            };
-            next = Some((msn.to_owned(), part.to_owned()));
-        }
+        let _ = load::play(target.clone(), stats, None, Duration::ZERO).await;
+        counting.abort();
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -236,10 +164,10 @@ async fn main() {
         )));
     }
     for _ in 0..hls {
-        clients.push(tokio::spawn(hls_client(
-            base.clone(),
-            id.clone(),
+        clients.push(tokio::spawn(load::ll_hls(
+            format!("{base}/hls/{id}/index.m3u8"),
             received.clone(),
+            None,
         )));
     }
     println!(

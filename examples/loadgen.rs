@@ -48,6 +48,10 @@ struct Cli {
     /// at 25 fps); 0 writes every tag on its own.
     #[arg(long, global = true, default_value_t = 40)]
     batch_ms: u64,
+    /// A player (in the players and memory runs) sleeps this long after each read and then
+    /// takes all that arrived at once; 0 reads as data comes (the latency run always does).
+    #[arg(long, global = true, default_value_t = 50)]
+    read_interval_ms: u64,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -142,6 +146,7 @@ struct Ctx {
     tags: Arc<Vec<Tag>>,
     cpu0: (f64, f64, Instant),
     realtime: Pace,
+    read_interval: Duration,
 }
 
 impl Ctx {
@@ -200,12 +205,16 @@ impl Ctx {
     }
 }
 
-fn player(url: &str, samples: Option<Arc<Mutex<Vec<u64>>>>) -> Result<Arc<PlayerStats>, String> {
+fn player(
+    url: &str,
+    samples: Option<Arc<Mutex<Vec<u64>>>>,
+    read_interval: Duration,
+) -> Result<Arc<PlayerStats>, String> {
     let target = Target::parse(url)?;
     let stats = Arc::new(PlayerStats::default());
     let s = stats.clone();
     tokio::spawn(async move {
-        if let Err(e) = load::play(target, s, samples).await {
+        if let Err(e) = load::play(target, s, samples, read_interval).await {
             eprintln!("player: {e}");
         }
     });
@@ -272,7 +281,7 @@ async fn players_ramp(ctx: &mut Ctx, cmd: &Cmd) -> Result<(), String> {
     ctx.usage();
     while all.len() < *max {
         for _ in 0..*step {
-            all.push(player(&play, None)?);
+            all.push(player(&play, None, ctx.read_interval)?);
         }
         // Let the new players connect and get past their start-up burst, then measure.
         tokio::time::sleep(load::WARMUP + Duration::from_secs(1)).await;
@@ -320,13 +329,15 @@ async fn players_ramp(ctx: &mut Ctx, cmd: &Cmd) -> Result<(), String> {
         }
         last_good = Some((all.len(), cpu, rss));
     }
-    match last_good {
-        Some((n, cpu, rss)) => println!(
-            "RESULT players max_players={n} server_cpu_percent={cpu:.1} server_rss_mib={rss:.1}"
-        ),
-        None => println!("RESULT players max_players=0"),
-    }
+    print_ramp_result("players", last_good);
     Ok(())
+}
+
+/// The `RESULT` line of a ramp: the last step where nobody fell behind, with the server's
+/// CPU and RSS there.
+fn print_ramp_result(kind: &str, last_good: Option<(usize, f64, f64)>) {
+    let (n, cpu, rss) = last_good.unwrap_or((0, 0.0, 0.0));
+    println!("RESULT {kind} max_{kind}={n} server_cpu_percent={cpu:.1} server_rss_mib={rss:.1}");
 }
 
 async fn publishers_ramp(ctx: &mut Ctx, cmd: &Cmd) -> Result<(), String> {
@@ -390,12 +401,7 @@ async fn publishers_ramp(ctx: &mut Ctx, cmd: &Cmd) -> Result<(), String> {
         }
         last_good = Some((all.len(), cpu, rss));
     }
-    match last_good {
-        Some((n, cpu, rss)) => println!(
-            "RESULT publishers max_publishers={n} server_cpu_percent={cpu:.1} server_rss_mib={rss:.1}"
-        ),
-        None => println!("RESULT publishers max_publishers=0"),
-    }
+    print_ramp_result("publishers", last_good);
     Ok(())
 }
 
@@ -414,7 +420,7 @@ async fn latency(ctx: &mut Ctx, cmd: &Cmd) -> Result<(), String> {
     wait_publishing(std::slice::from_ref(&publisher)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rtmp = Arc::new(Mutex::new(Vec::new()));
-    let _player = player(&stream.fill(play), Some(rtmp.clone()))?;
+    let _player = player(&stream.fill(play), Some(rtmp.clone()), Duration::ZERO)?;
     let parts = Arc::new(Mutex::new(Vec::new()));
     if let Some(h) = hls {
         let bytes = Arc::new(AtomicU64::new(0));
@@ -477,7 +483,7 @@ async fn memory(ctx: &mut Ctx, cmd: &Cmd) -> Result<(), String> {
     let play = streams.first().map(|s| s.fill(play)).unwrap_or_default();
     let mut ps = Vec::new();
     for _ in 0..*players {
-        ps.push(player(&play, None)?);
+        ps.push(player(&play, None, ctx.read_interval)?);
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
     let rss2 = proc_stats::rss_mib(pid);
@@ -538,6 +544,7 @@ fn main() {
             realtime: Pace::Realtime {
                 batch_ms: cli.batch_ms,
             },
+            read_interval: Duration::from_millis(cli.read_interval_ms),
             cpu0: (
                 cli.pid.map_or(0.0, proc_stats::cpu_seconds),
                 me,

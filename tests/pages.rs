@@ -206,6 +206,61 @@ async fn the_player_picks_a_path_for_rtmp_whip_and_camera_and_explains_private_s
     ts.server.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_player_waits_for_a_stream_and_reconnects_when_it_comes_back() {
+    if !require_browser_tools() || !require_program("ffmpeg") {
+        return;
+    }
+    let ts = start_server("pages-comeback").await;
+    let (id, key) = ts.create_stream("comeback").await;
+    let publish = ts.rtmp(&format!("/live/{key}"));
+    // Offline at first; live for ~12 s from t=6 s; ended; live again from t=30 s.
+    let schedule = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let mut first = ffmpeg_publish(&publish, 12);
+        let _ = tokio::task::spawn_blocking(move || first.wait()).await;
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        let mut second = ffmpeg_publish(&publish, 40);
+        let _ = tokio::task::spawn_blocking(move || second.wait()).await;
+    });
+    let cases = serde_json::json!([
+        { "name": "comeback", "url": ts.http(&format!("/play/{id}")), "kind": "comeback" },
+    ]);
+    let reports = node("player.mjs", &[("CASES", cases.to_string())]).await;
+    let r = find(&reports, "name", "comeback");
+    let states: Vec<&str> = r["states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let first_play = states.iter().position(|s| *s == "playing");
+    let last_play = states.iter().rposition(|s| *s == "playing");
+    assert!(
+        states
+            .iter()
+            .take(first_play.unwrap_or(0))
+            .any(|s| *s == "offline"),
+        "offline before the stream started: {states:?}"
+    );
+    let (Some(first), Some(last)) = (first_play, last_play) else {
+        panic!("never played: {states:?}");
+    };
+    assert!(
+        last > first,
+        "played again after the stream came back: {states:?}"
+    );
+    assert!(
+        states[first..last]
+            .iter()
+            .any(|s| matches!(*s, "ended" | "offline" | "reconnecting")),
+        "showed the interruption: {states:?}"
+    );
+    assert_eq!(r["errors"], serde_json::json!([]), "{r}");
+    schedule.abort();
+    ts.server.shutdown().await;
+}
+
 async fn wait_live(base: &str, id: &str) {
     for _ in 0..100 {
         let (_, body) = api(
@@ -297,10 +352,39 @@ async fn the_console_creates_watches_and_stops_a_stream() {
         detail["bitrate_points"].as_u64().unwrap_or(0) >= 2,
         "{detail}"
     );
+    let restream = step("restream");
+    assert!(
+        restream["row"]
+            .as_str()
+            .is_some_and(|r| r.contains("rtmp://127.0.0.1:9/live")),
+        "{restream}"
+    );
+    assert_eq!(
+        restream["key_shown"], false,
+        "the destination key is masked: {restream}"
+    );
+    assert_eq!(restream["removed"], true, "{restream}");
     let stopped = step("stopped");
     assert_eq!(stopped["stopped"], true, "{stopped}");
-    assert_eq!(stopped["errors"], serde_json::json!([]), "{stopped}");
-    for shot in ["created", "viewers", "detail", "stopped"] {
+    let recording = step("recording");
+    assert_eq!(recording["listed"], true, "{recording}");
+    assert!(
+        recording["downloaded"].as_u64().unwrap_or(0) > 10_000,
+        "{recording}"
+    );
+    assert!(
+        recording["played_seconds"].as_f64().unwrap_or(0.0) > 1.0,
+        "{recording}"
+    );
+    assert_eq!(step("rotated")["new_key_differs"], true);
+    let access = step("access");
+    assert_eq!(access["keyboard_opens_detail"], true, "{access}");
+    assert!(
+        access["phone_overflow_px"].as_i64().unwrap_or(99) <= 0,
+        "usable on a phone: {access}"
+    );
+    assert_eq!(access["errors"], serde_json::json!([]), "{access}");
+    for shot in ["created", "viewers", "detail", "stopped", "phone"] {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join(format!("target/test-artifacts/console-{shot}.png"));
         assert!(path.exists(), "screenshot {}", path.display());

@@ -41,6 +41,7 @@ try {
   await page.click('#new-stream');
   await page.fill('#c-title', 'Console test');
   await page.fill('#c-name', 'console1');
+  await page.check('#c-record');
   await page.click('#create-form button[type=submit]');
   await page.waitForSelector('#secrets', { state: 'visible', timeout: 10000 });
   const settings = await page.evaluate(() => {
@@ -93,10 +94,71 @@ try {
   await shot(page, 'detail');
   report({ step: 'detail', health_points: points, components, bitrate_points: bitratePoints, score: await page.textContent('#health-score') });
 
+  // A restream destination: added, shown with its state, removed.
+  await page.selectOption('#r-platform', 'custom');
+  await page.fill('#r-url', 'rtmp://127.0.0.1:9/live');
+  await page.fill('#r-key', 'console-secret-key');
+  await page.fill('#r-name', 'Backup');
+  await page.click('#restream-form button[type=submit]');
+  const restream = await until(async () => {
+    const t = await page.locator('#restreams tbody tr', { hasText: 'Backup' }).innerText();
+    return t && /starting|retrying|active|failed|idle/.test(t) ? t : null;
+  }, 10000);
+  const shownKey = (await page.textContent('#restreams')).includes('console-secret-key');
+  await page.locator('#restreams tbody tr', { hasText: 'Backup' }).getByRole('button', { name: 'Remove' }).click();
+  const removed = await until(async () => (await page.locator('#restreams tbody tr').count()) === 0, 10000);
+  report({ step: 'restream', row: restream, key_shown: shownKey, removed: !!removed });
+
   await page.click('#stop');
   const stopped = await until(async () => ((await row.locator('td.state-live').count()) === 0 ? await row.innerText() : null), 15000);
   await shot(page, 'stopped');
-  report({ step: 'stopped', stopped: !!stopped, row: stopped, errors });
+  report({ step: 'stopped', stopped: !!stopped, row: stopped });
+
+  // The recording of the session: listed, downloadable, playable.
+  const rec = page.locator('#recordings tbody tr', { hasText: 'ready' });
+  const listed = await until(async () => {
+    if ((await rec.count()) > 0) return true;
+    await page.click('#detail-close');
+    await row.click();
+    return false;
+  }, 30000, 2000);
+  let downloaded = 0;
+  let recordingFrames = 0;
+  if (listed) {
+    const [download] = await Promise.all([
+      page.waitForEvent('download', { timeout: 15000 }),
+      rec.first().getByRole('button', { name: 'Download' }).click(),
+    ]);
+    downloaded = fs.statSync(await download.path()).size;
+    await rec.first().getByRole('button', { name: 'Play' }).click();
+    recordingFrames = await until(async () => {
+      const t = await page.evaluate(() => document.getElementById('recording-player').currentTime);
+      return t > 1 ? t : null;
+    }, 20000);
+  }
+  report({ step: 'recording', listed: !!listed, downloaded, played_seconds: recordingFrames || 0 });
+
+  // Rotate the key: confirmed, the new key shown once.
+  page.once('dialog', (d) => d.accept());
+  await page.click('#rotate');
+  await page.waitForSelector('#secrets', { state: 'visible', timeout: 10000 });
+  const rotated = await page.evaluate(() => {
+    const dt = [...document.querySelectorAll('#secrets-list dt')].find((d) => d.textContent === 'Stream key');
+    return dt ? dt.nextElementSibling.textContent : '';
+  });
+  await page.click('#secrets-done');
+  report({ step: 'rotated', new_key_differs: rotated.startsWith('sk_') && rotated !== settings['Stream key'] });
+
+  // Keyboard: a focused row opens with Enter. Phone width: nothing wider than the screen.
+  await page.click('#detail-close');
+  await row.focus();
+  await page.keyboard.press('Enter');
+  const keyboard = await until(() => page.isVisible('#detail'), 5000);
+  await page.setViewportSize({ width: 375, height: 740 });
+  await new Promise((r) => setTimeout(r, 500));
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  await shot(page, 'phone');
+  report({ step: 'access', keyboard_opens_detail: !!keyboard, phone_overflow_px: overflow, errors });
 } finally {
   if (ffmpeg) ffmpeg.kill('SIGKILL');
   await b.close();

@@ -25,7 +25,23 @@ try {
     }
     const state = () => target.evaluate(() => window.__player && { ...window.__player });
     let out = {};
-    if (c.kind === 'message') {
+    if (c.kind === 'comeback') {
+      // Every state the player goes through while the test starts, ends and restarts the
+      // publisher; done once it plays a second time.
+      const states = [];
+      const end = Date.now() + 90000;
+      let plays = 0;
+      while (Date.now() < end && plays < 2) {
+        const s = await state();
+        const st = s ? s.state : 'none';
+        if (states[states.length - 1] !== st) {
+          states.push(st);
+          if (st === 'playing') plays++;
+        }
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      out = { states, ...(await state()) };
+    } else if (c.kind === 'message') {
       out = await until(async () => { const s = await state(); return s && s.message && s.state !== 'connecting' ? s : null; }, 15000);
     } else if (c.kind === 'mjpeg') {
       out = await until(async () => { const s = await state(); return s && s.state === 'playing' ? s : null; }, 30000) || await state();

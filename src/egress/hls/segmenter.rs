@@ -368,7 +368,7 @@ impl Segmenter {
             duration: (end - self.part_start).max(0) as f64 / ts,
             independent: self.part_independent,
         });
-        self.open_parts.push(chunks);
+        self.open_parts.push(chunks.joined());
         Ok(())
     }
 

@@ -212,9 +212,11 @@
     if (playerFor !== id) {
       playerFor = id;
       let src = '/embed/' + encodeURIComponent(id);
+      playToken = '';
       if (s.privacy === 'private') {
         try {
           const t = await api('POST', '/api/v1/streams/' + encodeURIComponent(id) + '/play-token', {});
+          playToken = t.token;
           src += '?token=' + encodeURIComponent(t.token);
         } catch (_) { /* shows the private message */ }
       }
@@ -266,10 +268,13 @@
     }
   }
 
+  let playToken = '';
+
   async function playRecording(r) {
+    // Same origin, whatever http.public_url says; a private stream's play token goes along.
     const v = $('recording-player');
     v.hidden = false;
-    v.src = r.playback_url;
+    v.src = '/vod/' + encodeURIComponent(r.id) + '/index.m3u8' + (playToken ? '?token=' + encodeURIComponent(playToken) : '');
     v.play().catch(() => {});
   }
 
