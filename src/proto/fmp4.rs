@@ -67,21 +67,16 @@ impl Chunks {
         }
     }
 
-    /// The same bytes as one contiguous piece (one copy; nothing to do for a single piece).
-    /// A finished HLS part is kept this way: it is then written to each of its viewers in
-    /// one system call instead of one small write per sample.
-    pub fn joined(self) -> Chunks {
-        if self.parts.len() <= 1 {
-            return self;
+    /// The same bytes as one contiguous buffer (one copy; none for a single piece).
+    pub fn joined(&self) -> Bytes {
+        if let [only] = self.parts.as_slice() {
+            return only.clone();
         }
         let mut out = bytes::BytesMut::with_capacity(self.len);
         for b in &self.parts {
             out.extend_from_slice(b);
         }
-        Chunks {
-            len: out.len(),
-            parts: vec![out.freeze()],
-        }
+        out.freeze()
     }
 
     /// Copies everything into one buffer (tests and small consumers).
@@ -442,16 +437,19 @@ fn traf(run: &TrackRun<'_>) -> Result<Traf, Fmp4Error> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn joined_chunks_are_one_piece_with_the_same_bytes() {
+    fn joined_chunks_are_the_same_bytes_in_one_buffer() {
         let mut c = Chunks::default();
         for piece in [&b"moof"[..], b"mdat", b"sample-1", b""] {
             c.push(Bytes::copy_from_slice(piece));
         }
-        let before = c.to_vec();
-        let j = c.joined();
-        assert_eq!(j.parts.len(), 1);
-        assert_eq!(j.len, before.len());
-        assert_eq!(j.to_vec(), before);
+        assert_eq!(&c.joined()[..], &c.to_vec()[..]);
+        let mut one = Chunks::default();
+        one.push(Bytes::from_static(b"whole"));
+        assert_eq!(
+            one.joined().as_ptr(),
+            one.parts[0].as_ptr(),
+            "a single piece is not copied"
+        );
     }
 
     use super::*;

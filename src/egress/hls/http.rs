@@ -268,7 +268,7 @@ async fn part(stream: &HlsStream, msn: u64, index: usize) -> Result<Response, Ht
         let (found, awaitable, target) = {
             let seg = stream.lock();
             let pl = seg.playlist();
-            let found = seg.part(msn, index);
+            let found = seg.serve_part(msn, index);
             let next = pl.next_msn();
             let open_parts = pl.open.as_ref().map_or(0, |o| o.parts.len());
             let awaitable = !pl.ended

@@ -58,7 +58,34 @@ struct TrackState {
 #[derive(Debug, Clone)]
 struct StoredSegment {
     msn: u64,
-    parts: Vec<Chunks>,
+    parts: Vec<StoredPart>,
+}
+
+/// A finished part: its pieces as muxed (headers plus sample payloads shared with the hub),
+/// joined into one buffer the first time a viewer asks for it, so that it goes to every
+/// viewer in one write instead of one small write per sample. A stream nobody watches over
+/// HLS never pays for the copy.
+#[derive(Debug, Clone)]
+struct StoredPart {
+    pieces: Chunks,
+    joined: Arc<std::sync::OnceLock<Bytes>>,
+}
+
+impl StoredPart {
+    fn new(pieces: Chunks) -> Self {
+        StoredPart {
+            pieces,
+            joined: Arc::default(),
+        }
+    }
+
+    /// The part as one buffer, joined on first use.
+    fn served(&self) -> Chunks {
+        let bytes = self.joined.get_or_init(|| self.pieces.joined()).clone();
+        let mut out = Chunks::default();
+        out.push(bytes);
+        out
+    }
 }
 
 /// One stream's LL-HLS packager.
@@ -74,7 +101,7 @@ pub struct Segmenter {
     resume_at: f64,
     model: MediaPlaylist,
     stored: VecDeque<StoredSegment>,
-    open_parts: Vec<Chunks>,
+    open_parts: Vec<StoredPart>,
     inits: Vec<(u32, Bytes)>,
     init_id: Option<u32>,
     next_init_id: u32,
@@ -150,20 +177,29 @@ impl Segmenter {
         let seg = self.stored.iter().find(|s| s.msn == msn)?;
         let mut out = Chunks::default();
         for p in &seg.parts {
-            out.extend(p);
+            out.extend(&p.served());
         }
         Some(out)
     }
 
-    /// A part's bytes (of a complete segment or the open one).
-    pub fn part(&self, msn: u64, index: usize) -> Option<Chunks> {
+    fn stored_part(&self, msn: u64, index: usize) -> Option<&StoredPart> {
         if self.model.open.as_ref().is_some_and(|o| o.msn == msn) {
-            return self.open_parts.get(index).cloned();
+            return self.open_parts.get(index);
         }
         self.stored
             .iter()
             .find(|s| s.msn == msn)
-            .and_then(|s| s.parts.get(index).cloned())
+            .and_then(|s| s.parts.get(index))
+    }
+
+    /// A part's bytes (of a complete segment or the open one) as muxed, in pieces.
+    pub fn part(&self, msn: u64, index: usize) -> Option<Chunks> {
+        self.stored_part(msn, index).map(|p| p.pieces.clone())
+    }
+
+    /// A part's bytes for a viewer: one buffer, joined once and shared by every viewer.
+    pub fn serve_part(&self, msn: u64, index: usize) -> Option<Chunks> {
+        self.stored_part(msn, index).map(StoredPart::served)
     }
 
     /// New tracks from the publisher: the first announcement, or a reconnect / codec change,
@@ -368,7 +404,7 @@ impl Segmenter {
             duration: (end - self.part_start).max(0) as f64 / ts,
             independent: self.part_independent,
         });
-        self.open_parts.push(chunks.joined());
+        self.open_parts.push(StoredPart::new(chunks));
         Ok(())
     }
 
@@ -383,7 +419,7 @@ impl Segmenter {
         let ts = f64::from(self.tracks[self.driver].track.timescale.max(1));
         let duration = (end - self.segment_start).max(0) as f64 / ts;
         self.model.longest_segment = self.model.longest_segment.max(duration);
-        let bytes: usize = parts.iter().map(|p| p.len).sum();
+        let bytes: usize = parts.iter().map(|p| p.pieces.len).sum();
         if duration > 0.0 {
             self.peak_bps = self.peak_bps.max((bytes as f64 * 8.0 / duration) as u64);
         }
