@@ -157,8 +157,11 @@ try {
   await page.setViewportSize({ width: 375, height: 740 });
   await new Promise((r) => setTimeout(r, 500));
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  const wide = await page.evaluate(() => [...document.querySelectorAll('body *')]
+    .filter((e) => e.scrollWidth > window.innerWidth || e.getBoundingClientRect().right > window.innerWidth + 1)
+    .slice(0, 12).map((e) => e.tagName + '#' + e.id + '.' + e.className + ':' + e.scrollWidth + '/' + Math.round(e.getBoundingClientRect().right)));
   await shot(page, 'phone');
-  report({ step: 'access', keyboard_opens_detail: !!keyboard, phone_overflow_px: overflow, errors });
+  report({ step: 'access', keyboard_opens_detail: !!keyboard, phone_overflow_px: overflow, too_wide: wide, errors });
 } finally {
   if (ffmpeg) ffmpeg.kill('SIGKILL');
   await b.close();
