@@ -71,6 +71,33 @@ fn find<'a>(reports: &'a [Value], key: &str, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no report {name}: {reports:?}"))
 }
 
+/// Serves `body` at `http://127.0.0.1:PORT/file` (another origin than the server).
+async fn static_file(body: Vec<u8>, content_type: &'static str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let body = std::sync::Arc::new(body);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\
+                     access-control-allow-origin: *\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = tokio::io::AsyncWriteExt::write_all(&mut s, head.as_bytes()).await;
+                let _ = tokio::io::AsyncWriteExt::write_all(&mut s, &body).await;
+            });
+        }
+    });
+    format!("http://{addr}/hls.min.js")
+}
+
 /// A page on another origin (its own port) holding the embed page in an iframe.
 async fn other_origin(embed_url: String) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -102,7 +129,15 @@ async fn the_player_picks_a_path_for_rtmp_whip_and_camera_and_explains_private_s
     if !require_browser_tools() || !require_program("ffmpeg") {
         return;
     }
-    let ts = start_server("pages-player").await;
+    // hls.js from npm, served from another origin as an operator's copy would be.
+    let hlsjs = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target/npm/node_modules/hls.js/dist/hls.min.js"),
+    )
+    .expect("hls.js is installed by tests/run.sh");
+    let hlsjs_url = static_file(hlsjs, "text/javascript").await;
+    let configured = hlsjs_url.clone();
+    let ts = start_with("pages-player", move |c| c.web.hlsjs_url = configured).await;
     let base = ts.http("");
     // RTMP from ffmpeg (libx264 with B-frames: WebRTC is not offered, HLS plays).
     let (rtmp_id, rtmp_key) = ts.create_stream("rtmp").await;
@@ -144,6 +179,7 @@ async fn the_player_picks_a_path_for_rtmp_whip_and_camera_and_explains_private_s
         { "name": "whip", "url": ts.http(&format!("/play/{whip_id}")), "kind": "video" },
         { "name": "camera", "url": ts.http(&format!("/play/{cam_id}")), "kind": "mjpeg" },
         { "name": "embed", "url": framing, "kind": "frame" },
+        { "name": "hlsjs", "url": ts.http(&format!("/play/{rtmp_id}?path=hlsjs")), "kind": "video" },
         { "name": "private", "url": ts.http(&format!("/play/{private_id}")), "kind": "message" },
         { "name": "bad_token", "url": ts.http(&format!("/play/{private_id}?token=bogus")), "kind": "message" },
         { "name": "unknown", "url": ts.http("/play/str_doesnotexist"), "kind": "message" },
@@ -180,6 +216,12 @@ async fn the_player_picks_a_path_for_rtmp_whip_and_camera_and_explains_private_s
         "the embed plays inside another origin's iframe: {embed}"
     );
     assert!(embed["frames"].as_u64().unwrap_or(0) > 30, "{embed}");
+
+    let hls = find(&reports, "name", "hlsjs");
+    assert_eq!(hls["state"], "playing", "{hls}");
+    assert_eq!(hls["path"], "HLS (hls.js)", "{hls}");
+    assert!(hls["frames"].as_u64().unwrap_or(0) > 30, "{hls}");
+    assert!(hls["latencyMs"].as_u64().is_some(), "latency readout: {hls}");
 
     let private = find(&reports, "name", "private");
     assert_eq!(private["state"], "denied", "{private}");

@@ -224,8 +224,19 @@
     });
   }
 
+  // `?path=whep|hls|hlsjs|mjpeg` forces one path (to compare them, or to work around a
+  // browser); otherwise the best one available is taken.
+  const forced = new URLSearchParams(location.search).get('path') || '';
+
   function choose(s) {
     const p = s.playback || {};
+    if (forced) {
+      if (forced === 'whep' && p.whep_url) return () => playWhep(p.whep_url);
+      if (forced === 'hls' && p.hls_url) return () => playNativeHls(p.hls_url);
+      if (forced === 'hlsjs' && p.hls_url && hlsjsUrl) return () => playHlsJs(p.hls_url);
+      if (forced === 'mjpeg' && p.mjpeg_url) return () => playMjpeg(p.mjpeg_url);
+      return null;
+    }
     if (p.mjpeg_url && s.camera) return () => playMjpeg(p.mjpeg_url);
     if (p.whep_url && 'RTCPeerConnection' in window) return () => playWhep(p.whep_url);
     if (p.hls_url && video.canPlayType('application/vnd.apple.mpegurl')) return () => playNativeHls(p.hls_url);
@@ -277,7 +288,12 @@
       }
       const play = choose(s);
       if (!play) {
-        setState('unsupported', 'This browser cannot play this stream (no WebRTC, no HLS).');
+        setState(
+          'unsupported',
+          forced
+            ? 'The playback path "' + forced + '" is not available for this stream here.'
+            : 'This browser cannot play this stream (no WebRTC, no HLS).'
+        );
         return;
       }
       setState('connecting', 'Connecting…');
