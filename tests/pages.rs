@@ -221,7 +221,10 @@ async fn the_player_picks_a_path_for_rtmp_whip_and_camera_and_explains_private_s
     assert_eq!(hls["state"], "playing", "{hls}");
     assert_eq!(hls["path"], "HLS (hls.js)", "{hls}");
     assert!(hls["frames"].as_u64().unwrap_or(0) > 30, "{hls}");
-    assert!(hls["latencyMs"].as_u64().is_some(), "latency readout: {hls}");
+    assert!(
+        hls["latencyMs"].as_u64().is_some(),
+        "latency readout: {hls}"
+    );
 
     let private = find(&reports, "name", "private");
     assert_eq!(private["state"], "denied", "{private}");
