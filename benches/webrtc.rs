@@ -246,7 +246,8 @@ async fn hls_latency(base: String, id: String, secs: u64) -> Vec<(u64, u64)> {
             ));
         }
         // Next hint: ask for the playlist that contains this part.
-        let (msn, part) = hint
+        let name = hint.split_once('-').map_or(hint.as_str(), |(_, n)| n);
+        let (msn, part) = name
             .trim_start_matches("part")
             .trim_end_matches(".m4s")
             .split_once('.')

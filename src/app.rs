@@ -208,6 +208,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             store: store.clone(),
             hub: hub.clone(),
             shutdown: shutdown_rx.clone(),
+            keyframe_interval_ms: config.hls.segment_target_ms,
         }))
         .merge(api::router(api_state))
         .merge(webrtc_routes)

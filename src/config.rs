@@ -140,6 +140,9 @@ pub struct HlsConfig {
     pub grace_period_ms: u64,
     /// An HLS viewer (session) unseen for this long stops counting, in milliseconds.
     pub session_timeout_ms: u64,
+    /// Serve HLS for a cache or CDN in front: no per-viewer data in any URL, `Cache-Control`
+    /// that lets a shared cache collapse requests, HLS viewers counted from player beacons.
+    pub cdn: bool,
 }
 
 /// `[auth]`
@@ -443,6 +446,7 @@ impl Default for HlsConfig {
             window_segments: 6,
             grace_period_ms: 10_000,
             session_timeout_ms: 30_000,
+            cdn: false,
         }
     }
 }

@@ -92,7 +92,13 @@ async fn fixture_through_rtmp_becomes_complete_ll_hls() {
     );
     assert!(master.contains("RESOLUTION=320x240"), "{master}");
 
-    let (status, ct, init) = get(&ts.http(&format!("/hls/{id}/init0.mp4"))).await;
+    // Every object's name carries the playlist's run.
+    let run = pl.segments[0].uri.split_once('-').unwrap().0.to_owned();
+    assert!(
+        text.contains(&format!("#EXT-X-MAP:URI=\"{run}-init0.mp4\"")),
+        "{text}"
+    );
+    let (status, ct, init) = get(&ts.http(&format!("/hls/{id}/{run}-init0.mp4"))).await;
     assert_eq!((status, ct.as_str()), (200, "video/mp4"));
     let mut segments = vec![];
     for (i, s) in pl.segments.iter().enumerate() {
@@ -102,7 +108,7 @@ async fn fixture_through_rtmp_becomes_complete_ll_hls() {
         let mut parts = vec![];
         for p in 0.. {
             let (status, _, part) = get(&ts.http(&format!(
-                "/hls/{id}/part{}.{p}.m4s",
+                "/hls/{id}/{run}-part{}.{p}.m4s",
                 pl.media_sequence + i as u64
             )))
             .await;
@@ -191,10 +197,11 @@ async fn blocking_reload_waits_for_the_next_part_and_rejects_bad_requests() {
         .expect("preload hint")
         .trim_end_matches('"')
         .to_owned();
-    // Every URI carries the viewer's session (`?session=…`).
-    assert!(hint.contains("?session="), "{hint}");
-    let hint = hint.split('?').next().unwrap().to_owned();
-    let (msn, part) = hint
+    // URIs are relative (they resolve inside the viewer's session directory) and carry the
+    // playlist's run: `{run}-part{msn}.{i}.m4s`.
+    assert!(!hint.contains('?') && !hint.contains('/'), "{hint}");
+    let (run, name) = hint.split_once('-').unwrap();
+    let (msn, part) = name
         .trim_start_matches("part")
         .trim_end_matches(".m4s")
         .split_once('.')
@@ -205,13 +212,17 @@ async fn blocking_reload_waits_for_the_next_part_and_rejects_bad_requests() {
     assert_eq!(status, 200);
     let text = String::from_utf8_lossy(&body);
     assert!(
-        text.contains(&format!("URI=\"{hint}?session=")),
+        text.contains(&format!("URI=\"{hint}\"")),
         "the blocked reload returns once the hinted part exists:\n{text}"
     );
     assert!(started.elapsed() < Duration::from_secs(2));
     // The hinted part itself can be requested before it exists: the request waits.
-    let (status, ct, _) = get(&ts.http(&format!("/hls/{id}/part{msn}.{}.m4s", part + 1))).await;
+    let (status, ct, _) =
+        get(&ts.http(&format!("/hls/{id}/{run}-part{msn}.{}.m4s", part + 1))).await;
     assert_eq!((status, ct.as_str()), (200, "video/iso.segment"));
+    // Another run's name is not this object.
+    let (status, _, _) = get(&ts.http(&format!("/hls/{id}/0000abcd-part{msn}.0.m4s"))).await;
+    assert_eq!(status, 404);
 
     let (status, ct, body) = get(&format!("{url}?_HLS_part=1")).await;
     assert_eq!(status, 400);

@@ -43,10 +43,11 @@ async fn hls_client(http: String, id: String, stop: tokio::sync::watch::Receiver
         .unwrap();
     let media = index
         .lines()
-        .find(|l| l.starts_with("media.m3u8"))
+        .find(|l| l.ends_with("media.m3u8"))
         .expect("variant URI")
         .to_owned();
-    assert!(media.contains("session="), "{media}");
+    // The player's session directory.
+    assert!(media.starts_with("s/"), "{media}");
     while !*stop.borrow() {
         let r = client
             .get(format!("{http}/hls/{id}/{media}"))
@@ -92,10 +93,18 @@ async fn hls_viewers_are_sessions_counted_once_and_expired() {
         .send()
         .await
         .unwrap();
-    // A bare media playlist request was redirected to one carrying a session.
+    // A bare media playlist request was redirected into a session directory.
     let url = first.url().to_string();
-    assert!(url.contains("session="), "{url}");
-    let session = url.split("session=").nth(1).unwrap().to_owned();
+    assert!(url.contains("/s/"), "{url}");
+    let session = url
+        .split("/s/")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let dir = url.trim_end_matches("media.m3u8").to_owned();
     let mut requests = 0;
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(3) {
@@ -110,16 +119,13 @@ async fn hls_viewers_are_sessions_counted_once_and_expired() {
                 .split('"')
                 .next()
                 .unwrap();
-            assert!(uri.contains(&session), "{uri}");
-            let r = client
-                .get(ts.http(&format!("/hls/{id}/{uri}")))
-                .send()
-                .await
-                .unwrap();
+            // Relative: it resolves inside the session directory.
+            assert!(!uri.contains('/'), "{uri}");
+            let r = client.get(format!("{dir}{uri}")).send().await.unwrap();
             assert_eq!(r.status().as_u16(), 200);
             requests += 1;
         }
-        let blocking = format!("{url}&_HLS_msn={next}&_HLS_part=0");
+        let blocking = format!("{url}?_HLS_msn={next}&_HLS_part=0");
         let _ = client.get(&blocking).send().await.unwrap().bytes().await;
         requests += 2;
     }

@@ -498,6 +498,9 @@ pub async fn ll_hls(index: String, received: Arc<AtomicU64>, samples: Option<Par
         } else {
             index.clone()
         };
+        // Part URIs are relative to the media playlist (a session directory by default).
+        let media_path = media.split('?').next().unwrap_or("");
+        let media_dir = media_path[..media_path.rfind('/').unwrap_or(0)].to_owned();
         let mut next: Option<(String, String)> = None;
         loop {
             let sep = if media.contains('?') { '&' } else { '?' };
@@ -515,7 +518,7 @@ pub async fn ll_hls(index: String, received: Arc<AtomicU64>, samples: Option<Par
                 break;
             };
             let uri = hint.trim_end_matches('"').to_owned();
-            if let Ok(r) = client.get(format!("{dir}/{uri}")).send().await {
+            if let Ok(r) = client.get(format!("{media_dir}/{uri}")).send().await {
                 if let Ok(b) = r.bytes().await {
                     let now = now_micros();
                     received.fetch_add(b.len() as u64, Ordering::Relaxed);
@@ -529,8 +532,9 @@ pub async fn ll_hls(index: String, received: Arc<AtomicU64>, samples: Option<Par
                     }
                 }
             }
-            // part{msn}.{i}.m4s?… → ask for the playlist that lists the part after it.
+            // {run}-part{msn}.{i}.m4s?… → ask for the playlist that lists the part after it.
             let name = uri.split('?').next().unwrap_or("");
+            let name = name.split_once('-').map_or(name, |(_, n)| n);
             let Some((msn, part)) = name
                 .strip_prefix("part")
                 .and_then(|n| n.strip_suffix(".m4s"))

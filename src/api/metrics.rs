@@ -184,6 +184,21 @@ pub async fn get(auth: Result<Auth, HttpError>, State(state): State<ApiState>) -
             );
         }
     }
+    if let Some(hls) = &state.hls {
+        o.family(
+            "media_server_hls_requests_total",
+            "counter",
+            "HLS requests that reached this server, by what they asked for (behind a cache: \
+             the requests the cache could not answer).",
+        );
+        for (kind, n) in hls.request_counts() {
+            o.sample(
+                "media_server_hls_requests_total",
+                &[("kind", kind.name())],
+                n as f64,
+            );
+        }
+    }
     if let Some(r) = &state.restreamer {
         let all = r.all();
         o.family(

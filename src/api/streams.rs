@@ -79,6 +79,14 @@ pub struct StreamView {
     viewer_count_by_protocol: std::collections::BTreeMap<String, u64>,
     /// Most viewers at once during the current or last session.
     peak_viewer_count: u64,
+    /// How HLS viewers are counted: `sessions` (every player's requests, exact) or, with
+    /// `[hls] cdn = true`, `beacons` (only players that report themselves, such as this
+    /// server's player page: an estimate, since requests answered by a cache never reach
+    /// this server).
+    hls_viewers_counted_by: &'static str,
+    /// Whether `viewer_count` and `peak_viewer_count` are estimates (`hls_viewers_counted_by`
+    /// is `beacons`).
+    viewer_count_is_estimate: bool,
     /// Runtime state.
     live: LiveView,
 }
@@ -454,6 +462,12 @@ fn view(state: &ApiState, row: StreamRow) -> StreamView {
         viewer_count: snap.as_ref().map_or(0, |s| s.viewers as u64),
         viewer_count_by_protocol: super::live_stats::by_protocol(snap.as_ref()),
         peak_viewer_count: snap.as_ref().map_or(0, |s| s.peak_viewers as u64),
+        hls_viewers_counted_by: if state.config.hls.cdn {
+            "beacons"
+        } else {
+            "sessions"
+        },
+        viewer_count_is_estimate: state.config.hls.cdn,
         live,
         id: row.id,
         app: row.app,

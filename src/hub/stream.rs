@@ -42,6 +42,10 @@ pub struct LiveStream {
     /// Set by [`LiveStream::stop`]; the publisher's driver disconnects.
     stop_requested: AtomicBool,
     stop_notify: tokio::sync::Notify,
+    /// Set by [`LiveStream::request_keyframe`] (the HLS segmenter, when a segment is due and
+    /// no keyframe came); taken by the publisher's driver, which asks its encoder for one.
+    keyframe_wanted: AtomicBool,
+    keyframe_notify: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -149,7 +153,16 @@ impl LiveStream {
             bytes_out: AtomicU64::new(0),
             stop_requested: AtomicBool::new(false),
             stop_notify: tokio::sync::Notify::new(),
+            keyframe_wanted: AtomicBool::new(false),
+            keyframe_notify: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Asks the publisher for a keyframe: a WHIP publisher's driver sends a PLI (and FIR when
+    /// negotiated), a camera's encoder makes the next frame an IDR; RTMP cannot be asked.
+    pub fn request_keyframe(&self) {
+        self.keyframe_wanted.store(true, Ordering::SeqCst);
+        self.keyframe_notify.notify_one();
     }
 
     /// Asks the publisher's driver to disconnect (API `stop`).
@@ -486,6 +499,21 @@ impl Publisher {
     /// Resolves when the API asked to stop this stream; the driver then disconnects.
     pub async fn stopped(&self) {
         self.stream.stopped().await
+    }
+
+    /// Whether a keyframe was asked for since the last call (for drivers that poll).
+    pub fn take_keyframe_request(&self) -> bool {
+        self.stream.keyframe_wanted.swap(false, Ordering::SeqCst)
+    }
+
+    /// Resolves when a keyframe is asked for (and takes the request). One driver waits.
+    pub async fn keyframe_requested(&self) {
+        loop {
+            if self.take_keyframe_request() {
+                return;
+            }
+            self.stream.keyframe_notify.notified().await;
+        }
     }
 }
 

@@ -17,6 +17,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use rtc::rtcp::payload_feedbacks::full_intra_request::{FirEntry, FullIntraRequest};
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use tokio::sync::mpsc;
@@ -79,6 +80,8 @@ pub struct WhipMedia {
     avc: Option<AvcConfig>,
     announced: Option<Arc<Tracks>>,
     need_keyframe: bool,
+    /// The HLS segmenter wants a keyframe (a segment is due): ask until an IDR arrives.
+    keyframe_wanted: bool,
     stats: TransportStats,
     units: Vec<crate::proto::rtp::AccessUnit>,
 }
@@ -96,14 +99,21 @@ impl WhipMedia {
             avc: None,
             announced: None,
             need_keyframe: expect_video,
+            keyframe_wanted: false,
             stats: TransportStats::default(),
             units: Vec::new(),
         }
     }
 
-    /// Whether the next useful video frame is an IDR we have not got (send a PLI).
+    /// Whether a keyframe should be asked for (PLI): the next useful video frame is an IDR we
+    /// have not got, or a keyframe was asked for (a segment is due) and none came yet.
     pub fn needs_keyframe(&self) -> bool {
-        self.need_keyframe
+        self.need_keyframe || (self.keyframe_wanted && self.expect_video)
+    }
+
+    /// A keyframe is wanted (the HLS segment reached its target): asked for until one comes.
+    pub fn want_keyframe(&mut self) {
+        self.keyframe_wanted = true;
     }
 
     /// Counts a keyframe request sent.
@@ -203,6 +213,9 @@ impl WhipMedia {
             return;
         }
         self.need_keyframe = false;
+        if idr {
+            self.keyframe_wanted = false;
+        }
         if self.announced.is_none() {
             return;
         }
@@ -297,6 +310,8 @@ pub async fn publish(
     }
     let peer = ctx.webrtc.new_peer().await?;
     let offer_text = String::from_utf8_lossy(&body).into_owned();
+    // FIR (RFC 5104) besides PLI when the publisher offered `ccm fir` (we always answer it).
+    let fir = offer_text.contains(" ccm fir");
     let answer = async {
         ctx.webrtc.apply_offer(&peer, offer_text).await?;
         ctx.webrtc.answer(&peer).await
@@ -326,7 +341,7 @@ pub async fn publish(
     );
     tracing::info!(stream = %stream.id, session = %session.id, "whip: publishing");
     let media = WhipMedia::new(offer.has_video(), offer.has_audio(), Instant::now());
-    tokio::spawn(run(session.clone(), publisher, events, media));
+    tokio::spawn(run(session.clone(), publisher, events, media, fir));
     Ok(created_response(&session, "whip", answer))
 }
 
@@ -361,10 +376,12 @@ async fn run(
     publisher: Publisher,
     mut events: mpsc::UnboundedReceiver<PeerEvent>,
     mut media: WhipMedia,
+    fir: bool,
 ) {
     let (tx, mut rx) = mpsc::channel::<Packet>(PACKET_QUEUE);
     let mut video_track: Option<(Arc<dyn TrackRemote>, u32)> = None;
     let mut last_pli: Option<Instant> = None;
+    let mut fir_seq: u8 = 0;
     let mut out = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
@@ -403,6 +420,7 @@ async fn run(
                 tracing::info!(stream = %session.stream_id, "whip: publisher disconnected by the API");
                 break;
             }
+            _ = publisher.keyframe_requested() => media.want_keyframe(),
         }
         if media.needs_keyframe() && last_pli.is_none_or(|t| t.elapsed() >= PLI_INTERVAL) {
             if let Some((track, ssrc)) = &video_track {
@@ -410,7 +428,19 @@ async fn run(
                     sender_ssrc: 0,
                     media_ssrc: *ssrc,
                 };
-                if track.write_rtcp(vec![Box::new(pli)]).await.is_ok() {
+                let mut packets: Vec<Box<dyn rtc::rtcp::Packet>> = vec![Box::new(pli)];
+                if fir {
+                    fir_seq = fir_seq.wrapping_add(1);
+                    packets.push(Box::new(FullIntraRequest {
+                        sender_ssrc: 0,
+                        media_ssrc: *ssrc,
+                        fir: vec![FirEntry {
+                            ssrc: *ssrc,
+                            sequence_number: fir_seq,
+                        }],
+                    }));
+                }
+                if track.write_rtcp(packets).await.is_ok() {
                     media.keyframe_requested();
                     last_pli = Some(Instant::now());
                 }

@@ -55,6 +55,10 @@ pub struct MediaPlaylist {
     /// The longest segment ever produced (seconds). `EXT-X-TARGETDURATION` follows it so the
     /// tag only ever grows, as the spec requires it not to change.
     pub longest_segment: f64,
+    /// Prepended to every init, segment and part URI: the playlist's run (a new one each time
+    /// a stream starts a fresh playlist), so a name never stands for two different objects
+    /// and caches may keep every object for good.
+    pub prefix: String,
 }
 
 /// The segment still being written.
@@ -76,18 +80,18 @@ pub struct OpenSegment {
 const SEGMENTS_WITH_PARTS: usize = 2;
 
 /// URI of an init segment.
-pub fn init_uri(init_id: u32) -> String {
-    format!("init{init_id}.mp4")
+pub fn init_uri(prefix: &str, init_id: u32) -> String {
+    format!("{prefix}init{init_id}.mp4")
 }
 
 /// URI of a complete segment.
-pub fn segment_uri(msn: u64) -> String {
-    format!("seg{msn}.m4s")
+pub fn segment_uri(prefix: &str, msn: u64) -> String {
+    format!("{prefix}seg{msn}.m4s")
 }
 
 /// URI of a partial segment.
-pub fn part_uri(msn: u64, part: usize) -> String {
-    format!("part{msn}.{part}.m4s")
+pub fn part_uri(prefix: &str, msn: u64, part: usize) -> String {
+    format!("{prefix}part{msn}.{part}.m4s")
 }
 
 impl MediaPlaylist {
@@ -153,36 +157,36 @@ impl MediaPlaylist {
             write_segment_head(
                 &mut out,
                 seg.discontinuity && i > 0,
-                seg.init_id,
+                (&self.prefix, seg.init_id),
                 &mut current_init,
                 seg.program_date_time,
                 query,
             );
             if i >= with_parts_from {
-                write_parts(&mut out, seg.msn, &seg.parts, query);
+                write_parts(&mut out, &self.prefix, seg.msn, &seg.parts, query);
             }
             let _ = write!(
                 out,
                 "#EXTINF:{:.5},\n{}{query}\n",
                 seg.duration,
-                segment_uri(seg.msn)
+                segment_uri(&self.prefix, seg.msn)
             );
         }
         if let Some(open) = &self.open {
             write_segment_head(
                 &mut out,
                 open.discontinuity && !self.segments.is_empty(),
-                open.init_id,
+                (&self.prefix, open.init_id),
                 &mut current_init,
                 open.program_date_time,
                 query,
             );
-            write_parts(&mut out, open.msn, &open.parts, query);
+            write_parts(&mut out, &self.prefix, open.msn, &open.parts, query);
             if !self.ended {
                 let _ = writeln!(
                     out,
                     "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{}{query}\"",
-                    part_uri(open.msn, open.parts.len())
+                    part_uri(&self.prefix, open.msn, open.parts.len())
                 );
             }
         }
@@ -196,7 +200,7 @@ impl MediaPlaylist {
 fn write_segment_head(
     out: &mut String,
     discontinuity: bool,
-    init_id: u32,
+    (prefix, init_id): (&str, u32),
     current_init: &mut Option<u32>,
     pdt: SystemTime,
     query: &str,
@@ -205,19 +209,23 @@ fn write_segment_head(
         out.push_str("#EXT-X-DISCONTINUITY\n");
     }
     if *current_init != Some(init_id) {
-        let _ = writeln!(out, "#EXT-X-MAP:URI=\"{}{query}\"", init_uri(init_id));
+        let _ = writeln!(
+            out,
+            "#EXT-X-MAP:URI=\"{}{query}\"",
+            init_uri(prefix, init_id)
+        );
         *current_init = Some(init_id);
     }
     let _ = writeln!(out, "#EXT-X-PROGRAM-DATE-TIME:{}", format_pdt(pdt));
 }
 
-fn write_parts(out: &mut String, msn: u64, parts: &[PartEntry], query: &str) {
+fn write_parts(out: &mut String, prefix: &str, msn: u64, parts: &[PartEntry], query: &str) {
     for (i, p) in parts.iter().enumerate() {
         let _ = write!(
             out,
             "#EXT-X-PART:DURATION={:.5},URI=\"{}{query}\"",
             p.duration,
-            part_uri(msn, i)
+            part_uri(prefix, msn, i)
         );
         if p.independent {
             out.push_str(",INDEPENDENT=YES");
@@ -237,8 +245,10 @@ pub fn format_pdt(t: SystemTime) -> String {
 /// A variant of the multivariant playlist.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Variant {
-    /// Peak bits per second.
+    /// Peak bits per second (the largest segment bitrate in the window).
     pub bandwidth: u64,
+    /// Average bits per second over the window.
+    pub average_bandwidth: Option<u64>,
     /// RFC 6381 codec strings.
     pub codecs: Vec<String>,
     /// Width and height, for video.
@@ -259,6 +269,9 @@ pub fn render_multivariant(variants: &[Variant]) -> String {
             v.bandwidth.max(1),
             v.codecs.join(",")
         );
+        if let Some(avg) = v.average_bandwidth {
+            let _ = write!(out, ",AVERAGE-BANDWIDTH={}", avg.max(1));
+        }
         if let Some((w, h)) = v.resolution {
             let _ = write!(out, ",RESOLUTION={w}x{h}");
         }
@@ -358,6 +371,7 @@ mod tests {
             }),
             ended: false,
             longest_segment: 0.0,
+            prefix: String::new(),
         }
     }
 
@@ -450,13 +464,14 @@ mod tests {
     fn multivariant_lists_codecs_and_resolution() {
         let text = render_multivariant(&[Variant {
             bandwidth: 2_500_000,
+            average_bandwidth: Some(2_000_000),
             codecs: vec!["avc1.64001f".into(), "mp4a.40.2".into()],
             resolution: Some((1280, 720)),
             frame_rate: Some(30.0),
             uri: "media.m3u8".into(),
         }]);
         assert!(text.contains(
-            "#EXT-X-STREAM-INF:BANDWIDTH=2500000,CODECS=\"avc1.64001f,mp4a.40.2\",RESOLUTION=1280x720,FRAME-RATE=30.000\nmedia.m3u8\n"
+            "#EXT-X-STREAM-INF:BANDWIDTH=2500000,CODECS=\"avc1.64001f,mp4a.40.2\",AVERAGE-BANDWIDTH=2000000,RESOLUTION=1280x720,FRAME-RATE=30.000\nmedia.m3u8\n"
         ));
         assert!(matches!(
             m3u8_rs::parse_playlist_res(text.as_bytes()),

@@ -216,6 +216,10 @@ struct PlayInfo {
 #[derive(Debug, Serialize)]
 struct Playback {
     hls_url: String,
+    /// With `[hls] cdn = true`: where the player reports that it is watching over HLS
+    /// (`POST` every 10 s), since a cache in front answers its media requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hls_beacon_url: Option<String>,
     /// WebRTC: only for H.264 without B-frames (browsers' WebRTC decoders need that).
     whep_url: Option<String>,
     mjpeg_url: Option<String>,
@@ -278,6 +282,12 @@ async fn info(
         camera,
         playback: Playback {
             hls_url: format!("/hls/{id}/index.m3u8"),
+            hls_beacon_url: ctx.config.hls.cdn.then(|| {
+                format!(
+                    "/hls/{id}/s/{}/beacon",
+                    crate::egress::hls::sessions::HlsSessions::new_id()
+                )
+            }),
             whep_url,
             mjpeg_url: camera.then(|| format!("/mjpeg/{id}")),
             webrtc_note,

@@ -1,4 +1,4 @@
-// Opens player pages and reports what a viewer would see. Input: CASES, a JSON list of
+// Opens player pages and reports what a viewer would see (PARALLEL=1: all at once). Input: CASES, a JSON list of
 // { name, url, kind } with kind "video" (wait for playing + frames), "mjpeg" (wait for
 // playing, then two screenshots of the picture must differ), "frame" (the page holds the
 // player in an iframe: report the iframe's player) or "message" (report the overlay text).
@@ -9,8 +9,9 @@ import { artifacts, browser, report, until } from './lib.mjs';
 const cases = JSON.parse(process.env.CASES);
 fs.mkdirSync(artifacts, { recursive: true });
 const b = await browser();
-try {
-  for (const c of cases) {
+// PARALLEL=1 opens every case at once (players that must all start the moment a stream
+// appears); otherwise one after the other.
+async function play(c) {
     const page = await b.newPage({ viewport: { width: 960, height: 600 } });
     const errors = [];
     page.on('pageerror', (e) => errors.push(String(e)));
@@ -21,7 +22,7 @@ try {
     let target = page;
     if (c.kind === 'frame') {
       target = await until(() => page.frames().find((f) => f.url().includes('/embed/')), 10000);
-      if (!target) { report({ name: c.name, error: 'no embed iframe' }); continue; }
+      if (!target) { report({ name: c.name, error: 'no embed iframe' }); return; }
     }
     const state = () => target.evaluate(() => window.__player && { ...window.__player });
     let out = {};
@@ -67,7 +68,10 @@ try {
     await page.screenshot({ path: path.join(artifacts, 'player-' + c.name + '.png') });
     report({ name: c.name, errors, ...out });
     await page.close();
-  }
+}
+try {
+  if (process.env.PARALLEL) await Promise.all(cases.map(play));
+  else for (const c of cases) await play(c);
 } finally {
   await b.close();
 }

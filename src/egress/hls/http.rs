@@ -1,118 +1,273 @@
-//! HTTP for LL-HLS: `/hls/{stream_id}/index.m3u8` (multivariant), `media.m3u8` (with blocking
-//! reload), `init{n}.mp4`, `seg{msn}.m4s` and `part{msn}.{i}.m4s` (a request for the part
-//! named by the preload hint waits until it exists). Everything is served from the
-//! segmenter's memory; segment and part bodies are the shared `Bytes` written out in order.
+//! HTTP for LL-HLS.
+//!
+//! Names, under `/hls/{stream_id}/`: `index.m3u8` (multivariant), `media.m3u8` (media
+//! playlist, with blocking reload), and per playlist run `{run}-init{n}.mp4`,
+//! `{run}-seg{msn}.m4s`, `{run}-part{msn}.{i}.m4s` (a request for the part named by the
+//! preload hint waits until it exists). The run changes whenever a stream starts a fresh
+//! playlist, so a name never means two different objects and caches may keep them for good.
+//!
+//! Viewers: by default each player gets a session directory (`s/{session}/`) named in the
+//! multivariant playlist (a bare `media.m3u8` request is redirected into one); every URI in
+//! the media playlist is relative, so the playlist bytes are the same for every viewer and
+//! are rendered once per revision. With `[hls] cdn = true` nothing per viewer is put in any
+//! URL (a cache in front serves everyone from one copy) and HLS viewers are counted from the
+//! player page's beacons (`POST s/{session}/beacon`) instead.
+//!
+//! No client is handed a playlist it cannot start from: a plain playlist request (no
+//! `_HLS_msn`) and the multivariant playlist wait until one complete segment exists
+//! (bounded by 1.5 × the segment target, then 503 with `Retry-After`). Blocking requests
+//! for parts work from the first part. Everything is served from the segmenter's memory.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
 
 use super::sessions::HlsSessions;
-use super::{HlsRegistry, HlsStream};
+use super::{HlsRegistry, HlsStream, RequestKind};
 use crate::error::HttpError;
 use crate::proto::fmp4::Chunks;
 use crate::proto::playlist::{self, ReloadDecision};
 
 const PLAYLIST_TYPE: &str = "application/vnd.apple.mpegurl";
+/// Init segments, segments and parts never change once published (their names carry the run).
+const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
 /// Routes under `/hls`.
 pub fn router(registry: Arc<HlsRegistry>) -> Router {
     Router::new()
-        .route("/hls/{stream_id}/{file}", get(serve))
+        .route("/hls/{stream_id}/{file}", get(serve_plain))
+        .route("/hls/{stream_id}/s/{session}/{file}", get(serve_in_session))
+        .route("/hls/{stream_id}/s/{session}/beacon", post(beacon))
         .with_state(registry)
 }
 
 /// What a file name in the stream's directory asks for.
 #[derive(Debug, PartialEq, Eq)]
-enum Resource {
+enum Resource<'a> {
     Multivariant,
     Media,
-    Init(u32),
-    Segment(u64),
-    Part(u64, usize),
+    Init(&'a str, u32),
+    Segment(&'a str, u64),
+    Part(&'a str, u64, usize),
 }
 
-fn parse_resource(file: &str) -> Option<Resource> {
+fn parse_resource(file: &str) -> Option<Resource<'_>> {
     match file {
         "index.m3u8" => return Some(Resource::Multivariant),
         "media.m3u8" => return Some(Resource::Media),
         _ => {}
     }
-    if let Some(n) = file
+    let (run, name) = file.split_once('-')?;
+    if run.is_empty() || !run.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    if let Some(n) = name
         .strip_prefix("init")
         .and_then(|f| f.strip_suffix(".mp4"))
     {
-        return n.parse().ok().map(Resource::Init);
+        return parse_number(n).map(|n| Resource::Init(run, n));
     }
-    if let Some(n) = file
+    if let Some(n) = name
         .strip_prefix("seg")
         .and_then(|f| f.strip_suffix(".m4s"))
     {
-        return n.parse().ok().map(Resource::Segment);
+        return parse_number(n).map(|n| Resource::Segment(run, n));
     }
-    let rest = file.strip_prefix("part")?.strip_suffix(".m4s")?;
+    let rest = name.strip_prefix("part")?.strip_suffix(".m4s")?;
     let (msn, part) = rest.split_once('.')?;
-    Some(Resource::Part(msn.parse().ok()?, part.parse().ok()?))
+    Some(Resource::Part(run, parse_number(msn)?, parse_number(part)?))
+}
+
+/// A decimal number of ASCII digits only (no sign, no spaces).
+fn parse_number<N: std::str::FromStr>(s: &str) -> Option<N> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// The query parameters HLS cares about.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct HlsQuery<'a> {
+    msn: Option<u64>,
+    part: Option<u64>,
+    token: Option<&'a str>,
+}
+
+impl<'a> HlsQuery<'a> {
+    fn parse(raw: Option<&'a str>) -> Result<Self, HttpError> {
+        let mut q = HlsQuery::default();
+        for pair in raw.unwrap_or("").split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let number = |key: &str| {
+                parse_number::<u64>(v).map(Some).ok_or_else(|| {
+                    HttpError::bad_request(format!("{key} must be a non-negative integer"))
+                })
+            };
+            match k {
+                "_HLS_msn" => q.msn = number(k)?,
+                "_HLS_part" => q.part = number(k)?,
+                // Play tokens are URL-safe (base64url and dots): anything else is no token.
+                "token"
+                    if v.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-'
+                    }) =>
+                {
+                    q.token = Some(v)
+                }
+                _ => {}
+            }
+        }
+        Ok(q)
+    }
+}
+
+async fn serve_plain(
+    State(registry): State<Arc<HlsRegistry>>,
+    Path((stream_id, file)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    connect: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+) -> Response {
+    let remote = connect.map(|c| c.0 .0.ip());
+    let result = serve(&registry, &stream_id, None, &file, query.as_deref(), remote).await;
+    respond(&registry, result)
+}
+
+async fn serve_in_session(
+    State(registry): State<Arc<HlsRegistry>>,
+    Path((stream_id, session, file)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    connect: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+) -> Response {
+    if !HlsSessions::valid_id(&session) {
+        return HttpError::not_found("no such session directory").into_response();
+    }
+    let remote = connect.map(|c| c.0 .0.ip());
+    let result = serve(
+        &registry,
+        &stream_id,
+        Some(session),
+        &file,
+        query.as_deref(),
+        remote,
+    )
+    .await;
+    respond(&registry, result)
+}
+
+/// The response or the error's. Behind a cache (cdn), "not there (yet)" answers — 404 and
+/// 503 — may be kept for a second: a shared cache then collapses the requests of every
+/// viewer into one (an uncacheable answer would make it send each viewer's request on,
+/// and Varnish would keep doing so for two minutes).
+fn respond(registry: &HlsRegistry, result: Result<Response, HttpError>) -> Response {
+    let mut resp = result.unwrap_or_else(IntoResponse::into_response);
+    let status = resp.status();
+    if registry.cfg.cdn
+        && (status == StatusCode::NOT_FOUND || status == StatusCode::SERVICE_UNAVAILABLE)
+    {
+        resp.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=1"),
+        );
+    }
+    resp
+}
+
+/// `POST /hls/{stream_id}/s/{session}/beacon`: a player page says it is watching (every
+/// ~10 s). This is how HLS viewers are counted when a cache sits in front (`[hls] cdn`).
+async fn beacon(
+    State(registry): State<Arc<HlsRegistry>>,
+    Path((stream_id, session)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    connect: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+) -> Result<Response, HttpError> {
+    if !HlsSessions::valid_id(&session) {
+        return Err(HttpError::bad_request(
+            "the session must be 16 hexadecimal characters",
+        ));
+    }
+    let query = HlsQuery::parse(query.as_deref())?;
+    registry.gate.check(&stream_id, query.token).await?;
+    if registry.hub.get(&stream_id).is_none() {
+        return Err(HttpError::not_found(format!(
+            "stream {stream_id} is not live"
+        )));
+    }
+    registry.sessions.touch(
+        &registry.hub,
+        &session,
+        &stream_id,
+        connect.map(|c| c.0 .0.ip()),
+        0,
+        std::time::Instant::now(),
+    );
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
 }
 
 async fn serve(
-    State(registry): State<Arc<HlsRegistry>>,
-    Path((stream_id, file)): Path<(String, String)>,
-    Query(query): Query<HashMap<String, String>>,
-    connect: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    registry: &HlsRegistry,
+    stream_id: &str,
+    session: Option<String>,
+    file: &str,
+    raw_query: Option<&str>,
+    remote: Option<std::net::IpAddr>,
 ) -> Result<Response, HttpError> {
-    let resource = parse_resource(&file)
+    let resource = parse_resource(file)
         .ok_or_else(|| HttpError::not_found(format!("no such file: {file}")))?;
-    let token = query.get("token").map(String::as_str);
-    registry.gate.check(&stream_id, token).await?;
-    let mut session = query
-        .get("session")
-        .filter(|s| HlsSessions::valid_id(s))
-        .cloned();
-    if session.is_none() {
-        match resource {
-            // The first request of a player: a new session, named in the media playlist URI.
-            Resource::Multivariant => session = Some(HlsSessions::new_id()),
-            // A player that went straight to the media playlist: send it to one with a session
-            // so its reloads and parts count as one viewer.
-            Resource::Media => return Ok(redirect_with_session(&file, &query)),
-            _ => {}
-        }
-    }
-    // Carry the play token and the session to every URI the playlists name.
-    let mut params = Vec::new();
-    if let Some(t) = token.filter(|t| {
-        t.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-    }) {
-        params.push(format!("token={t}"));
-    }
-    if let Some(s) = &session {
-        params.push(format!("session={s}"));
-    }
-    let suffix = if params.is_empty() {
-        String::new()
-    } else {
-        format!("?{}", params.join("&"))
-    };
+    let query = HlsQuery::parse(raw_query)?;
+    registry.gate.check(stream_id, query.token).await?;
+    let cdn = registry.cfg.cdn;
+    // The play token reaches every URI the playlists name.
+    let token_query = query
+        .token
+        .map_or_else(String::new, |t| format!("?token={t}"));
     let stream = registry
-        .get(&stream_id)
+        .get(stream_id)
         .ok_or_else(|| HttpError::not_found(format!("stream {stream_id} is not live")))?;
+    let kind = match &resource {
+        Resource::Multivariant => RequestKind::Multivariant,
+        Resource::Media if query.msn.is_some() => RequestKind::BlockingPlaylist,
+        Resource::Media => RequestKind::Playlist,
+        Resource::Init(..) => RequestKind::Init,
+        Resource::Segment(..) => RequestKind::Segment,
+        Resource::Part(..) => RequestKind::Part,
+    };
+    registry.count_request(kind);
+    let private = query.token.is_some();
     let response = match resource {
-        Resource::Multivariant => multivariant(&stream, &suffix),
-        Resource::Media => media_playlist(&stream, &query, &suffix).await,
-        Resource::Init(id) => {
-            let init = stream.lock().init(id);
+        Resource::Multivariant => {
+            // A player's first request: by default it gets a session directory, named in the
+            // media playlist URI; behind a cache (cdn) nothing per viewer goes in a URL.
+            let media_uri = match (&session, cdn) {
+                (None, false) => format!("s/{}/media.m3u8{token_query}", HlsSessions::new_id()),
+                _ => format!("media.m3u8{token_query}"),
+            };
+            multivariant(registry, &stream, media_uri, private).await
+        }
+        Resource::Media if session.is_none() && !cdn => {
+            // A player that went straight to the media playlist: into a session directory,
+            // so its reloads and parts count as one viewer.
+            return Ok(redirect_into_session(raw_query));
+        }
+        Resource::Media => media_playlist(registry, &stream, &query, &token_query, private).await,
+        Resource::Init(run, id) => {
+            let init = {
+                let seg = stream.lock();
+                (seg.run() == run).then(|| seg.init(id)).flatten()
+            };
             init.map(|b| {
                 media_response(
                     Chunks {
@@ -120,16 +275,20 @@ async fn serve(
                         parts: vec![b],
                     },
                     "video/mp4",
+                    private,
                 )
             })
-            .ok_or_else(|| HttpError::not_found(format!("no init segment {id}")))
+            .ok_or_else(|| HttpError::not_found(format!("no init segment {file}")))
         }
-        Resource::Segment(msn) => {
-            let seg = stream.lock().segment(msn);
-            seg.map(|c| media_response(c, "video/iso.segment"))
-                .ok_or_else(|| HttpError::not_found(format!("segment {msn} is not available")))
+        Resource::Segment(run, msn) => {
+            let seg = {
+                let seg = stream.lock();
+                (seg.run() == run).then(|| seg.segment(msn)).flatten()
+            };
+            seg.map(|c| media_response(c, "video/iso.segment", private))
+                .ok_or_else(|| HttpError::not_found(format!("segment {file} is not available")))
         }
-        Resource::Part(msn, index) => part(&stream, msn, index).await,
+        Resource::Part(run, msn, index) => part(&stream, run, msn, index, private).await,
     }?;
     let sent = response
         .headers()
@@ -137,13 +296,12 @@ async fn serve(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
-    registry.hub.add_stream_bytes_out(&stream_id, sent);
+    registry.hub.add_stream_bytes_out(stream_id, sent);
     if let Some(id) = &session {
-        let remote = connect.map(|c| c.0 .0.ip());
         registry.sessions.touch(
             &registry.hub,
             id,
-            &stream_id,
+            stream_id,
             remote,
             sent,
             std::time::Instant::now(),
@@ -152,69 +310,130 @@ async fn serve(
     Ok(response)
 }
 
-/// `302` to the same file with every query parameter kept and a new `session`.
-fn redirect_with_session(file: &str, query: &HashMap<String, String>) -> Response {
-    let mut q = url::form_urlencoded::Serializer::new(String::new());
-    let mut keys: Vec<&String> = query.keys().filter(|k| *k != "session").collect();
-    keys.sort();
-    for k in keys {
-        q.append_pair(k, &query[k]);
+/// `302` from `media.m3u8` to `s/{new session}/media.m3u8` with the query kept.
+fn redirect_into_session(raw_query: Option<&str>) -> Response {
+    let mut location = format!("s/{}/media.m3u8", HlsSessions::new_id());
+    if let Some(q) = raw_query.filter(|q| !q.is_empty()) {
+        location.push('?');
+        location.push_str(q);
     }
-    q.append_pair("session", &HlsSessions::new_id());
-    let location = format!("{file}?{}", q.finish());
     let mut resp = StatusCode::FOUND.into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
     resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
 
-fn multivariant(stream: &HlsStream, suffix: &str) -> Result<Response, HttpError> {
+/// How long a plain request (no `_HLS_msn`) may wait for the first complete segment.
+fn first_segment_wait(registry: &HlsRegistry) -> Duration {
+    Duration::from_millis(u64::from(registry.cfg.segment_target_ms) * 3 / 2)
+}
+
+/// Waits (bounded) until the stream has a complete segment or has ended; 503 with
+/// `Retry-After` when the bound passes first.
+async fn wait_for_first_segment(
+    registry: &HlsRegistry,
+    stream: &HlsStream,
+) -> Result<(), HttpError> {
+    let mut changes = stream.subscribe_changes();
+    let until = tokio::time::Instant::now() + first_segment_wait(registry);
+    loop {
+        {
+            let seg = stream.lock();
+            if seg.has_complete_segment() || seg.is_ended() {
+                return Ok(());
+            }
+        }
+        match tokio::time::timeout_at(until, changes.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(HttpError::not_found("the stream is gone")),
+            Err(_) => {
+                let mut err = HttpError::unavailable(
+                    "the stream has no complete segment yet; retry in a moment",
+                );
+                err.retry_after = Some(1);
+                return Err(err);
+            }
+        }
+    }
+}
+
+async fn multivariant(
+    registry: &HlsRegistry,
+    stream: &HlsStream,
+    media_uri: String,
+    private: bool,
+) -> Result<Response, HttpError> {
+    wait_for_first_segment(registry, stream).await?;
     let variant = stream.lock().variant();
-    let mut variant = variant
-        .ok_or_else(|| HttpError::not_found("the stream has not announced its tracks yet"))?;
-    variant.uri.push_str(suffix);
+    let mut variant = variant.ok_or_else(|| HttpError::not_found("the stream has no media"))?;
+    variant.uri = media_uri;
+    // By default the body names a new session: never share it. Behind a cache (cdn) the
+    // body is the same for everyone and changes only with BANDWIDTH.
+    let cache = if registry.cfg.cdn {
+        cache_header(private, "max-age=2")
+    } else {
+        HeaderValue::from_static("no-store")
+    };
     Ok(playlist_response(
-        playlist::render_multivariant(&[variant]),
-        "no-cache",
+        Bytes::from(playlist::render_multivariant(&[variant])),
+        cache,
     ))
 }
 
-fn parse_u64(query: &HashMap<String, String>, key: &str) -> Result<Option<u64>, HttpError> {
-    query
-        .get(key)
-        .map(|v| {
-            v.parse().map_err(|_| {
-                HttpError::bad_request(format!("{key} must be a non-negative integer"))
-            })
-        })
-        .transpose()
+/// `public, {rest}` or, for a private stream's request (a token in the URL), `private, {rest}`.
+fn cache_header(private: bool, rest: &'static str) -> HeaderValue {
+    let scope = if private { "private" } else { "public" };
+    HeaderValue::from_str(&format!("{scope}, {rest}"))
+        .unwrap_or(HeaderValue::from_static("no-store"))
 }
 
-/// Answers a media playlist request, holding it while `_HLS_msn`/`_HLS_part` are in the future.
+/// Answers a media playlist request, holding it while `_HLS_msn`/`_HLS_part` are in the future,
+/// and a plain request until a complete segment exists.
 async fn media_playlist(
+    registry: &HlsRegistry,
     stream: &HlsStream,
-    query: &HashMap<String, String>,
-    suffix: &str,
+    query: &HlsQuery<'_>,
+    token_query: &str,
+    private: bool,
 ) -> Result<Response, HttpError> {
-    let msn = parse_u64(query, "_HLS_msn")?;
-    let part = parse_u64(query, "_HLS_part")?;
+    let blocking = query.msn.is_some();
+    if !blocking {
+        if query.part.is_some() {
+            return Err(HttpError::bad_request("_HLS_part needs _HLS_msn"));
+        }
+        wait_for_first_segment(registry, stream).await?;
+    }
     let mut changes = stream.subscribe_changes();
     let mut deadline = None;
     loop {
-        let (decision, text, ended, target) = {
+        let (decision, body, ended, target) = {
             let seg = stream.lock();
             let pl = seg.playlist();
-            let decision = reload_or_wait(pl, msn, part);
-            let text = (decision == ReloadDecision::Ready).then(|| pl.render_with_query(suffix));
-            (decision, text, pl.ended, pl.target_duration())
+            let decision = playlist::reload_decision(pl, query.msn, query.part);
+            let body = (decision == ReloadDecision::Ready).then(|| {
+                if token_query.is_empty() {
+                    stream.rendered(&seg)
+                } else {
+                    Bytes::from(pl.render_with_query(token_query))
+                }
+            });
+            (decision, body, pl.ended, pl.target_duration())
         };
         match decision {
             ReloadDecision::Ready => {
-                let cache = if ended { "max-age=60" } else { "no-cache" };
-                return Ok(playlist_response(text.unwrap_or_default(), cache));
+                let cache = if !registry.cfg.cdn {
+                    HeaderValue::from_static("no-cache")
+                } else if blocking && !ended {
+                    // The answer to a blocking request holds what was asked for, whenever it
+                    // is fetched: caches may keep it (keyed by _HLS_msn/_HLS_part).
+                    cache_header(private, "max-age=60")
+                } else {
+                    cache_header(private, "max-age=1")
+                };
+                return Ok(playlist_response(body.unwrap_or_default(), cache));
             }
             ReloadDecision::BadRequest => {
                 return Err(HttpError::bad_request(
@@ -232,21 +451,6 @@ async fn media_playlist(
     }
 }
 
-/// A playlist with no media yet cannot satisfy any request, not even a plain one (a player
-/// given an empty playlist gives up): hold it like a blocking reload.
-fn reload_or_wait(
-    pl: &playlist::MediaPlaylist,
-    msn: Option<u64>,
-    part: Option<u64>,
-) -> ReloadDecision {
-    let decision = playlist::reload_decision(pl, msn, part);
-    let empty = pl.segments.is_empty() && pl.open.as_ref().is_none_or(|o| o.parts.is_empty());
-    if empty && !pl.ended && decision == ReloadDecision::Ready {
-        return ReloadDecision::Wait;
-    }
-    decision
-}
-
 async fn wait_for_change(
     changes: &mut tokio::sync::watch::Receiver<u64>,
     until: tokio::time::Instant,
@@ -261,12 +465,23 @@ async fn wait_for_change(
 }
 
 /// Serves a part; the part named by the preload hint (the next one) is waited for.
-async fn part(stream: &HlsStream, msn: u64, index: usize) -> Result<Response, HttpError> {
+async fn part(
+    stream: &HlsStream,
+    run: &str,
+    msn: u64,
+    index: usize,
+    private: bool,
+) -> Result<Response, HttpError> {
     let mut changes = stream.subscribe_changes();
     let mut deadline = None;
     loop {
         let (found, awaitable, target) = {
             let seg = stream.lock();
+            if seg.run() != run {
+                return Err(HttpError::not_found(format!(
+                    "part {index} of segment {msn} belongs to another run of the stream"
+                )));
+            }
             let pl = seg.playlist();
             let found = seg.serve_part(msn, index);
             let next = pl.next_msn();
@@ -276,7 +491,7 @@ async fn part(stream: &HlsStream, msn: u64, index: usize) -> Result<Response, Ht
             (found, awaitable, pl.target_duration())
         };
         if let Some(chunks) = found {
-            return Ok(media_response(chunks, "video/iso.segment"));
+            return Ok(media_response(chunks, "video/iso.segment", private));
         }
         if !awaitable {
             return Err(HttpError::not_found(format!(
@@ -290,21 +505,20 @@ async fn part(stream: &HlsStream, msn: u64, index: usize) -> Result<Response, Ht
     }
 }
 
-fn playlist_response(text: String, cache: &'static str) -> Response {
-    let len = text.len();
-    let mut resp = (StatusCode::OK, text).into_response();
-    resp.headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+fn playlist_response(body: Bytes, cache: HeaderValue) -> Response {
+    let len = body.len();
+    let mut resp = Response::new(Body::from(body));
     let h = resp.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(PLAYLIST_TYPE),
     );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    h.insert(header::CACHE_CONTROL, cache);
     resp
 }
 
-fn media_response(chunks: Chunks, content_type: &'static str) -> Response {
+fn media_response(chunks: Chunks, content_type: &'static str, private: bool) -> Response {
     let len = chunks.len;
     let mut resp = Response::new(Body::new(ChunksBody {
         parts: chunks.parts.into(),
@@ -312,11 +526,12 @@ fn media_response(chunks: Chunks, content_type: &'static str) -> Response {
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    // Parts, segments and init segments never change once published.
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=60, immutable"),
-    );
+    let cache = if private {
+        HeaderValue::from_static("private, max-age=31536000, immutable")
+    } else {
+        HeaderValue::from_static(IMMUTABLE)
+    };
+    h.insert(header::CACHE_CONTROL, cache);
     resp
 }
 
@@ -357,11 +572,42 @@ mod tests {
     fn file_names() {
         assert_eq!(parse_resource("index.m3u8"), Some(Resource::Multivariant));
         assert_eq!(parse_resource("media.m3u8"), Some(Resource::Media));
-        assert_eq!(parse_resource("init3.mp4"), Some(Resource::Init(3)));
-        assert_eq!(parse_resource("seg12.m4s"), Some(Resource::Segment(12)));
-        assert_eq!(parse_resource("part12.4.m4s"), Some(Resource::Part(12, 4)));
-        assert_eq!(parse_resource("part12.m4s"), None);
-        assert_eq!(parse_resource("seg-1.m4s"), None);
+        assert_eq!(
+            parse_resource("0a1b2c3d-init3.mp4"),
+            Some(Resource::Init("0a1b2c3d", 3))
+        );
+        assert_eq!(
+            parse_resource("0a1b2c3d-seg12.m4s"),
+            Some(Resource::Segment("0a1b2c3d", 12))
+        );
+        assert_eq!(
+            parse_resource("0a1b2c3d-part12.4.m4s"),
+            Some(Resource::Part("0a1b2c3d", 12, 4))
+        );
+        assert_eq!(parse_resource("seg12.m4s"), None, "no run");
+        assert_eq!(parse_resource("0a1b2c3d-part12.m4s"), None);
+        assert_eq!(parse_resource("0a1b2c3d-seg+1.m4s"), None);
+        assert_eq!(parse_resource("zz-seg1.m4s"), None);
         assert_eq!(parse_resource("../etc/passwd"), None);
+    }
+
+    #[test]
+    fn query_parameters() {
+        let q = HlsQuery::parse(Some("_HLS_msn=12&_HLS_part=3&token=a.b-c_d")).unwrap();
+        assert_eq!(
+            q,
+            HlsQuery {
+                msn: Some(12),
+                part: Some(3),
+                token: Some("a.b-c_d")
+            }
+        );
+        assert_eq!(HlsQuery::parse(None).unwrap(), HlsQuery::default());
+        assert_eq!(HlsQuery::parse(Some("x=1&&")).unwrap(), HlsQuery::default());
+        // A token with characters no token has is ignored (the gate then says 401).
+        assert_eq!(HlsQuery::parse(Some("token=%22x")).unwrap().token, None);
+        for bad in ["_HLS_msn=-1", "_HLS_msn=", "_HLS_part=1e3", "_HLS_msn=+4"] {
+            assert!(HlsQuery::parse(Some(bad)).is_err(), "{bad}");
+        }
     }
 }

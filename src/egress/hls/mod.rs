@@ -6,6 +6,11 @@
 //! discontinuity); otherwise a fresh playlist starts. When the publisher leaves, the open
 //! segment is closed at once and `EXT-X-ENDLIST` follows after the grace period (or at once
 //! on shutdown). [`http`] serves the playlists, init segments, segments and parts.
+//!
+//! The task feeding a segmenter wakes waiting HTTP requests only when the playlist changed
+//! (a part, a segment, the end), and the playlist text of each revision is rendered once and
+//! shared by every request; it also relays the segmenter's keyframe requests to the
+//! publisher (WHIP answers with a keyframe, RTMP cannot).
 
 pub mod http;
 pub mod segmenter;
@@ -16,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::PlaybackGate;
@@ -36,15 +42,34 @@ pub struct HlsStream {
     /// Held by the task feeding the segmenter, so a reconnecting publisher's task starts only
     /// after the previous session's frames are all written.
     session: tokio::sync::Mutex<()>,
+    /// The media playlist text of one revision (without a query), rendered once.
+    rendered: Mutex<Option<(u64, Bytes)>>,
 }
 
 impl HlsStream {
     fn new(cfg: SegmenterConfig) -> Self {
+        // A new run id for every fresh playlist: object names never repeat across runs.
+        let run = format!("{:08x}-", rand::random::<u32>());
         HlsStream {
-            segmenter: Mutex::new(Segmenter::new(cfg)),
+            segmenter: Mutex::new(Segmenter::new(cfg).with_prefix(run)),
             changed: watch::channel(0).0,
             generation: AtomicU64::new(0),
             session: tokio::sync::Mutex::new(()),
+            rendered: Mutex::new(None),
+        }
+    }
+
+    /// The media playlist as text, rendered once per revision and shared by every request.
+    /// `seg` is this stream's locked segmenter.
+    pub fn rendered(&self, seg: &Segmenter) -> Bytes {
+        let mut cache = self.rendered.lock().unwrap_or_else(|e| e.into_inner());
+        match &*cache {
+            Some((rev, bytes)) if *rev == seg.revision() => bytes.clone(),
+            _ => {
+                let bytes = Bytes::from(seg.playlist().render());
+                *cache = Some((seg.revision(), bytes.clone()));
+                bytes
+            }
         }
     }
 
@@ -63,6 +88,48 @@ impl HlsStream {
     }
 }
 
+/// What an HLS request asked for (counted for `/metrics`: behind a cache, these show how many
+/// requests reach the origin).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    /// `index.m3u8`.
+    Multivariant,
+    /// `media.m3u8` without `_HLS_msn`.
+    Playlist,
+    /// `media.m3u8?_HLS_msn=…`.
+    BlockingPlaylist,
+    /// An init segment.
+    Init,
+    /// A complete segment.
+    Segment,
+    /// A partial segment.
+    Part,
+}
+
+impl RequestKind {
+    /// Every kind, in the order of [`HlsRegistry::request_counts`].
+    pub const ALL: [RequestKind; 6] = [
+        RequestKind::Multivariant,
+        RequestKind::Playlist,
+        RequestKind::BlockingPlaylist,
+        RequestKind::Init,
+        RequestKind::Segment,
+        RequestKind::Part,
+    ];
+
+    /// The label used in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            RequestKind::Multivariant => "multivariant",
+            RequestKind::Playlist => "playlist",
+            RequestKind::BlockingPlaylist => "blocking_playlist",
+            RequestKind::Init => "init",
+            RequestKind::Segment => "segment",
+            RequestKind::Part => "part",
+        }
+    }
+}
+
 /// All HLS streams by stream id.
 pub struct HlsRegistry {
     streams: Mutex<HashMap<String, Arc<HlsStream>>>,
@@ -74,6 +141,8 @@ pub struct HlsRegistry {
     pub(crate) gate: Arc<dyn PlaybackGate>,
     /// HLS viewers.
     pub sessions: sessions::HlsSessions,
+    /// Requests served, by [`RequestKind`].
+    requests: [AtomicU64; RequestKind::ALL.len()],
 }
 
 impl std::fmt::Debug for HlsRegistry {
@@ -98,7 +167,32 @@ impl HlsRegistry {
             shutdown,
             hub,
             gate,
+            requests: Default::default(),
         })
+    }
+
+    /// Counts one request of `kind`.
+    pub(crate) fn count_request(&self, kind: RequestKind) {
+        let i = RequestKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(0);
+        self.requests[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests served since start, by kind.
+    pub fn request_counts(&self) -> Vec<(RequestKind, u64)> {
+        RequestKind::ALL
+            .iter()
+            .zip(&self.requests)
+            .map(|(k, n)| (*k, n.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Whether HLS is served for a cache in front (`[hls] cdn`): no per-viewer URLs, HLS
+    /// viewers counted from player beacons.
+    pub fn cdn(&self) -> bool {
+        self.cfg.cdn
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<HlsStream>>> {
@@ -153,17 +247,31 @@ impl HlsRegistry {
                 _ = crate::shutdown::requested(&mut shutdown) => None,
             };
             let Some(event) = event else { break };
-            let result = {
+            let (result, changed, keyframe) = {
                 let mut seg = stream.lock();
-                match event {
+                let before = seg.revision();
+                let result = match event {
                     Event::Tracks(tracks) => seg.push_tracks(tracks),
                     Event::Frame(frame) => seg.push_frame(frame, SystemTime::now()),
-                }
+                };
+                (
+                    result,
+                    seg.revision() != before,
+                    seg.take_keyframe_request(),
+                )
             };
             if let Err(err) = result {
                 tracing::warn!(stream = id, %err, "hls: muxing failed; frame skipped");
             }
-            stream.notify();
+            if keyframe {
+                if let Some(live) = self.hub.get(id) {
+                    live.request_keyframe();
+                }
+            }
+            // Waiting requests wake only when there is something new for them.
+            if changed {
+                stream.notify();
+            }
         }
         drop(sub);
         let shutting_down = *self.shutdown.borrow();

@@ -59,6 +59,9 @@ struct TrackState {
 struct StoredSegment {
     msn: u64,
     parts: Vec<StoredPart>,
+    /// Bytes of all its parts and its duration (seconds), for `BANDWIDTH`.
+    bytes: usize,
+    duration: f64,
 }
 
 /// A finished part: its pieces as muxed (headers plus sample payloads shared with the hub),
@@ -113,8 +116,14 @@ pub struct Segmenter {
     part_independent: bool,
     pending_discontinuity: bool,
     variant: Option<Variant>,
-    /// Largest bitrate seen over a segment, for BANDWIDTH.
-    peak_bps: u64,
+    /// Bumped whenever the playlist changes (a part, a segment, new tracks, the end): the
+    /// HTTP layer renders each revision once and wakes blocked requests only on a change.
+    revision: u64,
+    /// A keyframe is wanted (the open segment reached its target without one); taken by
+    /// [`Segmenter::take_keyframe_request`].
+    keyframe_request: bool,
+    /// Driver time (ticks) of the last keyframe request in the open segment.
+    keyframe_requested_at: Option<i64>,
 }
 
 impl Segmenter {
@@ -134,6 +143,7 @@ impl Segmenter {
                 open: None,
                 ended: false,
                 longest_segment: 0.0,
+                prefix: String::new(),
             },
             stored: VecDeque::new(),
             open_parts: Vec::new(),
@@ -147,8 +157,39 @@ impl Segmenter {
             part_independent: false,
             pending_discontinuity: false,
             variant: None,
-            peak_bps: 0,
+            revision: 0,
+            keyframe_request: false,
+            keyframe_requested_at: None,
         }
+    }
+
+    /// Names every init, segment and part with `prefix` (the playlist's run id).
+    pub fn with_prefix(mut self, prefix: String) -> Self {
+        self.model.prefix = prefix;
+        self
+    }
+
+    /// The run id in the names of this playlist's objects (the prefix without its dash).
+    pub fn run(&self) -> &str {
+        self.model.prefix.trim_end_matches('-')
+    }
+
+    /// Changes with every part, segment, track change and end of the playlist.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Whether the publisher should be asked for a keyframe now (returns `true` once per
+    /// request): the open segment has reached its target and no keyframe came to cut it.
+    /// Asked again every segment target while none comes.
+    pub fn take_keyframe_request(&mut self) -> bool {
+        std::mem::take(&mut self.keyframe_request)
+    }
+
+    /// Whether at least one complete segment is listed: a client that does not speak LL-HLS
+    /// (ffmpeg, VLC, most TVs) can start from the playlist.
+    pub fn has_complete_segment(&self) -> bool {
+        !self.model.segments.is_empty()
     }
 
     /// The playlist model (render it with [`MediaPlaylist::render`]).
@@ -156,10 +197,24 @@ impl Segmenter {
         &self.model
     }
 
-    /// The multivariant entry for this stream, once tracks are known.
+    /// The multivariant entry for this stream, once tracks are known: `BANDWIDTH` is the
+    /// largest segment bitrate in the window, `AVERAGE-BANDWIDTH` the window's average
+    /// (both `None`/0 before the first complete segment).
     pub fn variant(&self) -> Option<Variant> {
+        let (bytes, secs) = self
+            .stored
+            .iter()
+            .fold((0usize, 0.0f64), |(b, d), s| (b + s.bytes, d + s.duration));
+        let peak = self
+            .stored
+            .iter()
+            .filter(|s| s.duration > 0.0)
+            .map(|s| (s.bytes as f64 * 8.0 / s.duration).ceil() as u64)
+            .max()
+            .unwrap_or(0);
         self.variant.clone().map(|mut v| {
-            v.bandwidth = v.bandwidth.max(self.peak_bps);
+            v.bandwidth = peak;
+            v.average_bandwidth = (secs > 0.0).then(|| (bytes as f64 * 8.0 / secs).ceil() as u64);
             v
         })
     }
@@ -209,6 +264,7 @@ impl Segmenter {
             self.flush();
             self.pending_discontinuity = self.next_msn > 0;
         }
+        self.revision += 1;
         self.model.ended = false;
         // Camera JPEG tracks are served as MJPEG; HLS carries the packaged ones.
         let tracks = Arc::new(tracks.packaged());
@@ -243,6 +299,7 @@ impl Segmenter {
         self.origin = None;
         self.variant = Some(Variant {
             bandwidth: 0,
+            average_bandwidth: None,
             codecs: tracks.list.iter().map(|t| t.codec.codec_string()).collect(),
             resolution: tracks.first(TrackKind::Video).and_then(|t| match &t.codec {
                 crate::media::CodecConfig::H264(c) => Some((c.info.width, c.info.height)),
@@ -297,6 +354,7 @@ impl Segmenter {
         if ended {
             self.model.ended = true;
         }
+        self.revision += 1;
     }
 
     /// Whether the playlist carries `EXT-X-ENDLIST`.
@@ -349,6 +407,7 @@ impl Segmenter {
         self.segment_start = start;
         self.part_start = start;
         self.part_independent = true;
+        self.keyframe_requested_at = None;
     }
 
     fn cut_if_due(&mut self, frame: &Frame, now: SystemTime) -> Result<(), fmp4::Fmp4Error> {
@@ -366,6 +425,19 @@ impl Segmenter {
             self.open_segment(frame.dts, now);
             self.part_independent = frame.keyframe;
             return Ok(());
+        }
+        // The segment is due and no keyframe came: ask the publisher for one (WebRTC
+        // publishers answer a PLI within a frame or two; RTMP publishers cannot be asked).
+        // Asked again every segment target while none comes.
+        let due = (self.cfg.segment_target * ts) as i64;
+        if !frame.keyframe
+            && segment_len >= self.cfg.segment_target - 0.001
+            && self
+                .keyframe_requested_at
+                .is_none_or(|at| frame.dts - at >= due.max(1))
+        {
+            self.keyframe_request = true;
+            self.keyframe_requested_at = Some(frame.dts);
         }
         let estimate = self.tracks[self.driver].last_duration;
         let part_len = (frame.dts + estimate - self.part_start) as f64 / ts;
@@ -405,6 +477,7 @@ impl Segmenter {
             independent: self.part_independent,
         });
         self.open_parts.push(StoredPart::new(chunks));
+        self.revision += 1;
         Ok(())
     }
 
@@ -420,9 +493,7 @@ impl Segmenter {
         let duration = (end - self.segment_start).max(0) as f64 / ts;
         self.model.longest_segment = self.model.longest_segment.max(duration);
         let bytes: usize = parts.iter().map(|p| p.pieces.len).sum();
-        if duration > 0.0 {
-            self.peak_bps = self.peak_bps.max((bytes as f64 * 8.0 / duration) as u64);
-        }
+        self.revision += 1;
         self.model.segments.push(SegmentEntry {
             msn: open.msn,
             duration,
@@ -434,6 +505,8 @@ impl Segmenter {
         self.stored.push_back(StoredSegment {
             msn: open.msn,
             parts,
+            bytes,
+            duration,
         });
         self.next_msn = open.msn + 1;
         self.trim_window();
@@ -620,6 +693,114 @@ mod tests {
         assert!(pl.segments.len() >= 3, "{}", pl.segments.len());
         assert!(pl.segments.iter().all(|s| s.duration <= 10.1));
         assert!(!pl.segments[1].parts[0].independent);
+    }
+
+    #[test]
+    fn a_due_segment_without_a_keyframe_asks_for_one_once_per_target() {
+        let mut seg = Segmenter::new(CFG);
+        seg.push_tracks(Arc::new(av_tracks())).unwrap();
+        // A keyframe at 0 and then none: like a WebRTC encoder that sends them on request.
+        let mut asked_at = vec![];
+        for i in 0..(7 * 30) {
+            let dts = i * 1000 / 30;
+            seg.push_frame(
+                Frame {
+                    track: TrackId(0),
+                    dts,
+                    pts: dts,
+                    keyframe: i == 0,
+                    data: Bytes::from_static(b"v"),
+                },
+                now(dts),
+            )
+            .unwrap();
+            if seg.take_keyframe_request() {
+                asked_at.push(dts);
+            }
+            assert!(!seg.take_keyframe_request(), "taken once");
+        }
+        // Asked when the segment reached 2 s, again at 4 s and 6 s while none came.
+        assert_eq!(asked_at, vec![2000, 4000, 6000], "{asked_at:?}");
+        // Answered at once: the segment is cut at the keyframe, nothing more is asked.
+        let mut seg = Segmenter::new(CFG);
+        seg.push_tracks(Arc::new(av_tracks())).unwrap();
+        let mut asked = 0;
+        let mut key_due = false;
+        for i in 0..(9 * 30) {
+            let dts = i * 1000 / 30;
+            seg.push_frame(
+                Frame {
+                    track: TrackId(0),
+                    dts,
+                    pts: dts,
+                    keyframe: i == 0 || std::mem::take(&mut key_due),
+                    data: Bytes::from_static(b"v"),
+                },
+                now(dts),
+            )
+            .unwrap();
+            if seg.take_keyframe_request() {
+                asked += 1;
+                key_due = true;
+            }
+        }
+        seg.finish(true);
+        let pl = seg.playlist();
+        assert_eq!(asked, 4, "one request per segment");
+        assert_eq!(pl.target_duration(), 2);
+        for s in &pl.segments[..pl.segments.len() - 1] {
+            assert!(
+                (s.duration - 2.033).abs() < 0.01,
+                "cut one frame after the request: {}",
+                s.duration
+            );
+        }
+    }
+
+    #[test]
+    fn bandwidth_is_measured_over_the_window() {
+        let mut seg = Segmenter::new(CFG);
+        seg.push_tracks(Arc::new(av_tracks())).unwrap();
+        assert_eq!(seg.variant().unwrap().average_bandwidth, None);
+        // 30 fps × 100 B video + ~43 × 20 B audio per second, plus the fMP4 headers.
+        feed(&mut seg, 0, 10, 60);
+        let v = seg.variant().unwrap();
+        let avg = v.average_bandwidth.unwrap();
+        let payload_bps = (30 * 100 + 44100 / 1024 * 20) * 8;
+        assert!(
+            avg > payload_bps && avg < payload_bps * 3,
+            "{avg} vs {payload_bps}"
+        );
+        assert!(v.bandwidth >= avg && v.bandwidth < avg * 2, "{v:?}");
+    }
+
+    #[test]
+    fn revision_changes_with_parts_not_with_every_frame() {
+        let mut seg = Segmenter::new(CFG);
+        seg.push_tracks(Arc::new(av_tracks())).unwrap();
+        let r0 = seg.revision();
+        let mut changes = 0;
+        let mut last = r0;
+        for i in 0..60 {
+            let dts = i * 1000 / 30;
+            seg.push_frame(
+                Frame {
+                    track: TrackId(0),
+                    dts,
+                    pts: dts,
+                    keyframe: i == 0,
+                    data: Bytes::from_static(b"v"),
+                },
+                now(dts),
+            )
+            .unwrap();
+            if seg.revision() != last {
+                changes += 1;
+                last = seg.revision();
+            }
+        }
+        // 2 s of video at 200 ms parts: about ten parts, not sixty frames.
+        assert!((8..=11).contains(&changes), "{changes}");
     }
 
     #[test]

@@ -1,10 +1,14 @@
-//! HLS viewers as sessions. The first playlist request without a session gets one: the
-//! multivariant playlist names its media playlist with `?session=…`, and a bare media
-//! playlist request is redirected to one that carries it; every URI in the playlists then
-//! carries it too. Each request touches its session; a session unseen for
-//! `hls.session_timeout_ms` (30 s) expires. A player re-fetching parts is one session, so one
-//! viewer. While a session lives it holds a viewer guard on its stream, so HLS viewers count
-//! with RTMP, WHEP and MJPEG viewers (and in the peak).
+//! HLS viewers as sessions. By default the first playlist request without a session gets
+//! one: the multivariant playlist names its media playlist inside a session directory
+//! (`s/{session}/media.m3u8`), and a bare media playlist request is redirected into one; the
+//! media playlist's URIs are relative, so every part and segment request of that player
+//! carries the session too. With `[hls] cdn = true` no URL carries a session (a cache in
+//! front must see one URL for everyone); players report themselves instead with a beacon
+//! (`POST /hls/{id}/s/{session}/beacon` every ~10 s, sent by this server's player page), and
+//! the API marks the counts as estimates. Each request or beacon touches its session; a
+//! session unseen for `hls.session_timeout_ms` (30 s) expires. A player re-fetching parts is
+//! one session, so one viewer. While a session lives it holds a viewer guard on its stream,
+//! so HLS viewers count with RTMP, WHEP and MJPEG viewers (and in the peak).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -31,7 +35,7 @@ struct Session {
 /// A session as the API lists it.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct SessionInfo {
-    /// The session id (the `session` query parameter).
+    /// The session id (the `s/{session}/` directory of the player's URLs).
     pub id: String,
     /// Always `hls`.
     pub protocol: &'static str,

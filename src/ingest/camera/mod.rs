@@ -51,6 +51,8 @@ pub struct CameraContext {
     pub hub: Hub,
     /// Turns true on shutdown.
     pub shutdown: watch::Receiver<bool>,
+    /// Longest time between the H.264 encoder's IDRs (the HLS segment target), ms.
+    pub keyframe_interval_ms: u32,
 }
 
 /// `?key=` on the upgrade request.
@@ -236,7 +238,11 @@ impl Session {
                     tracing::info!(stream = %self.stream.id, "camera: live");
                     let p = Arc::new(p);
                     if self.ctx.config.transcode {
-                        match Transcoder::spawn(&p, self.ctx.config.h264_bitrate_kbps * 1000) {
+                        match Transcoder::spawn(
+                            &p,
+                            self.ctx.config.h264_bitrate_kbps * 1000,
+                            self.ctx.keyframe_interval_ms,
+                        ) {
                             Ok(t) => self.transcoder = Some(t),
                             Err(err) => tracing::error!(%err, "camera: cannot start the encoder"),
                         }

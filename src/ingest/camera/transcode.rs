@@ -4,7 +4,8 @@
 //! (cropped to even dimensions), and the access unit joins the hub as the stream's H.264
 //! track. The hand-off is a one-slot channel: a frame that arrives while the encoder is busy
 //! is skipped and counted, never queued, so CPU per camera is bounded by the encoder's speed.
-//! An IDR is forced every second so HLS segments can be cut.
+//! An IDR is forced every HLS segment target (`keyframe_interval_ms`) so segments are cut at
+//! their target, and whenever the segmenter asks for one.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -59,13 +60,19 @@ impl std::fmt::Debug for Transcoder {
 impl Transcoder {
     /// Starts the encoder thread feeding `publisher`. The thread holds only a weak handle:
     /// when the camera disconnects the stream ends at once, not after the encoder's frame.
-    pub fn spawn(publisher: &Arc<Publisher>, bitrate_bps: u32) -> std::io::Result<Self> {
+    /// An IDR is made every `keyframe_interval_ms` (the HLS segment target).
+    pub fn spawn(
+        publisher: &Arc<Publisher>,
+        bitrate_bps: u32,
+        keyframe_interval_ms: u32,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = sync_channel::<Job>(1);
         let stream_id = publisher.stream().id.clone();
         let publisher = Arc::downgrade(publisher);
+        let enc = FrameEncoder::new(bitrate_bps).with_keyframe_interval(keyframe_interval_ms);
         std::thread::Builder::new()
             .name(format!("h264-{stream_id}"))
-            .spawn(move || run(rx, publisher, bitrate_bps))?;
+            .spawn(move || run(rx, publisher, enc))?;
         Ok(Transcoder {
             tx,
             skipped: Arc::new(AtomicU64::new(0)),
@@ -100,15 +107,21 @@ pub struct FrameEncoder {
     bitrate_bps: u32,
     avcc: Option<Bytes>,
     last_idr: Option<i64>,
+    /// Longest time between IDRs (ms).
+    keyframe_interval_ms: i64,
+    /// The next frame is an IDR (asked for by the segmenter).
+    keyframe_wanted: bool,
 }
 
-fn run(rx: Receiver<Job>, publisher: Weak<Publisher>, bitrate_bps: u32) {
-    let mut enc = FrameEncoder::new(bitrate_bps);
+fn run(rx: Receiver<Job>, publisher: Weak<Publisher>, mut enc: FrameEncoder) {
     while let Ok(job) = rx.recv() {
-        let result = enc.encode(&job.jpeg, job.dts);
         let Some(publisher) = publisher.upgrade() else {
             break; // the camera is gone
         };
+        if publisher.take_keyframe_request() {
+            enc.request_keyframe();
+        }
+        let result = enc.encode(&job.jpeg, job.dts);
         match result {
             Ok(Some((frame, new_config))) => {
                 if let Some(config) = new_config {
@@ -142,7 +155,20 @@ impl FrameEncoder {
             bitrate_bps,
             avcc: None,
             last_idr: None,
+            keyframe_interval_ms: 1000,
+            keyframe_wanted: false,
         }
+    }
+
+    /// An IDR at least every `ms` (default 1000).
+    pub fn with_keyframe_interval(mut self, ms: u32) -> Self {
+        self.keyframe_interval_ms = i64::from(ms.max(1));
+        self
+    }
+
+    /// Makes the next frame an IDR.
+    pub fn request_keyframe(&mut self) {
+        self.keyframe_wanted = true;
     }
 
     /// Encodes one JPEG taken at `dts` ms; returns the H.264 frame (none while the encoder
@@ -178,7 +204,11 @@ impl FrameEncoder {
         let Some((encoder, _, _)) = self.encoder.as_mut() else {
             return Ok(None);
         };
-        if self.last_idr.is_none_or(|t| dts - t >= 1000) {
+        if std::mem::take(&mut self.keyframe_wanted)
+            || self
+                .last_idr
+                .is_none_or(|t| dts - t >= self.keyframe_interval_ms)
+        {
             encoder.force_intra_frame();
         }
         let yuv = YUVBuffer::from_rgb8_source(RgbSliceU8::new(&rgb, (w2, h2)));

@@ -224,6 +224,19 @@
     });
   }
 
+  // Behind a cache ([hls] cdn) the server cannot see HLS viewers: the page tells it.
+  function hlsBeacon(p) {
+    if (!p.hls_beacon_url) return;
+    const send = () => fetch(withToken(p.hls_beacon_url), { method: 'POST', keepalive: true }).catch(() => {});
+    send();
+    every(10000, send);
+  }
+
+  async function playHls(p, native) {
+    hlsBeacon(p);
+    await (native ? playNativeHls(p.hls_url) : playHlsJs(p.hls_url));
+  }
+
   // `?path=whep|hls|hlsjs|mjpeg` forces one path (to compare them, or to work around a
   // browser); otherwise the best one available is taken.
   const forced = new URLSearchParams(location.search).get('path') || '';
@@ -232,15 +245,15 @@
     const p = s.playback || {};
     if (forced) {
       if (forced === 'whep' && p.whep_url) return () => playWhep(p.whep_url);
-      if (forced === 'hls' && p.hls_url) return () => playNativeHls(p.hls_url);
-      if (forced === 'hlsjs' && p.hls_url && hlsjsUrl) return () => playHlsJs(p.hls_url);
+      if (forced === 'hls' && p.hls_url) return () => playHls(p, true);
+      if (forced === 'hlsjs' && p.hls_url && hlsjsUrl) return () => playHls(p, false);
       if (forced === 'mjpeg' && p.mjpeg_url) return () => playMjpeg(p.mjpeg_url);
       return null;
     }
     if (p.mjpeg_url && s.camera) return () => playMjpeg(p.mjpeg_url);
     if (p.whep_url && 'RTCPeerConnection' in window) return () => playWhep(p.whep_url);
-    if (p.hls_url && video.canPlayType('application/vnd.apple.mpegurl')) return () => playNativeHls(p.hls_url);
-    if (p.hls_url && hlsjsUrl && window.MediaSource) return () => playHlsJs(p.hls_url);
+    if (p.hls_url && video.canPlayType('application/vnd.apple.mpegurl')) return () => playHls(p, true);
+    if (p.hls_url && hlsjsUrl && window.MediaSource) return () => playHls(p, false);
     if (p.mjpeg_url) return () => playMjpeg(p.mjpeg_url);
     return null;
   }
