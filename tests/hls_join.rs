@@ -19,33 +19,6 @@ use common::*;
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
 
-/// Polls `url` (the server may hold each request) until it answers 200; returns the body and
-/// how long it took. Anything but 200, 404 (not live yet) or 503 (no segment yet) fails.
-async fn first_200(url: &str, secs: u64) -> (String, Duration) {
-    let client = reqwest::Client::new();
-    let start = Instant::now();
-    loop {
-        if let Ok(r) = client.get(url).send().await {
-            let status = r.status().as_u16();
-            if status == 200 {
-                return (r.text().await.unwrap(), start.elapsed());
-            }
-            assert!(matches!(status, 404 | 503), "{url} answered {status}");
-            if status == 503 {
-                assert!(
-                    r.headers().contains_key("retry-after"),
-                    "503 without Retry-After"
-                );
-            }
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "no 200 from {url}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// `ffprobe` on a live URL: success, the codec names of its streams (one per line), stderr.
 async fn ffprobe(url: String) -> (bool, String, String) {
     let out = tokio::process::Command::new("ffprobe")

@@ -252,6 +252,79 @@ async fn the_player_picks_a_path_for_rtmp_whip_and_camera_and_explains_private_s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_hls_and_hlsjs_join_rtmp_whip_and_camera_streams_at_the_first_200() {
+    if !require_browser_tools() || !require_program("ffmpeg") {
+        return;
+    }
+    let hlsjs = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target/npm/node_modules/hls.js/dist/hls.min.js"),
+    )
+    .expect("hls.js is installed by tests/run.sh");
+    let hlsjs_url = static_file(hlsjs, "text/javascript").await;
+    let ts = start_with("pages-join", move |c| c.web.hlsjs_url = hlsjs_url).await;
+    // Three publishers start together: ffmpeg over RTMP, a WHIP client, a camera.
+    let (rtmp_id, rtmp_key) = ts.create_stream("joinrtmp").await;
+    let (whip_id, whip_key) = ts.create_stream("joinwhip").await;
+    let (cam_id, cam_key) = ts.create_stream("joincam").await;
+    let mut ffmpeg = ffmpeg_publish(&ts.rtmp(&format!("/live/{rtmp_key}")), 60);
+    let whip = common::webrtc::whip_publish(&ts.http("/whip/live/joinwhip"), &whip_key, 15).await;
+    let url = format!("ws://{}/ingest/ws?key={cam_key}", ts.server.http_addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let camera = tokio::spawn(async move {
+        for n in 0..1200u64 {
+            let jpeg = frames::jpeg(n, 320, 240, 60);
+            if ws.send(Message::Binary(jpeg.into())).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    // The moment each multivariant playlist first answers 200, the players open.
+    let index = |id: &str| ts.http(&format!("/hls/{id}/index.m3u8"));
+    let (a, b, c) = (index(&rtmp_id), index(&whip_id), index(&cam_id));
+    let (rtmp, whip_first, cam) =
+        tokio::join!(first_200(&a, 30), first_200(&b, 30), first_200(&c, 30));
+    eprintln!(
+        "first 200 after {:?} / {:?} / {:?}",
+        rtmp.1, whip_first.1, cam.1
+    );
+    let mut cases = vec![];
+    for (name, id) in [("rtmp", &rtmp_id), ("whip", &whip_id), ("camera", &cam_id)] {
+        for path in ["hls", "hlsjs"] {
+            cases.push(serde_json::json!({
+                "name": format!("{name}_{path}"),
+                "url": ts.http(&format!("/play/{id}?path={path}")),
+                "kind": "video",
+            }));
+        }
+    }
+    let reports = node(
+        "player.mjs",
+        &[
+            ("CASES", serde_json::Value::from(cases).to_string()),
+            ("PARALLEL", "1".to_owned()),
+        ],
+    )
+    .await;
+    for (name, width) in [("rtmp", 640), ("whip", 320), ("camera", 320)] {
+        for (path, label) in [("hls", "HLS (native)"), ("hlsjs", "HLS (hls.js)")] {
+            let r = find(&reports, "name", &format!("{name}_{path}"));
+            assert_eq!(r["state"], "playing", "{r}");
+            assert_eq!(r["path"], label, "{r}");
+            assert!(r["frames"].as_u64().unwrap_or(0) > 30, "{r}");
+            assert_eq!(r["width"], width, "{r}");
+            assert_eq!(r["errors"], serde_json::json!([]), "page errors: {r}");
+        }
+    }
+    let _ = ffmpeg.kill();
+    let _ = ffmpeg.wait();
+    whip.sender.abort();
+    camera.abort();
+    ts.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_player_waits_for_a_stream_and_reconnects_when_it_comes_back() {
     if !require_browser_tools() || !require_program("ffmpeg") {
         return;

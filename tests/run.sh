@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need (Debian
 # packages: ffmpeg for interop, nasm for the camera encoder's fast path, curl, chromium,
+# varnish as the shared cache in front of HLS (tests/hls_cache.rs),
 # nginx with libnginx-mod-rtmp/-stream as the restream target;
 # aiortc and schemathesis from PyPI into venvs under target/), checks formatting and
 # lints, runs every test, then schemathesis against the live server. Interop tests fail
@@ -11,7 +12,7 @@ cd "$(dirname "$0")/.."
 log() { printf '\n==> %s\n' "$*"; }
 
 need_apt=()
-for pair in ffmpeg:ffmpeg ffprobe:ffmpeg nasm:nasm curl:curl python3:python3 chromium:chromium; do
+for pair in ffmpeg:ffmpeg ffprobe:ffmpeg nasm:nasm curl:curl python3:python3 chromium:chromium varnishd:varnish; do
   program=${pair%%:*}; package=${pair##*:}
   command -v "$program" >/dev/null 2>&1 || need_apt+=("$package")
 done
@@ -27,7 +28,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need_apt[@]}" | sort -u) >/dev/null
 fi
-for program in ffmpeg ffprobe chromium nginx; do
+for program in ffmpeg ffprobe chromium nginx varnishd; do
   command -v "$program" >/dev/null 2>&1 || { echo "error: $program is still missing" >&2; exit 1; }
 done
 

@@ -537,6 +537,33 @@ pub async fn hook_receiver() -> (
     (format!("http://{addr}/hook"), got)
 }
 
+/// Polls `url` (the server may hold each request) until it answers 200; returns the body and
+/// how long it took. Anything but 200, 404 (not live yet) or 503 (no segment yet) fails.
+pub async fn first_200(url: &str, secs: u64) -> (String, std::time::Duration) {
+    let client = reqwest::Client::new();
+    let start = std::time::Instant::now();
+    loop {
+        if let Ok(r) = client.get(url).send().await {
+            let status = r.status().as_u16();
+            if status == 200 {
+                return (r.text().await.unwrap(), start.elapsed());
+            }
+            assert!(matches!(status, 404 | 503), "{url} answered {status}");
+            if status == 503 {
+                assert!(
+                    r.headers().contains_key("retry-after"),
+                    "503 without Retry-After"
+                );
+            }
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(secs),
+            "no 200 from {url}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
