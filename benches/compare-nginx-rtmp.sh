@@ -11,8 +11,9 @@
 #   - latency: publisher → RTMP player (both), → LL-HLS part (media-server; nginx-rtmp has no
 #     LL-HLS);
 #   - memory: RSS per idle publisher (one GOP sent, then silent) and per player of it;
-#   - HLS delivery: wrk fetching one finished segment from the live server vs nginx serving
-#     the same bytes as a static file.
+#   - HLS delivery: wrk fetching a finished segment, a part and the media playlist (through a
+#     viewer's session directory, the default mode's hot path: every request is counted) from
+#     the live server vs nginx serving the same bytes as static files.
 # The table goes to stdout and target/compare-nginx-rtmp/table.md (with the step tables).
 #
 # Usage: bash benches/compare-nginx-rtmp.sh            (full run, ~25 minutes)
@@ -151,7 +152,7 @@ else
 fi
 
 # SECTIONS picks parts of the run (default: all).
-sections=" ${SECTIONS:-players publishers latency memory hls} "
+sections=" ${SECTIONS:-players publishers latency memory memory_active hls} "
 want() { [[ "$sections" == *" $1 "* ]]; }
 
 for server in ms nginx; do
@@ -193,10 +194,19 @@ for server in ms nginx; do
     2>"$out/$server-memory.err" | tee "$out/$server-memory.txt" >&2
   stop
   fi
+
+  if want memory_active; then
+  log "$server: memory per publisher sending in real time (nobody watching) and per player of it"
+  if [ $server = ms ]; then start_ms 6; args=("${ms_api[@]}" memory --publish "$ms_pub" --play "$ms_play")
+  else start_nginx; args=(memory --publish "$ng_pub" --play "$ng_play"); fi
+  "${loadgen[@]}" --pid "$pid" "${args[@]}" --active --publishers 200 --players 2000 \
+    2>"$out/$server-memory-active.err" | tee "$out/$server-memory-active.txt" >&2
+  stop
+  fi
 done
 
 if want hls; then
-log "HLS delivery: media-server's live segment vs nginx serving the same file"
+log "HLS delivery: media-server's live segment, part and playlist vs nginx serving the same files"
 start_ms 100
 ms_pid=$pid
 created=$(curl -sf -X POST "http://$ms_http/api/v1/streams" -H "Authorization: Bearer $token" \
@@ -209,11 +219,24 @@ ff=$!
 servers+=("$ff")
 sleep 10
 media=$(curl -sf "http://$ms_http/hls/$id/index.m3u8" | grep -v '^#' | head -1)
-seg=$(curl -sf "http://$ms_http/hls/$id/$media" | grep '^seg' | head -1)
+playlist_url="http://$ms_http/hls/$id/$media"
+playlist=$(curl -sf "$playlist_url")
+seg=$(printf '%s\n' "$playlist" | grep -v '^#' | grep 'seg' | head -1)
+part=$(printf '%s\n' "$playlist" | sed -n 's/^#EXT-X-PART:.*URI="\([^"]*\)".*/\1/p' | head -1)
 seg_url="http://$ms_http/hls/$id/$seg"
+part_url="http://$ms_http/hls/$id/$part"
 start_nginx
 curl -sf "$seg_url" -o "$work/nginx/static/seg.m4s"
+curl -sf "$part_url" -o "$work/nginx/static/part.m4s"
+curl -sf "$playlist_url" -o "$work/nginx/static/media.m3u8"
 seg_bytes=$(stat -c %s "$work/nginx/static/seg.m4s")
+part_bytes=$(stat -c %s "$work/nginx/static/part.m4s")
+playlist_bytes=$(stat -c %s "$work/nginx/static/media.m3u8")
+# The playlist first: it grows a little as the stream goes on, the static copy does not.
+taskset -c 1 wrk -t1 -c100 -d10s "$playlist_url" >"$out/wrk-ms-playlist-100.txt"
+taskset -c 1 wrk -t1 -c100 -d10s "http://$ng_http/media.m3u8" >"$out/wrk-nginx-playlist-100.txt"
+taskset -c 1 wrk -t1 -c100 -d10s "$part_url" >"$out/wrk-ms-part-100.txt"
+taskset -c 1 wrk -t1 -c100 -d10s "http://$ng_http/part.m4s" >"$out/wrk-nginx-part-100.txt"
 for c in 10 100; do
   taskset -c 1 wrk -t1 -c$c -d10s "$seg_url" >"$out/wrk-ms-$c.txt"
   taskset -c 1 wrk -t1 -c$c -d10s "http://$ng_http/seg.m4s" >"$out/wrk-nginx-$c.txt"
@@ -239,14 +262,20 @@ get() { result "$1" "$2" "$out/$3.txt"; }
     a=$(rps "$out/wrk-ms-$c.txt"); b=$(rps "$out/wrk-nginx-$c.txt")
     echo "| HLS: one ${seg_bytes}-byte segment, wrk $c connections (requests/s) | **$a** (live, from memory) | $b (static file, sendfile) | $(ratio "$a" "$b") |"
   done
+  a=$(rps "$out/wrk-ms-part-100.txt"); b=$(rps "$out/wrk-nginx-part-100.txt")
+  echo "| HLS: one ${part_bytes:-?}-byte part, wrk 100 connections (requests/s) | **$a** | $b | $(ratio "$a" "$b") |"
+  a=$(rps "$out/wrk-ms-playlist-100.txt"); b=$(rps "$out/wrk-nginx-playlist-100.txt")
+  echo "| HLS: the ${playlist_bytes:-?}-byte media playlist (a viewer's session directory), wrk 100 connections (requests/s) | **$a** (live, rendered once per part) | $b (static file) | $(ratio "$a" "$b") |"
   echo "| latency publisher → RTMP player, p50 / p95 (ms) | **$(get latency rtmp_p50_ms ms-latency) / $(get latency rtmp_p95_ms ms-latency)** | $(get latency rtmp_p50_ms nginx-latency) / $(get latency rtmp_p95_ms nginx-latency) | |"
   echo "| latency publisher → LL-HLS part with the frame, p50 / p95 (ms) | **$(get latency part_newest_p50_ms ms-latency) / $(get latency part_newest_p95_ms ms-latency)** | no LL-HLS | |"
   echo "| RSS per idle publisher (GOP $(get memory gop_kib ms-memory) KiB) | **$(get memory kib_per_idle_publisher ms-memory) KiB** | $(get memory kib_per_idle_publisher nginx-memory) KiB | |"
   echo "| RSS per player of an idle stream | **$(get memory kib_per_idle_player ms-memory) KiB** | $(get memory kib_per_idle_player nginx-memory) KiB | |"
+  echo "| RSS per 600 kbit/s publisher sending in real time, nobody watching | **$(get memory kib_per_idle_publisher ms-memory-active) KiB** | $(get memory kib_per_idle_publisher nginx-memory-active) KiB | |"
+  echo "| RSS per RTMP player of a live 600 kbit/s stream (2,000 players) | **$(get memory kib_per_idle_player ms-memory-active) KiB** | $(get memory kib_per_idle_player nginx-memory-active) KiB | |"
 } | tee "$out/table.md"
 echo
 echo "step tables:"
-for f in "$out"/*-players.txt "$out"/*-publishers.txt "$out"/*-memory.txt "$out"/wrk-*.txt; do
+for f in "$out"/*-players.txt "$out"/*-publishers.txt "$out"/*-memory*.txt "$out"/wrk-*.txt; do
   [ -f "$f" ] || continue
   echo "--- $(basename "$f" .txt)"; cat "$f"
 done | tee -a "$out/table.md"

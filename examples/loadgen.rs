@@ -107,7 +107,9 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         secs: u64,
     },
-    /// RSS per idle publisher (one GOP sent, then silent) and per player of an idle stream.
+    /// RSS per idle publisher (one GOP sent, then silent) and per player of an idle stream;
+    /// with `--active`, per publisher sending in real time (nobody watching) and per player
+    /// of a live stream.
     Memory {
         /// Publish URL template (`{n}`, or `{key}` with `--api`).
         #[arg(long)]
@@ -119,6 +121,9 @@ enum Cmd {
         publishers: usize,
         #[arg(long, default_value_t = 1000)]
         players: usize,
+        /// Publishers keep sending in real time; players watch a live stream.
+        #[arg(long)]
+        active: bool,
     },
 }
 
@@ -457,9 +462,15 @@ async fn memory(ctx: &mut Ctx, cmd: &Cmd) -> Result<(), String> {
         play,
         publishers,
         players,
+        active,
     } = cmd
     else {
         return Ok(());
+    };
+    let pace = if *active {
+        ctx.realtime
+    } else {
+        Pace::OneGopThenIdle
     };
     let Some(pid) = ctx.cli_pid else {
         return Err("memory needs --pid".into());
@@ -473,10 +484,12 @@ async fn memory(ctx: &mut Ctx, cmd: &Cmd) -> Result<(), String> {
     let rss0 = proc_stats::rss_mib(pid);
     let mut pubs = Vec::new();
     for s in &streams {
-        pubs.push(ctx.publisher(&s.fill(publish), Pace::OneGopThenIdle)?);
+        pubs.push(ctx.publisher(&s.fill(publish), pace)?);
     }
     wait_publishing(&pubs).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Active publishers fill their buffers (GOP cache, a packaged HLS window if any) first.
+    let settle = if *active { 15 } else { 3 };
+    tokio::time::sleep(Duration::from_secs(settle)).await;
     let rss1 = proc_stats::rss_mib(pid);
     let failed: u64 = pubs.iter().map(|p| p.failed.load(Ordering::Relaxed)).sum();
     let per_pub = (rss1 - rss0) * 1024.0 / *publishers as f64;
@@ -493,7 +506,7 @@ async fn memory(ctx: &mut Ctx, cmd: &Cmd) -> Result<(), String> {
         .count();
     let per_player = (rss2 - rss1) * 1024.0 / *players as f64;
     println!(
-        "RESULT memory publishers={publishers} failed={failed} gop_kib={:.0} \
+        "RESULT memory active={active} publishers={publishers} failed={failed} gop_kib={:.0} \
          kib_per_idle_publisher={per_pub:.1} players={playing} kib_per_idle_player={per_player:.1} \
          rss_mib={rss0:.1}/{rss1:.1}/{rss2:.1}",
         gop as f64 / 1024.0

@@ -291,7 +291,7 @@ fn wire_hub(
     hub.on_event(move |event| {
         let (stream, state, kind) = match event {
             HubEvent::Published(s) => {
-                hls.start(&s.id, s.subscribe_internal());
+                hls.on_published(s);
                 // Streams with `record` set are recorded whenever they go live; the recorder
                 // starts from the GOP cache, so the lookup's delay loses nothing.
                 let (recorders, store, live) = (recorders.clone(), record_store.clone(), s.clone());

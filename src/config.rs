@@ -143,6 +143,9 @@ pub struct HlsConfig {
     /// Serve HLS for a cache or CDN in front: no per-viewer data in any URL, `Cache-Control`
     /// that lets a shared cache collapse requests, HLS viewers counted from player beacons.
     pub cdn: bool,
+    /// Package a live stream as HLS only from its first HLS request (primed from the GOP
+    /// cache); `false` packages every stream from the moment it goes live.
+    pub on_demand: bool,
 }
 
 /// `[auth]`
@@ -447,6 +450,7 @@ impl Default for HlsConfig {
             grace_period_ms: 10_000,
             session_timeout_ms: 30_000,
             cdn: false,
+            on_demand: true,
         }
     }
 }

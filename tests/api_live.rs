@@ -73,7 +73,8 @@ async fn stop_and_forced_delete_disconnect_the_publisher() {
     let mut publisher = RtmpPublisher::connect(ts.server.rtmp_addr, "live", &key)
         .await
         .unwrap();
-    publisher.send_tags(&tags[..40], false).await;
+    // The whole fixture (4 s): HLS answers once a complete segment exists.
+    publisher.send_tags(&tags, false).await;
     wait_for_200(&ts.http(&format!("/hls/{id}/index.m3u8")), 10).await;
     let (status, v) = api(
         &ts,

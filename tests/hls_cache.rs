@@ -235,7 +235,11 @@ async fn two_hundred_ll_hls_clients_behind_varnish_cost_the_origin_one_request_p
     if !require_program("varnishd") || !require_program("ffmpeg") {
         return;
     }
-    let ts = start_with("hls-cache", |c| c.hls.cdn = true).await;
+    let ts = start_with("hls-cache", |c| {
+        c.hls.cdn = true;
+        c.hls.on_demand = true;
+    })
+    .await;
     let origin = ts.http("");
     let (id, key) = ts.create_stream("cached").await;
     let mut publisher = ffmpeg_publish(&ts.rtmp(&format!("/live/{key}")), 40);
@@ -288,7 +292,7 @@ async fn two_hundred_ll_hls_clients_behind_varnish_cost_the_origin_one_request_p
     let after = origin_counts(&origin).await;
     let delta =
         |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
-    let mut s = seen.lock().unwrap();
+    let mut s = std::mem::take(&mut *seen.lock().unwrap());
     assert!(
         s.errors.is_empty(),
         "clients failed: {:?}",

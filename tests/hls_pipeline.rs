@@ -176,6 +176,51 @@ async fn fixture_through_rtmp_becomes_complete_ll_hls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_is_packaged_from_its_first_hls_request_starting_from_the_gop_cache() {
+    let ts = start_with("on-demand", |c| c.hls.on_demand = true).await;
+    let (id, key) = ts.create_stream("lazy").await;
+    let tags = looped(&read_flv(FIXTURE), 3);
+    let mut publisher = RtmpPublisher::connect(ts.server.rtmp_addr, "live", &key)
+        .await
+        .expect("publish accepted");
+    let pusher = tokio::spawn(async move {
+        publisher.send_tags(&tags, true).await;
+        publisher.finish().await;
+    });
+    // Live for a while, nobody asked for HLS: nothing subscribes to package it.
+    let live = loop {
+        if let Some(l) = ts.server.hub.get(&id).filter(|l| l.tracks().is_some()) {
+            break l;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        live.snapshot().subscribers,
+        0,
+        "packaged before anyone asked"
+    );
+    // The first request starts it from the GOP cache (the fixture has a keyframe every
+    // second) and is answered with a playlist that lists a whole segment.
+    let (status, _, body) = get(&ts.http(&format!("/hls/{id}/media.m3u8"))).await;
+    assert_eq!(status, 200);
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let pl = parse_media_playlist(text.as_bytes());
+    assert!(!pl.segments.is_empty(), "{text}");
+    assert!(pl.segments[0].duration >= 1.9, "{text}");
+    assert_eq!(live.snapshot().subscribers, 1);
+    let run = pl.segments[0].uri.split_once('-').unwrap().0.to_owned();
+    let (status, _, init) = get(&ts.http(&format!("/hls/{id}/{run}-init0.mp4"))).await;
+    assert_eq!(status, 200);
+    let (status, _, seg) = get(&ts.http(&format!("/hls/{id}/{}", pl.segments[0].uri))).await;
+    assert_eq!(status, 200);
+    let (counts, _, _) = walk_segments(&init, &[seg.to_vec()]);
+    assert!(counts[0] >= 55, "about 2 s of 30 fps video: {counts:?}");
+    pusher.abort();
+    ts.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocking_reload_waits_for_the_next_part_and_rejects_bad_requests() {
     let ts = start_server("blocking").await;
     let (id, key) = ts.create_stream("live1").await;

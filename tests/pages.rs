@@ -262,7 +262,11 @@ async fn native_hls_and_hlsjs_join_rtmp_whip_and_camera_streams_at_the_first_200
     )
     .expect("hls.js is installed by tests/run.sh");
     let hlsjs_url = static_file(hlsjs, "text/javascript").await;
-    let ts = start_with("pages-join", move |c| c.web.hlsjs_url = hlsjs_url).await;
+    let ts = start_with("pages-join", move |c| {
+        c.web.hlsjs_url = hlsjs_url;
+        c.hls.on_demand = true;
+    })
+    .await;
     // Three publishers start together: ffmpeg over RTMP, a WHIP client, a camera.
     let (rtmp_id, rtmp_key) = ts.create_stream("joinrtmp").await;
     let (whip_id, whip_key) = ts.create_stream("joinwhip").await;

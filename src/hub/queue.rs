@@ -4,8 +4,9 @@
 //! full the queued frames are discarded, the subscriber skips everything until the next video
 //! keyframe (so it resumes on a decodable picture with audio in step), and every discarded
 //! frame is counted. The subscriber side awaits a [`tokio::sync::Notify`]. Pushing a frame
-//! clones a [`Frame`] (a reference-count bump) into a `VecDeque` that has already grown: no
-//! heap allocation per frame per subscriber in steady state.
+//! clones a [`Frame`] (a reference-count bump) into a `VecDeque` that has already grown to
+//! what the subscriber needs (it starts small): no heap allocation per frame per subscriber
+//! in steady state.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +15,11 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 use crate::media::{Frame, Tracks};
+
+/// Slots a queue starts with (it grows to its capacity when a subscriber falls behind).
+const INITIAL_ITEMS: usize = 16;
+/// A drained queue with more slots than this shrinks back to [`INITIAL_ITEMS`].
+const SHRINK_ABOVE: usize = 128;
 
 /// What a subscriber receives, in order.
 #[derive(Debug, Clone)]
@@ -48,11 +54,26 @@ struct QueueState {
     has_video: bool,
 }
 
+impl QueueState {
+    /// The oldest event. A queue that a burst (the GOP a new viewer starts with, a stall)
+    /// grew far beyond what its subscriber needs gives the memory back once drained.
+    fn pop(&mut self) -> Option<Event> {
+        let ev = self.items.pop_front();
+        if self.items.is_empty() && self.items.capacity() > SHRINK_ABOVE {
+            self.items.shrink_to(INITIAL_ITEMS);
+        }
+        ev
+    }
+}
+
 impl Queue {
     pub(crate) fn new(capacity: usize, viewer: Option<&'static str>) -> Self {
         Queue {
             inner: Mutex::new(QueueState {
-                items: VecDeque::with_capacity(capacity.min(1024)),
+                // Grown on demand up to `capacity` and kept: a subscriber that keeps up holds a
+                // few frames at a time, and thousands of RTMP players must not each hold a
+                // full-length ring they never fill.
+                items: VecDeque::with_capacity(capacity.min(INITIAL_ITEMS)),
                 awaiting_keyframe: false,
                 closed: false,
                 detached: false,
@@ -168,7 +189,7 @@ impl Subscription {
             let notified = self.queue.notify.notified();
             {
                 let mut q = self.queue.lock();
-                if let Some(ev) = q.items.pop_front() {
+                if let Some(ev) = q.pop() {
                     return Some(ev);
                 }
                 if q.closed {
@@ -181,7 +202,7 @@ impl Subscription {
 
     /// The next event if one is queued, without waiting.
     pub fn try_recv(&mut self) -> Option<Event> {
-        self.queue.lock().items.pop_front()
+        self.queue.lock().pop()
     }
 
     /// Frames dropped for this subscriber because it fell behind.

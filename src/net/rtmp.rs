@@ -107,6 +107,11 @@ pub async fn serve(listener: TcpListener, ctx: RtmpContext, mut shutdown: watch:
     while tasks.join_next().await.is_some() {}
 }
 
+/// Read buffer of a connection until it publishes (handshake, commands, a player's acks).
+const PLAY_READ_BUFFER: usize = 4 * 1024;
+/// Read buffer of a publishing connection: media arrives in large reads.
+const PUBLISH_READ_BUFFER: usize = 64 * 1024;
+
 /// One RTMP connection.
 struct Connection {
     socket: TcpStream,
@@ -133,7 +138,10 @@ impl Connection {
             ctx,
             shutdown,
             session,
-            buf: BytesMut::with_capacity(64 * 1024),
+            // Enough for the handshake and commands; a publisher's connection grows it to
+            // PUBLISH_READ_BUFFER. Players send little, and thousands of them each holding a
+            // large read buffer would cost more than their queues.
+            buf: BytesMut::with_capacity(PLAY_READ_BUFFER),
             playing: None,
         }
     }
@@ -223,6 +231,7 @@ impl Connection {
     }
 
     async fn publish(&mut self, app: String, key: String) -> Result<(), ConnectionError> {
+        self.buf.reserve(PUBLISH_READ_BUFFER);
         let Some(stream) = self.ctx.store.find_stream_by_key(&app, &key).await? else {
             tracing::warn!(peer = %self.peer, %app, "rtmp: publish refused: unknown stream key");
             return self

@@ -79,6 +79,12 @@ pub fn test_config(dir: &Path) -> Config {
     c.rtmp.listen = "127.0.0.1:0".parse().unwrap();
     c.auth.admin_token = Some(ADMIN_TOKEN.into());
     c.hls.grace_period_ms = 3000;
+    // Most tests check what the packager makes of everything a publisher sent, often reading
+    // the playlist only after the publisher is gone: they package from the moment a stream
+    // goes live. The product default (`on_demand`, packaging from the first HLS request) is
+    // what tests/hls_join.rs, tests/hls_cache.rs, the browser join test and
+    // `a_stream_is_packaged_from_its_first_hls_request…` run with.
+    c.hls.on_demand = false;
     c.rtmp.handshake_timeout_ms = 3000;
     c.rtmp.idle_timeout_ms = 5000;
     c.webrtc.bind_ip = "127.0.0.1".parse().unwrap();

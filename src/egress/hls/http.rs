@@ -218,7 +218,7 @@ async fn beacon(
 }
 
 async fn serve(
-    registry: &HlsRegistry,
+    registry: &Arc<HlsRegistry>,
     stream_id: &str,
     session: Option<String>,
     file: &str,
@@ -235,7 +235,7 @@ async fn serve(
         .token
         .map_or_else(String::new, |t| format!("?token={t}"));
     let stream = registry
-        .get(stream_id)
+        .get_or_start(stream_id)
         .ok_or_else(|| HttpError::not_found(format!("stream {stream_id} is not live")))?;
     let kind = match &resource {
         Resource::Multivariant => RequestKind::Multivariant,

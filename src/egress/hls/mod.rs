@@ -1,8 +1,12 @@
 //! LL-HLS egress: one [`Segmenter`] per live stream, fed by a hub subscription in its own
 //! task, shared with every HTTP viewer through [`HlsStream`].
 //!
-//! [`HlsRegistry::start`] is called when a stream goes live. If the stream's previous
-//! playlist is still inside its reconnect grace period, the new session continues it (with a
+//! [`HlsRegistry::on_published`] is called when a stream goes live. With `[hls] on_demand`
+//! (the default) a stream is packaged only once someone asks for its HLS
+//! ([`HlsRegistry::get_or_start`], from the first request): the subscription starts from the
+//! hub's GOP cache, so the first segment is ready within one GOP, and a publisher nobody
+//! watches over HLS holds no HLS window. If the stream's previous playlist is still inside
+//! its reconnect grace period, the new session continues it at once (with a
 //! discontinuity); otherwise a fresh playlist starts. When the publisher leaves, the open
 //! segment is closed at once and `EXT-X-ENDLIST` follows after the grace period (or at once
 //! on shutdown). [`http`] serves the playlists, init segments, segments and parts.
@@ -212,19 +216,78 @@ impl HlsRegistry {
         }
     }
 
-    /// Starts packaging a stream that just went live. Must be called inside a tokio runtime.
-    pub fn start(self: &Arc<Self>, stream_id: &str, sub: Subscription) {
-        // The generation is bumped under the map lock, so a grace timer (which checks it under
-        // the same lock) cannot end a playlist a new session has just taken over.
+    /// A stream went live (called from the hub's hook, under its registry lock): packaged
+    /// now when `on_demand` is off or when it continues a playlist still in its grace period
+    /// (its viewers are waiting); otherwise at the first HLS request.
+    pub fn on_published(self: &Arc<Self>, live: &Arc<crate::hub::LiveStream>) {
+        let continuing = self.get(&live.id).is_some_and(|s| !s.lock().is_ended());
+        if !self.cfg.on_demand || continuing {
+            self.start(&live.id, live.subscribe_internal());
+        }
+    }
+
+    /// The HLS output of a stream for a request: the current playlist, or — for a live stream
+    /// not packaged yet (on demand) or live again after its last playlist ended — a new one
+    /// started now from the GOP cache. `None` when the stream is neither live nor recently
+    /// ended.
+    pub fn get_or_start(self: &Arc<Self>, stream_id: &str) -> Option<Arc<HlsStream>> {
+        if let Some(s) = self.get(stream_id) {
+            if !s.lock().is_ended() {
+                return Some(s);
+            }
+        }
+        // The hub is asked before the map is locked: its hooks take the map lock under the
+        // hub's own lock.
+        let Some(live) = self.hub.get(stream_id) else {
+            return self.get(stream_id);
+        };
         let (stream, generation) = {
             let mut map = self.map();
-            let reusable = map.get(stream_id).filter(|s| !s.lock().is_ended()).cloned();
-            let stream =
-                reusable.unwrap_or_else(|| Arc::new(HlsStream::new(self.segmenter_config())));
-            map.insert(stream_id.to_owned(), stream.clone());
-            let generation = stream.generation.fetch_add(1, Ordering::SeqCst) + 1;
-            (stream, generation)
+            if let Some(s) = map.get(stream_id) {
+                if !s.lock().is_ended() {
+                    return Some(s.clone()); // another request started it meanwhile
+                }
+            }
+            self.insert_run(&mut map, stream_id)
         };
+        self.spawn_run(
+            stream_id,
+            stream.clone(),
+            live.subscribe_internal(),
+            generation,
+        );
+        Some(stream)
+    }
+
+    /// Starts packaging a stream that just went live. Must be called inside a tokio runtime.
+    pub fn start(self: &Arc<Self>, stream_id: &str, sub: Subscription) {
+        let (stream, generation) = self.insert_run(&mut self.map(), stream_id);
+        self.spawn_run(stream_id, stream, sub, generation);
+    }
+
+    /// The playlist a new publish session feeds: the current one while it is not ended (a
+    /// reconnect continues it), else a fresh one. The generation is bumped under the map lock,
+    /// so a grace timer (which checks it under the same lock) cannot end a playlist a new
+    /// session has just taken over.
+    fn insert_run(
+        &self,
+        map: &mut HashMap<String, Arc<HlsStream>>,
+        stream_id: &str,
+    ) -> (Arc<HlsStream>, u64) {
+        let reusable = map.get(stream_id).filter(|s| !s.lock().is_ended()).cloned();
+        let stream = reusable.unwrap_or_else(|| Arc::new(HlsStream::new(self.segmenter_config())));
+        map.insert(stream_id.to_owned(), stream.clone());
+        let generation = stream.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        (stream, generation)
+    }
+
+    fn spawn_run(
+        self: &Arc<Self>,
+        stream_id: &str,
+        stream: Arc<HlsStream>,
+        sub: Subscription,
+        generation: u64,
+    ) {
         let registry = self.clone();
         let id = stream_id.to_owned();
         tokio::spawn(async move {

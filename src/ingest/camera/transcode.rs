@@ -115,13 +115,18 @@ pub struct FrameEncoder {
 
 fn run(rx: Receiver<Job>, publisher: Weak<Publisher>, mut enc: FrameEncoder) {
     while let Ok(job) = rx.recv() {
-        let Some(publisher) = publisher.upgrade() else {
-            break; // the camera is gone
-        };
-        if publisher.take_keyframe_request() {
+        // The strong handle is held only for a moment, never across the encode: a camera
+        // that disconnects ends its stream at once.
+        if publisher
+            .upgrade()
+            .is_some_and(|p| p.take_keyframe_request())
+        {
             enc.request_keyframe();
         }
         let result = enc.encode(&job.jpeg, job.dts);
+        let Some(publisher) = publisher.upgrade() else {
+            break; // the camera is gone
+        };
         match result {
             Ok(Some((frame, new_config))) => {
                 if let Some(config) = new_config {
