@@ -18,6 +18,9 @@
 #
 # Usage: bash benches/compare-nginx-rtmp.sh            (full run, ~25 minutes)
 #        QUICK=1 bash benches/compare-nginx-rtmp.sh    (smaller steps and caps, ~8 minutes)
+#        SECTIONS="memory memory_active hls" ...        (some sections only)
+#        SERVERS=ms MS_BIN=/path/to/media-server ...    (another build of media-server alone,
+#                                                        e.g. the previous commit's, for before/after)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -92,7 +95,7 @@ rate_limit_per_token = 10000000
 [webrtc]
 enabled = false
 EOF
-  RUST_LOG=warn taskset -c 0 "$root/target/release/media-server" --config "$dir/media-server.toml" \
+  RUST_LOG=warn taskset -c 0 "${MS_BIN:-$root/target/release/media-server}" --config "$dir/media-server.toml" \
     >"$dir/log" 2>&1 &
   pid=$!
   servers+=("$pid")
@@ -155,7 +158,7 @@ fi
 sections=" ${SECTIONS:-players publishers latency memory memory_active hls} "
 want() { [[ "$sections" == *" $1 "* ]]; }
 
-for server in ms nginx; do
+for server in ${SERVERS:-ms nginx}; do
   if want players; then
   log "$server: RTMP players of one stream"
   if [ $server = ms ]; then start_ms 6; else start_nginx; fi
@@ -205,7 +208,7 @@ for server in ms nginx; do
   fi
 done
 
-if want hls; then
+if want hls && [[ " ${SERVERS:-ms nginx} " == *" nginx "* ]]; then
 log "HLS delivery: media-server's live segment, part and playlist vs nginx serving the same files"
 start_ms 100
 ms_pid=$pid

@@ -184,8 +184,15 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         Router::new()
     };
     // Players on other origins (hls.js, <img>) need CORS on the media routes too.
+    let cors = api::cors(&config.api.cors_allowed_origins);
+    // HLS sits outside the request timeout: every wait in it has its own deadline (blocking
+    // reloads, the first segment), and a timer per request is a real cost on the hot path of
+    // thousands of viewers each fetching a playlist and a part five times a second.
+    let hls_routes = match cors.clone() {
+        Some(cors) => hls::http::router(hls.clone()).layer(cors),
+        None => hls::http::router(hls.clone()),
+    };
     let media_routes = Router::new()
-        .merge(hls::http::router(hls.clone()))
         .merge(crate::egress::mjpeg::router(
             crate::egress::mjpeg::MjpegContext {
                 hub: hub.clone(),
@@ -197,7 +204,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             recorders: recorders.clone(),
             gate: gate.clone(),
         }));
-    let media_routes = match api::cors(&config.api.cors_allowed_origins) {
+    let media_routes = match cors {
         Some(cors) => media_routes.layer(cors),
         None => media_routes,
     };
@@ -222,6 +229,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             axum::http::StatusCode::REQUEST_TIMEOUT,
             Duration::from_millis(config.http.request_timeout_ms),
         ))
+        .merge(hls_routes)
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
                 let request_id = req

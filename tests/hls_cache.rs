@@ -170,9 +170,14 @@ async fn client(client: reqwest::Client, dir: String, until: Instant, seen: Arc<
             .lines()
             .find(|l| !l.starts_with('#') && !l.is_empty())
             .ok_or("no variant")?;
-        if media != "media.m3u8" {
-            return Err(format!("per-viewer variant URI behind a cache: {media}"));
+        // `{run}-media.m3u8`: nothing per viewer, the playlist's run instead.
+        let run_ok = media
+            .strip_suffix("-media.m3u8")
+            .is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !run_ok {
+            return Err(format!("unexpected variant URI behind a cache: {media}"));
         }
+        let media = media.to_owned();
         let (_, text, _, _) = get(format!("{dir}/{media}")).await?;
         requests += 1;
         let mut text = String::from_utf8_lossy(&text).into_owned();
@@ -193,7 +198,7 @@ async fn client(client: reqwest::Client, dir: String, until: Instant, seen: Arc<
                 // 404: the hinted part never came (its segment closed first).
                 return Err(format!("part {hint}: {status}"));
             }
-            let url = format!("{dir}/media.m3u8?_HLS_msn={msn}&_HLS_part={part}");
+            let url = format!("{dir}/{media}?_HLS_msn={msn}&_HLS_part={part}");
             let (status, body, _, _) = get(url.clone()).await?;
             requests += 1;
             if status != 200 {

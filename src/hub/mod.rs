@@ -138,6 +138,18 @@ impl Hub {
         self.streams().get(stream_id).cloned()
     }
 
+    /// Runs `f` on a live stream while no session of it can start or end (the registry lock
+    /// is held, as it is for the lifecycle hooks): what `f` sets up for this session cannot
+    /// be overtaken by the next one.
+    pub fn with_live<R>(
+        &self,
+        stream_id: &str,
+        f: impl FnOnce(&Arc<LiveStream>) -> R,
+    ) -> Option<R> {
+        let streams = self.streams();
+        streams.get(stream_id).map(f)
+    }
+
     /// Subscribes to a live stream, starting from its GOP cache.
     pub fn subscribe(&self, stream_id: &str, protocol: &'static str) -> Option<Subscription> {
         self.get(stream_id).map(|s| s.subscribe(protocol))

@@ -158,6 +158,11 @@ impl LiveStream {
         }
     }
 
+    /// Average interval between video keyframes (media seconds), once measured.
+    pub fn keyframe_interval_s(&self) -> Option<f64> {
+        self.lock().health.keyframe_interval_s()
+    }
+
     /// Asks the publisher for a keyframe: a WHIP publisher's driver sends a PLI (and FIR when
     /// negotiated), a camera's encoder makes the next frame an IDR; RTMP cannot be asked.
     pub fn request_keyframe(&self) {

@@ -56,6 +56,9 @@ pub fn router(registry: Arc<HlsRegistry>) -> Router {
 enum Resource<'a> {
     Multivariant,
     Media,
+    /// `{run}-media.m3u8`: the media playlist of one run (what the multivariant playlist
+    /// names behind a cache, so cached blocking responses of an earlier run never answer).
+    RunMedia(&'a str),
     Init(&'a str, u32),
     Segment(&'a str, u64),
     Part(&'a str, u64, usize),
@@ -70,6 +73,9 @@ fn parse_resource(file: &str) -> Option<Resource<'_>> {
     let (run, name) = file.split_once('-')?;
     if run.is_empty() || !run.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
+    }
+    if name == "media.m3u8" {
+        return Some(Resource::RunMedia(run));
     }
     if let Some(n) = name
         .strip_prefix("init")
@@ -140,7 +146,7 @@ async fn serve_plain(
 ) -> Response {
     let remote = connect.map(|c| c.0 .0.ip());
     let result = serve(&registry, &stream_id, None, &file, query.as_deref(), remote).await;
-    respond(&registry, result)
+    respond(&registry, query.as_deref(), result)
 }
 
 async fn serve_in_session(
@@ -162,23 +168,26 @@ async fn serve_in_session(
         remote,
     )
     .await;
-    respond(&registry, result)
+    respond(&registry, query.as_deref(), result)
 }
 
 /// The response or the error's. Behind a cache (cdn), "not there (yet)" answers — 404 and
 /// 503 — may be kept for a second: a shared cache then collapses the requests of every
 /// viewer into one (an uncacheable answer would make it send each viewer's request on,
 /// and Varnish would keep doing so for two minutes).
-fn respond(registry: &HlsRegistry, result: Result<Response, HttpError>) -> Response {
+fn respond(
+    registry: &HlsRegistry,
+    raw_query: Option<&str>,
+    result: Result<Response, HttpError>,
+) -> Response {
     let mut resp = result.unwrap_or_else(IntoResponse::into_response);
     let status = resp.status();
     if registry.cfg.cdn
         && (status == StatusCode::NOT_FOUND || status == StatusCode::SERVICE_UNAVAILABLE)
     {
-        resp.headers_mut().insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("public, max-age=1"),
-        );
+        let private = HlsQuery::parse(raw_query).is_ok_and(|q| q.token.is_some());
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, cache_header(private, "max-age=1"));
     }
     resp
 }
@@ -239,8 +248,10 @@ async fn serve(
         .ok_or_else(|| HttpError::not_found(format!("stream {stream_id} is not live")))?;
     let kind = match &resource {
         Resource::Multivariant => RequestKind::Multivariant,
-        Resource::Media if query.msn.is_some() => RequestKind::BlockingPlaylist,
-        Resource::Media => RequestKind::Playlist,
+        Resource::Media | Resource::RunMedia(_) if query.msn.is_some() => {
+            RequestKind::BlockingPlaylist
+        }
+        Resource::Media | Resource::RunMedia(_) => RequestKind::Playlist,
         Resource::Init(..) => RequestKind::Init,
         Resource::Segment(..) => RequestKind::Segment,
         Resource::Part(..) => RequestKind::Part,
@@ -253,16 +264,24 @@ async fn serve(
             // media playlist URI; behind a cache (cdn) nothing per viewer goes in a URL.
             let media_uri = match (&session, cdn) {
                 (None, false) => format!("s/{}/media.m3u8{token_query}", HlsSessions::new_id()),
-                _ => format!("media.m3u8{token_query}"),
+                // Behind a cache the URL names the run: a cached answer to a blocking request
+                // of an earlier run (msns start again at 0) can never answer this one.
+                (_, true) => format!("{}-media.m3u8{token_query}", stream.lock().run()),
+                (Some(_), false) => format!("media.m3u8{token_query}"),
             };
-            multivariant(registry, &stream, media_uri, private).await
+            multivariant(registry, stream_id, &stream, media_uri, private).await
         }
         Resource::Media if session.is_none() && !cdn => {
             // A player that went straight to the media playlist: into a session directory,
             // so its reloads and parts count as one viewer.
             return Ok(redirect_into_session(raw_query));
         }
-        Resource::Media => media_playlist(registry, &stream, &query, &token_query, private).await,
+        Resource::RunMedia(run) if stream.lock().run() != run => Err(HttpError::not_found(
+            format!("{file} belongs to an earlier run of the stream; reload index.m3u8"),
+        )),
+        Resource::Media | Resource::RunMedia(_) => {
+            media_playlist(registry, stream_id, &stream, &query, &token_query, private).await
+        }
         Resource::Init(run, id) => {
             let init = {
                 let seg = stream.lock();
@@ -326,19 +345,21 @@ fn redirect_into_session(raw_query: Option<&str>) -> Response {
     resp
 }
 
-/// How long a plain request (no `_HLS_msn`) may wait for the first complete segment.
-fn first_segment_wait(registry: &HlsRegistry) -> Duration {
-    Duration::from_millis(u64::from(registry.cfg.segment_target_ms) * 3 / 2)
-}
-
 /// Waits (bounded) until the stream has a complete segment or has ended; 503 with
 /// `Retry-After` when the bound passes first.
 async fn wait_for_first_segment(
     registry: &HlsRegistry,
+    stream_id: &str,
     stream: &HlsStream,
 ) -> Result<(), HttpError> {
     let mut changes = stream.subscribe_changes();
-    let until = tokio::time::Instant::now() + first_segment_wait(registry);
+    {
+        let seg = stream.lock();
+        if seg.has_complete_segment() || seg.is_ended() {
+            return Ok(());
+        }
+    }
+    let until = tokio::time::Instant::now() + registry.first_segment_wait(stream_id);
     loop {
         {
             let seg = stream.lock();
@@ -362,11 +383,12 @@ async fn wait_for_first_segment(
 
 async fn multivariant(
     registry: &HlsRegistry,
+    stream_id: &str,
     stream: &HlsStream,
     media_uri: String,
     private: bool,
 ) -> Result<Response, HttpError> {
-    wait_for_first_segment(registry, stream).await?;
+    wait_for_first_segment(registry, stream_id, stream).await?;
     let variant = stream.lock().variant();
     let mut variant = variant.ok_or_else(|| HttpError::not_found("the stream has no media"))?;
     variant.uri = media_uri;
@@ -394,6 +416,7 @@ fn cache_header(private: bool, rest: &'static str) -> HeaderValue {
 /// and a plain request until a complete segment exists.
 async fn media_playlist(
     registry: &HlsRegistry,
+    stream_id: &str,
     stream: &HlsStream,
     query: &HlsQuery<'_>,
     token_query: &str,
@@ -404,7 +427,7 @@ async fn media_playlist(
         if query.part.is_some() {
             return Err(HttpError::bad_request("_HLS_part needs _HLS_msn"));
         }
-        wait_for_first_segment(registry, stream).await?;
+        wait_for_first_segment(registry, stream_id, stream).await?;
     }
     let mut changes = stream.subscribe_changes();
     let mut deadline = None;
@@ -583,6 +606,10 @@ mod tests {
         assert_eq!(
             parse_resource("0a1b2c3d-part12.4.m4s"),
             Some(Resource::Part("0a1b2c3d", 12, 4))
+        );
+        assert_eq!(
+            parse_resource("0a1b2c3d-media.m3u8"),
+            Some(Resource::RunMedia("0a1b2c3d"))
         );
         assert_eq!(parse_resource("seg12.m4s"), None, "no run");
         assert_eq!(parse_resource("0a1b2c3d-part12.m4s"), None);

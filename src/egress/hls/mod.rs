@@ -236,27 +236,43 @@ impl HlsRegistry {
                 return Some(s);
             }
         }
-        // The hub is asked before the map is locked: its hooks take the map lock under the
-        // hub's own lock.
-        let Some(live) = self.hub.get(stream_id) else {
-            return self.get(stream_id);
-        };
-        let (stream, generation) = {
+        // Under the hub's registry lock (the order its hooks use: hub, then this map), so the
+        // session subscribed to is the live one and no new session can slip in between.
+        let started = self.hub.with_live(stream_id, |live| {
             let mut map = self.map();
             if let Some(s) = map.get(stream_id) {
                 if !s.lock().is_ended() {
-                    return Some(s.clone()); // another request started it meanwhile
+                    return (s.clone(), None); // another request started it meanwhile
                 }
             }
-            self.insert_run(&mut map, stream_id)
-        };
-        self.spawn_run(
-            stream_id,
-            stream.clone(),
-            live.subscribe_internal(),
-            generation,
-        );
-        Some(stream)
+            let (stream, generation) = self.insert_run(&mut map, stream_id);
+            drop(map);
+            (stream, Some((live.subscribe_internal(), generation)))
+        });
+        match started {
+            None => self.get(stream_id),
+            Some((stream, None)) => Some(stream),
+            Some((stream, Some((sub, generation)))) => {
+                self.spawn_run(stream_id, stream.clone(), sub, generation);
+                Some(stream)
+            }
+        }
+    }
+
+    /// How long a plain request may wait for the first complete segment: 1.5 × the segment
+    /// target, or longer for a publisher whose keyframes (which cannot be asked for over
+    /// RTMP) come further apart — never past the forced cut of a stream without keyframes.
+    pub(crate) fn first_segment_wait(&self, stream_id: &str) -> Duration {
+        let target = f64::from(self.cfg.segment_target_ms) / 1000.0;
+        let gop = self
+            .hub
+            .get(stream_id)
+            .and_then(|l| l.keyframe_interval_s())
+            .unwrap_or(0.0);
+        let secs = (1.5 * target)
+            .max(gop + 1.0)
+            .min((4.0 * target).max(10.0) + 1.0);
+        Duration::from_secs_f64(secs)
     }
 
     /// Starts packaging a stream that just went live. Must be called inside a tokio runtime.

@@ -339,6 +339,7 @@ impl Segmenter {
                 self.open_segment(frame.dts, now);
             } else {
                 self.cut_if_due(&frame, now)?;
+                self.place_open_segment(frame.dts, now);
             }
         } else {
             self.resolve_held(idx, frame.dts);
@@ -408,6 +409,29 @@ impl Segmenter {
         self.part_start = start;
         self.part_independent = true;
         self.keyframe_requested_at = None;
+        self.revision += 1;
+    }
+
+    /// Keeps the open segment's `EXT-X-PROGRAM-DATE-TIME` on the wall clock of the live edge:
+    /// frames replayed from the GOP cache (a stream packaged on demand) arrive all at once,
+    /// so the time its first frame was seen is later than the time it was taken. A later
+    /// frame that shows the segment began earlier (by more than 100 ms, above network jitter)
+    /// moves it back.
+    fn place_open_segment(&mut self, dts: i64, now: SystemTime) {
+        let ts = f64::from(self.tracks[self.driver].track.timescale.max(1));
+        let into = ((dts - self.segment_start).max(0) as f64 / ts).max(0.0);
+        let Some(open) = self.model.open.as_mut() else {
+            return;
+        };
+        if let Some(start) = now.checked_sub(std::time::Duration::from_secs_f64(into)) {
+            if open
+                .program_date_time
+                .duration_since(start)
+                .is_ok_and(|d| d > std::time::Duration::from_millis(100))
+            {
+                open.program_date_time = start;
+            }
+        }
     }
 
     fn cut_if_due(&mut self, frame: &Frame, now: SystemTime) -> Result<(), fmp4::Fmp4Error> {
