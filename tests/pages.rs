@@ -71,6 +71,16 @@ fn find<'a>(reports: &'a [Value], key: &str, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no report {name}: {reports:?}"))
 }
 
+/// hls.js from npm, served from another origin as an operator's copy would be; its URL.
+async fn hlsjs_elsewhere() -> String {
+    let hlsjs = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target/npm/node_modules/hls.js/dist/hls.min.js"),
+    )
+    .expect("hls.js is installed by tests/run.sh");
+    static_file(hlsjs, "text/javascript").await
+}
+
 /// Serves `body` at `http://127.0.0.1:PORT/file` (another origin than the server).
 async fn static_file(body: Vec<u8>, content_type: &'static str) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -129,13 +139,7 @@ async fn the_player_picks_a_path_for_rtmp_whip_and_camera_and_explains_private_s
     if !require_browser_tools() || !require_program("ffmpeg") {
         return;
     }
-    // hls.js from npm, served from another origin as an operator's copy would be.
-    let hlsjs = std::fs::read(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("target/npm/node_modules/hls.js/dist/hls.min.js"),
-    )
-    .expect("hls.js is installed by tests/run.sh");
-    let hlsjs_url = static_file(hlsjs, "text/javascript").await;
+    let hlsjs_url = hlsjs_elsewhere().await;
     let configured = hlsjs_url.clone();
     let ts = start_with("pages-player", move |c| c.web.hlsjs_url = configured).await;
     let base = ts.http("");
@@ -256,12 +260,7 @@ async fn native_hls_and_hlsjs_join_rtmp_whip_and_camera_streams_at_the_first_200
     if !require_browser_tools() || !require_program("ffmpeg") {
         return;
     }
-    let hlsjs = std::fs::read(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("target/npm/node_modules/hls.js/dist/hls.min.js"),
-    )
-    .expect("hls.js is installed by tests/run.sh");
-    let hlsjs_url = static_file(hlsjs, "text/javascript").await;
+    let hlsjs_url = hlsjs_elsewhere().await;
     let ts = start_with("pages-join", move |c| {
         c.web.hlsjs_url = hlsjs_url;
         c.hls.on_demand = true;

@@ -719,6 +719,18 @@ mod tests {
         assert!(!pl.segments[1].parts[0].independent);
     }
 
+    /// One video frame of track 0 at `dts` ms.
+    fn push_video(seg: &mut Segmenter, dts: i64, keyframe: bool) {
+        let frame = Frame {
+            track: TrackId(0),
+            dts,
+            pts: dts,
+            keyframe,
+            data: Bytes::from_static(b"v"),
+        };
+        seg.push_frame(frame, now(dts)).unwrap();
+    }
+
     #[test]
     fn a_due_segment_without_a_keyframe_asks_for_one_once_per_target() {
         let mut seg = Segmenter::new(CFG);
@@ -727,17 +739,7 @@ mod tests {
         let mut asked_at = vec![];
         for i in 0..(7 * 30) {
             let dts = i * 1000 / 30;
-            seg.push_frame(
-                Frame {
-                    track: TrackId(0),
-                    dts,
-                    pts: dts,
-                    keyframe: i == 0,
-                    data: Bytes::from_static(b"v"),
-                },
-                now(dts),
-            )
-            .unwrap();
+            push_video(&mut seg, dts, i == 0);
             if seg.take_keyframe_request() {
                 asked_at.push(dts);
             }
@@ -752,17 +754,7 @@ mod tests {
         let mut key_due = false;
         for i in 0..(9 * 30) {
             let dts = i * 1000 / 30;
-            seg.push_frame(
-                Frame {
-                    track: TrackId(0),
-                    dts,
-                    pts: dts,
-                    keyframe: i == 0 || std::mem::take(&mut key_due),
-                    data: Bytes::from_static(b"v"),
-                },
-                now(dts),
-            )
-            .unwrap();
+            push_video(&mut seg, dts, i == 0 || std::mem::take(&mut key_due));
             if seg.take_keyframe_request() {
                 asked += 1;
                 key_due = true;
@@ -807,17 +799,7 @@ mod tests {
         let mut last = r0;
         for i in 0..60 {
             let dts = i * 1000 / 30;
-            seg.push_frame(
-                Frame {
-                    track: TrackId(0),
-                    dts,
-                    pts: dts,
-                    keyframe: i == 0,
-                    data: Bytes::from_static(b"v"),
-                },
-                now(dts),
-            )
-            .unwrap();
+            push_video(&mut seg, dts, i == 0);
             if seg.revision() != last {
                 changes += 1;
                 last = seg.revision();
