@@ -261,9 +261,12 @@ async fn native_hls_and_hlsjs_join_rtmp_whip_and_camera_streams_at_the_first_200
         return;
     }
     let hlsjs_url = hlsjs_elsewhere().await;
+    // The shipped HLS defaults, served for a cache in front (`cdn`): the players count
+    // themselves with beacons.
     let ts = start_with("pages-join", move |c| {
         c.web.hlsjs_url = hlsjs_url;
         c.hls.on_demand = true;
+        c.hls.cdn = true;
     })
     .await;
     // Three publishers start together: ffmpeg over RTMP, a WHIP client, a camera.
@@ -319,6 +322,21 @@ async fn native_hls_and_hlsjs_join_rtmp_whip_and_camera_streams_at_the_first_200
             assert_eq!(r["width"], width, "{r}");
             assert_eq!(r["errors"], serde_json::json!([]), "page errors: {r}");
         }
+    }
+    // Each page's beacons made it one HLS viewer (a cache would have hidden its requests).
+    for id in [&rtmp_id, &whip_id, &cam_id] {
+        let (_, v) = api(
+            &ts.http(""),
+            reqwest::Method::GET,
+            &format!("/api/v1/streams/{id}"),
+            None,
+        )
+        .await;
+        assert!(
+            v["viewer_count_by_protocol"]["hls"].as_u64().unwrap_or(0) >= 2,
+            "two pages played {id} over HLS: {v}"
+        );
+        assert_eq!(v["hls_viewers_counted_by"], "beacons", "{v}");
     }
     let _ = ffmpeg.kill();
     let _ = ffmpeg.wait();

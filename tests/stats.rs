@@ -1,5 +1,6 @@
 //! Live stats end to end: HLS viewers counted as sessions (50 clients are 50, an LL-HLS
-//! client fetching parts is one, all expire), health scores that tell a real-time ffmpeg
+//! client fetching parts is one, all expire) or, behind a cache (`[hls] cdn`), from player
+//! beacons, health scores that tell a real-time ffmpeg
 //! publisher from one at half speed (and say why), the `health.degraded` webhook, and
 //! `/metrics` parsed by an independent Prometheus text parser agreeing with the API.
 
@@ -58,6 +59,75 @@ async fn hls_client(http: String, id: String, stop: tokio::sync::watch::Receiver
         let _ = r.bytes().await;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_cache_hls_viewers_are_counted_from_beacons_and_marked_as_estimates() {
+    let ts = start_with("stats-beacon", |c| c.hls.cdn = true).await;
+    let http = base(&ts);
+    let (id, key) = ts.create_stream("beacons").await;
+    let publishing = publish_fixture(&ts, &key, 6).await;
+    let (index, _) = first_200(&ts.http(&format!("/hls/{id}/index.m3u8")), 15).await;
+    // Nothing per viewer in the URL: the run's media playlist.
+    let media = index
+        .lines()
+        .find(|l| !l.starts_with('#') && !l.is_empty())
+        .unwrap()
+        .to_owned();
+    assert!(
+        media.ends_with("-media.m3u8") && !media.contains('/'),
+        "{media}"
+    );
+    for _ in 0..5 {
+        let (status, _, _) = get(&ts.http(&format!("/hls/{id}/{media}"))).await;
+        assert_eq!(status, 200);
+    }
+    // Requests a cache could have answered count no one.
+    let v = stream(&http, &id).await;
+    assert_eq!(v["viewer_count"], 0, "{v}");
+    assert_eq!(v["hls_viewers_counted_by"], "beacons", "{v}");
+    assert_eq!(v["viewer_count_is_estimate"], true, "{v}");
+    // The player page learns where to report from its info call.
+    let info: Value = reqwest::get(ts.http(&format!("/play/{id}/info")))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let beacon = info["playback"]["hls_beacon_url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(beacon.starts_with(&format!("/hls/{id}/s/")), "{info}");
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        let r = client.post(ts.http(&beacon)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 204);
+        assert_eq!(r.headers()["cache-control"], "no-store");
+    }
+    let other = client
+        .post(ts.http(&format!("/hls/{id}/s/0123456789abcdef/beacon")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status().as_u16(), 204);
+    let v = wait_viewers(&http, &id, 2, 5).await;
+    assert_eq!(v["viewer_count_by_protocol"]["hls"], 2, "{v}");
+    // A beacon that is not one of ours, or for a stream that is not live, is refused.
+    let bad = client
+        .post(ts.http(&format!("/hls/{id}/s/not-a-session/beacon")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+    let gone = client
+        .post(ts.http("/hls/str_nope/s/0123456789abcdef/beacon"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status().as_u16(), 404);
+    publishing.abort();
+    ts.server.shutdown().await;
 }
 
 async fn wait_viewers(http: &str, id: &str, want: u64, secs: u64) -> Value {
