@@ -77,6 +77,7 @@ pub struct Server {
 /// Starts every part of the server; returns once the listeners are bound.
 pub async fn start(config: Config) -> Result<Server, StartError> {
     let config = Arc::new(config);
+    restrict_files(&config.server.data_dir, config.server.umask_bits().unwrap_or(0o077));
     let store = Store::open(&config.server.data_dir).await?;
     let stale = store.end_stale_live_streams().await?;
     if stale > 0 {
@@ -85,9 +86,30 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             "marked streams left live by an unclean stop as ended"
         );
     }
+    let remasked = store.remask_restreams().await?;
+    if remasked > 0 {
+        tracing::info!(count = remasked, "restream URLs re-masked");
+    }
     let bootstrap = bootstrap(&store, &config).await?;
     let signer = PlaySigner::new(&play_token_key(&store).await?);
     let (shutdown, shutdown_rx) = watch::channel(false);
+    // Validated with the configuration.
+    let exempt =
+        crate::net::limits::parse_nets(&config.security.connection_limit_exempt).unwrap_or_default();
+    let http_per_ip = crate::net::limits::PerIpLimiter::new(
+        config.http.max_connections_per_ip as usize,
+        exempt.clone(),
+    );
+    let rtmp_per_ip = crate::net::limits::PerIpLimiter::new(
+        config.rtmp.max_connections_per_ip as usize,
+        exempt,
+    );
+    // Validated with the configuration.
+    let outbound = Arc::new(
+        crate::outbound::OutboundPolicy::from_config(&config.security)
+            .unwrap_or_default()
+            .with_own_listeners(vec![config.http.listen, config.rtmp.listen]),
+    );
     let hub = Hub::default();
     let (events, events_rx) = EventBus::new();
     let gate = Arc::new(StoreGate {
@@ -113,6 +135,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         config.restream.clone(),
         events.clone(),
         hub.clone(),
+        outbound.clone(),
         shutdown_rx.clone(),
     );
     let hls = HlsRegistry::new(
@@ -143,6 +166,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             store.clone(),
             events_rx,
             config.webhooks.clone(),
+            outbound.clone(),
             shutdown_rx.clone(),
         ),
     ];
@@ -246,6 +270,8 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         crate::net::http::HttpLimits {
             max_connections: config.http.max_connections as usize,
             header_read_timeout: Duration::from_millis(config.http.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(config.http.idle_timeout_ms),
+            per_ip: http_per_ip.clone(),
         },
         shutdown_rx.clone(),
     )));
@@ -254,6 +280,10 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         hub: hub.clone(),
         store: store.clone(),
         gate,
+        per_ip: rtmp_per_ip,
+        slots: Arc::new(tokio::sync::Semaphore::new(
+            config.rtmp.max_connections as usize,
+        )),
     };
     tasks.push(tokio::spawn(rtmp::serve(rtmp_listener, ctx, shutdown_rx)));
     tracing::info!(%http_addr, %rtmp_addr, "media-server listening");
@@ -433,52 +463,127 @@ async fn bootstrap(store: &Store, config: &Config) -> Result<Option<Bootstrap>, 
     }))
 }
 
+/// Sets the process umask (everything written from now on: database, keys, recordings) and
+/// tightens what already exists under `data_dir` (never loosens it): with the default `077`,
+/// the directory 0700 and its files 0600.
+fn restrict_files(data_dir: &std::path::Path, mask: u32) {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(mask));
+    fn tighten(path: &std::path::Path, mask: u32, depth: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            return;
+        };
+        if meta.file_type().is_symlink() {
+            return;
+        }
+        let mode = meta.permissions().mode() & 0o7777;
+        let tight = mode & !mask;
+        if tight != mode {
+            if let Err(err) =
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(tight))
+            {
+                tracing::warn!(%err, path = %path.display(), "cannot tighten file mode");
+            }
+        }
+        if meta.is_dir() && depth < 2 {
+            if let Ok(entries) = std::fs::read_dir(path) {
+                for e in entries.flatten() {
+                    tighten(&e.path(), mask, depth + 1);
+                }
+            }
+        }
+    }
+    tighten(data_dir, mask, 0);
+}
+
 /// The server's play-token signing key: 32 random bytes created on the first start, kept in
-/// the settings table so tokens survive a restart.
+/// the settings table sealed with the secret box (like restream keys), so tokens survive a
+/// restart and a copy of the database alone cannot mint them. A key stored in clear by an
+/// older version is sealed and the clear copy removed.
 async fn play_token_key(store: &Store) -> Result<Vec<u8>, StoreError> {
-    if let Some(hex_key) = store.setting("play_token_key").await? {
+    if let Some(hex_key) = store.sealed_setting("play_token_key_sealed").await? {
         if let Ok(key) = hex::decode(hex_key) {
             return Ok(key);
         }
     }
-    let key = crate::store::random_id("", 32);
-    store.set_setting("play_token_key", &key).await?;
+    let key = match store.setting("play_token_key").await? {
+        Some(old) if hex::decode(&old).is_ok() => old,
+        _ => crate::store::random_id("", 32),
+    };
+    store.set_sealed_setting("play_token_key_sealed", &key).await?;
+    store.delete_setting("play_token_key").await?;
     Ok(hex::decode(key).unwrap_or_default())
 }
 
-/// Private streams need a valid play token; the privacy flag is cached for two seconds so a
-/// viewer fetching parts does not cost a database query each time.
+/// Private streams need a valid play token of the stream's current generation; privacy and
+/// generation are cached for two seconds so a viewer fetching parts does not cost a database
+/// query each time (a revoke takes effect within that time).
 struct StoreGate {
     store: Store,
     signer: PlaySigner,
-    cache: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Privacy)>>,
+    cache: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Gated)>>,
+}
+
+/// What the gate knows of a stream.
+#[derive(Debug, Clone, Copy)]
+struct Gated {
+    privacy: Privacy,
+    generation: u64,
+    exists: bool,
 }
 
 impl StoreGate {
-    async fn privacy(&self, stream_id: &str) -> Result<Privacy, HttpError> {
+    async fn lookup(&self, stream_id: &str) -> Result<Gated, HttpError> {
         let now = std::time::Instant::now();
-        if let Some((at, p)) = self
+        if let Some((at, g)) = self
             .cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(stream_id)
         {
             if now.duration_since(*at) < Duration::from_secs(2) {
-                return Ok(*p);
+                return Ok(*g);
             }
         }
-        let privacy = self
+        let row = self
             .store
             .get_stream(stream_id)
             .await
-            .map_err(|e| HttpError::internal("reading stream privacy", e))?
-            .map_or(Privacy::Public, |r| r.privacy);
+            .map_err(|e| HttpError::internal("reading stream privacy", e))?;
+        let gated = match row {
+            Some(r) => Gated {
+                privacy: r.privacy,
+                generation: r.token_generation,
+                exists: true,
+            },
+            // No such stream: nothing live to protect (live routes answer 404 later).
+            None => Gated {
+                privacy: Privacy::Public,
+                generation: 0,
+                exists: false,
+            },
+        };
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() > 10_000 {
             cache.clear();
         }
-        cache.insert(stream_id.to_owned(), (now, privacy));
-        Ok(privacy)
+        cache.insert(stream_id.to_owned(), (now, gated));
+        Ok(gated)
+    }
+
+    fn verify(&self, stream_id: &str, generation: u64, token: Option<&str>) -> Result<(), HttpError> {
+        let token = token.ok_or_else(|| {
+            HttpError::unauthorized("this stream is private: add ?token= from the play-token API")
+        })?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.signer
+            .verify_generation(token, stream_id, generation, now)
+            .map_err(|e| match e {
+                PlayTokenError::Expired => HttpError::forbidden("play token expired"),
+                PlayTokenError::Invalid => HttpError::forbidden("invalid play token"),
+            })
     }
 }
 
@@ -490,23 +595,29 @@ impl PlaybackGate for StoreGate {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), HttpError>> + Send + 'a>>
     {
         Box::pin(async move {
-            if self.privacy(stream_id).await? == Privacy::Public {
+            let g = self.lookup(stream_id).await?;
+            if g.privacy == Privacy::Public {
                 return Ok(());
             }
-            let token = token.ok_or_else(|| {
-                HttpError::unauthorized(
-                    "this stream is private: add ?token= from the play-token API",
-                )
-            })?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            self.signer
-                .verify(token, stream_id, now)
-                .map_err(|e| match e {
-                    PlayTokenError::Expired => HttpError::forbidden("play token expired"),
-                    PlayTokenError::Invalid => HttpError::forbidden("invalid play token"),
-                })
+            self.verify(stream_id, g.generation, token)
+        })
+    }
+
+    fn check_recording<'a>(
+        &'a self,
+        stream_id: &'a str,
+        privacy: Privacy,
+        token: Option<&'a str>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), HttpError>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let g = self.lookup(stream_id).await?;
+            // The recording's own privacy decides (kept in step with its stream, and kept
+            // when the stream is deleted): fail closed.
+            if privacy == Privacy::Public && (!g.exists || g.privacy == Privacy::Public) {
+                return Ok(());
+            }
+            self.verify(stream_id, g.generation, token)
         })
     }
 }

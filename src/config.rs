@@ -76,6 +76,34 @@ pub struct Config {
     pub stats: StatsConfig,
     /// The player, embed and console pages.
     pub web: WebConfig,
+    /// Connection caps' exemptions and where the server may connect to.
+    pub security: SecurityConfig,
+}
+
+/// `[security]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Clients (addresses or CIDRs) never held to the per-client connection caps: loopback by
+    /// default; add a reverse proxy in front of the server.
+    pub connection_limit_exempt: Vec<String>,
+    /// Addresses or CIDRs that webhooks and restreams may reach although the default policy
+    /// refuses them (loopback, private, link-local, ULA, multicast, the server's own
+    /// listeners), e.g. `["192.168.1.20/32"]` for a LAN restream target.
+    pub outbound_allow: Vec<String>,
+    /// Addresses, CIDRs or host names webhooks and restreams may never reach, on top of the
+    /// default policy.
+    pub outbound_deny: Vec<String>,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            connection_limit_exempt: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            outbound_allow: Vec::new(),
+            outbound_deny: Vec::new(),
+        }
+    }
 }
 
 /// `[server]`
@@ -86,6 +114,19 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Milliseconds to wait for tasks to finish on shutdown.
     pub shutdown_timeout_ms: u64,
+    /// File mode mask (octal) for everything the server writes: the default `077` keeps the
+    /// data directory 0700 and the database, keys and recordings 0600. Existing files are
+    /// tightened to it at start.
+    pub umask: String,
+}
+
+impl ServerConfig {
+    /// `umask` as bits (`None` if it is not octal up to 0777).
+    pub fn umask_bits(&self) -> Option<u32> {
+        u32::from_str_radix(self.umask.trim(), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+    }
 }
 
 /// `[http]`
@@ -101,8 +142,14 @@ pub struct HttpConfig {
     /// HTTP connections at once; more are closed on accept.
     pub max_connections: u32,
     /// A client must send a request's headers within this time, in milliseconds (slow-drip
-    /// "slowloris" connections are cut).
+    /// "slowloris" connections are cut). Also the deadline for a connection's first bytes.
     pub header_read_timeout_ms: u64,
+    /// A connection (HTTP/1 keep-alive or HTTP/2) that moves no byte for this long is
+    /// closed, in milliseconds.
+    pub idle_timeout_ms: u64,
+    /// HTTP connections at once from one client (an IPv4 address or an IPv6 /64); 0: no
+    /// cap. Clients in `security.connection_limit_exempt` are not capped.
+    pub max_connections_per_ip: u32,
 }
 
 /// `[rtmp]`
@@ -123,6 +170,11 @@ pub struct RtmpConfig {
     pub idle_timeout_ms: u64,
     /// Chunk size the server announces for what it sends.
     pub out_chunk_size: u32,
+    /// RTMP connections at once from one client (IPv4 address or IPv6 /64); 0: no cap.
+    pub max_connections_per_ip: u32,
+    /// Of `max_connections`, this many are kept for publishers: a player is refused when
+    /// fewer are free, so viewers can never starve ingest.
+    pub reserved_publisher_slots: u32,
 }
 
 /// `[hls]`
@@ -156,6 +208,8 @@ pub struct AuthConfig {
     pub admin_token: Option<String>,
     /// Default lifetime of a play token for a private stream, in seconds.
     pub play_token_ttl_secs: u64,
+    /// Longest lifetime a play token may be minted with, in seconds.
+    pub play_token_max_ttl_secs: u64,
 }
 
 impl Default for AuthConfig {
@@ -163,6 +217,7 @@ impl Default for AuthConfig {
         Self {
             admin_token: None,
             play_token_ttl_secs: 3600,
+            play_token_max_ttl_secs: 86_400,
         }
     }
 }
@@ -179,6 +234,10 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Origins allowed by CORS (`*` for any); empty disables CORS headers.
     pub cors_allowed_origins: Vec<String>,
+    /// Streams one application (`app`) may hold; more are refused with 409.
+    pub max_streams_per_app: u32,
+    /// Webhooks the server holds; more are refused with 409.
+    pub max_webhooks: u32,
 }
 
 impl Default for ApiConfig {
@@ -188,6 +247,8 @@ impl Default for ApiConfig {
             rate_limit_per_ip: 60,
             max_body_bytes: 64 * 1024,
             cors_allowed_origins: vec!["*".into()],
+            max_streams_per_app: 10_000,
+            max_webhooks: 100,
         }
     }
 }
@@ -411,6 +472,7 @@ impl Default for ServerConfig {
         Self {
             data_dir: PathBuf::from("./data"),
             shutdown_timeout_ms: 5000,
+            umask: "077".into(),
         }
     }
 }
@@ -423,6 +485,8 @@ impl Default for HttpConfig {
             request_timeout_ms: 30_000,
             max_connections: 10_000,
             header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_connections_per_ip: 256,
         }
     }
 }
@@ -437,6 +501,8 @@ impl Default for RtmpConfig {
             handshake_timeout_ms: 10_000,
             idle_timeout_ms: 30_000,
             out_chunk_size: 4096,
+            max_connections_per_ip: 256,
+            reserved_publisher_slots: 50,
         }
     }
 }
@@ -493,8 +559,29 @@ impl Config {
         if self.server.data_dir.as_os_str().is_empty() {
             return invalid("server.data_dir", "must not be empty");
         }
+        if self.server.umask_bits().is_none() {
+            return invalid("server.umask", "an octal mask such as \"077\" or \"027\"");
+        }
         if self.rtmp.max_connections == 0 {
             return invalid("rtmp.max_connections", "must be at least 1");
+        }
+        if self.rtmp.reserved_publisher_slots >= self.rtmp.max_connections {
+            return invalid(
+                "rtmp.reserved_publisher_slots",
+                "must be below rtmp.max_connections",
+            );
+        }
+        if self.auth.play_token_max_ttl_secs == 0 {
+            return invalid("auth.play_token_max_ttl_secs", "must be at least 1");
+        }
+        if self.http.idle_timeout_ms < 1000 {
+            return invalid("http.idle_timeout_ms", "must be at least 1000");
+        }
+        if let Err(e) = crate::net::limits::parse_nets(&self.security.connection_limit_exempt) {
+            return invalid("security.connection_limit_exempt", &e);
+        }
+        if let Err(e) = crate::outbound::OutboundPolicy::from_config(&self.security) {
+            return invalid("security.outbound_allow/outbound_deny", &e);
         }
         if !(1024..=16 * 1024 * 1024).contains(&self.rtmp.max_message_bytes) {
             return invalid(

@@ -51,11 +51,16 @@ pub fn spawn(
     store: Store,
     mut events: mpsc::Receiver<Event>,
     config: WebhooksConfig,
+    policy: Arc<crate::outbound::OutboundPolicy>,
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
+        // Every resolved address is checked by the outbound policy; redirects are not
+        // followed (a receiver answering 3xx gets a failed delivery).
         let client = match reqwest::Client::builder()
             .timeout(Duration::from_millis(config.timeout_ms))
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(crate::outbound::CheckedResolver(policy.clone())))
             .user_agent(concat!("media-server/", env!("CARGO_PKG_VERSION")))
             .build()
         {
@@ -83,6 +88,7 @@ pub fn spawn(
             for hook in hooks.into_iter().filter(|h| h.wants(event.kind)) {
                 let delivery = Delivery {
                     client: client.clone(),
+                    policy: policy.clone(),
                     store: store.clone(),
                     hook,
                     event: event.clone(),
@@ -99,6 +105,7 @@ pub fn spawn(
 /// One event to one webhook, with retries.
 struct Delivery {
     client: reqwest::Client,
+    policy: Arc<crate::outbound::OutboundPolicy>,
     store: Store,
     hook: WebhookRow,
     event: Arc<Event>,
@@ -166,6 +173,17 @@ impl Delivery {
     /// One POST: (2xx?, status, error text, time taken).
     async fn attempt(&self, body: &[u8]) -> (bool, Option<u16>, Option<String>, Duration) {
         let started = Instant::now();
+        // Literal addresses never reach the client's resolver: check them here.
+        let literal = url::Url::parse(&self.hook.url).ok().and_then(|u| {
+            let host = u.host_str()?.to_owned();
+            let port = u.port_or_known_default()?;
+            Some((host, port))
+        });
+        if let Some((host, port)) = literal {
+            if let Err(e) = self.policy.check_host(&host, port) {
+                return (false, None, Some(format!("destination refused: {e}")), started.elapsed());
+            }
+        }
         let ts = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -184,10 +202,25 @@ impl Delivery {
             Ok(resp) => {
                 let status = resp.status();
                 let ok = status.is_success();
-                let error = (!ok).then(|| format!("receiver answered {status}"));
+                let error = (!ok).then(|| {
+                    if status.is_redirection() {
+                        format!("receiver answered {status}; redirects are not followed")
+                    } else {
+                        format!("receiver answered {status}")
+                    }
+                });
                 (ok, Some(status.as_u16()), error, started.elapsed())
             }
-            Err(err) => (false, None, Some(err.to_string()), started.elapsed()),
+            // Coarse on purpose: "connection refused", "timed out" and "reset" would tell a
+            // tenant which ports are open where the server can reach.
+            Err(err) => {
+                let error = match crate::outbound::Refused::find(&err) {
+                    Some(reason) => format!("destination refused: {reason}"),
+                    None => "could not deliver (no HTTP answer)".to_owned(),
+                };
+                // No duration either: a refused port answers at once, a filtered one times out.
+                (false, None, Some(error), Duration::ZERO)
+            }
         }
     }
 }

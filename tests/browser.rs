@@ -317,7 +317,9 @@ async fn chromium_plays_an_rtmp_stream_over_whep() {
     let page = ts.dir.join("whep.html");
     std::fs::write(
         &page,
-        whep_page(&ts.http(&format!("/whep/{id}")), &report_url, 4000),
+        // Headless Chromium on a loaded 2-core machine renders a few frames a second: give
+        // it 8 s to show more than 10.
+        whep_page(&ts.http(&format!("/whep/{id}")), &report_url, 8000),
     )
     .unwrap();
     let query = run_page(&ts, &page, reports, "whep").await;

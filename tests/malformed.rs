@@ -566,7 +566,12 @@ async fn sdp_corpus(ts: &TestServer) -> usize {
     for t in 1..10 {
         bodies.push(offer.as_bytes()[..offer.len() * t / 10].to_vec());
     }
-    let http = reqwest::Client::new();
+    // A fresh connection per request: a request that ends a connection (a malformed body
+    // the server answers and closes) never leaves a half-closed socket in the pool.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let n = bodies.len();
     let mut created = 0;
     for body in bodies {
@@ -662,7 +667,12 @@ fn body_props(doc: &Value, op: &Value) -> Vec<String> {
 
 /// Every API route of the OpenAPI document with bogus ids, queries and bodies.
 async fn api_corpus(ts: &TestServer) -> usize {
-    let http = reqwest::Client::new();
+    // A fresh connection per request: a request that ends a connection (a malformed body
+    // the server answers and closes) never leaves a half-closed socket in the pool.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let doc: Value = http
         .get(ts.http("/api/v1/openapi.json"))
         .send()

@@ -646,7 +646,7 @@ async fn an_unreachable_destination_fails_after_the_configured_attempts_with_a_w
     let failed = wait_state(&http, &id, &rid, "failed", 15).await;
     let err = failed["last_error"].as_str().unwrap();
     assert!(
-        err.contains("cannot connect") && err.contains("gave up after 3 attempts"),
+        err.contains("could not connect: no RTMP server answered") && err.contains("gave up after 3 attempts"),
         "{failed}"
     );
     assert_eq!(failed["failed_attempts"], 3, "{failed}");

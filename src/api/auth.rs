@@ -19,6 +19,7 @@ pub const SCOPES: &[&str] = &[
     "tokens:admin",
     "webhooks:write",
     "stats:read",
+    "play",
     "*",
 ];
 

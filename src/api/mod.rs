@@ -69,6 +69,8 @@ pub struct ApiState {
     pub restreamer: Option<Arc<crate::egress::restream::Restreamer>>,
     /// HLS output and its viewer sessions (absent in API-only tests).
     pub hls: Option<Arc<crate::egress::hls::HlsRegistry>>,
+    /// Where webhooks and restreams may point.
+    pub outbound: Arc<crate::outbound::OutboundPolicy>,
 }
 
 impl ApiState {
@@ -81,7 +83,7 @@ impl ApiState {
         signer: PlaySigner,
     ) -> Self {
         ApiState {
-            config,
+            config: config.clone(),
             store,
             hub,
             events,
@@ -91,6 +93,11 @@ impl ApiState {
             recorders: None,
             restreamer: None,
             hls: None,
+            outbound: Arc::new(
+                crate::outbound::OutboundPolicy::from_config(&config.security)
+                    .unwrap_or_default()
+                    .with_own_listeners(vec![config.http.listen, config.rtmp.listen]),
+            ),
         }
     }
 
@@ -201,6 +208,7 @@ pub fn routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(streams::stop))
         .routes(routes!(streams::rotate_key))
         .routes(routes!(streams::play_token))
+        .routes(routes!(streams::revoke_play_tokens))
         .routes(routes!(tokens::create, tokens::list))
         .routes(routes!(tokens::delete))
         .routes(routes!(webhooks::create, webhooks::list))

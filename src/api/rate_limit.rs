@@ -11,6 +11,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header::AUTHORIZATION, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
 
 use super::ApiState;
 use crate::error::HttpError;
@@ -36,10 +37,17 @@ pub struct Decision {
     pub reset: u64,
 }
 
-/// Counters per key (`tok:{id}` or `ip:{addr}`).
+/// How long a verified token is trusted without asking the database again.
+const TOKEN_CACHE_SECS: u64 = 30;
+/// Verified tokens remembered at most.
+const TOKEN_CACHE_MAX: usize = 10_000;
+
+/// Counters per key (`tok:{id}` or `ip:{addr}`), and the tokens verified recently.
 #[derive(Debug, Default)]
 pub struct RateLimiter {
     windows: Mutex<Windows>,
+    /// Verified tokens by the SHA-256 of their secret: (verified at, row).
+    verified: Mutex<HashMap<[u8; 32], (u64, TokenRow)>>,
 }
 
 #[derive(Debug, Default)]
@@ -83,6 +91,33 @@ impl RateLimiter {
     }
 }
 
+impl RateLimiter {
+    fn cached_token(&self, digest: &[u8; 32], now: u64) -> Option<TokenRow> {
+        let cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .get(digest)
+            .filter(|(at, _)| now.saturating_sub(*at) < TOKEN_CACHE_SECS)
+            .map(|(_, row)| row.clone())
+    }
+
+    fn remember_token(&self, digest: [u8; 32], row: TokenRow, now: u64) {
+        let mut cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= TOKEN_CACHE_MAX {
+            cache.retain(|_, (at, _)| now.saturating_sub(*at) < TOKEN_CACHE_SECS);
+            if cache.len() >= TOKEN_CACHE_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(digest, (now, row));
+    }
+
+    /// Forgets a deleted token at once (it is refused from the next request on).
+    pub fn forget_token(&self, token_id: &str) {
+        let mut cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        cache.retain(|_, (_, row)| row.id != token_id);
+    }
+}
+
 /// What the middleware learned about the caller, for the [`super::Auth`] extractor.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -99,9 +134,23 @@ fn unix_now() -> u64 {
 }
 
 /// Authenticates once, rate-limits, and stamps the `X-RateLimit-*` headers.
+///
+/// A token seen in the last 30 s is taken from memory; any other bearer is first charged to
+/// the client's IP limit (an IPv4 address or IPv6 /64), so a flood of made-up tokens is
+/// refused before it costs a database query.
 pub async fn middleware(State(state): State<ApiState>, mut req: Request, next: Next) -> Response {
     let header = req.headers().get(AUTHORIZATION).cloned();
     let presented = header.is_some();
+    let now = unix_now();
+    let ip_key = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or_else(
+            || "ip:unknown".to_owned(),
+            |c| format!("ip:{}", crate::net::limits::client_key(c.0.ip())),
+        );
+    let ip_limit = state.config.api.rate_limit_per_ip;
+    let mut charged: Option<Decision> = None;
     let token = match header
         .as_ref()
         .and_then(|h| h.to_str().ok())
@@ -109,33 +158,55 @@ pub async fn middleware(State(state): State<ApiState>, mut req: Request, next: N
         .map(str::trim)
         .filter(|t| !t.is_empty())
     {
-        Some(secret) => match state.store.verify_token(secret).await {
-            Ok(row) => row,
-            Err(err) => return HttpError::internal("verifying a token", err).into_response(),
-        },
+        Some(secret) => {
+            let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+            match state.limiter.cached_token(&digest, now) {
+                Some(row) => Some(row),
+                None => {
+                    let d = state.limiter.check(&ip_key, ip_limit, now);
+                    if !d.allowed {
+                        return with_headers(
+                            HttpError::rate_limited(d.reset.saturating_sub(now).max(1))
+                                .into_response(),
+                            d,
+                        );
+                    }
+                    charged = Some(d);
+                    match state.store.verify_token(secret).await {
+                        Ok(Some(row)) => {
+                            state.limiter.remember_token(digest, row.clone(), now);
+                            Some(row)
+                        }
+                        Ok(None) => None,
+                        Err(err) => {
+                            return HttpError::internal("verifying a token", err).into_response()
+                        }
+                    }
+                }
+            }
+        }
         None => None,
     };
-    let (key, limit) = match &token {
-        Some(t) => (
-            format!("tok:{}", t.id),
+    let decision = match (&token, charged) {
+        (Some(t), _) => state.limiter.check(
+            &format!("tok:{}", t.id),
             state.config.api.rate_limit_per_token,
+            now,
         ),
-        None => {
-            let ip = req
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string());
-            (format!("ip:{ip}"), state.config.api.rate_limit_per_ip)
-        }
+        // An unknown bearer was charged to the IP already.
+        (None, Some(d)) => d,
+        (None, None) => state.limiter.check(&ip_key, ip_limit, now),
     };
-    let now = unix_now();
-    let decision = state.limiter.check(&key, limit, now);
-    let mut resp = if decision.allowed {
+    let resp = if decision.allowed {
         req.extensions_mut().insert(Caller { token, presented });
         next.run(req).await
     } else {
         HttpError::rate_limited(decision.reset.saturating_sub(now).max(1)).into_response()
     };
+    with_headers(resp, decision)
+}
+
+fn with_headers(mut resp: Response, decision: Decision) -> Response {
     let h = resp.headers_mut();
     h.insert("x-ratelimit-limit", HeaderValue::from(decision.limit));
     h.insert(

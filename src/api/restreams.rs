@@ -33,6 +33,8 @@ pub struct RestreamView {
     key_hint: String,
     /// Whether it follows the stream (starts when the stream goes live).
     enabled: bool,
+    /// It may push a private stream.
+    allow_private_source: bool,
     /// `idle`, `starting`, `active`, `retrying`, `failed` or `stopped`.
     #[schema(example = "active")]
     state: String,
@@ -89,6 +91,7 @@ fn view(state: &ApiState, row: RestreamRow) -> RestreamView {
         url: row.url_masked,
         key_hint: row.key_hint,
         enabled: row.enabled,
+        allow_private_source: row.allow_private_source,
         created_at: row.created_at,
         updated_at: row.updated_at,
     }
@@ -111,6 +114,9 @@ pub struct CreateRestream {
     name: Option<String>,
     /// Follow the stream (default true).
     enabled: Option<bool>,
+    /// Required (true) to restream a private stream: a restream publishes the stream's media
+    /// wherever it points, so `restreams:write` could otherwise copy a private stream out.
+    allow_private_source: Option<bool>,
 }
 
 /// Body of `PATCH /api/v1/streams/{id}/restreams/{rid}`.
@@ -125,6 +131,8 @@ pub struct UpdateRestream {
     url: Option<String>,
     /// New stream key.
     key: Option<String>,
+    /// Allow (or no longer allow) pushing a private stream.
+    allow_private_source: Option<bool>,
 }
 
 /// Query of the list.
@@ -143,6 +151,14 @@ const MAX_KEY: usize = 500;
 const MAX_NAME: usize = 100;
 
 /// Checks a URL (scheme, host, path, length) and key together; reports into `v`.
+fn check_destination_policy(v: &mut Validate, state: &ApiState, url: &str, key: &str) {
+    if let Ok(t) = restream::parse_target(url, key) {
+        if let Err(problem) = state.outbound.check_host(&t.host, t.port) {
+            v.check(true, "url", &problem);
+        }
+    }
+}
+
 fn check_destination(v: &mut Validate, url: &str, key: &str) {
     v.check(
         url.chars().count() > MAX_URL,
@@ -232,6 +248,7 @@ pub async fn create(
         );
     } else if restream::PLATFORMS.contains(&body.platform.as_str()) {
         check_destination(&mut v, &url, &key);
+        check_destination_policy(&mut v, &state, &url, &key);
     }
     let name = body
         .name
@@ -245,7 +262,22 @@ pub async fn create(
         "1-100 characters",
     );
     v.finish()?;
-    stream_exists(&state, &id).await?;
+    let stream = state
+        .store
+        .get_stream(&id)
+        .await
+        .map_err(|e| HttpError::internal("reading a stream", e))?
+        .ok_or_else(|| HttpError::not_found(format!("no stream {id}")))?;
+    let allow_private_source = body.allow_private_source.unwrap_or(false);
+    if stream.privacy == crate::store::Privacy::Private && !allow_private_source {
+        let mut v = Validate::default();
+        v.check(
+            true,
+            "allow_private_source",
+            "the stream is private: a restream publishes its media at the destination; set allow_private_source to true to do so",
+        );
+        v.finish()?;
+    }
     let row = state
         .store
         .create_restream(
@@ -253,11 +285,12 @@ pub async fn create(
                 stream_id: id,
                 platform: body.platform,
                 name,
-                url_masked: restream::mask_url(&url),
+                url_masked: crate::redact::mask_destination(&url, &key),
                 key_hint: restream::key_hint(&key),
                 url,
                 key,
                 enabled: body.enabled.unwrap_or(true),
+                allow_private_source,
             },
             state.config.restream.max_per_stream,
         )
@@ -365,11 +398,12 @@ pub async fn update(
     let changes_target = url.is_some() || body.key.is_some();
     if changes_target {
         let mut v = Validate::default();
-        check_destination(
-            &mut v,
+        let (u, k) = (
             url.as_deref().unwrap_or(&current.url),
             body.key.as_deref().unwrap_or(&current.key),
         );
+        check_destination(&mut v, u, k);
+        check_destination_policy(&mut v, &state, u, k);
         v.finish()?;
     }
     let patch = RestreamPatch {
@@ -377,6 +411,7 @@ pub async fn update(
         enabled: body.enabled,
         url: url.map(|u| (u.clone(), restream::mask_url(&u))),
         key: body.key.map(|k| (k.clone(), restream::key_hint(&k))),
+        allow_private_source: body.allow_private_source,
     };
     let row = state
         .store

@@ -558,6 +558,17 @@ pub async fn create(
     }
     let scheduled_at = check_scheduled(&mut v, body.scheduled_at.as_deref());
     v.finish()?;
+    let max = state.config.api.max_streams_per_app;
+    let count = state
+        .store
+        .count_streams_in_app(&app)
+        .await
+        .map_err(|e| HttpError::internal("counting streams", e))?;
+    if count >= u64::from(max) {
+        return Err(HttpError::conflict(format!(
+            "app {app} already has {count} streams (api.max_streams_per_app = {max})"
+        )));
+    }
     let name = body
         .name
         .unwrap_or_else(|| crate::store::random_id("stream-", 6));
@@ -826,6 +837,35 @@ pub async fn rotate_key(
     }))
 }
 
+/// Revoke every play token minted for the stream so far (the stream's token generation is
+/// bumped; rotating the key and changing privacy do the same). Viewers holding one are
+/// refused within two seconds.
+#[utoipa::path(post, path = "/api/v1/streams/{id}/play-tokens/revoke", tag = "streams",
+    params(("id" = String, Path, description = "Stream id")),
+    responses(
+        (status = 204),
+        (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope), (status = 429, body = ErrorEnvelope),
+    ),
+    security(("bearer" = ["streams:write"])))]
+pub async fn revoke_play_tokens(
+    auth: Auth,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, HttpError> {
+    auth.require("streams:write")?;
+    let found = state
+        .store
+        .revoke_play_tokens(&id)
+        .await
+        .map_err(|e| HttpError::internal("revoking play tokens", e))?;
+    if !found {
+        return Err(HttpError::not_found(format!("no stream {id}")));
+    }
+    tracing::info!(stream = %id, "play tokens revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// A short-lived signed token for playing a private stream (`?token=`).
 #[utoipa::path(post, path = "/api/v1/streams/{id}/play-token", tag = "streams",
     params(("id" = String, Path, description = "Stream id")),
@@ -837,30 +877,36 @@ pub async fn rotate_key(
         (status = 413, body = ErrorEnvelope), (status = 415, body = ErrorEnvelope),
         (status = 422, body = ErrorEnvelope), (status = 429, body = ErrorEnvelope),
     ),
-    security(("bearer" = ["streams:read"])))]
+    security(("bearer" = ["streams:read"]), ("bearer" = ["play"])))]
 pub async fn play_token(
     auth: Auth,
     State(state): State<ApiState>,
     Path(id): Path<String>,
     super::json::OptionalJson(body): super::json::OptionalJson<PlayTokenRequest>,
 ) -> Result<(StatusCode, Json<PlayToken>), HttpError> {
-    auth.require("streams:read")?;
+    // `play` lets a player backend mint tokens without reading stream details.
+    if auth.require("play").is_err() {
+        auth.require("streams:read")?;
+    }
     let row = load(&state, &id).await?;
+    let max = state.config.auth.play_token_max_ttl_secs;
     let ttl = body
         .ttl_seconds
-        .unwrap_or(state.config.auth.play_token_ttl_secs);
+        .unwrap_or(state.config.auth.play_token_ttl_secs.min(max));
     Validate::default()
         .check(
-            !(1..=86_400).contains(&ttl),
+            !(1..=max).contains(&ttl),
             "ttl_seconds",
-            "between 1 and 86400",
+            &format!("between 1 and {max} (auth.play_token_max_ttl_secs)"),
         )
         .finish()?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let expires = now + ttl;
-    let token = state.signer.sign(&row.id, expires);
+    let token = state
+        .signer
+        .sign_generation(&row.id, row.token_generation, expires);
     Ok((
         StatusCode::CREATED,
         Json(PlayToken {

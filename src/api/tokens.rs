@@ -175,6 +175,7 @@ pub async fn delete(
         .await
         .map_err(|e| HttpError::internal("deleting a token", e))?;
     if deleted {
+        state.limiter.forget_token(&id);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(HttpError::not_found(format!("no token {id}")))

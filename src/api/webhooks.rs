@@ -19,7 +19,7 @@ use crate::store::{DeliveryRow, WebhookRow};
 pub struct WebhookView {
     /// `wh_…`
     id: String,
-    /// Where events are POSTed.
+    /// Where events are POSTed; user info and query values masked (`***`).
     url: String,
     /// Subscribed event types (or `*`).
     events: Vec<String>,
@@ -42,7 +42,7 @@ impl From<WebhookRow> for WebhookView {
             .collect();
         WebhookView {
             id: w.id,
-            url: w.url,
+            url: crate::redact::mask_url(&w.url),
             events: w.events,
             secret_hint: format!("…{tail}"),
             created_at: w.created_at,
@@ -121,7 +121,8 @@ impl From<DeliveryRow> for DeliveryView {
     responses(
         (status = 201, body = CreatedWebhook),
         (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
-        (status = 403, body = ErrorEnvelope), (status = 413, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope),
+        (status = 413, body = ErrorEnvelope),
         (status = 415, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope),
         (status = 429, body = ErrorEnvelope),
     ),
@@ -141,6 +142,16 @@ pub async fn create(
         "url",
         "an http:// or https:// URL of at most 2000 characters",
     );
+    if url_ok {
+        // A literal address is checked now, a name each time it is resolved.
+        let checked = reqwest::Url::parse(&body.url).ok().and_then(|u| {
+            let host = u.host_str()?.to_owned();
+            Some(state.outbound.check_host(&host, u.port_or_known_default()?))
+        });
+        if let Some(Err(problem)) = checked {
+            v.check(true, "url", &problem);
+        }
+    }
     v.check(body.events.is_empty(), "events", "at least one event type");
     for e in &body.events {
         v.check(
@@ -157,6 +168,18 @@ pub async fn create(
         );
     }
     v.finish()?;
+    let max = state.config.api.max_webhooks;
+    let count = state
+        .store
+        .list_webhooks()
+        .await
+        .map_err(|e| HttpError::internal("counting webhooks", e))?
+        .len();
+    if count >= max as usize {
+        return Err(HttpError::conflict(format!(
+            "there are already {count} webhooks (api.max_webhooks = {max})"
+        )));
+    }
     let secret = body
         .secret
         .unwrap_or_else(|| crate::store::random_id("whsec_", 24));

@@ -24,6 +24,15 @@ pub trait PlaybackGate: Send + Sync + 'static {
         stream_id: &'a str,
         token: Option<&'a str>,
     ) -> Pin<Box<dyn Future<Output = Result<(), HttpError>> + Send + 'a>>;
+
+    /// `Ok` to serve a recording of `stream_id` whose stored privacy is `privacy` (the
+    /// stream may be gone; a private recording then still needs a token).
+    fn check_recording<'a>(
+        &'a self,
+        stream_id: &'a str,
+        privacy: crate::store::Privacy,
+        token: Option<&'a str>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), HttpError>> + Send + 'a>>;
 }
 
 /// A gate that lets everyone in (tests, embedded use without private streams).
@@ -34,6 +43,15 @@ impl PlaybackGate for OpenGate {
     fn check<'a>(
         &'a self,
         _stream_id: &'a str,
+        _token: Option<&'a str>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), HttpError>> + Send + 'a>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn check_recording<'a>(
+        &'a self,
+        _stream_id: &'a str,
+        _privacy: crate::store::Privacy,
         _token: Option<&'a str>,
     ) -> Pin<Box<dyn Future<Output = Result<(), HttpError>> + Send + 'a>> {
         Box::pin(async { Ok(()) })

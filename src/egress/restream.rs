@@ -17,6 +17,7 @@
 //! [`key_hint`].
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -138,50 +139,8 @@ pub fn parse_target(raw: &str, key: &str) -> Result<Target, String> {
     })
 }
 
-/// The URL for display and logs: user info and query values replaced by `***`. A URL that
-/// does not parse is shown as `***`.
-pub fn mask_url(raw: &str) -> String {
-    let Ok(mut url) = url::Url::parse(raw) else {
-        return "***".into();
-    };
-    let had_userinfo = !url.username().is_empty() || url.password().is_some();
-    let _ = url.set_username("");
-    let _ = url.set_password(None);
-    let masked_query = url.query().map(|q| {
-        q.split('&')
-            .map(|kv| match kv.split_once('=') {
-                Some((k, _)) => format!("{k}=***"),
-                None => "***".into(),
-            })
-            .collect::<Vec<_>>()
-            .join("&")
-    });
-    url.set_query(None);
-    let mut text = url.to_string();
-    if had_userinfo {
-        if let Some(pos) = text.find("://") {
-            text.insert_str(pos + 3, "***@");
-        }
-    }
-    if let Some(q) = masked_query {
-        text.push('?');
-        text.push_str(&q);
-    }
-    text
-}
+pub use crate::redact::{key_hint, mask_url};
 
-/// A key for display: `****` and, for keys of 12+ characters, the last four.
-pub fn key_hint(key: &str) -> String {
-    let chars: Vec<char> = key.chars().collect();
-    if chars.len() >= 12 {
-        let tail: String = chars[chars.len() - 4..].iter().collect();
-        format!("****{tail}")
-    } else if chars.is_empty() {
-        String::new()
-    } else {
-        "****".into()
-    }
-}
 
 /// Wait before attempt `attempt + 1` (after `attempt` ≥ 1 failures): `initial · 2^(attempt-1)`
 /// capped at `max`, with "equal jitter" — half fixed, half scaled by `jitter` in `0..1`.
@@ -336,6 +295,8 @@ pub struct Restreamer {
     shutdown: watch::Receiver<bool>,
     tls: OnceLock<Result<Arc<tokio_rustls::rustls::ClientConfig>, String>>,
     entries: Mutex<HashMap<String, Entry>>,
+    /// Where destinations may be.
+    policy: Arc<crate::outbound::OutboundPolicy>,
 }
 
 impl Restreamer {
@@ -345,6 +306,7 @@ impl Restreamer {
         config: RestreamConfig,
         events: EventBus,
         hub: Hub,
+        policy: Arc<crate::outbound::OutboundPolicy>,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Self> {
         Arc::new(Restreamer {
@@ -352,6 +314,7 @@ impl Restreamer {
             config,
             events,
             hub,
+            policy,
             shutdown,
             tls: OnceLock::new(),
             entries: Mutex::new(HashMap::new()),
@@ -674,6 +637,20 @@ impl Pusher {
                 _ = self.stop.changed() => return self.stopped(),
             }
         };
+        // A stream made private after the destination was added is not pushed out unless
+        // the destination says so.
+        if !self.row.allow_private_source {
+            let private = matches!(
+                self.restreamer.store.get_stream(&self.row.stream_id).await,
+                Ok(Some(s)) if s.privacy == crate::store::Privacy::Private
+            );
+            if private {
+                return Outcome::Unsupported(
+                    "the stream is private and this destination does not set allow_private_source"
+                        .into(),
+                );
+            }
+        }
         let connect = timeout(
             Duration::from_millis(cfg.connect_timeout_ms),
             connect(self.restreamer.clone(), self.target.clone()),
@@ -682,8 +659,13 @@ impl Pusher {
             r = connect => match r {
                 Ok(Ok(pair)) => pair,
                 Ok(Err(error)) => return Outcome::Failed { error, was_active: false },
+                // The same words as a refused connection: a timeout must not tell a filtered
+                // port from a closed one.
                 Err(_) => return Outcome::Failed {
-                    error: format!("no publish within {} ms (connect, handshake, publish)", cfg.connect_timeout_ms),
+                    error: format!(
+                        "could not connect: no RTMP server answered at {}:{}",
+                        self.target.host, self.target.port
+                    ),
                     was_active: false,
                 },
             },
@@ -833,9 +815,25 @@ async fn connect(
     target: Target,
 ) -> Result<(Box<dyn Io>, ClientSession), String> {
     let t = &target;
-    let tcp = connect_tcp(&t.host, t.port, restreamer.config.send_buffer_kb)
+    // Coarse on purpose: "refused", "timed out", "reset" or a failed handshake would tell a
+    // tenant which ports are open where the server can reach. A refusal by the outbound
+    // policy and TLS certificate problems are named.
+    let unreachable = || {
+        format!(
+            "could not connect: no RTMP server answered at {}:{}",
+            t.host, t.port
+        )
+    };
+    let addrs = restreamer.policy.resolve(&t.host, t.port).await.map_err(|e| {
+        if e.starts_with("cannot resolve") {
+            e
+        } else {
+            format!("destination refused: {e}")
+        }
+    })?;
+    let tcp = connect_tcp(&addrs, restreamer.config.send_buffer_kb)
         .await
-        .map_err(|e| format!("cannot connect to {}:{}: {e}", t.host, t.port))?;
+        .map_err(|_| unreachable())?;
     let _ = tcp.set_nodelay(true);
     let mut io: Box<dyn Io> = if t.tls {
         let connector = restreamer.tls()?;
@@ -861,25 +859,25 @@ async fn connect(
     let mut hs = Handshake::new(PeerType::Client);
     let c0c1 = hs
         .generate_outbound_p0_and_p1()
-        .map_err(|e| format!("handshake: {e:?}"))?;
-    io.write_all(&c0c1).await.map_err(io_err)?;
+        .map_err(|_| unreachable())?;
+    io.write_all(&c0c1).await.map_err(|_| unreachable())?;
     loop {
         buf.clear();
-        if io.read_buf(&mut buf).await.map_err(io_err)? == 0 {
-            return Err("closed by the destination during the handshake".into());
+        if io.read_buf(&mut buf).await.map_err(|_| unreachable())? == 0 {
+            return Err(unreachable());
         }
         match hs
             .process_bytes(&buf)
-            .map_err(|e| format!("handshake: {e:?}"))?
+            .map_err(|_| unreachable())?
         {
             HandshakeProcessResult::InProgress { response_bytes } => {
-                io.write_all(&response_bytes).await.map_err(io_err)?;
+                io.write_all(&response_bytes).await.map_err(|_| unreachable())?;
             }
             HandshakeProcessResult::Completed {
                 response_bytes,
                 remaining_bytes,
             } => {
-                io.write_all(&response_bytes).await.map_err(io_err)?;
+                io.write_all(&response_bytes).await.map_err(|_| unreachable())?;
                 session.push(&remaining_bytes);
                 break;
             }
@@ -901,12 +899,13 @@ async fn connect(
     }
 }
 
-/// TCP to the first address of `host` that answers, with a bounded kernel send buffer: a
-/// stalled destination then blocks our writes within seconds (and the hub drops frames for it
-/// to the next keyframe) instead of the kernel queueing half a minute of stale media.
-async fn connect_tcp(host: &str, port: u16, send_buffer_kb: u32) -> std::io::Result<TcpStream> {
+/// TCP to the first of the checked addresses that answers, with a bounded kernel send
+/// buffer: a stalled destination then blocks our writes within seconds (and the hub drops
+/// frames for it to the next keyframe) instead of the kernel queueing half a minute of stale
+/// media.
+async fn connect_tcp(addrs: &[SocketAddr], send_buffer_kb: u32) -> std::io::Result<TcpStream> {
     let mut last = None;
-    for addr in tokio::net::lookup_host((host, port)).await? {
+    for &addr in addrs {
         let socket = if addr.is_ipv4() {
             tokio::net::TcpSocket::new_v4()?
         } else {

@@ -74,13 +74,24 @@ pub async fn lookup(
     Ok((row, path))
 }
 
+/// Play tokens are `{digits}.{hex}`; accept the URL-safe alphabet and nothing else.
+fn is_token_shaped(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 512
+        && t
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
 async fn playlist(
     State(ctx): State<VodContext>,
     Path(id): Path<String>,
     Query(q): Query<TokenQuery>,
 ) -> Result<Response, HttpError> {
     let (row, path) = lookup(&ctx.store, &ctx.recorders, &id).await?;
-    ctx.gate.check(&row.stream_id, q.token.as_deref()).await?;
+    ctx.gate
+        .check_recording(&row.stream_id, row.privacy, q.token.as_deref())
+        .await?;
     let scanned = tokio::task::spawn_blocking(move || {
         let mut f = std::fs::File::open(&path)?;
         let len = f.metadata()?.len();
@@ -89,7 +100,9 @@ async fn playlist(
     .await
     .map_err(|e| HttpError::internal("scanning a recording", e))?
     .map_err(|_| HttpError::not_found("the recording has no playable media"))?;
-    let uri = match &q.token {
+    // Only a token-shaped value is carried into the playlist (a public recording's gate
+    // does not read the token): anything else could write lines into it.
+    let uri = match q.token.as_deref().filter(|t| is_token_shaped(t)) {
         Some(t) => format!("media.mp4?token={t}"),
         None => "media.mp4".to_owned(),
     };
@@ -114,7 +127,9 @@ async fn media(
     req: Request,
 ) -> Result<Response, HttpError> {
     let (row, path) = lookup(&ctx.store, &ctx.recorders, &id).await?;
-    ctx.gate.check(&row.stream_id, q.token.as_deref()).await?;
+    ctx.gate
+        .check_recording(&row.stream_id, row.privacy, q.token.as_deref())
+        .await?;
     serve_file(path, req, None).await
 }
 

@@ -2,6 +2,7 @@
 //! publisher and a player on the same port).
 
 pub mod http;
+pub mod limits;
 pub mod rtmp;
 pub mod webrtc;
 pub mod webrtc_http;

@@ -65,11 +65,15 @@ pub struct RtmpContext {
     pub store: Store,
     /// Private-stream checks for players.
     pub gate: std::sync::Arc<dyn crate::egress::PlaybackGate>,
+    /// Connections per client.
+    pub per_ip: Arc<crate::net::limits::PerIpLimiter>,
+    /// Connection slots (`max_connections`); players leave `reserved_publisher_slots` free.
+    pub slots: Arc<Semaphore>,
 }
 
 /// Accepts connections until `shutdown` turns true.
 pub async fn serve(listener: TcpListener, ctx: RtmpContext, mut shutdown: watch::Receiver<bool>) {
-    let permits = Arc::new(Semaphore::new(ctx.config.max_connections as usize));
+    let permits = ctx.slots.clone();
     let mut tasks = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -89,10 +93,16 @@ pub async fn serve(listener: TcpListener, ctx: RtmpContext, mut shutdown: watch:
             drop(socket);
             continue;
         };
+        let Some(ip_guard) = ctx.per_ip.try_acquire(peer.ip()) else {
+            tracing::debug!(%peer, "rtmp: per-client connection limit reached; closing");
+            drop(socket);
+            continue;
+        };
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
             let _permit = permit;
+            let _ip = ip_guard;
             let _ = socket.set_nodelay(true);
             match Connection::new(socket, peer, ctx, shutdown).run().await {
                 Ok(()) | Err(ConnectionError::Closed) => {
@@ -106,6 +116,11 @@ pub async fn serve(listener: TcpListener, ctx: RtmpContext, mut shutdown: watch:
     // Shutdown: connections see the same signal and finish on their own.
     while tasks.join_next().await.is_some() {}
 }
+
+/// Largest message before a publisher is accepted (commands are a few hundred bytes).
+const PRE_PUBLISH_MAX_MESSAGE: u32 = 64 * 1024;
+/// Most partially received messages before a publisher is accepted.
+const PRE_PUBLISH_MAX_PARTIAL: usize = 4;
 
 /// Read buffer of a connection until it publishes (handshake, commands, a player's acks).
 const PLAY_READ_BUFFER: usize = 4 * 1024;
@@ -131,7 +146,11 @@ impl Connection {
         ctx: RtmpContext,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        let session = ServerSession::new(ctx.config.max_message_bytes, ctx.config.out_chunk_size);
+        let mut session =
+            ServerSession::new(ctx.config.max_message_bytes, ctx.config.out_chunk_size);
+        // Until a publisher is accepted, small messages only and few at once: a connection
+        // that has shown no key cannot make the server buffer much.
+        session.set_limits(PRE_PUBLISH_MAX_MESSAGE, PRE_PUBLISH_MAX_PARTIAL);
         Connection {
             socket,
             peer,
@@ -251,6 +270,10 @@ impl Connection {
             }
         };
         tracing::info!(peer = %self.peer, stream = %stream.id, "rtmp: publishing");
+        self.session.set_limits(
+            self.ctx.config.max_message_bytes,
+            crate::proto::rtmp::chunk::MAX_PARTIAL_MESSAGES,
+        );
         self.session.accept_publish();
         self.flush().await?;
         let mut ingest = RtmpIngest::new(publisher);
@@ -317,6 +340,13 @@ impl Connection {
         stream_id: String,
         token: Option<String>,
     ) -> Result<(), ConnectionError> {
+        // The last free slots are kept for publishers: viewers never starve ingest.
+        if self.ctx.slots.available_permits() < self.ctx.config.reserved_publisher_slots as usize {
+            tracing::warn!(peer = %self.peer, stream = %stream_id, "rtmp: play refused: only publisher slots are free");
+            return self
+                .refuse("NetStream.Play.Failed", "server is full; try again later")
+                .await;
+        }
         // Private streams need a play token, as for HLS and MJPEG (`str_…?token=…`).
         if let Err(err) = self.ctx.gate.check(&stream_id, token.as_deref()).await {
             tracing::warn!(peer = %self.peer, stream = %stream_id, "rtmp: play refused: {}", err.message);

@@ -142,6 +142,16 @@ const MIGRATIONS: &[&str] = &[
         updated_at TEXT NOT NULL
     );
     CREATE INDEX restreams_by_stream ON restreams (stream_id);",
+    // 5: a restream of a private stream must say so.
+    "ALTER TABLE restreams ADD COLUMN allow_private_source INTEGER NOT NULL DEFAULT 0;",
+    // 6: each recording keeps its stream's privacy (recordings outlive their stream; one
+    // whose stream is gone is served only with a token). Existing recordings of a deleted
+    // stream fail closed.
+    "ALTER TABLE recordings ADD COLUMN privacy TEXT NOT NULL DEFAULT 'private';
+    UPDATE recordings SET privacy = COALESCE(
+        (SELECT privacy FROM streams WHERE streams.id = recordings.stream_id), 'private');",
+    // 7: play tokens carry the stream's generation; bumping it revokes them all.
+    "ALTER TABLE streams ADD COLUMN token_generation INTEGER NOT NULL DEFAULT 0;",
 ];
 
 impl Store {
@@ -207,6 +217,34 @@ impl Store {
                 })
                 .optional()?,
             )
+        })
+        .await
+    }
+
+    /// Reads a setting stored sealed with the secret box (`None` if absent or if it cannot
+    /// be opened, e.g. after the key file was replaced).
+    pub async fn sealed_setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .setting(key)
+            .await?
+            .and_then(|sealed| self.secrets.open(&sealed)))
+    }
+
+    /// Writes a setting sealed with the secret box (key file outside the database).
+    pub async fn set_sealed_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let sealed = self
+            .secrets
+            .seal(value)
+            .ok_or_else(|| StoreError::Conflict("cannot seal a setting".into()))?;
+        self.set_setting(key, &sealed).await
+    }
+
+    /// Deletes a setting.
+    pub async fn delete_setting(&self, key: &str) -> Result<(), StoreError> {
+        let key = key.to_owned();
+        self.call(move |c| {
+            c.execute("DELETE FROM settings WHERE key = ?1", [key])?;
+            Ok(())
         })
         .await
     }

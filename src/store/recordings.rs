@@ -33,6 +33,9 @@ pub struct RecordingRow {
     pub height: Option<i64>,
     /// RFC 6381 codec strings, comma-separated.
     pub codecs: String,
+    /// The stream's privacy, copied when recording starts and kept in step with the stream:
+    /// a recording whose stream was deleted stays as private as it was.
+    pub privacy: super::Privacy,
 }
 
 /// Filters of the list endpoint.
@@ -70,7 +73,7 @@ impl RecordingOrder {
 }
 
 const COLUMNS: &str = "rowid, id, stream_id, status, reason, file, started_at, ended_at, \
-                       duration_ms, size_bytes, width, height, codecs";
+                       duration_ms, size_bytes, width, height, codecs, privacy";
 
 fn row_to_recording(r: &Row<'_>) -> rusqlite::Result<(i64, RecordingRow)> {
     Ok((
@@ -88,6 +91,12 @@ fn row_to_recording(r: &Row<'_>) -> rusqlite::Result<(i64, RecordingRow)> {
             width: r.get(10)?,
             height: r.get(11)?,
             codecs: r.get(12)?,
+            // Anything but "public" is private: fail closed.
+            privacy: if r.get::<_, String>(13)? == "public" {
+                super::Privacy::Public
+            } else {
+                super::Privacy::Private
+            },
         },
     ))
 }
@@ -149,12 +158,15 @@ impl Store {
             width: width.map(i64::from),
             height: height.map(i64::from),
             codecs: codecs.to_owned(),
+            privacy: super::Privacy::Private,
         };
-        let r = row.clone();
-        self.call(move |c| {
+        let mut r = row;
+        let row = self.call(move |c| {
+            // The stream's privacy is copied in the same statement (private if it is gone).
             c.execute(
                 "INSERT INTO recordings (id, stream_id, status, file, started_at, duration_ms, \
-                 size_bytes, width, height, codecs) VALUES (?1, ?2, ?3, ?4, ?5, 0, 0, ?6, ?7, ?8)",
+                 size_bytes, width, height, codecs, privacy) VALUES (?1, ?2, ?3, ?4, ?5, 0, 0, \
+                 ?6, ?7, ?8, COALESCE((SELECT privacy FROM streams WHERE id = ?2), 'private'))",
                 rusqlite::params![
                     r.id,
                     r.stream_id,
@@ -166,7 +178,14 @@ impl Store {
                     r.codecs
                 ],
             )?;
-            Ok(())
+            let privacy: String =
+                c.query_row("SELECT privacy FROM recordings WHERE id = ?1", [&r.id], |x| {
+                    x.get(0)
+                })?;
+            if privacy == "public" {
+                r.privacy = super::Privacy::Public;
+            }
+            Ok(r)
         })
         .await?;
         Ok(row)

@@ -31,6 +31,8 @@ pub struct RestreamRow {
     pub key_hint: String,
     /// Whether it follows the stream.
     pub enabled: bool,
+    /// It may push a private stream (the owner said so explicitly).
+    pub allow_private_source: bool,
     /// False when the sealed secrets could not be opened (key file replaced).
     pub secrets_ok: bool,
     /// RFC 3339.
@@ -71,6 +73,8 @@ pub struct NewRestream {
     pub key_hint: String,
     /// Follows the stream.
     pub enabled: bool,
+    /// May push a private stream.
+    pub allow_private_source: bool,
 }
 
 /// Fields a PATCH may change.
@@ -84,6 +88,8 @@ pub struct RestreamPatch {
     pub url: Option<(String, String)>,
     /// New key with its hint.
     pub key: Option<(String, String)>,
+    /// May push a private stream.
+    pub allow_private_source: Option<bool>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -93,7 +99,7 @@ struct Sealed {
 }
 
 const COLUMNS: &str = "rowid, id, stream_id, platform, name, secret, url_masked, key_hint, \
-                       enabled, created_at, updated_at";
+                       enabled, created_at, updated_at, allow_private_source";
 
 impl Store {
     fn row_from(&self, r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, RestreamRow)> {
@@ -119,6 +125,7 @@ impl Store {
                 url_masked: r.get(6)?,
                 key_hint: r.get(7)?,
                 enabled: r.get(8)?,
+                allow_private_source: r.get(11)?,
                 secrets_ok,
                 created_at: r.get(9)?,
                 updated_at: r.get(10)?,
@@ -155,6 +162,7 @@ impl Store {
             url_masked: new.url_masked,
             key_hint: new.key_hint,
             enabled: new.enabled,
+            allow_private_source: new.allow_private_source,
             secrets_ok: true,
             created_at: now.clone(),
             updated_at: now,
@@ -174,8 +182,8 @@ impl Store {
             }
             tx.execute(
                 "INSERT INTO restreams (id, stream_id, platform, name, secret, url_masked, \
-                 key_hint, enabled, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 key_hint, enabled, created_at, updated_at, allow_private_source) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
                     r.id,
                     r.stream_id,
@@ -186,7 +194,8 @@ impl Store {
                     r.key_hint,
                     r.enabled,
                     r.created_at,
-                    r.updated_at
+                    r.updated_at,
+                    r.allow_private_source
                 ],
             )?;
             tx.commit()?;
@@ -254,15 +263,20 @@ impl Store {
         let Some(current) = self.get_restream(stream_id, id).await? else {
             return Ok(None);
         };
-        let (url, url_masked) = patch
+        let (url, _) = patch
             .url
             .unwrap_or((current.url.clone(), current.url_masked.clone()));
         let (key, key_hint) = patch
             .key
             .unwrap_or((current.key.clone(), current.key_hint.clone()));
+        // The masked URL depends on both (a key in the path is hidden only without a key).
+        let url_masked = crate::redact::mask_destination(&url, &key);
         let secret = self.seal(&url, &key)?;
         let name = patch.name.unwrap_or(current.name.clone());
         let enabled = patch.enabled.unwrap_or(current.enabled);
+        let allow_private = patch
+            .allow_private_source
+            .unwrap_or(current.allow_private_source);
         let now = now_rfc3339();
         let (sid, rid) = (stream_id.to_owned(), id.to_owned());
         let (n, m, h, t) = (
@@ -274,8 +288,9 @@ impl Store {
         self.call(move |c| {
             c.execute(
                 "UPDATE restreams SET name = ?1, secret = ?2, url_masked = ?3, key_hint = ?4, \
-                 enabled = ?5, updated_at = ?6 WHERE stream_id = ?7 AND id = ?8",
-                params![n, secret, m, h, enabled, t, sid, rid],
+                 enabled = ?5, updated_at = ?6, allow_private_source = ?9 \
+                 WHERE stream_id = ?7 AND id = ?8",
+                params![n, secret, m, h, enabled, t, sid, rid, allow_private],
             )?;
             Ok(())
         })
@@ -287,10 +302,50 @@ impl Store {
             url_masked,
             key_hint,
             enabled,
+            allow_private_source: allow_private,
             secrets_ok: true,
             updated_at: now,
             ..current
         }))
+    }
+
+    /// Recomputes every stored masked URL with the current masking (rows written by an
+    /// older version may show a key in the path); returns how many changed.
+    pub async fn remask_restreams(&self) -> Result<usize, StoreError> {
+        let this = self.clone();
+        let rows = self
+            .call(move |c| {
+                let mut stmt = c.prepare(&format!("SELECT {COLUMNS} FROM restreams"))?;
+                let rows = stmt
+                    .query_map([], |r| this.row_from(r))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows)
+            })
+            .await?;
+        let changes: Vec<(String, String)> = rows
+            .into_iter()
+            .filter(|(_, r)| r.secrets_ok)
+            .filter_map(|(_, r)| {
+                let masked = crate::redact::mask_destination(&r.url, &r.key);
+                (masked != r.url_masked).then_some((r.id, masked))
+            })
+            .collect();
+        let n = changes.len();
+        if n > 0 {
+            self.call(move |c| {
+                let tx = c.transaction()?;
+                for (id, masked) in &changes {
+                    tx.execute(
+                        "UPDATE restreams SET url_masked = ?1 WHERE id = ?2",
+                        params![masked, id],
+                    )?;
+                }
+                tx.commit()?;
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(n)
     }
 
     /// Deletes a destination; false if there was none.
@@ -322,6 +377,7 @@ mod tests {
             url_masked: "rtmp://***@h/app".into(),
             key_hint: "****3456".into(),
             enabled: true,
+            allow_private_source: false,
         }
     }
 

@@ -53,7 +53,8 @@ pub enum Privacy {
 }
 
 impl Privacy {
-    fn as_str(self) -> &'static str {
+    /// `public` or `private`, as stored.
+    pub fn as_str(self) -> &'static str {
         match self {
             Privacy::Public => "public",
             Privacy::Private => "private",
@@ -94,6 +95,9 @@ pub struct StreamRow {
     pub started_at: Option<String>,
     /// Last time it ended.
     pub ended_at: Option<String>,
+    /// Part of every play token's MAC: bumped on key rotation, privacy change and an explicit
+    /// revoke, which invalidates every token minted before.
+    pub token_generation: u64,
 }
 
 impl StreamRow {
@@ -183,7 +187,8 @@ pub struct StreamFilter {
 }
 
 const COLUMNS: &str = "rowid, id, app, name, title, description, category, privacy, scheduled_at, \
-                       record, protocol, state, created_at, updated_at, started_at, ended_at";
+                       record, protocol, state, created_at, updated_at, started_at, ended_at, \
+                       token_generation";
 
 fn row_to_stream(r: &Row<'_>) -> rusqlite::Result<(i64, StreamRow)> {
     Ok((
@@ -208,6 +213,7 @@ fn row_to_stream(r: &Row<'_>) -> rusqlite::Result<(i64, StreamRow)> {
             updated_at: r.get(13)?,
             started_at: r.get(14)?,
             ended_at: r.get(15)?,
+            token_generation: r.get::<_, i64>(16)?.max(0) as u64,
         },
     ))
 }
@@ -378,6 +384,19 @@ impl Store {
         self.call(move |c| {
             let tx = c.transaction()?;
             let now = now_rfc3339();
+            if let Some(p) = patch.privacy {
+                // A privacy change revokes the play tokens minted so far and goes to the
+                // stream's recordings (which keep it when the stream is deleted).
+                tx.execute(
+                    "UPDATE streams SET token_generation = token_generation + 1 \
+                     WHERE id = ?1 AND privacy <> ?2",
+                    params![id, p.as_str()],
+                )?;
+                tx.execute(
+                    "UPDATE recordings SET privacy = ?2 WHERE stream_id = ?1",
+                    params![id, p.as_str()],
+                )?;
+            }
             let n = tx.execute(
                 "UPDATE streams SET
                     title = COALESCE(?2, title),
@@ -419,12 +438,40 @@ impl Store {
         let n = self
             .call(move |c| {
                 Ok(c.execute(
-                    "UPDATE streams SET stream_key_hash = ?2, updated_at = ?3 WHERE id = ?1",
+                    "UPDATE streams SET stream_key_hash = ?2, updated_at = ?3, \
+                     token_generation = token_generation + 1 WHERE id = ?1",
                     params![id, hash, now_rfc3339()],
                 )?)
             })
             .await?;
         Ok((n > 0).then_some(key))
+    }
+
+    /// How many streams an application has.
+    pub async fn count_streams_in_app(&self, app: &str) -> Result<u64, StoreError> {
+        let app = app.to_owned();
+        self.call(move |c| {
+            let n: i64 =
+                c.query_row("SELECT COUNT(*) FROM streams WHERE app = ?1", [app], |r| {
+                    r.get(0)
+                })?;
+            Ok(n.max(0) as u64)
+        })
+        .await
+    }
+
+    /// Revokes every play token of a stream (bumps its token generation); false if there
+    /// is no such stream.
+    pub async fn revoke_play_tokens(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.call(move |c| {
+            Ok(c.execute(
+                "UPDATE streams SET token_generation = token_generation + 1, updated_at = ?2 \
+                 WHERE id = ?1",
+                params![id, now_rfc3339()],
+            )? > 0)
+        })
+        .await
     }
 
     /// Deletes a stream; false if there was none.

@@ -17,7 +17,7 @@ async function play(c) {
     page.on('pageerror', (e) => errors.push(String(e)));
     // A refused info request (401/403/404) is logged by the browser; that is the expected
     // answer for the message cases, not a page error.
-    page.on('console', (m) => m.type() === 'error' && !(c.kind === 'message' && m.text().startsWith('Failed to load resource')) && errors.push(m.text()));
+    page.on('console', (m) => m.type() === 'error' && !(c.kind === 'message' && m.text().startsWith('Failed to load resource')) && errors.push(m.text() + (m.location() && m.location().url ? ' <' + m.location().url + '>' : '')));
     await page.goto(c.url);
     let target = page;
     if (c.kind === 'frame') {

@@ -58,6 +58,7 @@ struct TrackState {
 #[derive(Debug, Clone)]
 struct StoredSegment {
     msn: u64,
+    init_id: u32,
     parts: Vec<StoredPart>,
     /// Bytes of all its parts and its duration (seconds), for `BANDWIDTH`.
     bytes: usize,
@@ -202,12 +203,10 @@ impl Segmenter {
     /// (both `None`/0 before the first complete segment).
     pub fn variant(&self) -> Option<Variant> {
         let (bytes, secs) = self
-            .stored
-            .iter()
+            .listed()
             .fold((0usize, 0.0f64), |(b, d), s| (b + s.bytes, d + s.duration));
         let peak = self
-            .stored
-            .iter()
+            .listed()
             .filter(|s| s.duration > 0.0)
             .map(|s| (s.bytes as f64 * 8.0 / s.duration).ceil() as u64)
             .max()
@@ -528,6 +527,7 @@ impl Segmenter {
         });
         self.stored.push_back(StoredSegment {
             msn: open.msn,
+            init_id: open.init_id,
             parts,
             bytes,
             duration,
@@ -538,19 +538,30 @@ impl Segmenter {
 
     fn trim_window(&mut self) {
         while self.model.segments.len() > self.cfg.window {
-            let old = self.model.segments.remove(0);
-            self.stored.pop_front();
+            self.model.segments.remove(0);
             // A discontinuity that leaves the window is counted in the sequence tag; the
             // oldest listed segment never shows its own discontinuity tag.
             if self.model.segments.first().is_some_and(|s| s.discontinuity) {
                 self.model.discontinuity_sequence += 1;
             }
-            let _ = old;
         }
-        let mut used: Vec<u32> = self.model.segments.iter().map(|s| s.init_id).collect();
+        // RFC 8216 6.2.2: a segment removed from the playlist stays available for its own
+        // duration plus the longest playlist that listed it, for a player that loaded the
+        // playlist just before the slide: one window and one segment more.
+        while self.stored.len() > self.cfg.window * 2 + 1 {
+            self.stored.pop_front();
+        }
+        let mut used: Vec<u32> = self.stored.iter().map(|s| s.init_id).collect();
         used.extend(self.model.open.as_ref().map(|o| o.init_id));
         used.extend(self.init_id);
         self.inits.retain(|(id, _)| used.contains(id));
+    }
+
+    /// Stored segments still listed in the playlist (the rest are kept only for late
+    /// requests).
+    fn listed(&self) -> impl Iterator<Item = &StoredSegment> {
+        let first = self.model.segments.first().map_or(u64::MAX, |s| s.msn);
+        self.stored.iter().filter(move |s| s.msn >= first)
     }
 
     /// Writes out held frames with estimated durations and closes the open segment.
@@ -689,7 +700,17 @@ mod tests {
             .map(|i| seg.part(4, i).unwrap().len)
             .sum();
         assert_eq!(s4.len, parts_len);
-        assert!(seg.segment(0).is_none(), "slid out of the window");
+        // Segment 0 left the playlist but stays fetchable for a late player (RFC 8216
+        // 6.2.2) until a window and one segment more have passed.
+        assert!(seg.segment(0).is_some(), "kept after the slide");
+        let mut seg = Segmenter::new(CFG);
+        seg.push_tracks(Arc::new(av_tracks())).unwrap();
+        feed(&mut seg, 0, 22, 60);
+        seg.finish(true);
+        assert_eq!(seg.playlist().media_sequence(), 7);
+        assert!(seg.segment(1).is_none(), "gone a window and a segment later");
+        assert!(seg.segment(2).is_some());
+        assert!(seg.part(2, 0).is_some());
     }
 
     #[test]

@@ -194,6 +194,8 @@ pub struct ChunkReader {
     bytes_received: u64,
     /// Number of streams with `in_progress` set.
     partial_messages: usize,
+    /// Most messages partially received at once.
+    max_partial: usize,
 }
 
 impl ChunkReader {
@@ -207,7 +209,16 @@ impl ChunkReader {
             streams: HashMap::new(),
             bytes_received: 0,
             partial_messages: 0,
+            max_partial: MAX_PARTIAL_MESSAGES,
         }
+    }
+
+    /// Changes the largest message and the most partial messages accepted from now on (a
+    /// server keeps both small until a publisher is accepted: an unauthenticated peer then
+    /// cannot make it buffer much).
+    pub fn set_limits(&mut self, max_message_bytes: u32, max_partial: usize) {
+        self.max_message_bytes = max_message_bytes;
+        self.max_partial = max_partial.clamp(1, MAX_PARTIAL_MESSAGES);
     }
 
     /// Appends bytes read from the socket.
@@ -339,8 +350,8 @@ impl ChunkReader {
             return Err(ChunkError::TooManyChunkStreams(MAX_CHUNK_STREAMS));
         }
         if !whole {
-            if self.partial_messages >= MAX_PARTIAL_MESSAGES {
-                return Err(ChunkError::TooManyPartialMessages(MAX_PARTIAL_MESSAGES));
+            if self.partial_messages >= self.max_partial {
+                return Err(ChunkError::TooManyPartialMessages(self.max_partial));
             }
             self.partial_messages = self.partial_messages.saturating_add(1);
         }

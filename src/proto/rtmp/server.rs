@@ -103,6 +103,12 @@ impl ServerSession {
         }
     }
 
+    /// Changes the largest message and the most partially received messages accepted from
+    /// now on (see [`ChunkReader::set_limits`]).
+    pub fn set_limits(&mut self, max_message_bytes: u32, max_partial: usize) {
+        self.reader.set_limits(max_message_bytes, max_partial);
+    }
+
     /// Feeds bytes read from the socket.
     pub fn push(&mut self, data: &[u8]) {
         self.reader.push(data);
