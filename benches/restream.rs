@@ -88,7 +88,8 @@ async fn main() {
         format!(
             "[server]\ndata_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n\
              [rtmp]\nlisten = \"127.0.0.1:{rtmp_port}\"\n[auth]\nadmin_token = \"{TOKEN}\"\n\
-             [api]\nrate_limit_per_token = 1000000\n[restream]\nmax_per_stream = 1000\n",
+             [api]\nrate_limit_per_token = 1000000\n[restream]\nmax_per_stream = 1000\n\
+             [security]\noutbound_allow = [\"127.0.0.0/8\", \"::1/128\"]\n",
             dir.join("data").display()
         ),
     )

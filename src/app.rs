@@ -77,7 +77,10 @@ pub struct Server {
 /// Starts every part of the server; returns once the listeners are bound.
 pub async fn start(config: Config) -> Result<Server, StartError> {
     let config = Arc::new(config);
-    restrict_files(&config.server.data_dir, config.server.umask_bits().unwrap_or(0o077));
+    restrict_files(
+        &config.server.data_dir,
+        config.server.umask_bits().unwrap_or(0o077),
+    );
     let store = Store::open(&config.server.data_dir).await?;
     let stale = store.end_stale_live_streams().await?;
     if stale > 0 {
@@ -94,16 +97,14 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     let signer = PlaySigner::new(&play_token_key(&store).await?);
     let (shutdown, shutdown_rx) = watch::channel(false);
     // Validated with the configuration.
-    let exempt =
-        crate::net::limits::parse_nets(&config.security.connection_limit_exempt).unwrap_or_default();
+    let exempt = crate::net::limits::parse_nets(&config.security.connection_limit_exempt)
+        .unwrap_or_default();
     let http_per_ip = crate::net::limits::PerIpLimiter::new(
         config.http.max_connections_per_ip as usize,
         exempt.clone(),
     );
-    let rtmp_per_ip = crate::net::limits::PerIpLimiter::new(
-        config.rtmp.max_connections_per_ip as usize,
-        exempt,
-    );
+    let rtmp_per_ip =
+        crate::net::limits::PerIpLimiter::new(config.rtmp.max_connections_per_ip as usize, exempt);
     // Validated with the configuration.
     let outbound = Arc::new(
         crate::outbound::OutboundPolicy::from_config(&config.security)
@@ -184,7 +185,11 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             source,
         })?;
 
-    let webrtc = crate::net::webrtc::WebRtc::new(config.webrtc.clone());
+    let webrtc = crate::net::webrtc::WebRtc::with_exempt(
+        config.webrtc.clone(),
+        crate::net::limits::parse_nets(&config.security.connection_limit_exempt)
+            .unwrap_or_default(),
+    );
     let api_state = ApiState::new(
         config.clone(),
         store.clone(),
@@ -479,8 +484,7 @@ fn restrict_files(data_dir: &std::path::Path, mask: u32) {
         let mode = meta.permissions().mode() & 0o7777;
         let tight = mode & !mask;
         if tight != mode {
-            if let Err(err) =
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(tight))
+            if let Err(err) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(tight))
             {
                 tracing::warn!(%err, path = %path.display(), "cannot tighten file mode");
             }
@@ -510,7 +514,9 @@ async fn play_token_key(store: &Store) -> Result<Vec<u8>, StoreError> {
         Some(old) if hex::decode(&old).is_ok() => old,
         _ => crate::store::random_id("", 32),
     };
-    store.set_sealed_setting("play_token_key_sealed", &key).await?;
+    store
+        .set_sealed_setting("play_token_key_sealed", &key)
+        .await?;
     store.delete_setting("play_token_key").await?;
     Ok(hex::decode(key).unwrap_or_default())
 }
@@ -571,7 +577,12 @@ impl StoreGate {
         Ok(gated)
     }
 
-    fn verify(&self, stream_id: &str, generation: u64, token: Option<&str>) -> Result<(), HttpError> {
+    fn verify(
+        &self,
+        stream_id: &str,
+        generation: u64,
+        token: Option<&str>,
+    ) -> Result<(), HttpError> {
         let token = token.ok_or_else(|| {
             HttpError::unauthorized("this stream is private: add ?token= from the play-token API")
         })?;
@@ -607,6 +618,7 @@ impl PlaybackGate for StoreGate {
         &'a self,
         stream_id: &'a str,
         privacy: Privacy,
+        generation_if_gone: u64,
         token: Option<&'a str>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), HttpError>> + Send + 'a>>
     {
@@ -617,7 +629,12 @@ impl PlaybackGate for StoreGate {
             if privacy == Privacy::Public && (!g.exists || g.privacy == Privacy::Public) {
                 return Ok(());
             }
-            self.verify(stream_id, g.generation, token)
+            let generation = if g.exists {
+                g.generation
+            } else {
+                generation_if_gone
+            };
+            self.verify(stream_id, generation, token)
         })
     }
 }

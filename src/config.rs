@@ -312,6 +312,12 @@ pub struct WebRtcConfig {
     pub disconnect_timeout_ms: u64,
     /// WHIP and WHEP sessions at once; more get 503.
     pub max_sessions: usize,
+    /// Of `max_sessions`, this many are kept for WHIP publishers: a WHEP offer is refused
+    /// (503) when fewer are free, so viewers can never lock out ingest.
+    pub reserved_whip_sessions: usize,
+    /// WHEP sessions at once from one client (IPv4 address or IPv6 /64; clients in
+    /// `security.connection_limit_exempt` are not held to it); more get 429.
+    pub max_whep_sessions_per_ip: usize,
 }
 
 impl Default for WebRtcConfig {
@@ -325,9 +331,11 @@ impl Default for WebRtcConfig {
             ice_servers: Vec::new(),
             ice_username: String::new(),
             ice_credential: String::new(),
-            connect_timeout_ms: 15_000,
+            connect_timeout_ms: 8_000,
             disconnect_timeout_ms: 5_000,
             max_sessions: 500,
+            reserved_whip_sessions: 50,
+            max_whep_sessions_per_ip: 20,
         }
     }
 }
@@ -705,6 +713,12 @@ impl Config {
             return invalid(
                 "webrtc.connect_timeout_ms",
                 "timeouts and max_sessions must be greater than 0",
+            );
+        }
+        if w.reserved_whip_sessions >= w.max_sessions {
+            return invalid(
+                "webrtc.reserved_whip_sessions",
+                "must be below webrtc.max_sessions",
             );
         }
         if !(100..=10_000).contains(&self.recording.fragment_ms) {

@@ -98,10 +98,16 @@ impl OutboundPolicy {
         }
         let name = bare.trim_end_matches('.').to_ascii_lowercase();
         if name == "localhost" || name.ends_with(".localhost") {
-            if self.allow.iter().any(|n| n.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST))) {
+            if self
+                .allow
+                .iter()
+                .any(|n| n.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)))
+            {
                 return Ok(());
             }
-            return Err(format!("{host} is a loopback name; allow 127.0.0.0/8 in security.outbound_allow to use it"));
+            return Err(format!(
+                "{host} is a loopback name; allow 127.0.0.0/8 in security.outbound_allow to use it"
+            ));
         }
         if self
             .deny_hosts
@@ -176,9 +182,9 @@ impl Refused {
 fn is_host_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
-        && s.split('.').filter(|l| !l.is_empty()).all(|l| {
-            l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        })
+        && s.split('.')
+            .filter(|l| !l.is_empty())
+            .all(|l| l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
 }
 
 /// IPv4-mapped and -compatible IPv6 addresses as IPv4, so that `::ffff:127.0.0.1` is
@@ -278,31 +284,64 @@ mod tests {
     fn non_public_addresses_are_refused_by_default() {
         let p = policy(&[], &[]);
         for a in [
-            "127.0.0.1", "127.8.9.10", "0.0.0.0", "169.254.169.254", "10.1.2.3", "172.16.0.1",
-            "172.31.255.255", "192.168.1.1", "100.64.0.1", "224.0.0.1", "255.255.255.255",
-            "240.0.0.1", "::1", "::", "fe80::1", "fd00::1", "fc00::1", "ff02::1",
-            "::ffff:127.0.0.1", "::ffff:169.254.169.254", "64:ff9b::a9fe:a9fe", "2002:7f00:1::1",
+            "127.0.0.1",
+            "127.8.9.10",
+            "0.0.0.0",
+            "169.254.169.254",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "100.64.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "240.0.0.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00::1",
+            "fc00::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "2002:7f00:1::1",
             "::127.0.0.1",
         ] {
             assert!(p.check(at(a)).is_err(), "{a} must be refused");
         }
-        for a in ["93.184.216.34", "8.8.8.8", "2606:4700::1111", "172.32.0.1", "100.128.0.1"] {
+        for a in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "172.32.0.1",
+            "100.128.0.1",
+        ] {
             assert!(p.check(at(a)).is_ok(), "{a} is public");
         }
         let e = p.check(at("169.254.169.254")).unwrap_err();
-        assert!(e.contains("link-local") && e.contains("outbound_allow"), "{e}");
+        assert!(
+            e.contains("link-local") && e.contains("outbound_allow"),
+            "{e}"
+        );
     }
 
     #[test]
     fn allow_opens_deny_closes_and_deny_wins() {
-        let p = policy(&["192.168.1.20/32", "127.0.0.0/8"], &["127.0.0.5", "8.8.8.0/24", "evil.example"]);
+        let p = policy(
+            &["192.168.1.20/32", "127.0.0.0/8"],
+            &["127.0.0.5", "8.8.8.0/24", "evil.example"],
+        );
         assert!(p.check(at("192.168.1.20")).is_ok());
         assert!(p.check(at("192.168.1.21")).is_err());
         assert!(p.check(at("127.0.0.1")).is_ok());
         assert!(p.check(at("127.0.0.5")).is_err(), "deny wins over allow");
         assert!(p.check(at("8.8.8.8")).is_err());
         assert!(p.check_host("evil.example", 80).is_err());
-        assert!(p.check_host("cdn.EVIL.example.", 80).is_err(), "subdomains too");
+        assert!(
+            p.check_host("cdn.EVIL.example.", 80).is_err(),
+            "subdomains too"
+        );
         assert!(p.check_host("notevil.example", 80).is_ok());
         assert!(p.check_host("localhost", 80).is_ok(), "loopback allowed");
         assert!(policy(&[], &[]).check_host("localhost", 80).is_err());
@@ -319,7 +358,9 @@ mod tests {
     fn own_listeners_are_refused() {
         let p = policy(&[], &[]).with_own_listeners(vec!["93.184.216.34:1935".parse().unwrap()]);
         assert!(p.check(at("93.184.216.34")).is_err());
-        assert!(p.check(SocketAddr::new("93.184.216.34".parse().unwrap(), 443)).is_ok());
+        assert!(p
+            .check(SocketAddr::new("93.184.216.34".parse().unwrap(), 443))
+            .is_ok());
     }
 
     #[tokio::test]

@@ -60,7 +60,10 @@ impl PlaySigner {
 
     /// A token for `stream_id` at its token `generation`, valid until `expires`.
     pub fn sign_generation(&self, stream_id: &str, generation: u64, expires: u64) -> String {
-        let tag = self.mac(stream_id, generation, expires).finalize().into_bytes();
+        let tag = self
+            .mac(stream_id, generation, expires)
+            .finalize()
+            .into_bytes();
         format!("{expires}.{}", hex::encode(tag))
     }
 
@@ -103,7 +106,10 @@ mod tests {
             s.verify_generation(&t1, "str_a", 2, 50),
             Err(PlayTokenError::Invalid)
         );
-        assert_eq!(s.verify_generation(&t1, "str_a", 0, 50), Err(PlayTokenError::Invalid));
+        assert_eq!(
+            s.verify_generation(&t1, "str_a", 0, 50),
+            Err(PlayTokenError::Invalid)
+        );
         // Generation 0 is the token format from before generations.
         assert_eq!(s.sign_generation("str_a", 0, 100), s.sign("str_a", 100));
     }

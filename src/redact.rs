@@ -96,9 +96,15 @@ mod tests {
             "rtmp://h.example/live/app2"
         );
         // No stream name in the path: nothing to hide.
-        assert_eq!(mask_destination("rtmp://h.example/live", ""), "rtmp://h.example/live");
+        assert_eq!(
+            mask_destination("rtmp://h.example/live", ""),
+            "rtmp://h.example/live"
+        );
         assert_eq!(mask_destination("not a url", ""), "***");
-        assert_eq!(mask_url("https://user:pass@hooks.example/in?sig=1"), "https://***@hooks.example/in?sig=***");
+        assert_eq!(
+            mask_url("https://user:pass@hooks.example/in?sig=1"),
+            "https://***@hooks.example/in?sig=***"
+        );
         assert_eq!(key_hint("abcdefghijkl1234"), "****1234");
         assert_eq!(key_hint("short"), "****");
     }

@@ -181,7 +181,12 @@ impl Delivery {
         });
         if let Some((host, port)) = literal {
             if let Err(e) = self.policy.check_host(&host, port) {
-                return (false, None, Some(format!("destination refused: {e}")), started.elapsed());
+                return (
+                    false,
+                    None,
+                    Some(format!("destination refused: {e}")),
+                    started.elapsed(),
+                );
             }
         }
         let ts = SystemTime::now()

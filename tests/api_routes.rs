@@ -451,7 +451,7 @@ async fn webhooks_crud_masks_the_secret() {
         .admin(
             Method::POST,
             "/api/v1/webhooks",
-            Some(json!({"url": "http://127.0.0.1:9/hook", "events": ["stream.started", "stream.ended"], "secret": "0123456789abcdef-secret"})),
+            Some(json!({"url": "https://hook-user:pw-4c3b2a@hooks.example.com/hook?sig=s3cr3t", "events": ["stream.started", "stream.ended"], "secret": "0123456789abcdef-secret"})),
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
@@ -462,6 +462,9 @@ async fn webhooks_crud_masks_the_secret() {
         .await;
     assert_eq!(r.body["secret_hint"], "…cret");
     assert!(!r.body.to_string().contains("0123456789abcdef"));
+    // User info and query values of the URL are masked in every view.
+    assert_eq!(r.body["url"], "https://***@hooks.example.com/hook?sig=***");
+    assert!(!r.body.to_string().contains("pw-4c3b2a") && !r.body.to_string().contains("s3cr3t"));
     let r = api.admin(Method::GET, "/api/v1/webhooks", None).await;
     assert_eq!(r.body["data"].as_array().unwrap().len(), 1);
     let r = api

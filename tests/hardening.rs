@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rml_rtmp::sessions::{ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult};
+use rml_rtmp::sessions::{
+    ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -77,28 +79,41 @@ async fn silent_half_preface_idle_h2c_and_idle_keepalive_connections_are_closed(
         );
     }
     assert!(start.elapsed() < Duration::from_secs(4));
-    assert_eq!(healthz(&ts).await, 200, "healthz answers once they are gone");
+    assert_eq!(
+        healthz(&ts).await,
+        200,
+        "healthz answers once they are gone"
+    );
 
     // Half of an h2c preface, then nothing: closed by the same deadline.
     let mut half = TcpStream::connect(addr).await.unwrap();
     half.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
-    assert!(read_until_closed(&mut half, Duration::from_secs(3)).await.is_some());
+    assert!(read_until_closed(&mut half, Duration::from_secs(3))
+        .await
+        .is_some());
 
     // An h2c connection that sends its preface and settings, then stays idle: GOAWAY and a
     // close after the idle timeout, while a request on it before that is answered.
     let mut h2 = TcpStream::connect(addr).await.unwrap();
-    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
     h2.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
     let started = Instant::now();
     let got = read_until_closed(&mut h2, Duration::from_secs(10))
         .await
         .expect("an idle h2c connection is closed");
-    assert!(started.elapsed() >= Duration::from_millis(1500), "not before the idle timeout");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "not before the idle timeout"
+    );
     // Frames: 3-byte length, type, flags, stream id. The server sent SETTINGS, then GOAWAY.
     let mut types = vec![];
     let mut at = 0;
     while at + 9 <= got.len() {
-        let len = (usize::from(got[at]) << 16) | (usize::from(got[at + 1]) << 8) | usize::from(got[at + 2]);
+        let len = (usize::from(got[at]) << 16)
+            | (usize::from(got[at + 1]) << 8)
+            | usize::from(got[at + 2]);
         types.push(got[at + 3]);
         at += 9 + len;
     }
@@ -107,7 +122,9 @@ async fn silent_half_preface_idle_h2c_and_idle_keepalive_connections_are_closed(
 
     // HTTP/1 keep-alive: one request answered, then idle → closed.
     let mut h1 = TcpStream::connect(addr).await.unwrap();
-    h1.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    h1.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let got = read_until_closed(&mut h1, Duration::from_secs(10))
         .await
         .expect("an idle keep-alive connection is closed");
@@ -135,7 +152,9 @@ async fn one_client_is_held_to_its_connection_caps_and_others_are_served() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut sixth = connect_from("127.0.0.2", http).await;
     assert!(
-        read_until_closed(&mut sixth, Duration::from_millis(500)).await.is_some(),
+        read_until_closed(&mut sixth, Duration::from_millis(500))
+            .await
+            .is_some(),
         "the client's 6th HTTP connection is closed on accept"
     );
     // Another client is served.
@@ -144,7 +163,9 @@ async fn one_client_is_held_to_its_connection_caps_and_others_are_served() {
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
-    let got = read_until_closed(&mut other, Duration::from_secs(3)).await.unwrap();
+    let got = read_until_closed(&mut other, Duration::from_secs(3))
+        .await
+        .unwrap();
     assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
 
     for _ in 0..3 {
@@ -153,14 +174,18 @@ async fn one_client_is_held_to_its_connection_caps_and_others_are_served() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut fourth = connect_from("127.0.0.2", rtmp).await;
     assert!(
-        read_until_closed(&mut fourth, Duration::from_millis(500)).await.is_some(),
+        read_until_closed(&mut fourth, Duration::from_millis(500))
+            .await
+            .is_some(),
         "the client's 4th RTMP connection is closed on accept"
     );
     // Closing one frees a place.
     drop(held.pop());
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut again = connect_from("127.0.0.2", rtmp).await;
-    assert!(read_until_closed(&mut again, Duration::from_millis(500)).await.is_none());
+    assert!(read_until_closed(&mut again, Duration::from_millis(500))
+        .await
+        .is_none());
     ts.server.shutdown().await;
 }
 
@@ -169,7 +194,9 @@ async fn rtmp_play(addr: SocketAddr, app: &str, name: &str) -> Result<(), String
     let mut socket = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let remaining = client_handshake(&mut socket).await;
     let (mut session, _) = ClientSession::new(ClientSessionConfig::new()).unwrap();
-    let mut pending = session.handle_input(&remaining).map_err(|e| format!("{e:?}"))?;
+    let mut pending = session
+        .handle_input(&remaining)
+        .map_err(|e| format!("{e:?}"))?;
     pending.push(session.request_connection(app.to_owned()).unwrap());
     let mut asked_play = false;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -177,9 +204,10 @@ async fn rtmp_play(addr: SocketAddr, app: &str, name: &str) -> Result<(), String
     loop {
         for r in std::mem::take(&mut pending) {
             match r {
-                ClientSessionResult::OutboundResponse(p) => {
-                    socket.write_all(&p.bytes).await.map_err(|e| e.to_string())?
-                }
+                ClientSessionResult::OutboundResponse(p) => socket
+                    .write_all(&p.bytes)
+                    .await
+                    .map_err(|e| e.to_string())?,
                 ClientSessionResult::RaisedEvent(ClientSessionEvent::ConnectionRequestAccepted) => {
                     asked_play = true;
                 }
@@ -203,7 +231,9 @@ async fn rtmp_play(addr: SocketAddr, app: &str, name: &str) -> Result<(), String
             Ok(Ok(n)) => n,
             Err(_) => return Err("timed out".into()),
         };
-        pending = session.handle_input(&buf[..n]).map_err(|e| format!("{e:?}"))?;
+        pending = session
+            .handle_input(&buf[..n])
+            .map_err(|e| format!("{e:?}"))?;
     }
 }
 
@@ -222,7 +252,9 @@ async fn players_leave_the_reserved_rtmp_slots_to_publishers() {
     let tags = read_flv(FIXTURE);
     publisher.send_tags(&tags[..20], false).await;
     // A player is accepted while many slots are free.
-    rtmp_play(ts.server.rtmp_addr, "live", &id).await.expect("first player accepted");
+    rtmp_play(ts.server.rtmp_addr, "live", &id)
+        .await
+        .expect("first player accepted");
     // Viewers (or anyone) take all but two slots.
     let mut held = vec![];
     for _ in 0..9 {
@@ -231,7 +263,9 @@ async fn players_leave_the_reserved_rtmp_slots_to_publishers() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let refused = rtmp_play(ts.server.rtmp_addr, "live", &id).await;
     assert!(
-        refused.as_ref().is_err_and(|e| e.contains("full") || e == "closed"),
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("full") || e == "closed"),
         "a player is refused when only reserved slots are left: {refused:?}"
     );
     // A publisher still gets in.
@@ -264,8 +298,12 @@ async fn an_unauthenticated_rtmp_connection_cannot_make_the_server_buffer() {
     // One 8 MB message declared before any publish: closed at its header.
     let mut s = TcpStream::connect(ts.server.rtmp_addr).await.unwrap();
     client_handshake(&mut s).await;
-    s.write_all(&chunk_header(3, 8 * 1024 * 1024)).await.unwrap();
-    assert!(read_until_closed(&mut s, Duration::from_secs(3)).await.is_some());
+    s.write_all(&chunk_header(3, 8 * 1024 * 1024))
+        .await
+        .unwrap();
+    assert!(read_until_closed(&mut s, Duration::from_secs(3))
+        .await
+        .is_some());
     // Interleaved partial messages of 60 KiB on many chunk streams, 64 MB in all: closed
     // long before, by the partial-message cap.
     let mut s = TcpStream::connect(ts.server.rtmp_addr).await.unwrap();
@@ -291,13 +329,712 @@ async fn an_unauthenticated_rtmp_connection_cannot_make_the_server_buffer() {
         }
     }
     if !closed {
-        closed = read_until_closed(&mut s, Duration::from_secs(3)).await.is_some();
+        closed = read_until_closed(&mut s, Duration::from_secs(3))
+            .await
+            .is_some();
     }
     assert!(closed, "closed after {sent} bytes");
     // The server closes at the 5th partial message (under 1 KiB in); what the writes got
     // further is the kernel's socket buffers on both ends.
-    assert!(sent < 8 * 1024 * 1024, "closed after {sent} bytes, not 64 MB");
+    assert!(
+        sent < 8 * 1024 * 1024,
+        "closed after {sent} bytes, not 64 MB"
+    );
     let grew = rss_kib().saturating_sub(before);
     assert!(grew < 16 * 1024, "RSS grew {grew} KiB");
+    ts.server.shutdown().await;
+}
+
+/// A TCP listener on loopback that counts the connections it accepts.
+async fn counting_listener() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    (port, hits)
+}
+
+async fn wait_restream(
+    http: &str,
+    id: &str,
+    rid: &str,
+    want: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, v) = api(
+            http,
+            reqwest::Method::GET,
+            &format!("/api/v1/streams/{id}/restreams/{rid}"),
+            None,
+        )
+        .await;
+        if want(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "restream never got there: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forbidden_destinations_are_refused_before_a_packet_is_sent() {
+    // The shipped policy: nothing but public addresses.
+    let ts = start_with("outbound", |c| {
+        c.security.outbound_allow = vec![];
+        c.restream.max_attempts = 2;
+        c.restream.backoff_initial_ms = 100;
+        c.restream.backoff_max_ms = 200;
+    })
+    .await;
+    let http = ts.http("");
+    // Literal addresses are refused when the webhook or destination is created. None of
+    // these is ever connected to (the check happens before any socket exists).
+    for url in [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.1.2.3/hook",
+        "http://192.168.0.1:8080/hook",
+        "http://[fd00::1]/hook",
+        "http://[fe80::1]/hook",
+        "http://[::ffff:127.0.0.1]:9/hook",
+        "http://127.0.0.1:9/hook",
+        "http://2130706433:9/hook",
+        "http://localhost:9/hook",
+        "http://0.0.0.0:9/hook",
+    ] {
+        let (status, v) = api(
+            &http,
+            reqwest::Method::POST,
+            "/api/v1/webhooks",
+            Some(serde_json::json!({"url": url, "events": ["*"]})),
+        )
+        .await;
+        assert_eq!(status, 422, "{url}: {v}");
+        assert!(
+            v.to_string().contains("outbound_allow") || v.to_string().contains("loopback"),
+            "{url}: {v}"
+        );
+    }
+    let (id, key) = ts.create_stream("outbound").await;
+    for url in [
+        "rtmp://192.168.1.10/live",
+        "rtmp://169.254.169.254/live",
+        "rtmp://[::1]/live",
+        "rtmps://100.64.0.1/live",
+    ] {
+        let (status, v) = api(
+            &http,
+            reqwest::Method::POST,
+            &format!("/api/v1/streams/{id}/restreams"),
+            Some(serde_json::json!({"platform": "custom", "url": url, "key": "k"})),
+        )
+        .await;
+        assert_eq!(status, 422, "{url}: {v}");
+    }
+    // A name is checked when it is resolved: "2130706433" is 127.0.0.1 to the resolver.
+    let (port, hits) = counting_listener().await;
+    let (status, v) = api(&http, reqwest::Method::POST, &format!("/api/v1/streams/{id}/restreams"),
+        Some(serde_json::json!({"platform": "custom", "url": format!("rtmp://2130706433:{port}/live"), "key": "k"}))).await;
+    assert_eq!(status, 201, "{v}");
+    let rid = v["id"].as_str().unwrap().to_owned();
+    let mut publisher = RtmpPublisher::connect(ts.server.rtmp_addr, "live", &key)
+        .await
+        .unwrap();
+    let tags = read_flv(FIXTURE);
+    let pusher = tokio::spawn(async move {
+        loop {
+            publisher.send_tags(&tags, true).await;
+        }
+    });
+    let failed = wait_restream(&http, &id, &rid, |v| {
+        v["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("destination refused"))
+    })
+    .await;
+    assert!(
+        failed["last_error"].as_str().unwrap().contains("loopback"),
+        "{failed}"
+    );
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing connected"
+    );
+    pusher.abort();
+    ts.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_redirects_are_not_followed_and_failures_reveal_no_port_state() {
+    let ts = start_with("hook-redirect", |c| {
+        c.webhooks.max_attempts = 1;
+    })
+    .await;
+    let http = ts.http("");
+    // B would receive the event if the redirect were followed.
+    let (b_port, b_hits) = counting_listener().await;
+    let redirect = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || async move {
+            (
+                axum::http::StatusCode::FOUND,
+                [("location", format!("http://127.0.0.1:{b_port}/steal"))],
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, redirect).await.unwrap() });
+    let closed = free_port();
+    let mut hooks = vec![];
+    for url in [
+        format!("http://{a}/hook"),
+        format!("http://127.0.0.1:{closed}/hook"),
+    ] {
+        let (status, v) = api(
+            &http,
+            reqwest::Method::POST,
+            "/api/v1/webhooks",
+            Some(serde_json::json!({"url": url, "events": ["stream.created"]})),
+        )
+        .await;
+        assert_eq!(status, 201, "{v}");
+        hooks.push(v["id"].as_str().unwrap().to_owned());
+    }
+    let (status, _) = api(
+        &http,
+        reqwest::Method::POST,
+        "/api/v1/streams",
+        Some(serde_json::json!({"title": "t", "name": "redirected"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let delivery = |hook: String| {
+        let http = http.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let (_, v) = api(
+                    &http,
+                    reqwest::Method::GET,
+                    &format!("/api/v1/webhooks/{hook}/deliveries"),
+                    None,
+                )
+                .await;
+                if let Some(d) = v["data"].as_array().and_then(|d| d.first()) {
+                    return d.clone();
+                }
+                assert!(Instant::now() < deadline, "no delivery logged: {v}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let redirected = delivery(hooks[0].clone()).await;
+    assert_eq!(redirected["success"], false, "{redirected}");
+    assert_eq!(redirected["status_code"], 302, "{redirected}");
+    assert!(
+        redirected["error"]
+            .as_str()
+            .unwrap()
+            .contains("redirects are not followed"),
+        "{redirected}"
+    );
+    let refused = delivery(hooks[1].clone()).await;
+    assert_eq!(
+        refused["error"], "could not deliver (no HTTP answer)",
+        "{refused}"
+    );
+    assert_eq!(refused["duration_ms"], 0, "{refused}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        b_hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the redirect was not followed"
+    );
+    ts.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_written_into_the_destination_path_is_masked_in_views_webhooks_and_the_database() {
+    let ts = start_with("mask-path", |c| {
+        c.restream.max_attempts = 1;
+        c.restream.connect_timeout_ms = 1000;
+    })
+    .await;
+    let http = ts.http("");
+    let (hook, got) = hook_receiver().await;
+    let (status, _) = api(
+        &http,
+        reqwest::Method::POST,
+        "/api/v1/webhooks",
+        Some(serde_json::json!({"url": hook, "events": ["restream.failed"]})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (id, key) = ts.create_stream("maskpath").await;
+    let secret = "sk-path-9f8e7d6c5b4a3210";
+    let closed = free_port();
+    let (status, v) = api(&http, reqwest::Method::POST, &format!("/api/v1/streams/{id}/restreams"),
+        Some(serde_json::json!({"platform": "custom", "url": format!("rtmp://pusher:pw-77aa@127.0.0.1:{closed}/live/{secret}?sig=q-5511")}))).await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(
+        v["url"],
+        format!("rtmp://***@127.0.0.1:{closed}/live/***?sig=***"),
+        "{v}"
+    );
+    let rid = v["id"].as_str().unwrap().to_owned();
+    let mut publisher = RtmpPublisher::connect(ts.server.rtmp_addr, "live", &key)
+        .await
+        .unwrap();
+    let tags = read_flv(FIXTURE);
+    let pusher = tokio::spawn(async move {
+        loop {
+            publisher.send_tags(&tags, true).await;
+        }
+    });
+    let failed = wait_restream(&http, &id, &rid, |v| v["state"] == "failed").await;
+    wait_for_hook(&got, "restream.failed", |e| e["type"] == "restream.failed").await;
+    let event = serde_json::Value::from(got.lock().unwrap().clone());
+    for text in [failed.to_string(), event.to_string()] {
+        for s in [secret, "pw-77aa", "q-5511"] {
+            assert!(!text.contains(s), "{s} shown in {text}");
+        }
+    }
+    pusher.abort();
+    ts.server.shutdown().await;
+    // At rest: sealed, and the stored masked URL hides it too.
+    let data = ts.dir.join("data");
+    for entry in std::fs::read_dir(&data).unwrap().flatten() {
+        if entry.path().is_file() {
+            let bytes = std::fs::read(entry.path()).unwrap();
+            let hay = String::from_utf8_lossy(&bytes);
+            assert!(
+                !hay.contains(secret),
+                "{} holds the key",
+                entry.path().display()
+            );
+        }
+    }
+}
+
+async fn status_of(url: &str) -> u16 {
+    reqwest::get(url).await.map_or(0, |r| r.status().as_u16())
+}
+
+async fn play_token(http: &str, id: &str) -> String {
+    let (status, v) = api(
+        http,
+        reqwest::Method::POST,
+        &format!("/api/v1/streams/{id}/play-token"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    v["token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recordings_keep_their_privacy_after_the_stream_is_deleted_and_vod_playlists_take_no_injection(
+) {
+    use std::os::unix::fs::PermissionsExt;
+    let ts = start_server("rec-privacy").await;
+    let http = ts.http("");
+    let (id, key) = ts.create_stream("recpriv").await;
+    let (status, _) = api(
+        &http,
+        reqwest::Method::PATCH,
+        &format!("/api/v1/streams/{id}"),
+        Some(serde_json::json!({"record": true})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mut publisher = RtmpPublisher::connect(ts.server.rtmp_addr, "live", &key)
+        .await
+        .unwrap();
+    publisher.send_tags(&read_flv(FIXTURE), false).await;
+    publisher.finish().await;
+    let rec = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, v) = api(
+                &http,
+                reqwest::Method::GET,
+                &format!("/api/v1/recordings?stream_id={id}"),
+                None,
+            )
+            .await;
+            if let Some(r) = v["data"]
+                .as_array()
+                .and_then(|d| d.first())
+                .filter(|r| r["status"] == "ready")
+            {
+                break r["id"].as_str().unwrap().to_owned();
+            }
+            assert!(Instant::now() < deadline, "no ready recording: {v}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let vod = ts.http(&format!("/vod/{rec}/index.m3u8"));
+    // Public: served; a "token" carrying playlist lines is not written into it.
+    let (status, _, body) = get(&format!(
+        "{vod}?token=1.ab%0A%23EXT-X-INJECTED%0Ahttp://evil.example/x.mp4"
+    ))
+    .await;
+    assert_eq!(status, 200);
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        !text.contains("INJECTED") && !text.contains("evil.example"),
+        "{text}"
+    );
+    // The recording file is the server's only (umask 077).
+    let file = std::fs::read_dir(ts.dir.join("data/recordings"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap();
+    assert_eq!(file.metadata().unwrap().permissions().mode() & 0o777, 0o600);
+    // The stream turns private: so does its recording.
+    let (status, _) = api(
+        &http,
+        reqwest::Method::PATCH,
+        &format!("/api/v1/streams/{id}"),
+        Some(serde_json::json!({"privacy": "private"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(status_of(&vod).await, 401);
+    let token = play_token(&http, &id).await;
+    assert_eq!(status_of(&format!("{vod}?token={token}")).await, 200);
+    // The stream is deleted: the recording stays private (it was public to everyone before).
+    let (status, _) = api(
+        &http,
+        reqwest::Method::DELETE,
+        &format!("/api/v1/streams/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(status_of(&vod).await, 401, "no token, no recording");
+    assert_eq!(
+        status_of(&ts.http(&format!("/vod/{rec}/media.mp4"))).await,
+        401
+    );
+    assert_eq!(status_of(&format!("{vod}?token={token}")).await, 200);
+    // An API caller with recordings:read still gets it.
+    let (status, v) = api(
+        &http,
+        reqwest::Method::GET,
+        &format!("/api/v1/recordings/{rec}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    ts.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn play_tokens_die_on_revoke_key_rotation_and_privacy_change() {
+    let ts = start_with("revoke", |c| c.auth.play_token_max_ttl_secs = 7200).await;
+    let http = ts.http("");
+    let (id, _) = ts.create_stream("revoke").await;
+    let (status, _) = api(
+        &http,
+        reqwest::Method::PATCH,
+        &format!("/api/v1/streams/{id}"),
+        Some(serde_json::json!({"privacy": "private"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let hls = ts.http(&format!("/hls/{id}/index.m3u8"));
+    // Not live: a valid token gets past the gate to a 404; a dead one is refused with 403.
+    let ok = |s: u16| s != 401 && s != 403;
+    let settle = || tokio::time::sleep(Duration::from_millis(2100));
+    let t1 = play_token(&http, &id).await;
+    assert!(ok(status_of(&format!("{hls}?token={t1}")).await));
+    let (status, _) = api(
+        &http,
+        reqwest::Method::POST,
+        &format!("/api/v1/streams/{id}/play-tokens/revoke"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    settle().await;
+    assert_eq!(
+        status_of(&format!("{hls}?token={t1}")).await,
+        403,
+        "revoked"
+    );
+    let t2 = play_token(&http, &id).await;
+    assert!(
+        ok(status_of(&format!("{hls}?token={t2}")).await),
+        "a new token works"
+    );
+    let (status, _) = api(
+        &http,
+        reqwest::Method::POST,
+        &format!("/api/v1/streams/{id}/key"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    settle().await;
+    assert_eq!(
+        status_of(&format!("{hls}?token={t2}")).await,
+        403,
+        "dies with the key"
+    );
+    let t3 = play_token(&http, &id).await;
+    for privacy in ["public", "private"] {
+        let (status, _) = api(
+            &http,
+            reqwest::Method::PATCH,
+            &format!("/api/v1/streams/{id}"),
+            Some(serde_json::json!({"privacy": privacy})),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    settle().await;
+    assert_eq!(
+        status_of(&format!("{hls}?token={t3}")).await,
+        403,
+        "dies with a privacy change"
+    );
+    // The longest lifetime is the configured one.
+    let (status, v) = api(
+        &http,
+        reqwest::Method::POST,
+        &format!("/api/v1/streams/{id}/play-token"),
+        Some(serde_json::json!({"ttl_seconds": 7201})),
+    )
+    .await;
+    assert_eq!(status, 422, "{v}");
+    // A `play` token mints play tokens and reads nothing else.
+    let (status, v) = api(
+        &http,
+        reqwest::Method::POST,
+        "/api/v1/tokens",
+        Some(serde_json::json!({"name": "player-backend", "scopes": ["play"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let player = v["secret"].as_str().unwrap().to_owned();
+    let client = reqwest::Client::new();
+    let r = client
+        .post(ts.http(&format!("/api/v1/streams/{id}/play-token")))
+        .bearer_auth(&player)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = client
+        .get(ts.http(&format!("/api/v1/streams/{id}")))
+        .bearer_auth(&player)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    ts.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_is_private_on_disk_and_the_play_token_key_is_sealed() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("at-rest");
+    let data = dir.join("data");
+    // An older install left everything world-readable.
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut config = test_config(&dir);
+    config.server.data_dir = data.clone();
+    let server = media_server::start(config.clone()).await.unwrap();
+    let ts = TestServer {
+        server,
+        dir: dir.clone(),
+    };
+    let (id, _) = ts.create_stream("atrest").await;
+    let (status, _) = api(
+        &ts.http(""),
+        reqwest::Method::PATCH,
+        &format!("/api/v1/streams/{id}"),
+        Some(serde_json::json!({"privacy": "private"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let token = play_token(&ts.http(""), &id).await;
+    ts.server.shutdown().await;
+    let db = data.join("media-server.db");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    // The key is stored sealed, not in clear.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let keys: Vec<String> = conn
+        .prepare("SELECT key FROM settings")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(
+        keys.contains(&"play_token_key_sealed".to_owned())
+            && !keys.contains(&"play_token_key".to_owned()),
+        "{keys:?}"
+    );
+    drop(conn);
+    // A restart tightens what was loosened and keeps the key: the token still plays.
+    let server = media_server::start(config).await.unwrap();
+    let ts = TestServer { server, dir };
+    assert_eq!(mode(&data), 0o700);
+    for entry in std::fs::read_dir(&data).unwrap().flatten() {
+        if entry.path().is_file() {
+            assert_eq!(mode(&entry.path()), 0o600, "{}", entry.path().display());
+        }
+    }
+    let s = status_of(&ts.http(&format!("/hls/{id}/index.m3u8?token={token}"))).await;
+    assert!(s != 401 && s != 403, "token from before the restart: {s}");
+    ts.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_and_made_up_tokens_are_limited() {
+    let ts = start_with("quotas", |c| {
+        c.api.max_streams_per_app = 2;
+        c.api.max_webhooks = 1;
+        c.api.rate_limit_per_ip = 5;
+    })
+    .await;
+    let http = ts.http("");
+    for (n, want) in [(1, 201), (2, 201), (3, 409)] {
+        let (status, v) = api(
+            &http,
+            reqwest::Method::POST,
+            "/api/v1/streams",
+            Some(serde_json::json!({"title": "q", "name": format!("q{n}"), "app": "quota"})),
+        )
+        .await;
+        assert_eq!(status, want, "{v}");
+    }
+    let (status, _) = api(
+        &http,
+        reqwest::Method::POST,
+        "/api/v1/streams",
+        Some(serde_json::json!({"title": "q", "name": "q3", "app": "other"})),
+    )
+    .await;
+    assert_eq!(status, 201, "another app has its own quota");
+    for want in [201, 409] {
+        let (status, v) = api(
+            &http,
+            reqwest::Method::POST,
+            "/api/v1/webhooks",
+            Some(serde_json::json!({"url": "http://127.0.0.1:9/hook", "events": ["*"]})),
+        )
+        .await;
+        assert_eq!(status, want, "{v}");
+    }
+    // Made-up bearer tokens are charged to the client's IP (5 a minute here, one of them
+    // spent verifying the admin token): refused with 429 before they are looked up, while
+    // the admin token (cached) keeps working. Not across a minute boundary.
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        % 60;
+    if secs > 54 {
+        tokio::time::sleep(Duration::from_secs(61 - secs)).await;
+        let (status, _) = api(&http, reqwest::Method::GET, "/api/v1/streams", None).await;
+        assert_eq!(status, 200);
+    }
+    let client = reqwest::Client::new();
+    let mut codes = vec![];
+    for n in 0..8 {
+        let r = client
+            .get(ts.http("/api/v1/streams"))
+            .bearer_auth(format!("ms_made_up_{n}"))
+            .send()
+            .await
+            .unwrap();
+        codes.push(r.status().as_u16());
+    }
+    let first_429 = codes
+        .iter()
+        .position(|c| *c == 429)
+        .expect("refused at some point");
+    assert!((3..=5).contains(&first_429), "{codes:?}");
+    assert!(codes[..first_429].iter().all(|c| *c == 401), "{codes:?}");
+    assert!(codes[first_429..].iter().all(|c| *c == 429), "{codes:?}");
+    let (status, _) = api(&http, reqwest::Method::GET, "/api/v1/streams", None).await;
+    assert_eq!(status, 200);
+    ts.server.shutdown().await;
+}
+
+/// POSTs a WHEP offer from the loopback address `from`; returns the status.
+async fn whep_offer_from(from: &str, url: &str, offer: &str) -> u16 {
+    let client = reqwest::Client::builder()
+        .local_address(from.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    client
+        .post(url)
+        .header("content-type", "application/sdp")
+        .body(offer.to_owned())
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_anonymous_whep_offers_cannot_lock_out_a_whip_publisher() {
+    let ts = start_with("whep-flood", |c| {
+        c.security.connection_limit_exempt = vec![];
+        c.webrtc.max_sessions = 6;
+        c.webrtc.reserved_whip_sessions = 2;
+        c.webrtc.max_whep_sessions_per_ip = 3;
+        c.webrtc.connect_timeout_ms = 2000;
+    })
+    .await;
+    let (id, key) = ts.create_stream("flooded").await;
+    let tags = read_flv(BASELINE_FIXTURE);
+    let mut publisher = RtmpPublisher::connect(ts.server.rtmp_addr, "live", &key)
+        .await
+        .unwrap();
+    let pusher = tokio::spawn(async move {
+        loop {
+            publisher.send_tags(&tags, true).await;
+        }
+    });
+    wait_for_200(&ts.http(&format!("/hls/{id}/index.m3u8")), 10).await;
+    // Offers that will never connect (nobody answers the server's ICE checks).
+    let (_peer, offer) = common::webrtc::viewer_offer().await;
+    let whep = ts.http(&format!("/whep/{id}"));
+    let mut codes = vec![];
+    for _ in 0..4 {
+        codes.push(whep_offer_from("127.0.0.2", &whep, &offer).await);
+    }
+    assert_eq!(codes, [201, 201, 201, 429], "one client holds at most 3");
+    assert_eq!(whep_offer_from("127.0.0.3", &whep, &offer).await, 201);
+    assert_eq!(
+        whep_offer_from("127.0.0.4", &whep, &offer).await,
+        503,
+        "viewers leave the reserved slots free"
+    );
+    // A WHIP publisher still gets in.
+    let (_, whip_key) = ts.create_stream("whipper").await;
+    let whip = common::webrtc::whip_publish(&ts.http("/whip/live/whipper"), &whip_key, 3).await;
+    // Sessions that never connect are closed after the connect timeout: room again.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(whep_offer_from("127.0.0.4", &whep, &offer).await, 201);
+    whip.sender.abort();
+    pusher.abort();
     ts.server.shutdown().await;
 }

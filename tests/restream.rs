@@ -646,7 +646,8 @@ async fn an_unreachable_destination_fails_after_the_configured_attempts_with_a_w
     let failed = wait_state(&http, &id, &rid, "failed", 15).await;
     let err = failed["last_error"].as_str().unwrap();
     assert!(
-        err.contains("could not connect: no RTMP server answered") && err.contains("gave up after 3 attempts"),
+        err.contains("could not connect: no RTMP server answered")
+            && err.contains("gave up after 3 attempts"),
         "{failed}"
     );
     assert_eq!(failed["failed_attempts"], 3, "{failed}");
@@ -897,7 +898,8 @@ async fn keys_never_reach_the_logs_and_destinations_survive_a_restart() {
         format!(
             "[server]\ndata_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n\
              [rtmp]\nlisten = \"127.0.0.1:{rtmp_port}\"\n[auth]\nadmin_token = \"{ADMIN_TOKEN}\"\n\
-             [restream]\nbackoff_initial_ms = 200\nbackoff_max_ms = 1000\n",
+             [restream]\nbackoff_initial_ms = 200\nbackoff_max_ms = 1000\n\
+             [security]\noutbound_allow = [\"127.0.0.0/8\", \"::1/128\"]\n",
             dir.join("data").display()
         ),
     )

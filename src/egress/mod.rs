@@ -26,11 +26,13 @@ pub trait PlaybackGate: Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = Result<(), HttpError>> + Send + 'a>>;
 
     /// `Ok` to serve a recording of `stream_id` whose stored privacy is `privacy` (the
-    /// stream may be gone; a private recording then still needs a token).
+    /// stream may be gone; a private recording then still needs a token of the stream's
+    /// last generation, `generation_if_gone`).
     fn check_recording<'a>(
         &'a self,
         stream_id: &'a str,
         privacy: crate::store::Privacy,
+        generation_if_gone: u64,
         token: Option<&'a str>,
     ) -> Pin<Box<dyn Future<Output = Result<(), HttpError>> + Send + 'a>>;
 }
@@ -52,6 +54,7 @@ impl PlaybackGate for OpenGate {
         &'a self,
         _stream_id: &'a str,
         _privacy: crate::store::Privacy,
+        _generation_if_gone: u64,
         _token: Option<&'a str>,
     ) -> Pin<Box<dyn Future<Output = Result<(), HttpError>> + Send + 'a>> {
         Box::pin(async { Ok(()) })

@@ -141,7 +141,6 @@ pub fn parse_target(raw: &str, key: &str) -> Result<Target, String> {
 
 pub use crate::redact::{key_hint, mask_url};
 
-
 /// Wait before attempt `attempt + 1` (after `attempt` ≥ 1 failures): `initial · 2^(attempt-1)`
 /// capped at `max`, with "equal jitter" — half fixed, half scaled by `jitter` in `0..1`.
 pub fn backoff(attempt: u32, initial: Duration, max: Duration, jitter: f64) -> Duration {
@@ -824,13 +823,17 @@ async fn connect(
             t.host, t.port
         )
     };
-    let addrs = restreamer.policy.resolve(&t.host, t.port).await.map_err(|e| {
-        if e.starts_with("cannot resolve") {
-            e
-        } else {
-            format!("destination refused: {e}")
-        }
-    })?;
+    let addrs = restreamer
+        .policy
+        .resolve(&t.host, t.port)
+        .await
+        .map_err(|e| {
+            if e.starts_with("cannot resolve") {
+                e
+            } else {
+                format!("destination refused: {e}")
+            }
+        })?;
     let tcp = connect_tcp(&addrs, restreamer.config.send_buffer_kb)
         .await
         .map_err(|_| unreachable())?;
@@ -866,18 +869,19 @@ async fn connect(
         if io.read_buf(&mut buf).await.map_err(|_| unreachable())? == 0 {
             return Err(unreachable());
         }
-        match hs
-            .process_bytes(&buf)
-            .map_err(|_| unreachable())?
-        {
+        match hs.process_bytes(&buf).map_err(|_| unreachable())? {
             HandshakeProcessResult::InProgress { response_bytes } => {
-                io.write_all(&response_bytes).await.map_err(|_| unreachable())?;
+                io.write_all(&response_bytes)
+                    .await
+                    .map_err(|_| unreachable())?;
             }
             HandshakeProcessResult::Completed {
                 response_bytes,
                 remaining_bytes,
             } => {
-                io.write_all(&response_bytes).await.map_err(|_| unreachable())?;
+                io.write_all(&response_bytes)
+                    .await
+                    .map_err(|_| unreachable())?;
                 session.push(&remaining_bytes);
                 break;
             }

@@ -78,8 +78,7 @@ pub async fn lookup(
 fn is_token_shaped(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 512
-        && t
-            .bytes()
+        && t.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }
 
@@ -90,7 +89,12 @@ async fn playlist(
 ) -> Result<Response, HttpError> {
     let (row, path) = lookup(&ctx.store, &ctx.recorders, &id).await?;
     ctx.gate
-        .check_recording(&row.stream_id, row.privacy, q.token.as_deref())
+        .check_recording(
+            &row.stream_id,
+            row.privacy,
+            row.token_generation,
+            q.token.as_deref(),
+        )
         .await?;
     let scanned = tokio::task::spawn_blocking(move || {
         let mut f = std::fs::File::open(&path)?;
@@ -128,7 +132,12 @@ async fn media(
 ) -> Result<Response, HttpError> {
     let (row, path) = lookup(&ctx.store, &ctx.recorders, &id).await?;
     ctx.gate
-        .check_recording(&row.stream_id, row.privacy, q.token.as_deref())
+        .check_recording(
+            &row.stream_id,
+            row.privacy,
+            row.token_generation,
+            q.token.as_deref(),
+        )
         .await?;
     serve_file(path, req, None).await
 }

@@ -95,6 +95,7 @@ impl Playable {
 /// `POST /whep/{stream_id}`.
 pub async fn play(
     State(ctx): State<WebRtcContext>,
+    axum::extract::ConnectInfo(peer_addr): axum::extract::ConnectInfo<std::net::SocketAddr>,
     Path(stream_id): Path<String>,
     Query(q): Query<TokenQuery>,
     headers: HeaderMap,
@@ -123,7 +124,10 @@ pub async fn play(
                 .into(),
         )));
     }
-    let peer = ctx.webrtc.new_peer().await?;
+    let peer = ctx
+        .webrtc
+        .new_peer(crate::net::webrtc::PeerFor::Viewer(peer_addr.ip()))
+        .await?;
     let offer_text = String::from_utf8_lossy(&body).into_owned();
     let setup = async {
         ctx.webrtc.apply_offer(&peer, offer_text).await?;

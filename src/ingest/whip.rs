@@ -308,7 +308,10 @@ pub async fn publish(
     if ctx.hub.get(&stream.id).is_some() {
         return Err(HttpError::conflict("the stream already has a publisher"));
     }
-    let peer = ctx.webrtc.new_peer().await?;
+    let peer = ctx
+        .webrtc
+        .new_peer(crate::net::webrtc::PeerFor::Publisher)
+        .await?;
     let offer_text = String::from_utf8_lossy(&body).into_owned();
     // FIR (RFC 5104) besides PLI when the publisher offered `ccm fir` (we always answer it).
     let fir = offer_text.contains(" ccm fir");

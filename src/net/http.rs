@@ -102,8 +102,7 @@ pub async fn serve(
         let limits = limits.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let h2 = match tokio::time::timeout(limits.header_read_timeout, detect(&socket)).await
-            {
+            let h2 = match tokio::time::timeout(limits.header_read_timeout, detect(&socket)).await {
                 Ok(Ok(h2)) => h2,
                 Ok(Err(_)) => return,
                 Err(_) => {

@@ -98,7 +98,10 @@ impl PerIpLimiter {
 impl Drop for IpGuard {
     fn drop(&mut self) {
         if let Some((limiter, key)) = self.limiter.take() {
-            let mut counts = limiter.counts.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut counts = limiter
+                .counts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if let Some(n) = counts.get_mut(&key) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {

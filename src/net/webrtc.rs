@@ -104,6 +104,18 @@ pub struct NewPeer {
     gathered: Arc<Notify>,
     gathered_flag: Arc<AtomicBool>,
     port: Option<PortLease>,
+    /// Counts the viewer's client while the session lives (WHEP).
+    client: Option<crate::net::limits::IpGuard>,
+}
+
+/// Who asks for a peer connection: a publisher may use every slot, a viewer leaves
+/// `reserved_whip_sessions` free and is held to `max_whep_sessions_per_ip`.
+#[derive(Debug, Clone, Copy)]
+pub enum PeerFor {
+    /// A WHIP publisher (authenticated by its stream key).
+    Publisher,
+    /// A WHEP viewer from this address.
+    Viewer(std::net::IpAddr),
 }
 
 /// A UDP port taken from the configured range; returned when dropped.
@@ -140,6 +152,7 @@ pub struct Session {
     closing: AtomicBool,
     state: Mutex<RTCPeerConnectionState>,
     _port: Option<PortLease>,
+    _client: Option<crate::net::limits::IpGuard>,
 }
 
 impl std::fmt::Debug for Session {
@@ -206,6 +219,9 @@ pub enum PeerError {
     /// `max_sessions` reached.
     #[error("too many WebRTC sessions")]
     Full,
+    /// This viewer's client has `max_whep_sessions_per_ip` sessions already.
+    #[error("too many WHEP sessions from this client")]
+    TooManyFromClient,
 }
 
 impl From<PeerError> for HttpError {
@@ -216,6 +232,7 @@ impl From<PeerError> for HttpError {
                 HttpError::bad_request(format!("WebRTC negotiation failed: {msg}"))
             }
             PeerError::NoPort | PeerError::Full => HttpError::unavailable(e.to_string()),
+            PeerError::TooManyFromClient => HttpError::rate_limited(5),
         }
     }
 }
@@ -230,6 +247,7 @@ pub struct WebRtc {
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     ports: Arc<Mutex<BTreeSet<u16>>>,
     next_port: Mutex<u16>,
+    viewers: Arc<crate::net::limits::PerIpLimiter>,
 }
 
 impl std::fmt::Debug for WebRtc {
@@ -241,8 +259,16 @@ impl std::fmt::Debug for WebRtc {
 impl WebRtc {
     /// Sessions are created through [`WebRtc::new_peer`] and [`WebRtc::register`].
     pub fn new(config: WebRtcConfig) -> Arc<Self> {
+        Self::with_exempt(config, vec![])
+    }
+
+    /// As [`WebRtc::new`], with clients never held to the per-client WHEP cap.
+    pub fn with_exempt(config: WebRtcConfig, exempt: Vec<ipnet::IpNet>) -> Arc<Self> {
         let first = config.udp_port_min;
+        let viewers =
+            crate::net::limits::PerIpLimiter::new(config.max_whep_sessions_per_ip, exempt);
         Arc::new(WebRtc {
+            viewers,
             config,
             sessions: Mutex::new(HashMap::new()),
             ports: Arc::new(Mutex::new(BTreeSet::new())),
@@ -355,11 +381,33 @@ impl WebRtc {
         Ok(engine)
     }
 
-    /// A new peer connection (not yet a session), refused when `max_sessions` is reached.
-    pub async fn new_peer(&self) -> Result<NewPeer, PeerError> {
-        if self.count() >= self.config.max_sessions {
-            return Err(PeerError::Full);
-        }
+    /// A new peer connection (not yet a session), refused when `max_sessions` is reached;
+    /// a viewer also when only the slots reserved for publishers are left, or when its client
+    /// has `max_whep_sessions_per_ip` sessions.
+    pub async fn new_peer(&self, who: PeerFor) -> Result<NewPeer, PeerError> {
+        let count = self.count();
+        let client = match who {
+            PeerFor::Publisher => {
+                if count >= self.config.max_sessions {
+                    return Err(PeerError::Full);
+                }
+                None
+            }
+            PeerFor::Viewer(ip) => {
+                let viewer_cap = self
+                    .config
+                    .max_sessions
+                    .saturating_sub(self.config.reserved_whip_sessions);
+                if count >= viewer_cap {
+                    return Err(PeerError::Full);
+                }
+                Some(
+                    self.viewers
+                        .try_acquire(ip)
+                        .ok_or(PeerError::TooManyFromClient)?,
+                )
+            }
+        };
         let port = self.lease_port()?;
         let mut engine = self.media_engine()?;
         let registry =
@@ -411,6 +459,7 @@ impl WebRtc {
             gathered,
             gathered_flag,
             port,
+            client,
         })
     }
 
@@ -468,6 +517,7 @@ impl WebRtc {
             closing: AtomicBool::new(false),
             state: Mutex::new(RTCPeerConnectionState::New),
             _port: peer.port,
+            _client: peer.client,
         });
         self.sessions().insert(id, session.clone());
         let (tx, rx) = mpsc::unbounded_channel();

@@ -148,6 +148,7 @@ const MIGRATIONS: &[&str] = &[
     // whose stream is gone is served only with a token). Existing recordings of a deleted
     // stream fail closed.
     "ALTER TABLE recordings ADD COLUMN privacy TEXT NOT NULL DEFAULT 'private';
+    ALTER TABLE recordings ADD COLUMN token_generation INTEGER NOT NULL DEFAULT 0;
     UPDATE recordings SET privacy = COALESCE(
         (SELECT privacy FROM streams WHERE streams.id = recordings.stream_id), 'private');",
     // 7: play tokens carry the stream's generation; bumping it revokes them all.

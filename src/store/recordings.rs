@@ -36,6 +36,9 @@ pub struct RecordingRow {
     /// The stream's privacy, copied when recording starts and kept in step with the stream:
     /// a recording whose stream was deleted stays as private as it was.
     pub privacy: super::Privacy,
+    /// The stream's play-token generation when the stream was deleted (tokens minted before
+    /// still play its recordings); 0 while the stream exists.
+    pub token_generation: u64,
 }
 
 /// Filters of the list endpoint.
@@ -73,7 +76,8 @@ impl RecordingOrder {
 }
 
 const COLUMNS: &str = "rowid, id, stream_id, status, reason, file, started_at, ended_at, \
-                       duration_ms, size_bytes, width, height, codecs, privacy";
+                       duration_ms, size_bytes, width, height, codecs, privacy, \
+                       token_generation";
 
 fn row_to_recording(r: &Row<'_>) -> rusqlite::Result<(i64, RecordingRow)> {
     Ok((
@@ -97,6 +101,7 @@ fn row_to_recording(r: &Row<'_>) -> rusqlite::Result<(i64, RecordingRow)> {
             } else {
                 super::Privacy::Private
             },
+            token_generation: r.get::<_, i64>(14)?.max(0) as u64,
         },
     ))
 }
@@ -159,11 +164,13 @@ impl Store {
             height: height.map(i64::from),
             codecs: codecs.to_owned(),
             privacy: super::Privacy::Private,
+            token_generation: 0,
         };
         let mut r = row;
-        let row = self.call(move |c| {
-            // The stream's privacy is copied in the same statement (private if it is gone).
-            c.execute(
+        let row = self
+            .call(move |c| {
+                // The stream's privacy is copied in the same statement (private if it is gone).
+                c.execute(
                 "INSERT INTO recordings (id, stream_id, status, file, started_at, duration_ms, \
                  size_bytes, width, height, codecs, privacy) VALUES (?1, ?2, ?3, ?4, ?5, 0, 0, \
                  ?6, ?7, ?8, COALESCE((SELECT privacy FROM streams WHERE id = ?2), 'private'))",
@@ -178,16 +185,17 @@ impl Store {
                     r.codecs
                 ],
             )?;
-            let privacy: String =
-                c.query_row("SELECT privacy FROM recordings WHERE id = ?1", [&r.id], |x| {
-                    x.get(0)
-                })?;
-            if privacy == "public" {
-                r.privacy = super::Privacy::Public;
-            }
-            Ok(r)
-        })
-        .await?;
+                let privacy: String = c.query_row(
+                    "SELECT privacy FROM recordings WHERE id = ?1",
+                    [&r.id],
+                    |x| x.get(0),
+                )?;
+                if privacy == "public" {
+                    r.privacy = super::Privacy::Public;
+                }
+                Ok(r)
+            })
+            .await?;
         Ok(row)
     }
 

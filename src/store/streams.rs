@@ -477,8 +477,20 @@ impl Store {
     /// Deletes a stream; false if there was none.
     pub async fn delete_stream(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_owned();
-        self.call(move |c| Ok(c.execute("DELETE FROM streams WHERE id = ?1", [id])? > 0))
-            .await
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            // Recordings outlive the stream: they keep its token generation, so play
+            // tokens minted before still play them (and revoked ones still do not).
+            tx.execute(
+                "UPDATE recordings SET token_generation = \
+                 (SELECT token_generation FROM streams WHERE id = ?1) WHERE stream_id = ?1",
+                [&id],
+            )?;
+            let n = tx.execute("DELETE FROM streams WHERE id = ?1", [&id])?;
+            tx.commit()?;
+            Ok(n > 0)
+        })
+        .await
     }
 
     /// Records a state change (`live` sets `started_at` and the protocol, `ended` sets

@@ -393,3 +393,23 @@ pub async fn publisher_offer() -> (Peer, String) {
     let offer = peer.offer().await;
     (peer, offer)
 }
+
+/// A WHEP viewer's offer (recvonly video and audio) and the peer that made it (keep it
+/// alive while the offer is in use).
+pub async fn viewer_offer() -> (Peer, String) {
+    let mut peer = new_peer().await;
+    for kind in [RtpCodecKind::Video, RtpCodecKind::Audio] {
+        peer.pc
+            .add_transceiver_from_kind(
+                kind,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .unwrap();
+    }
+    let offer = peer.offer().await;
+    (peer, offer)
+}

@@ -708,7 +708,10 @@ mod tests {
         feed(&mut seg, 0, 22, 60);
         seg.finish(true);
         assert_eq!(seg.playlist().media_sequence(), 7);
-        assert!(seg.segment(1).is_none(), "gone a window and a segment later");
+        assert!(
+            seg.segment(1).is_none(),
+            "gone a window and a segment later"
+        );
         assert!(seg.segment(2).is_some());
         assert!(seg.part(2, 0).is_some());
     }
