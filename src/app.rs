@@ -113,9 +113,11 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     );
     let hub = Hub::default();
     let (events, events_rx) = EventBus::new();
+    let external = crate::extauth::ExternalAuth::new(&config.external_auth);
     let gate = Arc::new(StoreGate {
         store: store.clone(),
         signer: signer.clone(),
+        external: external.clone(),
         cache: std::sync::Mutex::new(std::collections::HashMap::new()),
     });
     let recorders = crate::egress::record::Recorders::new(
@@ -208,12 +210,27 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             gate: gate.clone(),
             shutdown: shutdown_rx.clone(),
             cors_origins: config.api.cors_allowed_origins.clone(),
+            external: external.clone(),
         })
     } else {
         Router::new()
     };
     // Players on other origins (hls.js, <img>) need CORS on the media routes too.
     let cors = api::cors(&config.api.cors_allowed_origins);
+    let media_limit = crate::api::rate_limit::MediaLimit {
+        limiter: Arc::new(crate::api::rate_limit::RateLimiter::default()),
+        per_minute: config.api.media_rate_limit_per_ip,
+        exempt: Arc::new(
+            crate::net::limits::parse_nets(&config.security.connection_limit_exempt)
+                .unwrap_or_default(),
+        ),
+    };
+    let limited = |r: Router| {
+        r.layer(axum::middleware::from_fn_with_state(
+            media_limit.clone(),
+            crate::api::rate_limit::media_middleware,
+        ))
+    };
     // HLS sits outside the request timeout: every wait in it has its own deadline (blocking
     // reloads, the first segment), and a timer per request is a real cost on the hot path of
     // thousands of viewers each fetching a playlist and a part five times a second.
@@ -221,6 +238,8 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         Some(cors) => hls::http::router(hls.clone()).layer(cors),
         None => hls::http::router(hls.clone()),
     };
+    let hls_routes = limited(hls_routes);
+    let webrtc_routes = limited(webrtc_routes);
     let media_routes = Router::new()
         .merge(crate::egress::mjpeg::router(
             crate::egress::mjpeg::MjpegContext {
@@ -237,6 +256,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         Some(cors) => media_routes.layer(cors),
         None => media_routes,
     };
+    let media_routes = limited(media_routes);
     let router = Router::new()
         .merge(media_routes)
         .merge(crate::ingest::camera::router(crate::ingest::camera::CameraContext {
@@ -286,6 +306,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         store: store.clone(),
         gate,
         per_ip: rtmp_per_ip,
+        external: external.clone(),
         slots: Arc::new(tokio::sync::Semaphore::new(
             config.rtmp.max_connections as usize,
         )),
@@ -527,15 +548,19 @@ async fn play_token_key(store: &Store) -> Result<Vec<u8>, StoreError> {
 struct StoreGate {
     store: Store,
     signer: PlaySigner,
+    /// Asked when a private stream's viewer has no token of ours.
+    external: Option<Arc<crate::extauth::ExternalAuth>>,
     cache: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Gated)>>,
 }
 
 /// What the gate knows of a stream.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Gated {
     privacy: Privacy,
     generation: u64,
     exists: bool,
+    app: String,
+    name: String,
 }
 
 impl StoreGate {
@@ -548,7 +573,7 @@ impl StoreGate {
             .get(stream_id)
         {
             if now.duration_since(*at) < Duration::from_secs(2) {
-                return Ok(*g);
+                return Ok(g.clone());
             }
         }
         let row = self
@@ -561,19 +586,23 @@ impl StoreGate {
                 privacy: r.privacy,
                 generation: r.token_generation,
                 exists: true,
+                app: r.app,
+                name: r.name,
             },
             // No such stream: nothing live to protect (live routes answer 404 later).
             None => Gated {
                 privacy: Privacy::Public,
                 generation: 0,
                 exists: false,
+                app: String::new(),
+                name: String::new(),
             },
         };
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() > 10_000 {
             cache.clear();
         }
-        cache.insert(stream_id.to_owned(), (now, gated));
+        cache.insert(stream_id.to_owned(), (now, gated.clone()));
         Ok(gated)
     }
 
@@ -605,12 +634,42 @@ impl PlaybackGate for StoreGate {
         token: Option<&'a str>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), HttpError>> + Send + 'a>>
     {
+        self.check_viewer(stream_id, token, "http", None)
+    }
+
+    fn check_viewer<'a>(
+        &'a self,
+        stream_id: &'a str,
+        token: Option<&'a str>,
+        protocol: &'static str,
+        client: Option<std::net::IpAddr>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), HttpError>> + Send + 'a>>
+    {
         Box::pin(async move {
             let g = self.lookup(stream_id).await?;
             if g.privacy == Privacy::Public {
                 return Ok(());
             }
-            self.verify(stream_id, g.generation, token)
+            let ours = self.verify(stream_id, g.generation, token);
+            match (&self.external, token) {
+                (Some(ext), Some(credential)) if ours.is_err() => {
+                    let req = crate::extauth::AuthRequest {
+                        action: crate::extauth::Action::Play.as_str(),
+                        protocol,
+                        app: &g.app,
+                        name: &g.name,
+                        stream_id,
+                        client_ip: client,
+                        credential,
+                    };
+                    if ext.allows(&req).await {
+                        Ok(())
+                    } else {
+                        ours
+                    }
+                }
+                _ => ours,
+            }
         })
     }
 

@@ -78,6 +78,53 @@ pub struct Config {
     pub web: WebConfig,
     /// Connection caps' exemptions and where the server may connect to.
     pub security: SecurityConfig,
+    /// Publish and play authorised by the platform: an HTTP callback and JWTs.
+    pub external_auth: ExternalAuthConfig,
+}
+
+/// `[external_auth]`: next to stream keys and play tokens, a platform may authorise publish
+/// and play itself, with an HTTP callback and/or JWTs signed by keys from a JWKS URL.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExternalAuthConfig {
+    /// URL POSTed `{action, protocol, app, name, stream_id, client_ip, credential}` when a
+    /// publisher's key or a viewer's token is not one of ours; a 2xx answer (without
+    /// `"allow": false`) allows it. Empty: off.
+    pub callback_url: String,
+    /// Time the callback has to answer, in milliseconds (no answer: refused).
+    pub callback_timeout_ms: u64,
+    /// How long an answer is reused for the same request, in seconds.
+    pub callback_cache_secs: u64,
+    /// URL of a JSON Web Key Set; JWTs signed by its keys are accepted as publish keys and
+    /// play tokens. Empty: off.
+    pub jwks_url: String,
+    /// Required `iss` of a JWT (empty: not checked).
+    pub jwt_issuer: String,
+    /// Required `aud` of a JWT (empty: not checked).
+    pub jwt_audience: String,
+    /// Claim naming the stream: its id (`str_…`), `app/name`, or `*`.
+    pub jwt_stream_claim: String,
+    /// Claim listing the allowed actions (`publish`, `play`; a string or a list).
+    pub jwt_actions_claim: String,
+    /// How long fetched keys are used before the set is fetched again, in seconds (an
+    /// unknown `kid` fetches at once, at most every 10 s).
+    pub jwks_refresh_secs: u64,
+}
+
+impl Default for ExternalAuthConfig {
+    fn default() -> Self {
+        Self {
+            callback_url: String::new(),
+            callback_timeout_ms: 2000,
+            callback_cache_secs: 5,
+            jwks_url: String::new(),
+            jwt_issuer: String::new(),
+            jwt_audience: String::new(),
+            jwt_stream_claim: "stream".into(),
+            jwt_actions_claim: "actions".into(),
+            jwks_refresh_secs: 300,
+        }
+    }
 }
 
 /// `[security]`
@@ -238,6 +285,11 @@ pub struct ApiConfig {
     pub max_streams_per_app: u32,
     /// Webhooks the server holds; more are refused with 409.
     pub max_webhooks: u32,
+    /// Requests per minute per client on the media routes (HLS, MJPEG, VOD, WHIP/WHEP):
+    /// generous (an LL-HLS viewer makes ~600, and viewers behind one NAT share it); 0: no
+    /// limit. Clients in `security.connection_limit_exempt` (a cache in front) are not
+    /// limited.
+    pub media_rate_limit_per_ip: u32,
 }
 
 impl Default for ApiConfig {
@@ -249,6 +301,7 @@ impl Default for ApiConfig {
             cors_allowed_origins: vec!["*".into()],
             max_streams_per_app: 10_000,
             max_webhooks: 100,
+            media_rate_limit_per_ip: 12_000,
         }
     }
 }
@@ -588,6 +641,20 @@ impl Config {
         if let Err(e) = crate::net::limits::parse_nets(&self.security.connection_limit_exempt) {
             return invalid("security.connection_limit_exempt", &e);
         }
+        for (key, url) in [
+            (
+                "external_auth.callback_url",
+                &self.external_auth.callback_url,
+            ),
+            ("external_auth.jwks_url", &self.external_auth.jwks_url),
+        ] {
+            let ok = url.is_empty()
+                || url::Url::parse(url)
+                    .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            if !ok {
+                return invalid(key, "an http:// or https:// URL, or empty");
+            }
+        }
         if let Err(e) = crate::outbound::OutboundPolicy::from_config(&self.security) {
             return invalid("security.outbound_allow/outbound_deny", &e);
         }
@@ -801,6 +868,9 @@ fn apply_env(
             "recording",
             "restream",
             "stats",
+            "web",
+            "security",
+            "external_auth",
         ]
         .iter()
         .find_map(|s| {

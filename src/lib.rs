@@ -24,6 +24,7 @@ pub mod config;
 pub mod egress;
 pub mod error;
 pub mod events;
+pub mod extauth;
 pub mod hub;
 pub mod ingest;
 pub mod media;

@@ -707,6 +707,7 @@ async fn openapi_documents_every_route() {
         "GET /api/v1/streams/{id}/restreams/{rid}",
         "PATCH /api/v1/streams/{id}/restreams/{rid}",
         "DELETE /api/v1/streams/{id}/restreams/{rid}",
+        "POST /api/v1/streams/{id}/play-tokens/revoke",
     ];
     expected.sort();
     assert_eq!(documented, expected);

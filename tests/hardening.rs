@@ -911,6 +911,8 @@ async fn quotas_and_made_up_tokens_are_limited() {
         c.api.max_streams_per_app = 2;
         c.api.max_webhooks = 1;
         c.api.rate_limit_per_ip = 5;
+        c.api.media_rate_limit_per_ip = 6;
+        c.security.connection_limit_exempt = vec![];
     })
     .await;
     let http = ts.http("");
@@ -975,6 +977,25 @@ async fn quotas_and_made_up_tokens_are_limited() {
     assert!(codes[first_429..].iter().all(|c| *c == 429), "{codes:?}");
     let (status, _) = api(&http, reqwest::Method::GET, "/api/v1/streams", None).await;
     assert_eq!(status, 200);
+    // The media routes have their own, light per-client limit with X-RateLimit-* headers.
+    let mut media = vec![];
+    for _ in 0..6 {
+        let r = client
+            .get(ts.http("/hls/str_0000000000000000/index.m3u8"))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.headers().contains_key("x-ratelimit-remaining"));
+        media.push(r.status().as_u16());
+    }
+    let r = client
+        .get(ts.http("/vod/rec_0000000000000000/index.m3u8"))
+        .send()
+        .await
+        .unwrap();
+    media.push(r.status().as_u16());
+    assert!(media[..6].iter().all(|s| *s == 404), "{media:?}");
+    assert_eq!(media[6], 429, "{media:?}");
     ts.server.shutdown().await;
 }
 
@@ -1036,5 +1057,180 @@ async fn a_flood_of_anonymous_whep_offers_cannot_lock_out_a_whip_publisher() {
     assert_eq!(whep_offer_from("127.0.0.4", &whep, &offer).await, 201);
     whip.sender.abort();
     pusher.abort();
+    ts.server.shutdown().await;
+}
+
+/// An ES256 key the test signs JWTs with, and its JWKS.
+struct Issuer {
+    pkcs8: Vec<u8>,
+    jwks: serde_json::Value,
+}
+
+impl Issuer {
+    fn new() -> Self {
+        use base64::Engine;
+        use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        let point = pair.public_key().as_ref().to_vec();
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let jwks = serde_json::json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": "k1",
+            "x": b64(&point[1..33]), "y": b64(&point[33..65]),
+        }]});
+        Issuer {
+            pkcs8: pkcs8.as_ref().to_vec(),
+            jwks,
+        }
+    }
+
+    fn jwt(&self, claims: serde_json::Value) -> String {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some("k1".into());
+        jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_ec_der(&self.pkcs8),
+        )
+        .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_authorises_publish_and_play_with_a_callback_and_jwts() {
+    // The platform: an auth callback (allows the credential "let-me-in") and a JWKS.
+    let issuer = Issuer::new();
+    let jwks = issuer.jwks.clone();
+    let asked: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Default::default();
+    let log = asked.clone();
+    let platform = axum::Router::new()
+        .route(
+            "/jwks.json",
+            axum::routing::get(move || async move { axum::Json(jwks) }),
+        )
+        .route(
+            "/auth",
+            axum::routing::post(move |axum::Json(v): axum::Json<serde_json::Value>| {
+                let log = log.clone();
+                async move {
+                    let ok = v["credential"] == "let-me-in";
+                    log.lock().unwrap().push(v);
+                    if ok {
+                        axum::http::StatusCode::OK
+                    } else {
+                        axum::http::StatusCode::FORBIDDEN
+                    }
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let paddr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, platform).await.unwrap() });
+    let ts = start_with("extauth", move |c| {
+        c.external_auth.callback_url = format!("http://{paddr}/auth");
+        c.external_auth.jwks_url = format!("http://{paddr}/jwks.json");
+        c.external_auth.jwt_issuer = "https://auth.example".into();
+        c.external_auth.jwt_audience = "media-server".into();
+    })
+    .await;
+    let http = ts.http("");
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let claims = |stream: &str, actions: &[&str], aud: &str, exp: u64| serde_json::json!({"iss": "https://auth.example", "aud": aud, "exp": exp, "stream": stream, "actions": actions});
+    let (cam_id, _) = ts.create_stream("cam").await;
+    ts.create_stream("cam2").await;
+
+    // RTMP publish with the platform's credential in the publish name.
+    let publisher =
+        RtmpPublisher::connect(ts.server.rtmp_addr, "live", "cam?token=let-me-in").await;
+    assert!(publisher.is_ok(), "the callback allowed it");
+    let refused = RtmpPublisher::connect(ts.server.rtmp_addr, "live", "cam2?token=wrong").await;
+    assert!(refused.is_err(), "the callback refused it");
+    {
+        let asked = asked.lock().unwrap();
+        let first = &asked[0];
+        assert_eq!(first["action"], "publish");
+        assert_eq!(first["protocol"], "rtmp");
+        assert_eq!(first["app"], "live");
+        assert_eq!(first["name"], "cam");
+        assert_eq!(first["stream_id"], cam_id);
+        assert_eq!(first["client_ip"], "127.0.0.1");
+    }
+
+    // WHIP publish with a JWT as the bearer.
+    let (jw_id, _) = ts.create_stream("jw").await;
+    let whip = ts.http("/whip/live/jw");
+    let (_peer, offer) = common::webrtc::publisher_offer().await;
+    for (name, jwt, want) in [
+        (
+            "play-only",
+            issuer.jwt(claims("live/jw", &["play"], "media-server", exp)),
+            401,
+        ),
+        (
+            "other stream",
+            issuer.jwt(claims("live/cam2", &["publish"], "media-server", exp)),
+            401,
+        ),
+        (
+            "wrong audience",
+            issuer.jwt(claims("live/jw", &["publish"], "elsewhere", exp)),
+            401,
+        ),
+        (
+            "expired",
+            issuer.jwt(claims("live/jw", &["publish"], "media-server", exp - 1200)),
+            401,
+        ),
+        (
+            "good",
+            issuer.jwt(claims("live/jw", &["publish"], "media-server", exp)),
+            201,
+        ),
+    ] {
+        let (status, _, body) = common::webrtc::post_sdp(&whip, Some(&jwt), &offer).await;
+        assert_eq!(status, want, "{name}: {body}");
+    }
+    assert!(
+        !asked
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|a| a["protocol"] == "whip"),
+        "JWTs never go to the callback"
+    );
+
+    // Play of a private stream: a JWT with the play action, or the callback's credential.
+    let (status, _) = api(
+        &http,
+        reqwest::Method::PATCH,
+        &format!("/api/v1/streams/{jw_id}"),
+        Some(serde_json::json!({"privacy": "private"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let hls = ts.http(&format!("/hls/{jw_id}/index.m3u8"));
+    let passes = |s: u16| s != 401 && s != 403;
+    let play = issuer.jwt(claims(&jw_id, &["play"], "media-server", exp));
+    assert!(passes(status_of(&format!("{hls}?token={play}")).await));
+    let star = issuer.jwt(claims("*", &["play", "publish"], "media-server", exp));
+    assert!(passes(status_of(&format!("{hls}?token={star}")).await));
+    let publish_only = issuer.jwt(claims(&jw_id, &["publish"], "media-server", exp));
+    assert_eq!(status_of(&format!("{hls}?token={publish_only}")).await, 403);
+    assert!(passes(status_of(&format!("{hls}?token=let-me-in")).await));
+    assert_eq!(status_of(&format!("{hls}?token=nope")).await, 403);
+    assert_eq!(status_of(&hls).await, 401);
+    let asked = asked.lock().unwrap().clone();
+    assert!(
+        asked.iter().any(|a| a["action"] == "play"
+            && a["protocol"] == "hls"
+            && a["credential"] == "let-me-in"),
+        "{asked:?}"
+    );
     ts.server.shutdown().await;
 }

@@ -217,11 +217,11 @@ fn rtmp_corpus() -> Vec<(&'static str, Vec<u8>, Expect)> {
             Expect::Closed,
         ),
         (
-            "message exactly at the cap (256 KiB video before publish)",
+            "message exactly at the pre-publish cap (64 KiB video before publish)",
             with_connect({
                 let mut v = set_chunk_size(0xFF_FFFF);
-                v.extend(fmt0(6, 0, 256 * 1024, 9, 1));
-                v.extend(std::iter::repeat_n(0x17, 256 * 1024));
+                v.extend(fmt0(6, 0, 64 * 1024, 9, 1));
+                v.extend(std::iter::repeat_n(0x17, 64 * 1024));
                 v
             }),
             Expect::ConnectAnswered,
@@ -289,6 +289,19 @@ fn rtmp_corpus() -> Vec<(&'static str, Vec<u8>, Expect)> {
         v.extend_from_slice(&[0xEE; 64]);
         cases.push(("absurd header on a used chunk stream", v, Expect::Survives));
     }
+    // Before a publisher is accepted, messages are small and few (issue 16): an 8 MB
+    // declaration, or five interleaved partial messages, close the connection at once.
+    cases.push((
+        "8 MB message before publish",
+        fmt0(3, 0, 8 * 1024 * 1024, 9, 1),
+        Expect::Closed,
+    ));
+    let mut v = vec![];
+    for csid in 3..8u8 {
+        v.extend(fmt0(csid, 0, 60 * 1024, 9, 1));
+        v.extend_from_slice(&[0; 128]);
+    }
+    cases.push(("five partial messages before publish", v, Expect::Closed));
     cases
 }
 
@@ -612,6 +625,7 @@ fn bogus_queries() -> Vec<&'static str> {
         "status=%F0%9F%92%A5",
         "since=yesterday&until=-5",
         "order=%00&dir=sideways",
+        "token=1.ab%0A%23EXT-X-INJECTED%0Ahttp://evil.example/x",
     ]
 }
 

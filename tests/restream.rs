@@ -793,14 +793,18 @@ async fn the_api_validates_destinations_and_never_echoes_keys() {
     assert_eq!(yt["url"], "rtmps://a.rtmps.youtube.com:443/live2");
     assert_eq!(yt["name"], "youtube");
     assert_eq!(yt["key_hint"], "****qrst");
-    // Credentials in a custom URL are masked.
+    // Credentials in a custom URL are masked, and so is the stream name in the path when it
+    // stands in for the key. (A documentation address: disabled, never connected to.)
     let custom = add(
         &http,
         &id,
-        json!({"platform": "custom", "url": "rtmp://bob:hunter22@10.0.0.1:1936/live/cam1?auth=s3cr3t", "key": "", "enabled": false}),
+        json!({"platform": "custom", "url": "rtmp://bob:hunter22@203.0.113.7:1936/live/cam1?auth=s3cr3t", "key": "", "enabled": false}),
     )
     .await;
-    assert_eq!(custom["url"], "rtmp://***@10.0.0.1:1936/live/cam1?auth=***");
+    assert_eq!(
+        custom["url"],
+        "rtmp://***@203.0.113.7:1936/live/***?auth=***"
+    );
     assert_eq!(custom["state"], "stopped");
     let (status, list) = api(&http, Method::GET, &format!("{path}?limit=1"), None).await;
     assert_eq!(status, 200);

@@ -92,6 +92,23 @@ impl RateLimiter {
 }
 
 impl RateLimiter {
+    /// Whether `key` has requests left in this window, without counting one.
+    fn has_room(&self, key: &str, limit: u32, now: u64) -> Option<Decision> {
+        let start = now - now % WINDOW_SECS;
+        let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let used = windows
+            .counts
+            .get(key)
+            .filter(|(s, _)| *s == start)
+            .map_or(0, |(_, n)| *n);
+        (used >= limit).then_some(Decision {
+            allowed: false,
+            limit,
+            remaining: 0,
+            reset: start + WINDOW_SECS,
+        })
+    }
+
     fn cached_token(&self, digest: &[u8; 32], now: u64) -> Option<TokenRow> {
         let cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
         cache
@@ -135,9 +152,10 @@ fn unix_now() -> u64 {
 
 /// Authenticates once, rate-limits, and stamps the `X-RateLimit-*` headers.
 ///
-/// A token seen in the last 30 s is taken from memory; any other bearer is first charged to
-/// the client's IP limit (an IPv4 address or IPv6 /64), so a flood of made-up tokens is
-/// refused before it costs a database query.
+/// A token seen in the last 30 s is taken from memory; any other bearer is looked up only
+/// while the client's IP (an IPv4 address or IPv6 /64) has requests left, and a made-up one
+/// is counted against it: a flood of made-up tokens costs at most the IP limit in database
+/// queries per minute.
 pub async fn middleware(State(state): State<ApiState>, mut req: Request, next: Next) -> Response {
     let header = req.headers().get(AUTHORIZATION).cloned();
     let presented = header.is_some();
@@ -163,21 +181,24 @@ pub async fn middleware(State(state): State<ApiState>, mut req: Request, next: N
             match state.limiter.cached_token(&digest, now) {
                 Some(row) => Some(row),
                 None => {
-                    let d = state.limiter.check(&ip_key, ip_limit, now);
-                    if !d.allowed {
+                    // A client over its IP limit gets no database work at all.
+                    if let Some(d) = state.limiter.has_room(&ip_key, ip_limit, now) {
                         return with_headers(
                             HttpError::rate_limited(d.reset.saturating_sub(now).max(1))
                                 .into_response(),
                             d,
                         );
                     }
-                    charged = Some(d);
                     match state.store.verify_token(secret).await {
                         Ok(Some(row)) => {
                             state.limiter.remember_token(digest, row.clone(), now);
                             Some(row)
                         }
-                        Ok(None) => None,
+                        // A made-up token counts against the client's IP.
+                        Ok(None) => {
+                            charged = Some(state.limiter.check(&ip_key, ip_limit, now));
+                            None
+                        }
                         Err(err) => {
                             return HttpError::internal("verifying a token", err).into_response()
                         }
@@ -199,6 +220,49 @@ pub async fn middleware(State(state): State<ApiState>, mut req: Request, next: N
     };
     let resp = if decision.allowed {
         req.extensions_mut().insert(Caller { token, presented });
+        next.run(req).await
+    } else {
+        HttpError::rate_limited(decision.reset.saturating_sub(now).max(1)).into_response()
+    };
+    with_headers(resp, decision)
+}
+
+/// The light per-client limit of the media routes (HLS, MJPEG, VOD, WHIP/WHEP).
+#[derive(Debug, Clone)]
+pub struct MediaLimit {
+    /// Counters (shared with nothing else).
+    pub limiter: std::sync::Arc<RateLimiter>,
+    /// Requests per minute per client (IPv4 address or IPv6 /64).
+    pub per_minute: u32,
+    /// Clients never limited (a cache or proxy in front).
+    pub exempt: std::sync::Arc<Vec<ipnet::IpNet>>,
+}
+
+/// Counts media requests per client and answers 429 past the limit, with `X-RateLimit-*`
+/// on every answer to a limited client.
+pub async fn media_middleware(
+    State(limit): State<MediaLimit>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(ip) = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+    else {
+        return next.run(req).await;
+    };
+    let canonical = match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    if limit.per_minute == 0 || limit.exempt.iter().any(|n| n.contains(&canonical)) {
+        return next.run(req).await;
+    }
+    let now = unix_now();
+    let key = format!("media:{}", crate::net::limits::client_key(ip));
+    let decision = limit.limiter.check(&key, limit.per_minute, now);
+    let resp = if decision.allowed {
         next.run(req).await
     } else {
         HttpError::rate_limited(decision.reset.saturating_sub(now).max(1)).into_response()

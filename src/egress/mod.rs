@@ -25,6 +25,18 @@ pub trait PlaybackGate: Send + Sync + 'static {
         token: Option<&'a str>,
     ) -> Pin<Box<dyn Future<Output = Result<(), HttpError>> + Send + 'a>>;
 
+    /// As [`PlaybackGate::check`], for a viewer over `protocol` from `client` (an external
+    /// authoriser is told both).
+    fn check_viewer<'a>(
+        &'a self,
+        stream_id: &'a str,
+        token: Option<&'a str>,
+        _protocol: &'static str,
+        _client: Option<std::net::IpAddr>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), HttpError>> + Send + 'a>> {
+        self.check(stream_id, token)
+    }
+
     /// `Ok` to serve a recording of `stream_id` whose stored privacy is `privacy` (the
     /// stream may be gone; a private recording then still needs a token of the stream's
     /// last generation, `generation_if_gone`).

@@ -103,7 +103,9 @@ pub async fn play(
 ) -> Result<Response, HttpError> {
     require_sdp(&headers)?;
     let token = q.token.or_else(|| bearer(&headers));
-    ctx.gate.check(&stream_id, token.as_deref()).await?;
+    ctx.gate
+        .check_viewer(&stream_id, token.as_deref(), "whep", Some(peer_addr.ip()))
+        .await?;
     let offer = sdp::parse_offer(&body).map_err(sdp_error)?;
     let stream = ctx
         .hub

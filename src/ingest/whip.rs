@@ -285,6 +285,7 @@ impl WhipMedia {
 /// `POST /whip/{app}/{name}`.
 pub async fn publish(
     State(ctx): State<WebRtcContext>,
+    axum::extract::ConnectInfo(peer_addr): axum::extract::ConnectInfo<std::net::SocketAddr>,
     Path((app, name)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
@@ -293,16 +294,38 @@ pub async fn publish(
     let key = bearer(&headers).ok_or_else(|| {
         HttpError::unauthorized("a stream key is required: Authorization: Bearer {stream_key}")
     })?;
-    let stream = ctx
+    let mut found = ctx
         .store
         .find_stream_by_key(&app, &key)
         .await
         .map_err(|e| HttpError::internal("checking a WHIP key", e))?
-        .filter(|s| s.name == name)
-        .ok_or_else(|| {
-            tracing::warn!(%app, "whip: publish refused: unknown stream key");
-            HttpError::unauthorized(format!("unknown stream key for {app}/{name}"))
-        })?;
+        .filter(|s| s.name == name);
+    if let (None, Some(ext)) = (&found, &ctx.external) {
+        // Not a key of ours: the platform may allow it (a JWT or its own credential).
+        let row = ctx
+            .store
+            .find_stream_by_name(&app, &name)
+            .await
+            .map_err(|e| HttpError::internal("finding a stream", e))?;
+        if let Some(row) = row {
+            let req = crate::extauth::AuthRequest {
+                action: crate::extauth::Action::Publish.as_str(),
+                protocol: "whip",
+                app: &app,
+                name: &name,
+                stream_id: &row.id,
+                client_ip: Some(peer_addr.ip()),
+                credential: &key,
+            };
+            if ext.allows(&req).await {
+                found = Some(row);
+            }
+        }
+    }
+    let stream = found.ok_or_else(|| {
+        tracing::warn!(%app, "whip: publish refused: unknown stream key");
+        HttpError::unauthorized(format!("unknown stream key for {app}/{name}"))
+    })?;
     let offer = sdp::parse_offer(&body).map_err(sdp_error)?;
     offer.check_publishable().map_err(sdp_error)?;
     if ctx.hub.get(&stream.id).is_some() {

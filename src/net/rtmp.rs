@@ -67,6 +67,8 @@ pub struct RtmpContext {
     pub gate: std::sync::Arc<dyn crate::egress::PlaybackGate>,
     /// Connections per client.
     pub per_ip: Arc<crate::net::limits::PerIpLimiter>,
+    /// The platform's authoriser, for publish names that carry no key of ours.
+    pub external: Option<Arc<crate::extauth::ExternalAuth>>,
     /// Connection slots (`max_connections`); players leave `reserved_publisher_slots` free.
     pub slots: Arc<Semaphore>,
 }
@@ -174,7 +176,7 @@ impl Connection {
         .await
         .map_err(|_| ConnectionError::Timeout("before publish/play"))??;
         match request {
-            SessionEvent::Publish { app, name } => self.publish(app, name).await,
+            SessionEvent::Publish { app, name, query } => self.publish(app, name, query).await,
             SessionEvent::Play { app, name, token } => self.play(app, name, token).await,
             _ => Ok(()),
         }
@@ -249,9 +251,35 @@ impl Connection {
         Err(ConnectionError::Refused(description.to_owned()))
     }
 
-    async fn publish(&mut self, app: String, key: String) -> Result<(), ConnectionError> {
+    async fn publish(
+        &mut self,
+        app: String,
+        key: String,
+        query: String,
+    ) -> Result<(), ConnectionError> {
         self.buf.reserve(PUBLISH_READ_BUFFER);
-        let Some(stream) = self.ctx.store.find_stream_by_key(&app, &key).await? else {
+        let mut found = self.ctx.store.find_stream_by_key(&app, &key).await?;
+        if found.is_none() {
+            if let Some(ext) = self.ctx.external.clone() {
+                // rtmp://host/app/name?token=… : the platform decides.
+                let (name, credential) = (key.as_str(), crate::extauth::credential_of(&query));
+                if let Some(row) = self.ctx.store.find_stream_by_name(&app, name).await? {
+                    let req = crate::extauth::AuthRequest {
+                        action: crate::extauth::Action::Publish.as_str(),
+                        protocol: "rtmp",
+                        app: &app,
+                        name,
+                        stream_id: &row.id,
+                        client_ip: Some(self.peer.ip()),
+                        credential,
+                    };
+                    if ext.allows(&req).await {
+                        found = Some(row);
+                    }
+                }
+            }
+        }
+        let Some(stream) = found else {
             tracing::warn!(peer = %self.peer, %app, "rtmp: publish refused: unknown stream key");
             return self
                 .refuse("NetStream.Publish.BadName", "unknown stream key")
@@ -348,7 +376,12 @@ impl Connection {
                 .await;
         }
         // Private streams need a play token, as for HLS and MJPEG (`str_…?token=…`).
-        if let Err(err) = self.ctx.gate.check(&stream_id, token.as_deref()).await {
+        if let Err(err) = self
+            .ctx
+            .gate
+            .check_viewer(&stream_id, token.as_deref(), "rtmp", Some(self.peer.ip()))
+            .await
+        {
             tracing::warn!(peer = %self.peer, stream = %stream_id, "rtmp: play refused: {}", err.message);
             return self.refuse("NetStream.Play.Failed", &err.message).await;
         }

@@ -44,6 +44,8 @@ pub struct WebRtcContext {
     pub shutdown: watch::Receiver<bool>,
     /// Origins allowed to publish/play from a page (`api.cors_allowed_origins`).
     pub cors_origins: Vec<String>,
+    /// The platform's authoriser, for WHIP bearers that are no key of ours.
+    pub external: Option<Arc<crate::extauth::ExternalAuth>>,
 }
 
 impl std::fmt::Debug for WebRtcContext {

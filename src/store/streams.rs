@@ -316,6 +316,17 @@ impl Store {
         .await
     }
 
+    /// The stream `name` in `app`.
+    pub async fn find_stream_by_name(
+        &self,
+        app: &str,
+        name: &str,
+    ) -> Result<Option<StreamRow>, StoreError> {
+        let (app, name) = (app.to_owned(), name.to_owned());
+        self.call(move |c| Ok(select_by(c, "app = ?1 AND name = ?2", &[&app, &name])?))
+            .await
+    }
+
     /// The stream `key` publishes to, in any app (cameras have no app in their URL).
     pub async fn find_stream_by_any_app_key(
         &self,

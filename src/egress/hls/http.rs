@@ -206,7 +206,10 @@ async fn beacon(
         ));
     }
     let query = HlsQuery::parse(query.as_deref())?;
-    registry.gate.check(&stream_id, query.token).await?;
+    registry
+        .gate
+        .check_viewer(&stream_id, query.token, "hls", None)
+        .await?;
     if registry.hub.get(&stream_id).is_none() {
         return Err(HttpError::not_found(format!(
             "stream {stream_id} is not live"
@@ -237,7 +240,10 @@ async fn serve(
     let resource = parse_resource(file)
         .ok_or_else(|| HttpError::not_found(format!("no such file: {file}")))?;
     let query = HlsQuery::parse(raw_query)?;
-    registry.gate.check(stream_id, query.token).await?;
+    registry
+        .gate
+        .check_viewer(stream_id, query.token, "hls", None)
+        .await?;
     let cdn = registry.cfg.cdn;
     // The play token reaches every URI the playlists name.
     let token_query = query

@@ -390,7 +390,8 @@ mod tests {
         assert!(client.is_publishing());
         assert!(events.contains(&SessionEvent::Publish {
             app: "live".into(),
-            name: "key1".into()
+            name: "key1".into(),
+            query: String::new(),
         }));
         client.send_metadata(&Amf0Value::object([("width", Amf0Value::Number(640.0))]));
         let video = vec![0x17u8; 10_000];

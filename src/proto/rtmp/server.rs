@@ -48,6 +48,9 @@ pub enum SessionEvent {
         app: String,
         /// Publishing name (the stream key; never log it).
         name: String,
+        /// The name's query string (`name?token=…`), empty if none; an external
+        /// authoriser reads its credential from it. Never log it.
+        query: String,
     },
     /// `play`: the client wants to watch `name` in `app`.
     Play {
@@ -210,6 +213,7 @@ impl ServerSession {
                     SessionEvent::Publish {
                         app,
                         name: name_only,
+                        query: query.to_owned(),
                     }
                 } else {
                     let token = query
@@ -519,7 +523,8 @@ mod tests {
             ev[0],
             SessionEvent::Publish {
                 app: "live".into(),
-                name: "sk_1".into()
+                name: "sk_1".into(),
+                query: String::new(),
             }
         );
         assert!(
