@@ -278,7 +278,6 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             axum::http::StatusCode::REQUEST_TIMEOUT,
             Duration::from_millis(config.http.request_timeout_ms),
         ))
-        .merge(hls_routes)
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
                 let request_id = req
@@ -288,7 +287,10 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
                     .unwrap_or("-");
                 tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id)
             }),
-        );
+        )
+        // HLS is the hot path (every viewer several requests a second): no span per request
+        // (its handlers log what matters themselves).
+        .merge(hls_routes);
     tasks.push(tokio::spawn(crate::net::http::serve(
         http,
         router,
@@ -559,8 +561,8 @@ struct Gated {
     privacy: Privacy,
     generation: u64,
     exists: bool,
-    app: String,
-    name: String,
+    /// App and name, for an external authoriser (shared: cloned on every media request).
+    names: Arc<(String, String)>,
 }
 
 impl StoreGate {
@@ -586,16 +588,14 @@ impl StoreGate {
                 privacy: r.privacy,
                 generation: r.token_generation,
                 exists: true,
-                app: r.app,
-                name: r.name,
+                names: Arc::new((r.app, r.name)),
             },
             // No such stream: nothing live to protect (live routes answer 404 later).
             None => Gated {
                 privacy: Privacy::Public,
                 generation: 0,
                 exists: false,
-                app: String::new(),
-                name: String::new(),
+                names: Arc::default(),
             },
         };
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
@@ -656,8 +656,8 @@ impl PlaybackGate for StoreGate {
                     let req = crate::extauth::AuthRequest {
                         action: crate::extauth::Action::Play.as_str(),
                         protocol,
-                        app: &g.app,
-                        name: &g.name,
+                        app: &g.names.0,
+                        name: &g.names.1,
                         stream_id,
                         client_ip: client,
                         credential,

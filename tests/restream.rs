@@ -954,11 +954,21 @@ async fn keys_never_reach_the_logs_and_destinations_survive_a_restart() {
     )
     .await;
     let rid = created["id"].as_str().unwrap().to_owned();
+    // A second destination with its key written into the URL path (no key field).
+    let path_key = "pk-5e4d3c2b1a-pathkey";
+    let in_path = add(
+        &http,
+        &id,
+        json!({"platform": "custom", "url": format!("rtmp://127.0.0.1:{}/live/{path_key}", nginx.rtmp_port)}),
+    )
+    .await;
+    let rid2 = in_path["id"].as_str().unwrap().to_owned();
     let mut ffmpeg = ffmpeg_publish(
         &format!("rtmp://127.0.0.1:{rtmp_port}/live/{stream_key}"),
         30,
     );
     wait_state(&http, &id, &rid, "active", 20).await;
+    wait_state(&http, &id, &rid2, "active", 20).await;
     let got = read_from_nginx(format!("{}/{restream_key}", nginx.url()), &dir, 2).await;
     assert_decodes(&got, 30, (640, 360), true);
     let mut seen = String::new();
@@ -1000,11 +1010,13 @@ async fn keys_never_reach_the_logs_and_destinations_survive_a_restart() {
     let _ = server.wait();
     let logs = std::fs::read_to_string(&log).unwrap();
     assert!(logs.contains(&rid), "the log names the destination");
+    assert!(logs.contains(&rid2), "the log names the second destination");
     for secret in [
         stream_key.as_str(),
         restream_key,
         "pw-4f3e2d1c",
         "tk-77aa55bb",
+        path_key,
     ] {
         assert!(!seen.contains(secret), "{secret} in an API response");
         assert!(!logs.contains(secret), "{secret} in the log");
