@@ -37,6 +37,19 @@ async fn read_until_closed(s: &mut TcpStream, wait: Duration) -> Option<Vec<u8>>
     }
 }
 
+/// An API call (admin token) that must answer `want`; returns the body.
+async fn must(
+    http: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+    want: u16,
+) -> serde_json::Value {
+    let (status, v) = api(http, method.clone(), path, body).await;
+    assert_eq!(status, want, "{method} {path}: {v}");
+    v
+}
+
 async fn healthz(ts: &TestServer) -> u16 {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
@@ -508,14 +521,14 @@ async fn webhook_redirects_are_not_followed_and_failures_reveal_no_port_state() 
         assert_eq!(status, 201, "{v}");
         hooks.push(v["id"].as_str().unwrap().to_owned());
     }
-    let (status, _) = api(
+    must(
         &http,
         reqwest::Method::POST,
         "/api/v1/streams",
         Some(serde_json::json!({"title": "t", "name": "redirected"})),
+        201,
     )
     .await;
-    assert_eq!(status, 201);
     let delivery = |hook: String| {
         let http = http.clone();
         async move {
@@ -570,14 +583,14 @@ async fn a_key_written_into_the_destination_path_is_masked_in_views_webhooks_and
     .await;
     let http = ts.http("");
     let (hook, got) = hook_receiver().await;
-    let (status, _) = api(
+    must(
         &http,
         reqwest::Method::POST,
         "/api/v1/webhooks",
         Some(serde_json::json!({"url": hook, "events": ["restream.failed"]})),
+        201,
     )
     .await;
-    assert_eq!(status, 201);
     let (id, key) = ts.create_stream("maskpath").await;
     let secret = "sk-path-9f8e7d6c5b4a3210";
     let closed = free_port();
@@ -647,14 +660,14 @@ async fn recordings_keep_their_privacy_after_the_stream_is_deleted_and_vod_playl
     let ts = start_server("rec-privacy").await;
     let http = ts.http("");
     let (id, key) = ts.create_stream("recpriv").await;
-    let (status, _) = api(
+    must(
         &http,
         reqwest::Method::PATCH,
         &format!("/api/v1/streams/{id}"),
         Some(serde_json::json!({"record": true})),
+        200,
     )
     .await;
-    assert_eq!(status, 200);
     let mut publisher = RtmpPublisher::connect(ts.server.rtmp_addr, "live", &key)
         .await
         .unwrap();
@@ -701,27 +714,27 @@ async fn recordings_keep_their_privacy_after_the_stream_is_deleted_and_vod_playl
         .unwrap();
     assert_eq!(file.metadata().unwrap().permissions().mode() & 0o777, 0o600);
     // The stream turns private: so does its recording.
-    let (status, _) = api(
+    must(
         &http,
         reqwest::Method::PATCH,
         &format!("/api/v1/streams/{id}"),
         Some(serde_json::json!({"privacy": "private"})),
+        200,
     )
     .await;
-    assert_eq!(status, 200);
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(status_of(&vod).await, 401);
     let token = play_token(&http, &id).await;
     assert_eq!(status_of(&format!("{vod}?token={token}")).await, 200);
     // The stream is deleted: the recording stays private (it was public to everyone before).
-    let (status, _) = api(
+    must(
         &http,
         reqwest::Method::DELETE,
         &format!("/api/v1/streams/{id}"),
         None,
+        204,
     )
     .await;
-    assert_eq!(status, 204);
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(status_of(&vod).await, 401, "no token, no recording");
     assert_eq!(
@@ -746,28 +759,28 @@ async fn play_tokens_die_on_revoke_key_rotation_and_privacy_change() {
     let ts = start_with("revoke", |c| c.auth.play_token_max_ttl_secs = 7200).await;
     let http = ts.http("");
     let (id, _) = ts.create_stream("revoke").await;
-    let (status, _) = api(
+    must(
         &http,
         reqwest::Method::PATCH,
         &format!("/api/v1/streams/{id}"),
         Some(serde_json::json!({"privacy": "private"})),
+        200,
     )
     .await;
-    assert_eq!(status, 200);
     let hls = ts.http(&format!("/hls/{id}/index.m3u8"));
     // Not live: a valid token gets past the gate to a 404; a dead one is refused with 403.
     let ok = |s: u16| s != 401 && s != 403;
     let settle = || tokio::time::sleep(Duration::from_millis(2100));
     let t1 = play_token(&http, &id).await;
     assert!(ok(status_of(&format!("{hls}?token={t1}")).await));
-    let (status, _) = api(
+    must(
         &http,
         reqwest::Method::POST,
         &format!("/api/v1/streams/{id}/play-tokens/revoke"),
         None,
+        204,
     )
     .await;
-    assert_eq!(status, 204);
     settle().await;
     assert_eq!(
         status_of(&format!("{hls}?token={t1}")).await,
@@ -779,14 +792,14 @@ async fn play_tokens_die_on_revoke_key_rotation_and_privacy_change() {
         ok(status_of(&format!("{hls}?token={t2}")).await),
         "a new token works"
     );
-    let (status, _) = api(
+    must(
         &http,
         reqwest::Method::POST,
         &format!("/api/v1/streams/{id}/key"),
         None,
+        200,
     )
     .await;
-    assert_eq!(status, 200);
     settle().await;
     assert_eq!(
         status_of(&format!("{hls}?token={t2}")).await,
@@ -795,14 +808,14 @@ async fn play_tokens_die_on_revoke_key_rotation_and_privacy_change() {
     );
     let t3 = play_token(&http, &id).await;
     for privacy in ["public", "private"] {
-        let (status, _) = api(
+        must(
             &http,
             reqwest::Method::PATCH,
             &format!("/api/v1/streams/{id}"),
             Some(serde_json::json!({"privacy": privacy})),
+            200,
         )
         .await;
-        assert_eq!(status, 200);
     }
     settle().await;
     assert_eq!(
@@ -926,14 +939,15 @@ async fn quotas_and_made_up_tokens_are_limited() {
         .await;
         assert_eq!(status, want, "{v}");
     }
-    let (status, _) = api(
+    // Another app has its own quota.
+    must(
         &http,
         reqwest::Method::POST,
         "/api/v1/streams",
         Some(serde_json::json!({"title": "q", "name": "q3", "app": "other"})),
+        201,
     )
     .await;
-    assert_eq!(status, 201, "another app has its own quota");
     for want in [201, 409] {
         let (status, v) = api(
             &http,
@@ -1206,14 +1220,14 @@ async fn a_platform_authorises_publish_and_play_with_a_callback_and_jwts() {
     );
 
     // Play of a private stream: a JWT with the play action, or the callback's credential.
-    let (status, _) = api(
+    must(
         &http,
         reqwest::Method::PATCH,
         &format!("/api/v1/streams/{jw_id}"),
         Some(serde_json::json!({"privacy": "private"})),
+        200,
     )
     .await;
-    assert_eq!(status, 200);
     let hls = ts.http(&format!("/hls/{jw_id}/index.m3u8"));
     let passes = |s: u16| s != 401 && s != 403;
     let play = issuer.jwt(claims(&jw_id, &["play"], "media-server", exp));

@@ -74,6 +74,20 @@ pub async fn lookup(
     Ok((row, path))
 }
 
+/// The recording and its file, if this viewer may play it (its own privacy decides: a
+/// private recording needs a play token of its stream, even once the stream is deleted).
+async fn playable(
+    ctx: &VodContext,
+    id: &str,
+    token: Option<&str>,
+) -> Result<(RecordingRow, PathBuf), HttpError> {
+    let (row, path) = lookup(&ctx.store, &ctx.recorders, id).await?;
+    ctx.gate
+        .check_recording(&row.stream_id, row.privacy, row.token_generation, token)
+        .await?;
+    Ok((row, path))
+}
+
 /// Play tokens are `{digits}.{hex}`; accept the URL-safe alphabet and nothing else.
 fn is_token_shaped(t: &str) -> bool {
     !t.is_empty()
@@ -87,15 +101,7 @@ async fn playlist(
     Path(id): Path<String>,
     Query(q): Query<TokenQuery>,
 ) -> Result<Response, HttpError> {
-    let (row, path) = lookup(&ctx.store, &ctx.recorders, &id).await?;
-    ctx.gate
-        .check_recording(
-            &row.stream_id,
-            row.privacy,
-            row.token_generation,
-            q.token.as_deref(),
-        )
-        .await?;
+    let (row, path) = playable(&ctx, &id, q.token.as_deref()).await?;
     let scanned = tokio::task::spawn_blocking(move || {
         let mut f = std::fs::File::open(&path)?;
         let len = f.metadata()?.len();
@@ -130,15 +136,7 @@ async fn media(
     Query(q): Query<TokenQuery>,
     req: Request,
 ) -> Result<Response, HttpError> {
-    let (row, path) = lookup(&ctx.store, &ctx.recorders, &id).await?;
-    ctx.gate
-        .check_recording(
-            &row.stream_id,
-            row.privacy,
-            row.token_generation,
-            q.token.as_deref(),
-        )
-        .await?;
+    let (row, path) = playable(&ctx, &id, q.token.as_deref()).await?;
     serve_file(path, req, None).await
 }
 

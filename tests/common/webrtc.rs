@@ -321,20 +321,7 @@ async fn send_audio(track: Arc<TrackLocalStaticSample>, pt: u8, loops: usize) {
 
 /// A WHEP viewer: returns the peer (connected) and the tracks it was offered.
 pub async fn whep_play(url: &str, token: Option<&str>) -> (Peer, String) {
-    let mut peer = new_peer().await;
-    for kind in [RtpCodecKind::Video, RtpCodecKind::Audio] {
-        peer.pc
-            .add_transceiver_from_kind(
-                kind,
-                Some(RTCRtpTransceiverInit {
-                    direction: RTCRtpTransceiverDirection::Recvonly,
-                    ..Default::default()
-                }),
-            )
-            .await
-            .unwrap();
-    }
-    let offer = peer.offer().await;
+    let (peer, offer) = viewer_offer().await;
     let (status, headers, answer) = post_sdp(url, token, &offer).await;
     assert_eq!(status, 201, "WHEP POST: {answer}");
     let location = headers
