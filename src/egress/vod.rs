@@ -136,7 +136,7 @@ async fn media(
     Query(q): Query<TokenQuery>,
     req: Request,
 ) -> Result<Response, HttpError> {
-    let (row, path) = playable(&ctx, &id, q.token.as_deref()).await?;
+    let (_, path) = playable(&ctx, &id, q.token.as_deref()).await?;
     serve_file(path, req, None).await
 }
 
