@@ -230,11 +230,13 @@ impl ExternalAuth {
             .get(&self.cfg.jwks_url)
             .send()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.without_url().to_string())?;
         if !resp.status().is_success() {
             return Err(format!("answered {}", resp.status()));
         }
-        resp.json::<JwkSet>().await.map_err(|e| e.to_string())
+        resp.json::<JwkSet>()
+            .await
+            .map_err(|e| e.without_url().to_string())
     }
 
     async fn callback_allows(&self, req: &AuthRequest<'_>) -> bool {
@@ -272,6 +274,7 @@ impl ExternalAuth {
                 false
             }
             Err(e) => {
+                let e = e.without_url();
                 tracing::warn!(stream = %req.stream_id, action = req.action, "external auth: the callback did not answer ({e}); refused");
                 false
             }

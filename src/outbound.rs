@@ -78,11 +78,12 @@ impl OutboundPolicy {
             ));
         }
         // A listener on all addresses is reached through loopback (refused above) or an
-        // interface address; one bound to a public address is caught here.
+        // interface address; one bound to a public address is caught here (any port when the
+        // port is not known, as for a name resolved for an HTTP client).
         let own = self
             .own
             .iter()
-            .any(|o| o.port() == addr.port() && canonical(o.ip()) == ip);
+            .any(|o| (o.port() == addr.port() || addr.port() == 0) && canonical(o.ip()) == ip);
         if own {
             return Err(format!("{addr} is this server's own listener"));
         }
@@ -132,8 +133,14 @@ impl OutboundPolicy {
             return Err(format!("cannot resolve {host}"));
         }
         for a in &addrs {
-            self.check(*a)
-                .map_err(|e| format!("{host} resolves to a refused address: {e}"))?;
+            if let Err(e) = self.check(*a) {
+                // The address stays in the server's log: telling a tenant where an internal
+                // name points would make the policy a way to map the network.
+                tracing::warn!(%host, "outbound: {e}");
+                return Err(format!(
+                    "{host} resolves to an address the outbound policy refuses"
+                ));
+            }
         }
         Ok(addrs)
     }
@@ -370,6 +377,9 @@ mod tests {
         assert!(p.resolve("localhost", 80).await.is_err());
         let e = p.resolve("127.0.0.1", 80).await.unwrap_err();
         assert!(e.contains("loopback"), "{e}");
+        // A name's addresses are not told.
+        let e = p.resolve("127.1", 80).await.unwrap_err();
+        assert!(!e.contains("127.0.0.1"), "{e}");
         let open = policy(&["127.0.0.0/8", "::1/128"], &[]);
         let addrs = open.resolve("localhost", 80).await.unwrap();
         assert!(addrs.iter().all(|a| a.ip().is_loopback()));

@@ -56,10 +56,12 @@ pub fn spawn(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         // Every resolved address is checked by the outbound policy; redirects are not
-        // followed (a receiver answering 3xx gets a failed delivery).
+        // followed (a receiver answering 3xx gets a failed delivery); no proxy from the
+        // environment (through a proxy, the policy would check the proxy, not the target).
         let client = match reqwest::Client::builder()
             .timeout(Duration::from_millis(config.timeout_ms))
             .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
             .dns_resolver(Arc::new(crate::outbound::CheckedResolver(policy.clone())))
             .user_agent(concat!("media-server/", env!("CARGO_PKG_VERSION")))
             .build()

@@ -471,8 +471,10 @@ async fn forbidden_destinations_are_refused_before_a_packet_is_sent() {
             .is_some_and(|e| e.contains("destination refused"))
     })
     .await;
+    // Refused, without telling where the name points.
+    let error = failed["last_error"].as_str().unwrap();
     assert!(
-        failed["last_error"].as_str().unwrap().contains("loopback"),
+        error.contains("outbound policy refuses") && !error.contains("127.0.0.1"),
         "{failed}"
     );
     assert_eq!(
@@ -742,6 +744,17 @@ async fn recordings_keep_their_privacy_after_the_stream_is_deleted_and_vod_playl
         401
     );
     assert_eq!(status_of(&format!("{vod}?token={token}")).await, 200);
+    // A PATCH of the deleted stream changes nothing (it cannot make the recording public).
+    must(
+        &http,
+        reqwest::Method::PATCH,
+        &format!("/api/v1/streams/{id}"),
+        Some(serde_json::json!({"privacy": "public"})),
+        404,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(status_of(&vod).await, 401, "still private");
     // An API caller with recordings:read still gets it.
     let (status, v) = api(
         &http,
@@ -1246,5 +1259,82 @@ async fn a_platform_authorises_publish_and_play_with_a_callback_and_jwts() {
             && a["credential"] == "let-me-in"),
         "{asked:?}"
     );
+    ts.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_stream_is_restreamed_only_by_destinations_that_say_so() {
+    if !common::nginx::require_nginx() {
+        return;
+    }
+    let ts = start_server("private-source").await;
+    let http = ts.http("");
+    let nginx = common::nginx::Nginx::start(&ts.dir.join("nginx"), None);
+    let dest = format!("rtmp://127.0.0.1:{}/live", nginx.rtmp_port);
+    let (id, key) = ts.create_stream("privsrc").await;
+    let path = format!("/api/v1/streams/{id}/restreams");
+    let plain = must(
+        &http,
+        reqwest::Method::POST,
+        &path,
+        Some(serde_json::json!({"platform": "custom", "url": dest, "key": "plain"})),
+        201,
+    )
+    .await;
+    let allowed = must(&http, reqwest::Method::POST, &path,
+        Some(serde_json::json!({"platform": "custom", "url": dest, "key": "allowed", "allow_private_source": true})), 201).await;
+    assert_eq!(allowed["allow_private_source"], true);
+    let (plain, allowed) = (
+        plain["id"].as_str().unwrap().to_owned(),
+        allowed["id"].as_str().unwrap().to_owned(),
+    );
+    let mut publisher = RtmpPublisher::connect(ts.server.rtmp_addr, "live", &key)
+        .await
+        .unwrap();
+    let tags = read_flv(FIXTURE);
+    let pusher = tokio::spawn(async move {
+        loop {
+            publisher.send_tags(&tags, true).await;
+        }
+    });
+    for rid in [&plain, &allowed] {
+        wait_restream(&http, &id, rid, |v| v["state"] == "active").await;
+    }
+    // The stream turns private: the plain destination stops at once, the other goes on.
+    must(
+        &http,
+        reqwest::Method::PATCH,
+        &format!("/api/v1/streams/{id}"),
+        Some(serde_json::json!({"privacy": "private"})),
+        200,
+    )
+    .await;
+    let stopped = wait_restream(&http, &id, &plain, |v| v["state"] == "failed").await;
+    assert!(
+        stopped["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("allow_private_source"),
+        "{stopped}"
+    );
+    let (_, still) = api(
+        &http,
+        reqwest::Method::GET,
+        &format!("{path}/{allowed}"),
+        None,
+    )
+    .await;
+    assert_eq!(still["state"], "active", "{still}");
+    // A new destination of the private stream must say so.
+    let (status, v) = api(
+        &http,
+        reqwest::Method::POST,
+        &path,
+        Some(serde_json::json!({"platform": "custom", "url": dest, "key": "new"})),
+    )
+    .await;
+    assert_eq!(status, 422, "{v}");
+    assert!(v.to_string().contains("allow_private_source"), "{v}");
+    pusher.abort();
     ts.server.shutdown().await;
 }

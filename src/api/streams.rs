@@ -721,6 +721,13 @@ pub async fn update(
         .await
         .map_err(|e| store_err("updating a stream", e))?
         .ok_or_else(|| HttpError::not_found(format!("no stream {id}")))?;
+    if row.privacy == crate::store::Privacy::Private {
+        if let Some(r) = &state.restreamer {
+            // Destinations that may not push a private stream stop now, not at their next
+            // reconnect.
+            r.enforce_privacy(&row.id);
+        }
+    }
     Ok(Json(view(&state, row)))
 }
 

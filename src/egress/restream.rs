@@ -368,6 +368,30 @@ impl Restreamer {
         self.start(row, live);
     }
 
+    /// The stream is private now: destinations without `allow_private_source` that are
+    /// pushing it restart, and their next attempt refuses to push.
+    pub fn enforce_privacy(self: &Arc<Self>, stream_id: &str) {
+        let this = self.clone();
+        let stream_id = stream_id.to_owned();
+        tokio::spawn(async move {
+            let Ok(rows) = this.store.restreams_of(&stream_id).await else {
+                return;
+            };
+            for row in rows
+                .into_iter()
+                .filter(|r| r.enabled && !r.allow_private_source)
+            {
+                let running = this
+                    .lock()
+                    .get(&row.id)
+                    .is_some_and(|e| e.running.is_some());
+                if running {
+                    this.apply(row, true);
+                }
+            }
+        });
+    }
+
     /// Stops a destination's pusher; `forget` also drops its status (deleted).
     pub fn stop(&self, id: &str, forget: bool) {
         let mut entries = self.lock();
@@ -639,9 +663,10 @@ impl Pusher {
         // A stream made private after the destination was added is not pushed out unless
         // the destination says so.
         if !self.row.allow_private_source {
-            let private = matches!(
+            // Fail closed: a stream whose privacy cannot be read is not pushed out.
+            let private = !matches!(
                 self.restreamer.store.get_stream(&self.row.stream_id).await,
-                Ok(Some(s)) if s.privacy == crate::store::Privacy::Private
+                Ok(Some(s)) if s.privacy == crate::store::Privacy::Public
             );
             if private {
                 return Outcome::Unsupported(

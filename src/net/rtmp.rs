@@ -119,6 +119,9 @@ pub async fn serve(listener: TcpListener, ctx: RtmpContext, mut shutdown: watch:
     while tasks.join_next().await.is_some() {}
 }
 
+/// Time a connection accepted into the publishers' reserve has to ask to publish.
+const RESERVE_DEADLINE: Duration = Duration::from_secs(2);
+
 /// Largest message before a publisher is accepted (commands are a few hundred bytes).
 const PRE_PUBLISH_MAX_MESSAGE: u32 = 64 * 1024;
 /// Most partially received messages before a publisher is accepted.
@@ -168,7 +171,12 @@ impl Connection {
     }
 
     async fn run(mut self) -> Result<(), ConnectionError> {
-        let deadline = Duration::from_millis(self.ctx.config.handshake_timeout_ms);
+        let mut deadline = Duration::from_millis(self.ctx.config.handshake_timeout_ms);
+        // Taken from the publishers' reserve: it must show what it wants quickly, so that
+        // idle unauthenticated connections cannot sit on the reserve.
+        if self.ctx.slots.available_permits() < self.ctx.config.reserved_publisher_slots as usize {
+            deadline = deadline.min(RESERVE_DEADLINE);
+        }
         let request = timeout(deadline, async {
             self.handshake().await?;
             self.next_request().await

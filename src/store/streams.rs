@@ -395,19 +395,11 @@ impl Store {
         self.call(move |c| {
             let tx = c.transaction()?;
             let now = now_rfc3339();
-            if let Some(p) = patch.privacy {
-                // A privacy change revokes the play tokens minted so far and goes to the
-                // stream's recordings (which keep it when the stream is deleted).
-                tx.execute(
-                    "UPDATE streams SET token_generation = token_generation + 1 \
-                     WHERE id = ?1 AND privacy <> ?2",
-                    params![id, p.as_str()],
-                )?;
-                tx.execute(
-                    "UPDATE recordings SET privacy = ?2 WHERE stream_id = ?1",
-                    params![id, p.as_str()],
-                )?;
-            }
+            let old_privacy: Option<String> = tx
+                .query_row("SELECT privacy FROM streams WHERE id = ?1", [&id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
             let n = tx.execute(
                 "UPDATE streams SET
                     title = COALESCE(?2, title),
@@ -435,6 +427,25 @@ impl Store {
                 None
             } else {
                 select_by(&tx, "id = ?1", &[&id])?
+            };
+            if let (Some(p), Some(_)) = (patch.privacy, &row) {
+                // A privacy change revokes the play tokens minted so far and goes to the
+                // stream's recordings (which keep it when the stream is deleted). Only for a
+                // stream that exists: a PATCH of a deleted stream changes nothing.
+                if old_privacy.as_deref() != Some(p.as_str()) {
+                    tx.execute(
+                        "UPDATE streams SET token_generation = token_generation + 1 WHERE id = ?1",
+                        params![id],
+                    )?;
+                }
+                tx.execute(
+                    "UPDATE recordings SET privacy = ?2 WHERE stream_id = ?1",
+                    params![id, p.as_str()],
+                )?;
+            }
+            let row = match row {
+                Some(_) => select_by(&tx, "id = ?1", &[&id])?,
+                None => None,
             };
             tx.commit()?;
             Ok(row)
@@ -493,8 +504,9 @@ impl Store {
             // Recordings outlive the stream: they keep its token generation, so play
             // tokens minted before still play them (and revoked ones still do not).
             tx.execute(
-                "UPDATE recordings SET token_generation = \
-                 (SELECT token_generation FROM streams WHERE id = ?1) WHERE stream_id = ?1",
+                "UPDATE recordings SET token_generation = COALESCE( \
+                 (SELECT token_generation FROM streams WHERE id = ?1), token_generation) \
+                 WHERE stream_id = ?1",
                 [&id],
             )?;
             let n = tx.execute("DELETE FROM streams WHERE id = ?1", [&id])?;
