@@ -133,6 +133,42 @@ async fn silent_half_preface_idle_h2c_and_idle_keepalive_connections_are_closed(
     assert!(types.contains(&4), "SETTINGS: {types:?}");
     assert!(types.contains(&7), "GOAWAY before the close: {types:?}");
 
+    // An h2c client that only sends PINGs (no request) is idle all the same.
+    let mut pinger = TcpStream::connect(addr).await.unwrap();
+    pinger
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    pinger
+        .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+        .await
+        .unwrap();
+    let (mut rd, mut wr) = pinger.into_split();
+    let pings = tokio::spawn(async move {
+        for n in 0..40u8 {
+            let mut ping = vec![0, 0, 8, 6, 0, 0, 0, 0, 0];
+            ping.extend_from_slice(&[n; 8]);
+            if wr.write_all(&ping).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), rd.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("a PING-only h2c connection stayed open"),
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "closed by the idle timeout"
+    );
+    pings.abort();
+
     // HTTP/1 keep-alive: one request answered, then idle → closed.
     let mut h1 = TcpStream::connect(addr).await.unwrap();
     h1.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -6,9 +6,11 @@
 //!   closed after `header_read_timeout` instead of being held forever;
 //! - a deadline for request headers (hyper's `header_read_timeout`, which only works with a
 //!   timer — without one a client dribbling header bytes holds its connection forever);
-//! - an idle timeout: a connection that moved no byte either way for `idle_timeout` is asked
-//!   to finish (HTTP/2 `GOAWAY`, HTTP/1 close when between requests) and cut 5 s later. This
-//!   covers idle keep-alive and h2c connections, which hyper keeps open forever.
+//! - an idle timeout: a connection with no request in flight and none for `idle_timeout`
+//!   (HTTP/2 PINGs and other frames do not count), or to which nothing could be written for
+//!   that long (a client that stopped reading), is asked to finish (HTTP/2 `GOAWAY`, HTTP/1
+//!   close when between requests) and cut 5 s later. This covers idle keep-alive and h2c
+//!   connections, which hyper keeps open forever.
 //!
 //! WebSocket upgrades (cameras) work; the peer address reaches handlers as `ConnectInfo`. On
 //! shutdown no new connection is accepted and open ones are asked to finish.
@@ -93,12 +95,7 @@ pub async fn serve(
             continue;
         };
         let _ = socket.set_nodelay(true);
-        let service = router.clone().map_request(
-            move |mut req: axum::http::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                req.map(axum::body::Body::new)
-            },
-        );
+        let router = router.clone();
         let limits = limits.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -118,6 +115,24 @@ pub async fn serve(
                 activity: activity.clone(),
                 _counted: (permit, ip_guard),
             });
+            // Every request is counted from its start to the end of its response body.
+            let counter = activity.clone();
+            let service =
+                tower::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
+                    let mut req = req.map(axum::body::Body::new);
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    let guard = counter.request_started();
+                    let response = router.clone().oneshot(req);
+                    async move {
+                        let res = response.await?;
+                        Ok::<_, std::convert::Infallible>(res.map(|body| {
+                            axum::body::Body::new(Counted {
+                                inner: body,
+                                _guard: guard,
+                            })
+                        }))
+                    }
+                });
             let service = TowerToHyperService::new(service);
             let mut builder = Builder::new(TokioExecutor::new());
             if h2 {
@@ -138,7 +153,7 @@ pub async fn serve(
             let mut cut_at: Option<tokio::time::Instant> = None;
             let mut asked = false;
             loop {
-                let idle_at = tokio::time::Instant::from_std(activity.last() + idle);
+                let idle_at = tokio::time::Instant::from_std(activity.idle_since() + idle);
                 tokio::select! {
                     r = conn.as_mut() => {
                         if let Err(err) = r {
@@ -147,7 +162,7 @@ pub async fn serve(
                         return;
                     }
                     _ = tokio::time::sleep_until(idle_at), if !asked => {
-                        if activity.last().elapsed() >= idle {
+                        if activity.idle_since().elapsed() >= idle {
                             tracing::debug!(%peer, "http: idle connection; closing");
                             conn.as_mut().graceful_shutdown();
                             asked = true;
@@ -193,33 +208,94 @@ async fn detect(socket: &TcpStream) -> io::Result<bool> {
     }
 }
 
-/// When a connection last moved a byte.
+/// What a connection is doing: requests in flight, when the last one started or ended, and
+/// when the server last wrote to it. It is idle when no request is in flight and none came
+/// for a while (PINGs or other frames alone do not keep it), or when nothing could be
+/// written for a while (a client that stopped reading).
 #[derive(Clone)]
 struct Activity {
     base: Instant,
     /// Milliseconds after `base`.
-    last_ms: Arc<AtomicU64>,
+    last_request_ms: Arc<AtomicU64>,
+    last_write_ms: Arc<AtomicU64>,
+    in_flight: Arc<AtomicU64>,
 }
 
 impl Activity {
     fn new() -> Self {
         Activity {
             base: Instant::now(),
-            last_ms: Arc::new(AtomicU64::new(0)),
+            last_request_ms: Arc::new(AtomicU64::new(0)),
+            last_write_ms: Arc::new(AtomicU64::new(0)),
+            in_flight: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    fn touch(&self) {
-        let ms = self.base.elapsed().as_millis() as u64;
-        self.last_ms.store(ms, Ordering::Relaxed);
+    fn now_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
     }
 
-    fn last(&self) -> Instant {
-        self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    fn wrote(&self) {
+        self.last_write_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn request_started(&self) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.last_request_ms.store(self.now_ms(), Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Since when the connection has been idle (in the past or now).
+    fn idle_since(&self) -> Instant {
+        let write = self.last_write_ms.load(Ordering::Relaxed);
+        let ms = if self.in_flight.load(Ordering::Relaxed) > 0 {
+            write
+        } else {
+            write.min(self.last_request_ms.load(Ordering::Relaxed))
+        };
+        self.base + Duration::from_millis(ms)
     }
 }
 
-/// A socket that records its last read or write.
+/// One request in flight; ends with its response body.
+struct InFlight(Activity);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0
+            .last_request_ms
+            .store(self.0.now_ms(), Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request counted until it is sent (or dropped).
+struct Counted {
+    inner: axum::body::Body,
+    _guard: InFlight,
+}
+
+impl http_body::Body for Counted {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A socket that records its last write.
 struct Tracked {
     inner: TcpStream,
     activity: Activity,
@@ -232,12 +308,7 @@ impl AsyncRead for Tracked {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.touch();
-        }
-        r
+        Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
@@ -249,7 +320,7 @@ impl AsyncWrite for Tracked {
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+            self.activity.wrote();
         }
         r
     }
@@ -261,7 +332,7 @@ impl AsyncWrite for Tracked {
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+            self.activity.wrote();
         }
         r
     }
