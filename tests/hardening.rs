@@ -1117,7 +1117,21 @@ async fn a_flood_of_anonymous_whep_offers_cannot_lock_out_a_whip_publisher() {
     let whip = common::webrtc::whip_publish(&ts.http("/whip/live/whipper"), &whip_key, 3).await;
     // Sessions that never connect are closed after the connect timeout: room again.
     tokio::time::sleep(Duration::from_millis(3000)).await;
-    assert_eq!(whep_offer_from("127.0.0.4", &whep, &offer).await, 201);
+    let (status, headers, _) = common::webrtc::post_sdp(&whep, None, &offer).await;
+    assert_eq!(status, 201);
+    let location = headers["location"].to_str().unwrap().to_owned();
+    // A viewer's DELETE after the server ended its session (never connected) is answered
+    // as done, not 404; an unknown session is 404.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let client = reqwest::Client::new();
+    let r = client.delete(ts.http(&location)).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{location}");
+    let r = client
+        .delete(ts.http("/whep/session/0123456789abcdef0123456789abcdef"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
     whip.sender.abort();
     pusher.abort();
     ts.server.shutdown().await;

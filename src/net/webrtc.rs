@@ -248,7 +248,14 @@ pub struct WebRtc {
     ports: Arc<Mutex<BTreeSet<u16>>>,
     next_port: Mutex<u16>,
     viewers: Arc<crate::net::limits::PerIpLimiter>,
+    /// Sessions that ended lately (id, kind, bearer hash, when): a client's DELETE of a
+    /// session the server already closed (stream ended, ICE timeout) is answered as done.
+    ended: Mutex<std::collections::VecDeque<(String, SessionKind, Option<String>, Instant)>>,
 }
+
+/// How long an ended session's DELETE is still answered as done, and how many are kept.
+const ENDED_KEPT: Duration = Duration::from_secs(120);
+const ENDED_MAX: usize = 4096;
 
 impl std::fmt::Debug for WebRtc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -269,6 +276,7 @@ impl WebRtc {
             crate::net::limits::PerIpLimiter::new(config.max_whep_sessions_per_ip, exempt);
         Arc::new(WebRtc {
             viewers,
+            ended: Mutex::new(std::collections::VecDeque::new()),
             config,
             sessions: Mutex::new(HashMap::new()),
             ports: Arc::new(Mutex::new(BTreeSet::new())),
@@ -288,6 +296,42 @@ impl WebRtc {
     /// The session with this id and kind.
     pub fn get(&self, id: &str, kind: SessionKind) -> Option<Arc<Session>> {
         self.sessions().get(id).filter(|s| s.kind == kind).cloned()
+    }
+
+    /// Whether a session with this id and kind ended lately, and `bearer` would have been
+    /// allowed to end it: `Some(true)` allowed, `Some(false)` not, `None` unknown.
+    pub fn recently_ended(
+        &self,
+        id: &str,
+        kind: SessionKind,
+        bearer: Option<&str>,
+    ) -> Option<bool> {
+        let ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        let (_, _, hash, _) = ended
+            .iter()
+            .find(|(i, k, _, at)| i == id && *k == kind && at.elapsed() < ENDED_KEPT)?;
+        Some(match (hash, bearer) {
+            (None, _) => true,
+            (Some(h), Some(b)) => *h == crate::store::hash_secret(b),
+            (Some(_), None) => false,
+        })
+    }
+
+    fn remember_ended(&self, session: &Session) {
+        let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        while ended.len() >= ENDED_MAX
+            || ended
+                .front()
+                .is_some_and(|(_, _, _, at)| at.elapsed() >= ENDED_KEPT)
+        {
+            ended.pop_front();
+        }
+        ended.push_back((
+            session.id.clone(),
+            session.kind,
+            session.bearer_hash.clone(),
+            Instant::now(),
+        ));
     }
 
     /// Live sessions (for the API and tests).
@@ -610,6 +654,7 @@ async fn supervise(
         tracing::debug!(%err, "webrtc: close");
     }
     rtc.sessions().remove(&session.id);
+    rtc.remember_ended(&session);
 }
 
 /// Adds, for every host candidate line, one copy per public IP (1:1 NAT): the peer then

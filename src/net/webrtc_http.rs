@@ -198,6 +198,22 @@ async fn delete_session(
     kind: SessionKind,
     headers: HeaderMap,
 ) -> Result<StatusCode, HttpError> {
+    // DELETE is idempotent: a session the server ended lately (the stream ended, ICE never
+    // connected) is answered as deleted, not 404, to the client that owned it.
+    if ctx.webrtc.get(&id, kind).is_none() {
+        match ctx
+            .webrtc
+            .recently_ended(&id, kind, bearer(&headers).as_deref())
+        {
+            Some(true) => return Ok(StatusCode::OK),
+            Some(false) => {
+                return Err(HttpError::unauthorized(
+                    "the session's stream key is required: Authorization: Bearer {stream_key}",
+                ))
+            }
+            None => {}
+        }
+    }
     let session = find(&ctx, &id, kind, &headers)?;
     tracing::info!(session = %session.id, kind = kind.as_str(), "webrtc: DELETE");
     session.close();
