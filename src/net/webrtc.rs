@@ -250,8 +250,11 @@ pub struct WebRtc {
     viewers: Arc<crate::net::limits::PerIpLimiter>,
     /// Sessions that ended lately (id, kind, bearer hash, when): a client's DELETE of a
     /// session the server already closed (stream ended, ICE timeout) is answered as done.
-    ended: Mutex<std::collections::VecDeque<(String, SessionKind, Option<String>, Instant)>>,
+    ended: Mutex<std::collections::VecDeque<Ended>>,
 }
+
+/// A session that ended: id, kind, bearer hash, when.
+type Ended = (String, SessionKind, Option<String>, Instant);
 
 /// How long an ended session's DELETE is still answered as done, and how many are kept.
 const ENDED_KEPT: Duration = Duration::from_secs(120);
