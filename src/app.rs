@@ -103,14 +103,11 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         config.http.max_connections_per_ip as usize,
         exempt.clone(),
     );
-    let rtmp_per_ip =
-        crate::net::limits::PerIpLimiter::new(config.rtmp.max_connections_per_ip as usize, exempt);
-    // Validated with the configuration.
-    let outbound = Arc::new(
-        crate::outbound::OutboundPolicy::from_config(&config.security)
-            .unwrap_or_default()
-            .with_own_listeners(vec![config.http.listen, config.rtmp.listen]),
+    let rtmp_per_ip = crate::net::limits::PerIpLimiter::new(
+        config.rtmp.max_connections_per_ip as usize,
+        exempt.clone(),
     );
+    let outbound = Arc::new(crate::outbound::OutboundPolicy::for_config(&config));
     let hub = Hub::default();
     let (events, events_rx) = EventBus::new();
     let external = crate::extauth::ExternalAuth::new(&config.external_auth);
@@ -187,11 +184,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             source,
         })?;
 
-    let webrtc = crate::net::webrtc::WebRtc::with_exempt(
-        config.webrtc.clone(),
-        crate::net::limits::parse_nets(&config.security.connection_limit_exempt)
-            .unwrap_or_default(),
-    );
+    let webrtc = crate::net::webrtc::WebRtc::with_exempt(config.webrtc.clone(), exempt.clone());
     let api_state = ApiState::new(
         config.clone(),
         store.clone(),
@@ -220,10 +213,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     let media_limit = crate::api::rate_limit::MediaLimit {
         limiter: Arc::new(crate::api::rate_limit::RateLimiter::default()),
         per_minute: config.api.media_rate_limit_per_ip,
-        exempt: Arc::new(
-            crate::net::limits::parse_nets(&config.security.connection_limit_exempt)
-                .unwrap_or_default(),
-        ),
+        exempt: Arc::new(exempt.clone()),
     };
     let limited = |r: Router| {
         r.layer(axum::middleware::from_fn_with_state(

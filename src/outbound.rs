@@ -29,6 +29,13 @@ pub struct OutboundPolicy {
 }
 
 impl OutboundPolicy {
+    /// The policy of a validated configuration, with the server's own listeners.
+    pub fn for_config(config: &crate::config::Config) -> Self {
+        Self::from_config(&config.security)
+            .unwrap_or_default()
+            .with_own_listeners(vec![config.http.listen, config.rtmp.listen])
+    }
+
     /// Builds the policy; an error names the bad entry.
     pub fn from_config(sec: &SecurityConfig) -> Result<Self, String> {
         let allow = crate::net::limits::parse_nets(&sec.outbound_allow)
@@ -194,17 +201,7 @@ fn is_host_name(s: &str) -> bool {
             .all(|l| l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
 }
 
-/// IPv4-mapped and -compatible IPv6 addresses as IPv4, so that `::ffff:127.0.0.1` is
-/// checked as loopback.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(v6),
-        },
-        v4 => v4,
-    }
-}
+use crate::net::limits::canonical;
 
 /// The kind of address refused by default, or `None` for a public unicast address.
 pub fn forbidden_kind(ip: IpAddr) -> Option<&'static str> {

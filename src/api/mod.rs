@@ -93,11 +93,7 @@ impl ApiState {
             recorders: None,
             restreamer: None,
             hls: None,
-            outbound: Arc::new(
-                crate::outbound::OutboundPolicy::from_config(&config.security)
-                    .unwrap_or_default()
-                    .with_own_listeners(vec![config.http.listen, config.rtmp.listen]),
-            ),
+            outbound: Arc::new(crate::outbound::OutboundPolicy::for_config(&config)),
         }
     }
 

@@ -252,11 +252,7 @@ pub async fn media_middleware(
     else {
         return next.run(req).await;
     };
-    let canonical = match ip {
-        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
-        v4 => v4,
-    };
-    if limit.per_minute == 0 || limit.exempt.iter().any(|n| n.contains(&canonical)) {
+    if limit.per_minute == 0 || crate::net::limits::is_in(&limit.exempt, ip) {
         return next.run(req).await;
     }
     let now = unix_now();

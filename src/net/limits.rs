@@ -11,18 +11,23 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use ipnet::IpNet;
 
+/// IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) as IPv4; others unchanged.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 /// The key a client is counted under: IPv4 as is (an IPv4-mapped IPv6 address as IPv4),
 /// IPv6 masked to its /64.
 pub fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
+    match canonical(ip) {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
     }
 }
 
@@ -36,6 +41,12 @@ pub fn parse_nets(list: &[String]) -> Result<Vec<IpNet>, String> {
                 .map_err(|_| format!("{s:?} is not an address or CIDR"))
         })
         .collect()
+}
+
+/// Whether `ip` (IPv4-mapped as IPv4) is in one of `nets`.
+pub fn is_in(nets: &[IpNet], ip: IpAddr) -> bool {
+    let ip = canonical(ip);
+    nets.iter().any(|n| n.contains(&ip))
 }
 
 /// Counts open connections per client and refuses one over the cap.
@@ -64,11 +75,7 @@ impl PerIpLimiter {
 
     /// Whether `ip` is never capped.
     pub fn is_exempt(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        self.exempt.iter().any(|n| n.contains(&ip))
+        is_in(&self.exempt, ip)
     }
 
     /// Counts a connection from `ip`, or `None` when the client is at its cap.
