@@ -1,6 +1,7 @@
 //! Restream destination URLs and keys as the API receives them: `parse_target`, the masking
 //! shown in responses, logs, webhooks and the database, the outbound policy's host check,
-//! and the key hint. No panic; a parsed target's pieces are non-empty; the masked URL
+//! the key hint, and external auth's reading of a publish name's query and of a
+//! credential's JWT shape. No panic; a parsed target's pieces are non-empty; the masked URL
 //! carries no user info; with no key, the stream name taken from the path is not shown.
 #![no_main]
 
@@ -31,4 +32,10 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     let _ = key_hint(key);
+    // External auth: the credential is a substring of the query; a JWT shape has 3 parts.
+    let cred = media_server::extauth::credential_of(key);
+    assert!(key.contains(cred));
+    if media_server::extauth::looks_like_jwt(cred) {
+        assert_eq!(cred.split('.').count(), 3);
+    }
 });
