@@ -281,9 +281,15 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         // HLS is the hot path (every viewer several requests a second): no span per request
         // (its handlers log what matters themselves).
         .merge(hls_routes);
+    let fast_hls: Arc<dyn crate::net::http::FastRoute> = Arc::new(hls::http::FastHls::new(
+        hls.clone(),
+        media_limit.clone(),
+        &config.api.cors_allowed_origins,
+    ));
     tasks.push(tokio::spawn(crate::net::http::serve(
         http,
         router,
+        Some(fast_hls),
         crate::net::http::HttpLimits {
             max_connections: config.http.max_connections as usize,
             header_read_timeout: Duration::from_millis(config.http.header_read_timeout_ms),

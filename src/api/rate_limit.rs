@@ -252,21 +252,36 @@ pub async fn media_middleware(
     else {
         return next.run(req).await;
     };
-    if limit.per_minute == 0 || crate::net::limits::is_in(&limit.exempt, ip) {
+    let Some(decision) = limit.decide(ip) else {
         return next.run(req).await;
-    }
-    let now = unix_now();
-    let key = format!("media:{}", crate::net::limits::client_key(ip));
-    let decision = limit.limiter.check(&key, limit.per_minute, now);
+    };
     let resp = if decision.allowed {
         next.run(req).await
     } else {
-        HttpError::rate_limited(decision.reset.saturating_sub(now).max(1)).into_response()
+        MediaLimit::refusal(decision)
     };
     with_headers(resp, decision)
 }
 
-fn with_headers(mut resp: Response, decision: Decision) -> Response {
+impl MediaLimit {
+    /// Counts a media request from `ip`: `None` when the client is not limited (no limit set,
+    /// or an exempt address).
+    pub fn decide(&self, ip: std::net::IpAddr) -> Option<Decision> {
+        if self.per_minute == 0 || crate::net::limits::is_in(&self.exempt, ip) {
+            return None;
+        }
+        let key = format!("media:{}", crate::net::limits::client_key(ip));
+        Some(self.limiter.check(&key, self.per_minute, unix_now()))
+    }
+
+    /// The 429 for a refused request.
+    pub fn refusal(decision: Decision) -> Response {
+        HttpError::rate_limited(decision.reset.saturating_sub(unix_now()).max(1)).into_response()
+    }
+}
+
+/// Adds `X-RateLimit-*` for `decision` to a response.
+pub fn with_headers(mut resp: Response, decision: Decision) -> Response {
     let h = resp.headers_mut();
     h.insert("x-ratelimit-limit", HeaderValue::from(decision.limit));
     h.insert(

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
 use axum::Router;
+use futures_util::future::Either;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
@@ -33,6 +34,21 @@ use tokio::sync::{watch, Semaphore};
 use tower::ServiceExt;
 
 use super::limits::PerIpLimiter;
+
+/// The future of a request answered by a [`FastRoute`].
+pub type FastFuture = Pin<Box<dyn std::future::Future<Output = axum::response::Response> + Send>>;
+
+/// Requests answered before the router: the hot path of many viewers (HLS playlists, parts
+/// and segments, each viewer several a second) skips routing, extractors and tower layers.
+/// What it does not answer goes on to the router.
+pub trait FastRoute: Send + Sync + 'static {
+    /// `Some` to answer `req` here; `None` for the router.
+    fn route(
+        &self,
+        req: &axum::http::Request<hyper::body::Incoming>,
+        peer: std::net::SocketAddr,
+    ) -> Option<FastFuture>;
+}
 
 /// Connection limits.
 #[derive(Debug, Clone)]
@@ -57,6 +73,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    fast: Option<Arc<dyn FastRoute>>,
     limits: HttpLimits,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -96,6 +113,7 @@ pub async fn serve(
         };
         let _ = socket.set_nodelay(true);
         let router = router.clone();
+        let fast = fast.clone();
         let limits = limits.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -119,19 +137,24 @@ pub async fn serve(
             let counter = activity.clone();
             let service =
                 tower::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
-                    let mut req = req.map(axum::body::Body::new);
-                    req.extensions_mut().insert(ConnectInfo(peer));
                     let guard = counter.request_started();
-                    let response = router.clone().oneshot(req);
-                    async move {
-                        let res = response.await?;
-                        Ok::<_, std::convert::Infallible>(res.map(|body| {
+                    let counted = move |res: axum::response::Response| {
+                        res.map(|body| {
                             axum::body::Body::new(Counted {
                                 inner: body,
                                 _guard: guard,
                             })
-                        }))
+                        })
+                    };
+                    if let Some(answer) = fast.as_ref().and_then(|f| f.route(&req, peer)) {
+                        return Either::Left(async move {
+                            Ok::<_, std::convert::Infallible>(counted(answer.await))
+                        });
                     }
+                    let mut req = req.map(axum::body::Body::new);
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    let response = router.clone().oneshot(req);
+                    Either::Right(async move { Ok(counted(response.await?)) })
                 });
             let service = TowerToHyperService::new(service);
             let mut builder = Builder::new(TokioExecutor::new());

@@ -51,20 +51,174 @@ pub fn router(registry: Arc<HlsRegistry>) -> Router {
         .with_state(registry)
 }
 
+/// `GET /hls/…` answered ahead of the router ([`crate::net::http::FastRoute`]): the same
+/// handler, media rate limit and CORS headers as the routes above, without routing,
+/// extractors or tower layers on the path every viewer takes several times a second.
+/// Anything else under `/hls` (the beacon `POST`, `HEAD`, CORS preflights, percent-encoded
+/// paths) goes to the router.
+pub struct FastHls {
+    registry: Arc<HlsRegistry>,
+    limit: crate::api::rate_limit::MediaLimit,
+    cors: Option<PlainCors>,
+}
+
+impl FastHls {
+    /// `cors_origins` as in `[api] cors_allowed_origins` (empty: no CORS headers).
+    pub fn new(
+        registry: Arc<HlsRegistry>,
+        limit: crate::api::rate_limit::MediaLimit,
+        cors_origins: &[String],
+    ) -> Self {
+        FastHls {
+            registry,
+            limit,
+            cors: PlainCors::new(cors_origins),
+        }
+    }
+}
+
+/// Where a fast-path request goes: `/hls/{stream_id}/{file}` or
+/// `/hls/{stream_id}/s/{session}/{file}`. `None` for any other shape, an empty or
+/// percent-encoded segment (the router decodes those), or the beacon.
+pub fn split_hls_path(path: &str) -> Option<(&str, Option<&str>, &str)> {
+    let rest = path.strip_prefix("/hls/")?;
+    if rest.contains('%') {
+        return None;
+    }
+    let mut it = rest.split('/');
+    let stream_id = it.next().filter(|s| !s.is_empty())?;
+    let second = it.next().filter(|s| !s.is_empty())?;
+    match (it.next(), it.next(), it.next()) {
+        (None, _, _) => Some((stream_id, None, second)),
+        (Some(session), Some(file), None)
+            if second == "s" && !session.is_empty() && !file.is_empty() && file != "beacon" =>
+        {
+            Some((stream_id, Some(session), file))
+        }
+        _ => None,
+    }
+}
+
+impl crate::net::http::FastRoute for FastHls {
+    fn route(
+        &self,
+        req: &axum::http::Request<hyper::body::Incoming>,
+        peer: std::net::SocketAddr,
+    ) -> Option<crate::net::http::FastFuture> {
+        if req.method() != axum::http::Method::GET {
+            return None;
+        }
+        let uri = req.uri();
+        split_hls_path(uri.path())?;
+        // The Uri is shared bytes: cloning it costs a reference count, not a copy.
+        let uri = uri.clone();
+        let origin = self
+            .cors
+            .as_ref()
+            .and_then(|_| req.headers().get(header::ORIGIN).cloned());
+        let registry = self.registry.clone();
+        let limit = self.limit.clone();
+        let cors = self.cors.clone();
+        Some(Box::pin(async move {
+            let decision = limit.decide(peer.ip());
+            let mut resp = match decision {
+                Some(d) if !d.allowed => crate::api::rate_limit::MediaLimit::refusal(d),
+                _ => match split_hls_path(uri.path()) {
+                    Some((stream_id, session, file)) => {
+                        let query = uri.query();
+                        let result = match session {
+                            Some(s) if !HlsSessions::valid_id(s) => {
+                                Err(HttpError::not_found("no such session directory"))
+                            }
+                            _ => {
+                                serve(
+                                    &registry,
+                                    stream_id,
+                                    session.map(str::to_owned),
+                                    file,
+                                    query,
+                                    Some(peer.ip()),
+                                )
+                                .await
+                            }
+                        };
+                        respond(&registry, query, result)
+                    }
+                    None => HttpError::not_found("no such file").into_response(),
+                },
+            };
+            if let Some(d) = decision {
+                resp = crate::api::rate_limit::with_headers(resp, d);
+            }
+            if let Some(cors) = &cors {
+                cors.apply(origin.as_ref(), resp.headers_mut());
+            }
+            resp
+        }))
+    }
+}
+
+/// The headers `api::cors`'s layer adds to a plain (not preflight) request's answer.
+#[derive(Clone)]
+struct PlainCors {
+    /// `*`, or the allowed origins to echo.
+    any: bool,
+    origins: Arc<Vec<HeaderValue>>,
+}
+
+impl PlainCors {
+    fn new(origins: &[String]) -> Option<Self> {
+        if origins.is_empty() {
+            return None;
+        }
+        Some(PlainCors {
+            any: origins.iter().any(|o| o == "*"),
+            origins: Arc::new(origins.iter().filter_map(|o| o.parse().ok()).collect()),
+        })
+    }
+
+    fn apply(&self, origin: Option<&HeaderValue>, h: &mut axum::http::HeaderMap) {
+        h.append(
+            header::VARY,
+            HeaderValue::from_static(
+                "origin, access-control-request-method, access-control-request-headers",
+            ),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("*"),
+        );
+        if self.any {
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            );
+        } else if let Some(o) = origin.filter(|o| self.origins.contains(o)) {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o.clone());
+        }
+    }
+}
+
 /// What a file name in the stream's directory asks for.
 #[derive(Debug, PartialEq, Eq)]
-enum Resource<'a> {
+pub enum Resource<'a> {
+    /// `index.m3u8`.
     Multivariant,
+    /// `media.m3u8`.
     Media,
     /// `{run}-media.m3u8`: the media playlist of one run (what the multivariant playlist
     /// names behind a cache, so cached blocking responses of an earlier run never answer).
     RunMedia(&'a str),
+    /// `{run}-init{n}.mp4`.
     Init(&'a str, u32),
+    /// `{run}-seg{msn}.m4s`.
     Segment(&'a str, u64),
+    /// `{run}-part{msn}.{i}.m4s`.
     Part(&'a str, u64, usize),
 }
 
-fn parse_resource(file: &str) -> Option<Resource<'_>> {
+/// Reads a file name under a stream's directory; `None` for a name the server never gives.
+pub fn parse_resource(file: &str) -> Option<Resource<'_>> {
     match file {
         "index.m3u8" => return Some(Resource::Multivariant),
         "media.m3u8" => return Some(Resource::Media),
@@ -104,14 +258,18 @@ fn parse_number<N: std::str::FromStr>(s: &str) -> Option<N> {
 
 /// The query parameters HLS cares about.
 #[derive(Debug, Default, PartialEq, Eq)]
-struct HlsQuery<'a> {
-    msn: Option<u64>,
-    part: Option<u64>,
-    token: Option<&'a str>,
+pub struct HlsQuery<'a> {
+    /// `_HLS_msn`.
+    pub msn: Option<u64>,
+    /// `_HLS_part`.
+    pub part: Option<u64>,
+    /// `token`, when it has only the characters a play token has.
+    pub token: Option<&'a str>,
 }
 
 impl<'a> HlsQuery<'a> {
-    fn parse(raw: Option<&'a str>) -> Result<Self, HttpError> {
+    /// Reads a raw query; a malformed `_HLS_msn`/`_HLS_part` is a 400.
+    pub fn parse(raw: Option<&'a str>) -> Result<Self, HttpError> {
         let mut q = HlsQuery::default();
         for pair in raw.unwrap_or("").split('&') {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -622,6 +780,50 @@ mod tests {
         assert_eq!(parse_resource("0a1b2c3d-seg+1.m4s"), None);
         assert_eq!(parse_resource("zz-seg1.m4s"), None);
         assert_eq!(parse_resource("../etc/passwd"), None);
+    }
+
+    #[test]
+    fn fast_path_cors_is_the_layers() {
+        let origin = HeaderValue::from_static("https://ok.example");
+        let evil = HeaderValue::from_static("https://evil.example");
+        assert!(PlainCors::new(&[]).is_none());
+        let any = PlainCors::new(&["*".into()]).unwrap();
+        let mut h = axum::http::HeaderMap::new();
+        any.apply(None, &mut h);
+        assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+        assert_eq!(h[header::ACCESS_CONTROL_EXPOSE_HEADERS], "*");
+        assert!(h[header::VARY].to_str().unwrap().starts_with("origin"));
+        let listed = PlainCors::new(&["https://ok.example".into()]).unwrap();
+        let mut h = axum::http::HeaderMap::new();
+        listed.apply(Some(&origin), &mut h);
+        assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://ok.example");
+        let mut h = axum::http::HeaderMap::new();
+        listed.apply(Some(&evil), &mut h);
+        assert!(!h.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+    }
+
+    #[test]
+    fn fast_path_shapes() {
+        assert_eq!(
+            split_hls_path("/hls/abc/index.m3u8"),
+            Some(("abc", None, "index.m3u8"))
+        );
+        assert_eq!(
+            split_hls_path("/hls/abc/s/0123456789abcdef/media.m3u8"),
+            Some(("abc", Some("0123456789abcdef"), "media.m3u8"))
+        );
+        for other in [
+            "/hls/abc/s/0123456789abcdef/beacon",
+            "/hls/abc",
+            "/hls//index.m3u8",
+            "/hls/abc/",
+            "/hls/a%62c/index.m3u8",
+            "/hls/abc/x/y/z",
+            "/hls/abc/s/x/y/z",
+            "/api/v1/streams",
+        ] {
+            assert_eq!(split_hls_path(other), None, "{other}");
+        }
     }
 
     #[test]
