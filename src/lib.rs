@@ -18,6 +18,9 @@
 //! - [`store`]: SQLite on its own thread; [`config`]: typed configuration;
 //!   [`error`]: the HTTP error shape; [`play_token`]: signed play tokens.
 
+// The one exception: zerocopy maps memfds for sendfile (documented there).
+#![deny(unsafe_code)]
+
 pub mod api;
 pub mod app;
 pub mod config;
@@ -37,6 +40,7 @@ pub mod shutdown;
 pub mod store;
 pub mod web;
 pub mod webhooks;
+pub mod zerocopy;
 
 pub use app::{start, Bootstrap, Server, StartError};
 pub use config::Config;

@@ -59,6 +59,11 @@ async fn start_varnish(dir: &std::path::Path, backend: std::net::SocketAddr) -> 
 
 /// The origin's HLS request counters by kind.
 async fn origin_counts(base: &str) -> std::collections::HashMap<String, f64> {
+    samples(base, "media_server_hls_requests_total").await
+}
+
+/// The samples of one metric, by their `kind` label.
+async fn samples(base: &str, metric: &str) -> std::collections::HashMap<String, f64> {
     let text = reqwest::Client::new()
         .get(format!("{base}/metrics"))
         .bearer_auth(ADMIN_TOKEN)
@@ -73,7 +78,7 @@ async fn origin_counts(base: &str) -> std::collections::HashMap<String, f64> {
     scrape
         .samples
         .iter()
-        .filter(|s| s.metric == "media_server_hls_requests_total")
+        .filter(|s| s.metric == metric)
         .map(|s| {
             let v = match s.value {
                 prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
@@ -295,6 +300,12 @@ async fn two_hundred_ll_hls_clients_behind_varnish_cost_the_origin_one_request_p
         t.await.unwrap();
     }
     let after = origin_counts(&origin).await;
+    // Parts and segments left the origin with sendfile (zero-copy), not writes from memory.
+    let sendfile = samples(&origin, "media_server_hls_sendfile_bytes_total").await;
+    assert!(
+        sendfile.values().sum::<f64>() > 0.0,
+        "no HLS bytes were sent with sendfile: {sendfile:?}"
+    );
     let delta =
         |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
     let mut s = std::mem::take(&mut *seen.lock().unwrap());

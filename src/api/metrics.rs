@@ -198,6 +198,16 @@ pub async fn get(auth: Result<Auth, HttpError>, State(state): State<ApiState>) -
                 n as f64,
             );
         }
+        o.family(
+            "media_server_hls_sendfile_bytes_total",
+            "counter",
+            "HLS part and segment bytes sent with sendfile from memfd regions (zero-copy).",
+        );
+        o.sample(
+            "media_server_hls_sendfile_bytes_total",
+            &[],
+            crate::zerocopy::sent_bytes() as f64,
+        );
     }
     if let Some(r) = &state.restreamer {
         let all = r.all();

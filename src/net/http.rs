@@ -341,7 +341,9 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        let this = &mut *self;
+        let r = crate::zerocopy::poll_send(&mut this.inner, cx, &[io::IoSlice::new(buf)])
+            .unwrap_or_else(|| Pin::new(&mut this.inner).poll_write(cx, buf));
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.wrote();
         }
@@ -353,7 +355,9 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        let this = &mut *self;
+        let r = crate::zerocopy::poll_send(&mut this.inner, cx, bufs)
+            .unwrap_or_else(|| Pin::new(&mut this.inner).poll_write_vectored(cx, bufs));
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.wrote();
         }

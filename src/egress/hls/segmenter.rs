@@ -16,10 +16,12 @@
 //! segment carries a discontinuity and, if needed, a new init segment.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use bytes::Bytes;
+
+use crate::zerocopy::Arena;
 
 use crate::media::{Frame, Track, TrackKind, Tracks};
 use crate::proto::fmp4::{self, Chunks, Sample, TrackRun};
@@ -67,8 +69,10 @@ struct StoredSegment {
 
 /// A finished part: its pieces as muxed (headers plus sample payloads shared with the hub),
 /// joined into one buffer the first time a viewer asks for it, so that it goes to every
-/// viewer in one write instead of one small write per sample. A stream nobody watches over
-/// HLS never pays for the copy.
+/// viewer in one write instead of one small write per sample. The buffer lies in the
+/// stream's memfd arena ([`crate::zerocopy`]), so the HTTP socket sends it with
+/// `sendfile` (on the heap where no memfd can be made). A stream nobody watches over HLS
+/// never pays for the copy.
 #[derive(Debug, Clone)]
 struct StoredPart {
     pieces: Chunks,
@@ -84,8 +88,17 @@ impl StoredPart {
     }
 
     /// The part as one buffer, joined on first use.
-    fn served(&self) -> Chunks {
-        let bytes = self.joined.get_or_init(|| self.pieces.joined()).clone();
+    fn served(&self, arena: &Mutex<Arena>) -> Chunks {
+        let bytes = self
+            .joined
+            .get_or_init(|| {
+                arena
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .copy(&self.pieces.parts)
+                    .unwrap_or_else(|| self.pieces.joined())
+            })
+            .clone();
         let mut out = Chunks::default();
         out.push(bytes);
         out
@@ -106,6 +119,8 @@ pub struct Segmenter {
     model: MediaPlaylist,
     stored: VecDeque<StoredSegment>,
     open_parts: Vec<StoredPart>,
+    /// Where served parts are joined (memfd regions for `sendfile`).
+    arena: Mutex<Arena>,
     inits: Vec<(u32, Bytes)>,
     init_id: Option<u32>,
     next_init_id: u32,
@@ -148,6 +163,7 @@ impl Segmenter {
             },
             stored: VecDeque::new(),
             open_parts: Vec::new(),
+            arena: Mutex::default(),
             inits: Vec::new(),
             init_id: None,
             next_init_id: 0,
@@ -231,7 +247,7 @@ impl Segmenter {
         let seg = self.stored.iter().find(|s| s.msn == msn)?;
         let mut out = Chunks::default();
         for p in &seg.parts {
-            out.extend(&p.served());
+            out.extend(&p.served(&self.arena));
         }
         Some(out)
     }
@@ -253,7 +269,7 @@ impl Segmenter {
 
     /// A part's bytes for a viewer: one buffer, joined once and shared by every viewer.
     pub fn serve_part(&self, msn: u64, index: usize) -> Option<Chunks> {
-        self.stored_part(msn, index).map(StoredPart::served)
+        self.stored_part(msn, index).map(|p| p.served(&self.arena))
     }
 
     /// New tracks from the publisher: the first announcement, or a reconnect / codec change,
