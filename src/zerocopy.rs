@@ -25,7 +25,7 @@ use std::sync::{Arc, RwLock, Weak};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use tokio::io::{AsyncWrite, Interest};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 /// A region's size unless an object needs more.
@@ -204,15 +204,40 @@ pub fn poll_send(
     if LIVE.load(Ordering::Relaxed) == 0 {
         return None;
     }
-    let (first, (region, offset)) = bufs.iter().enumerate().find_map(|(i, b)| find(b).map(|f| (i, f)))?;
+    let (first, (region, offset)) = bufs
+        .iter()
+        .enumerate()
+        .find_map(|(i, b)| find(b).map(|f| (i, f)))?;
     if first > 0 {
-        // What comes before (the response head) goes out first, the usual way.
-        return Some(std::pin::Pin::new(stream).poll_write_vectored(cx, &bufs[..first]));
+        // What comes before (the response head) goes out first, marked as having more to
+        // come (`MSG_MORE`), so that head and body leave in the same packets.
+        let head = &bufs[..first];
+        return Some(loop {
+            match stream.poll_write_ready(cx) {
+                Poll::Pending => break Poll::Pending,
+                Poll::Ready(Err(e)) => break Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+            let sent = stream.try_io(Interest::WRITABLE, || {
+                rustix::net::sendmsg(
+                    stream.as_fd(),
+                    head,
+                    &mut rustix::net::SendAncillaryBuffer::default(),
+                    rustix::net::SendFlags::MORE | rustix::net::SendFlags::NOSIGNAL,
+                )
+                .map_err(io::Error::from)
+            });
+            match sent {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                other => break Poll::Ready(other),
+            }
+        });
     }
     // The following slices that continue the same range go in the same call.
     let mut len = bufs[0].len();
     for b in &bufs[1..] {
-        if b.as_ptr() as usize == region.base + offset + len && offset + len + b.len() <= region.len {
+        if b.as_ptr() as usize == region.base + offset + len && offset + len + b.len() <= region.len
+        {
             len += b.len();
         } else {
             break;
@@ -226,7 +251,7 @@ pub fn poll_send(
         }
         let mut at = offset as u64;
         let sent = stream.try_io(Interest::WRITABLE, || {
-            rustix::fs::sendfile(stream_fd(stream), &region.fd, Some(&mut at), len)
+            rustix::fs::sendfile(stream.as_fd(), &region.fd, Some(&mut at), len)
                 .map_err(io::Error::from)
         });
         match sent {
@@ -240,14 +265,10 @@ pub fn poll_send(
     })
 }
 
-fn stream_fd(stream: &TcpStream) -> std::os::fd::BorrowedFd<'_> {
-    stream.as_fd()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
     #[test]
     fn arena_bytes_read_back_and_regions_go_with_their_last_bytes() {
@@ -284,12 +305,17 @@ mod tests {
         let before = sent_bytes();
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let head = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
-        let mut pending: Vec<Bytes> = vec![Bytes::from(head.clone()), part.slice(..1000), part.slice(1000..)];
+        let mut pending: Vec<Bytes> = vec![
+            Bytes::from(head.clone()),
+            part.slice(..1000),
+            part.slice(1000..),
+        ];
         while !pending.is_empty() {
             let slices: Vec<IoSlice<'_>> = pending.iter().map(|b| IoSlice::new(b)).collect();
             let n = std::future::poll_fn(|cx| {
-                poll_send(&mut stream, cx, &slices)
-                    .unwrap_or_else(|| std::pin::Pin::new(&mut stream).poll_write_vectored(cx, &slices))
+                poll_send(&mut stream, cx, &slices).unwrap_or_else(|| {
+                    std::pin::Pin::new(&mut stream).poll_write_vectored(cx, &slices)
+                })
             })
             .await
             .unwrap();
@@ -308,6 +334,9 @@ mod tests {
         let got = reader.await.unwrap();
         assert_eq!(&got[..head.len()], &head[..]);
         assert_eq!(&got[head.len()..], &body[..]);
-        assert!(sent_bytes() - before >= body.len() as u64, "sent with sendfile");
+        assert!(
+            sent_bytes() - before >= body.len() as u64,
+            "sent with sendfile"
+        );
     }
 }
