@@ -80,6 +80,176 @@ pub struct Config {
     pub security: SecurityConfig,
     /// Publish and play authorised by the platform: an HTTP callback and JWTs.
     pub external_auth: ExternalAuthConfig,
+    /// Where durable state lives: the embedded SQLite file (default) or PostgreSQL.
+    pub store: StoreConfig,
+    /// Many nodes as one service (PostgreSQL + Redis); off by default.
+    pub cluster: ClusterConfig,
+}
+
+/// `[store]`: the embedded SQLite database in `server.data_dir` unless `url` names a
+/// PostgreSQL database (what cluster mode needs: every node shares it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Empty for SQLite (the default); `postgres://user@host:5432/db` for PostgreSQL.
+    pub url: String,
+    /// Connections to PostgreSQL this node keeps open.
+    pub pool_size: u32,
+    /// Deadline to connect to PostgreSQL, in milliseconds.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            pool_size: 4,
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Whether the store is PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")
+    }
+}
+
+/// `[cluster]`: many nodes behind one load balancer, sharing PostgreSQL (`[store] url`) for
+/// durable state and Redis for leases, viewer counts, limits and messages between nodes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Run as one node of a cluster.
+    pub enabled: bool,
+    /// This node's name (letters, digits, `.`, `_`, `-`); empty: the host name.
+    pub node_id: String,
+    /// How the other nodes reach this one (`http://10.0.0.5:8080`).
+    pub advertise_url: String,
+    /// `redis://host:6379/0` (or `rediss://`).
+    pub redis_url: String,
+    /// Prefix of every Redis key, so that clusters can share one Redis.
+    pub redis_prefix: String,
+    /// Shared by every node, at least 32 characters: authenticates node-to-node traffic.
+    pub secret: String,
+    /// A live stream's owner lease: it expires this long after its last renewal.
+    pub lease_ttl_ms: u64,
+    /// How often the owner renews its leases.
+    pub lease_renew_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            node_id: String::new(),
+            advertise_url: String::new(),
+            redis_url: String::new(),
+            redis_prefix: "ms".into(),
+            secret: String::new(),
+            lease_ttl_ms: 10_000,
+            lease_renew_ms: 3_000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// `node_id`, or the host name when it is empty.
+    pub fn node_name(&self) -> String {
+        if !self.node_id.is_empty() {
+            return self.node_id.clone();
+        }
+        rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// Why a cluster setting is unusable: `(key, problem)`, or `None` when it is fine.
+fn cluster_problem(store: &StoreConfig, c: &ClusterConfig) -> Option<(&'static str, String)> {
+    if !store.url.is_empty() {
+        let ok =
+            store.is_postgres() && url::Url::parse(&store.url).is_ok_and(|u| u.host().is_some());
+        if !ok {
+            return Some((
+                "store.url",
+                "empty (SQLite) or a postgres://user@host:5432/database URL".into(),
+            ));
+        }
+    }
+    if !(1..=64).contains(&store.pool_size) {
+        return Some(("store.pool_size", "must be between 1 and 64".into()));
+    }
+    if !(100..=60_000).contains(&store.connect_timeout_ms) {
+        return Some((
+            "store.connect_timeout_ms",
+            "must be between 100 and 60000".into(),
+        ));
+    }
+    if !c.node_id.is_empty()
+        && (c.node_id.len() > 64
+            || !c
+                .node_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')))
+    {
+        return Some((
+            "cluster.node_id",
+            "at most 64 letters, digits, '.', '_' or '-'".into(),
+        ));
+    }
+    if !c.enabled {
+        return None;
+    }
+    if !store.is_postgres() {
+        return Some((
+            "cluster.enabled",
+            "needs [store] url = \"postgres://…\": the nodes share one PostgreSQL database".into(),
+        ));
+    }
+    let redis_ok = url::Url::parse(&c.redis_url)
+        .is_ok_and(|u| matches!(u.scheme(), "redis" | "rediss") && u.host().is_some());
+    if !redis_ok {
+        return Some((
+            "cluster.redis_url",
+            "cluster mode needs a redis://host:6379 (or rediss://) URL".into(),
+        ));
+    }
+    let advertise_ok = url::Url::parse(&c.advertise_url)
+        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+    if !advertise_ok {
+        return Some((
+            "cluster.advertise_url",
+            "cluster mode needs the http:// URL the other nodes reach this one at".into(),
+        ));
+    }
+    if c.secret.chars().count() < 32 {
+        return Some((
+            "cluster.secret",
+            "cluster mode needs a secret of at least 32 characters, the same on every node".into(),
+        ));
+    }
+    if c.redis_prefix.is_empty() || c.redis_prefix.contains(char::is_whitespace) {
+        return Some((
+            "cluster.redis_prefix",
+            "must be non-empty, without spaces".into(),
+        ));
+    }
+    if !(1_000..=120_000).contains(&c.lease_ttl_ms) {
+        return Some((
+            "cluster.lease_ttl_ms",
+            "must be between 1000 and 120000".into(),
+        ));
+    }
+    if c.lease_renew_ms == 0 || c.lease_renew_ms * 2 > c.lease_ttl_ms {
+        return Some((
+            "cluster.lease_renew_ms",
+            "must be greater than 0 and at most half of cluster.lease_ttl_ms".into(),
+        ));
+    }
+    None
 }
 
 /// `[external_auth]`: next to stream keys and play tokens, a platform may authorise publish
@@ -655,6 +825,9 @@ impl Config {
                 return invalid(key, "an http:// or https:// URL, or empty");
             }
         }
+        if let Some((key, problem)) = cluster_problem(&self.store, &self.cluster) {
+            return invalid(key, &problem);
+        }
         if let Err(e) = crate::outbound::OutboundPolicy::from_config(&self.security) {
             return invalid("security.outbound_allow/outbound_deny", &e);
         }
@@ -1000,5 +1173,59 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown key http.nope"), "{e}");
+    }
+
+    #[test]
+    fn cluster_mode_needs_postgres_redis_an_address_and_a_secret() {
+        let full = "[store]\nurl = \"postgres://root@127.0.0.1:5432/test\"\n\
+                    [cluster]\nenabled = true\nnode_id = \"a-1\"\n\
+                    advertise_url = \"http://127.0.0.1:8080\"\n\
+                    redis_url = \"redis://127.0.0.1:6379\"\n\
+                    secret = \"0123456789abcdef0123456789abcdef\"\n";
+        let c = Config::from_toml_and_env(full, vec![]).unwrap();
+        assert!(c.store.is_postgres() && c.cluster.enabled);
+        assert_eq!(c.cluster.node_name(), "a-1");
+        // Each missing piece is one line naming its key.
+        for (drop, key) in [
+            (
+                "url = \"postgres://root@127.0.0.1:5432/test\"\n",
+                "cluster.enabled",
+            ),
+            (
+                "redis_url = \"redis://127.0.0.1:6379\"\n",
+                "cluster.redis_url",
+            ),
+            (
+                "advertise_url = \"http://127.0.0.1:8080\"\n",
+                "cluster.advertise_url",
+            ),
+            (
+                "secret = \"0123456789abcdef0123456789abcdef\"\n",
+                "cluster.secret",
+            ),
+        ] {
+            let e = Config::from_toml_and_env(&full.replace(drop, ""), vec![])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && !e.contains('\n'), "{drop}: {e}");
+        }
+        let e = Config::from_toml_and_env("[store]\nurl = \"mysql://x/y\"\n", vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("store.url"), "{e}");
+        let e = Config::from_toml_and_env("[cluster]\nnode_id = \"a b\"\n", vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cluster.node_id"), "{e}");
+        // PostgreSQL alone (no cluster) is fine, and the embedded default needs nothing.
+        let c = Config::from_toml_and_env(
+            "[store]\nurl = \"postgresql://root@localhost/test\"\n",
+            vec![],
+        )
+        .unwrap();
+        assert!(c.store.is_postgres() && !c.cluster.enabled);
+        let c = Config::from_toml_and_env("", vec![]).unwrap();
+        assert!(!c.store.is_postgres() && !c.cluster.enabled);
+        assert!(!c.cluster.node_name().is_empty(), "the host name");
     }
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need (Debian
 # packages: ffmpeg for interop, nasm for the camera encoder's fast path, curl, chromium,
-# varnish as the shared cache in front of HLS (tests/hls_cache.rs),
+# varnish as the shared cache in front of HLS (tests/hls_cache.rs), PostgreSQL and Redis
+# for the cluster tests (started under /tmp when the machine has none running),
 # nginx with libnginx-mod-rtmp/-stream as the restream target;
 # aiortc and schemathesis from PyPI into venvs under target/), checks formatting and
 # lints, runs every test, then schemathesis against the live server. Interop tests fail
@@ -12,7 +13,7 @@ cd "$(dirname "$0")/.."
 log() { printf '\n==> %s\n' "$*"; }
 
 need_apt=()
-for pair in ffmpeg:ffmpeg ffprobe:ffmpeg nasm:nasm curl:curl python3:python3 chromium:chromium varnishd:varnish; do
+for pair in ffmpeg:ffmpeg ffprobe:ffmpeg nasm:nasm curl:curl python3:python3 chromium:chromium varnishd:varnish psql:postgresql-client pg_isready:postgresql-client; do
   program=${pair%%:*}; package=${pair##*:}
   command -v "$program" >/dev/null 2>&1 || need_apt+=("$package")
 done
@@ -60,6 +61,49 @@ if [ ! -f target/npm/node_modules/playwright-core/package.json ]; then
   mkdir -p target/npm
   npm install --silent --no-audit --no-fund --prefix target/npm "playwright-core@1.57.0" >/dev/null
 fi
+
+# PostgreSQL and Redis for the cluster tests: the machine's own when they answer on
+# loopback, else Debian's packages and throwaway servers (data under /tmp, loopback only).
+# Every test then creates a database of its own (tests/common/services.rs).
+as_service_user() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+pg_port=${MS_TEST_PG_PORT:-5432}
+if ! { command -v pg_isready >/dev/null 2>&1 && pg_isready -q -h 127.0.0.1 -p "$pg_port"; }; then
+  if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+    log "installing PostgreSQL"
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+  fi
+  pg_bin=$(dirname "$(ls /usr/lib/postgresql/*/bin/pg_ctl | sort -V | tail -1)")
+  pg_data=/tmp/media-server-test-pg-$pg_port
+  log "starting a throwaway PostgreSQL on 127.0.0.1:$pg_port ($pg_data)"
+  if [ ! -f "$pg_data/PG_VERSION" ]; then
+    rm -rf "$pg_data"; mkdir -p "$pg_data"
+    [ "$(id -u)" -ne 0 ] || chown postgres: "$pg_data"
+    as_service_user "$pg_bin/initdb" -D "$pg_data" -U root --auth=trust >/dev/null
+  fi
+  as_service_user "$pg_bin/pg_ctl" -D "$pg_data" -l "$pg_data/log" -w \
+    -o "-c listen_addresses=127.0.0.1 -p $pg_port -k $pg_data" start >/dev/null
+fi
+if ! psql "postgres://root@127.0.0.1:$pg_port/postgres" -tAc \
+    "SELECT 1 FROM pg_database WHERE datname = 'test'" | grep -q 1; then
+  psql "postgres://root@127.0.0.1:$pg_port/postgres" -qc "CREATE DATABASE test"
+fi
+export MS_TEST_PG_URL=${MS_TEST_PG_URL:-postgres://root@127.0.0.1:$pg_port/test}
+redis_port=${MS_TEST_REDIS_PORT:-6379}
+if ! (exec 3<>"/dev/tcp/127.0.0.1/$redis_port") 2>/dev/null; then
+  if ! command -v redis-server >/dev/null 2>&1; then
+    log "installing Redis"
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+  fi
+  log "starting a throwaway Redis on 127.0.0.1:$redis_port"
+  redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no \
+    --daemonize yes --dir /tmp --logfile "/tmp/media-server-test-redis-$redis_port.log"
+  for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$redis_port") 2>/dev/null && break; sleep 0.1; done
+fi
+export MS_TEST_REDIS_URL=${MS_TEST_REDIS_URL:-redis://127.0.0.1:$redis_port}
 
 # The flood test opens ~6,000 sockets: use the hard limit on open files.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

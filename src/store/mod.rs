@@ -9,6 +9,7 @@
 //! Restream keys must be sent to the platform later, so they are encrypted instead
 //! ([`secret_box`]).
 
+pub mod pg;
 mod recordings;
 mod restreams;
 pub mod secret_box;
@@ -47,6 +48,12 @@ pub enum StoreError {
     /// A unique value (app/name, key) is taken.
     #[error("{0}")]
     Conflict(String),
+    /// PostgreSQL reported an error.
+    #[error("database: {0}")]
+    Postgres(#[from] postgres::Error),
+    /// The database cannot be used now (PostgreSQL unreachable, or newer than this binary).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;

@@ -6,6 +6,7 @@
 
 pub mod nginx;
 pub mod raw_rtmp;
+pub mod services;
 pub mod webrtc;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,123 @@
+//! Cluster mode, PostgreSQL (issue 17): the schema is migrated once however many nodes
+//! start together on an empty database, a database from a newer binary and an unreachable
+//! server are refused with one clear line, and the pool reconnects. Real PostgreSQL (a
+//! fresh database per test, see `common::services`).
+
+mod common;
+
+use common::services::{pg_query, TestDb};
+use media_server::config::StoreConfig;
+use media_server::store::pg::{PgPool, PG_MIGRATIONS};
+
+fn store_config(url: &str) -> StoreConfig {
+    StoreConfig {
+        url: url.to_owned(),
+        ..StoreConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_starting_together_migrate_an_empty_database_once() {
+    let db = TestDb::create("migrate3");
+    let cfg = store_config(&db.url);
+    let (a, b, c) = tokio::join!(PgPool::open(&cfg), PgPool::open(&cfg), PgPool::open(&cfg));
+    for (node, r) in [("a", &a), ("b", &b), ("c", &c)] {
+        assert!(r.is_ok(), "node {node}: {:?}", r.as_ref().err());
+    }
+    let versions = pg_query(
+        &db.url,
+        "SELECT version FROM schema_migrations ORDER BY version",
+    );
+    let want: Vec<String> = (1..=PG_MIGRATIONS.len()).map(|v| v.to_string()).collect();
+    assert_eq!(versions, want, "each migration recorded exactly once");
+    let tables = pg_query(
+        &db.url,
+        "SELECT table_name::text FROM information_schema.tables \
+         WHERE table_schema = 'public' ORDER BY 1",
+    );
+    for t in [
+        "recordings",
+        "restreams",
+        "settings",
+        "streams",
+        "tokens",
+        "webhook_deliveries",
+        "webhooks",
+    ] {
+        assert!(tables.iter().any(|x| x == t), "{t} missing: {tables:?}");
+    }
+    // A fourth start finds nothing to do, and every pool answers queries.
+    let d = PgPool::open(&cfg).await.unwrap();
+    assert_eq!(
+        pg_query(&db.url, "SELECT count(*) FROM schema_migrations"),
+        vec![PG_MIGRATIONS.len().to_string()]
+    );
+    for pool in [a.unwrap(), b.unwrap(), c.unwrap(), d] {
+        let one: i32 = pool
+            .call(|c| Ok(c.query_one("SELECT 1", &[])?.get(0)))
+            .await
+            .unwrap();
+        assert_eq!(one, 1);
+    }
+}
+
+#[tokio::test]
+async fn a_database_migrated_by_a_newer_binary_is_refused() {
+    let db = TestDb::create("newer");
+    let cfg = store_config(&db.url);
+    PgPool::open(&cfg).await.unwrap();
+    pg_query(
+        &db.url,
+        "INSERT INTO schema_migrations (version) VALUES (999) RETURNING version",
+    );
+    let err = PgPool::open(&cfg).await.unwrap_err().to_string();
+    assert!(err.contains("newer") && err.contains("999"), "{err}");
+    assert!(!err.contains('\n'), "{err}");
+}
+
+#[tokio::test]
+async fn an_unreachable_postgres_is_one_clear_error_and_a_pool_recovers() {
+    // Nothing listens on port 1 of loopback.
+    let cfg = StoreConfig {
+        url: "postgres://root@127.0.0.1:1/test".into(),
+        connect_timeout_ms: 500,
+        ..StoreConfig::default()
+    };
+    let err = PgPool::open(&cfg).await.unwrap_err().to_string();
+    assert!(err.contains("cannot connect to PostgreSQL"), "{err}");
+    // A pool whose connection is cut (the server restarts, a proxy drops it) reconnects:
+    // the query that finds the connection dead fails, the next one succeeds.
+    let db = TestDb::create("recover");
+    let one_connection = StoreConfig {
+        pool_size: 1,
+        ..store_config(&db.url)
+    };
+    let pool = PgPool::open(&one_connection).await.unwrap();
+    let pid: i32 = pool
+        .call(|c| Ok(c.query_one("SELECT pg_backend_pid()", &[])?.get(0)))
+        .await
+        .unwrap();
+    pg_query(
+        &db.url,
+        &format!("SELECT pg_terminate_backend({pid})::text"),
+    );
+    let mut answers = vec![];
+    for _ in 0..4 {
+        answers.push(
+            pool.call(|c| Ok(c.query_one("SELECT 1", &[])?.get::<_, i32>(0)))
+                .await
+                .is_ok(),
+        );
+    }
+    assert!(answers[1..].iter().all(|ok| *ok), "{answers:?}");
+}
+
+#[tokio::test]
+async fn a_server_configured_for_postgres_or_cluster_refuses_to_start_until_it_is_wired() {
+    let db = TestDb::create("refuse");
+    let dir = common::temp_dir("pg-refuse");
+    let mut cfg = common::test_config(&dir);
+    cfg.store.url = db.url.clone();
+    let err = media_server::app::start(cfg).await.unwrap_err().to_string();
+    assert!(err.contains("store.url"), "{err}");
+}
