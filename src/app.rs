@@ -81,16 +81,16 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         &config.server.data_dir,
         config.server.umask_bits().unwrap_or(0o077),
     );
-    if config.store.is_postgres() || config.cluster.enabled {
-        // The PostgreSQL schema and pool exist (store::pg), but the store's queries run on
-        // SQLite only so far: refuse rather than silently keep state in a local file.
+    if config.cluster.enabled {
+        // PostgreSQL works as the store; leases, relays and shared state between nodes do
+        // not exist yet: refuse rather than run nodes that do not know about each other.
         return Err(StartError::Store(StoreError::Unavailable(
-            "store.url/cluster.enabled: PostgreSQL and cluster mode are not available in this \
-             build yet; leave [store] url empty and [cluster] enabled = false"
+            "cluster.enabled: cluster mode is not available in this build yet (a PostgreSQL \
+             store is: set [store] url and leave [cluster] enabled = false)"
                 .into(),
         )));
     }
-    let store = Store::open(&config.server.data_dir).await?;
+    let store = Store::open_config(&config).await?;
     let stale = store.end_stale_live_streams().await?;
     if stale > 0 {
         tracing::info!(

@@ -118,8 +118,18 @@ impl HttpError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
 
-    /// 500 `internal`; the details go to the log, not to the client.
-    pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
+    /// 500 `internal`; the details go to the log, not to the client. A database that
+    /// cannot be reached (PostgreSQL down) is a 503 `unavailable` with `Retry-After`
+    /// instead: the client should try again, nothing is wrong with its request.
+    pub fn internal(context: &str, err: impl std::fmt::Display + 'static) -> Self {
+        if let Some(e) = (&err as &dyn std::any::Any).downcast_ref::<crate::store::StoreError>() {
+            if e.is_unavailable() {
+                tracing::warn!(%err, "{context}");
+                let mut out = Self::unavailable("the database is unreachable; retry in a moment");
+                out.retry_after = Some(2);
+                return out;
+            }
+        }
         tracing::error!(%err, "{context}");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,

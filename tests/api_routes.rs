@@ -24,13 +24,19 @@ struct Api {
     store: Store,
     admin: String,
     events: tokio::sync::mpsc::Receiver<Event>,
+    _db: Option<common::services::TestDb>,
 }
 
 async fn api_with(edit: impl FnOnce(&mut Config)) -> Api {
     let dir = common::temp_dir("routes");
-    let store = Store::open(&dir).await.unwrap();
-    let (_, admin) = store.create_token("admin", &["*"], None).await.unwrap();
     let mut config = Config::default();
+    config.server.data_dir = dir;
+    let db = common::test_store_is_postgres().then(|| common::services::TestDb::create("routes"));
+    if let Some(db) = &db {
+        config.store.url = db.url.clone();
+    }
+    let store = Store::open_config(&config).await.unwrap();
+    let (_, admin) = store.create_token("admin", &["*"], None).await.unwrap();
     edit(&mut config);
     let (events, rx) = EventBus::new();
     let state = ApiState::new(
@@ -45,6 +51,7 @@ async fn api_with(edit: impl FnOnce(&mut Config)) -> Api {
         store,
         admin,
         events: rx,
+        _db: db,
     }
 }
 

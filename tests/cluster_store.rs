@@ -113,11 +113,47 @@ async fn an_unreachable_postgres_is_one_clear_error_and_a_pool_recovers() {
 }
 
 #[tokio::test]
-async fn a_server_configured_for_postgres_or_cluster_refuses_to_start_until_it_is_wired() {
+async fn a_server_in_cluster_mode_refuses_to_start_until_nodes_can_share_streams() {
     let db = TestDb::create("refuse");
     let dir = common::temp_dir("pg-refuse");
     let mut cfg = common::test_config(&dir);
     cfg.store.url = db.url.clone();
+    cfg.cluster.enabled = true;
+    cfg.cluster.redis_url = "redis://127.0.0.1:6379".into();
+    cfg.cluster.advertise_url = "http://127.0.0.1:8080".into();
+    cfg.cluster.secret = "0123456789abcdef0123456789abcdef".into();
     let err = media_server::app::start(cfg).await.unwrap_err().to_string();
-    assert!(err.contains("store.url"), "{err}");
+    assert!(err.contains("cluster.enabled"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_on_postgres_keeps_streams_keys_and_settings_across_a_restart() {
+    let db = TestDb::create("restart");
+    let dir = common::temp_dir("pg-restart");
+    let mut cfg = common::test_config(&dir);
+    cfg.store.url = db.url.clone();
+    let server = media_server::app::start(cfg.clone()).await.unwrap();
+    let (row, key) = server
+        .store
+        .create_stream(media_server::store::NewStream::named(
+            "live",
+            "pg",
+            "On PostgreSQL",
+        ))
+        .await
+        .unwrap();
+    server.shutdown().await;
+    // The rows are in PostgreSQL, not in a file of the data directory.
+    assert_eq!(
+        pg_query(
+            &db.url,
+            &format!("SELECT title FROM streams WHERE id = '{}'", row.id)
+        ),
+        vec!["On PostgreSQL".to_owned()]
+    );
+    assert!(!dir.join("data/media-server.db").exists());
+    let server = media_server::app::start(cfg).await.unwrap();
+    let found = server.store.find_stream_by_key("live", &key).await.unwrap();
+    assert_eq!(found.map(|r| r.id), Some(row.id));
+    server.shutdown().await;
 }

@@ -923,6 +923,7 @@ async fn data_is_private_on_disk_and_the_play_token_key_is_sealed() {
     let ts = TestServer {
         server,
         dir: dir.clone(),
+        db: None,
     };
     let (id, _) = ts.create_stream("atrest").await;
     let (status, _) = api(
@@ -955,7 +956,11 @@ async fn data_is_private_on_disk_and_the_play_token_key_is_sealed() {
     drop(conn);
     // A restart tightens what was loosened and keeps the key: the token still plays.
     let server = media_server::start(config).await.unwrap();
-    let ts = TestServer { server, dir };
+    let ts = TestServer {
+        server,
+        dir,
+        db: None,
+    };
     assert_eq!(mode(&data), 0o700);
     for entry in std::fs::read_dir(&data).unwrap().flatten() {
         if entry.path().is_file() {

@@ -611,7 +611,7 @@ async fn retention_deletes_old_recordings_and_their_files() {
         .call(move |c| {
             c.execute(
                 "UPDATE recordings SET ended_at = '2020-01-01T00:00:00.000Z' WHERE id = ?1",
-                [&old_id],
+                media_server::store::sql::params![old_id],
             )?;
             Ok(())
         })

@@ -117,7 +117,12 @@ cargo clippy --all-targets --locked -- -D warnings
 log "cargo test (unit, in-process integration, interop with ffmpeg)"
 cargo test --all-targets --locked
 
-log "schemathesis against the live server's OpenAPI document"
+log "the API suites again with PostgreSQL as the store (a fresh database per test)"
+MS_TEST_STORE=postgres cargo test --locked --test api --test api_routes --test api_live \
+  --test recording --test restream --test stats --test bad_input
+
+log "schemathesis against the live server's OpenAPI document (SQLite, then PostgreSQL)"
 bash tests/schemathesis.sh
+MS_TEST_STORE=postgres bash tests/schemathesis.sh
 
 log "all tests passed"

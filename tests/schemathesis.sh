@@ -33,9 +33,21 @@ admin_token = "$token"
 rate_limit_per_token = 1000000
 rate_limit_per_ip = 1000000
 TOML
+# MS_TEST_STORE=postgres: the same run on a fresh PostgreSQL database (tests/run.sh runs both).
+if [ "${MS_TEST_STORE:-}" = postgres ]; then
+  admin_url=${MS_TEST_PG_URL:-postgres://root@127.0.0.1:5432/test}
+  db="ms_schemathesis_$(date +%s)_$$"
+  psql "$admin_url" -qc "CREATE DATABASE $db"
+  printf '[store]\nurl = "%s"\n' "${admin_url%/*}/$db" >> "$work/media-server.toml"
+  echo "schemathesis on PostgreSQL (database $db)"
+fi
 target/debug/media-server --config "$work/media-server.toml" > "$work/server.log" 2>&1 &
 server=$!
-trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT
+cleanup() {
+  kill $server 2>/dev/null || true; wait $server 2>/dev/null || true
+  if [ -n "${db:-}" ]; then psql "$admin_url" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true; fi
+}
+trap cleanup EXIT
 for _ in $(seq 1 100); do
   curl -sf "http://127.0.0.1:$http_port/healthz" >/dev/null 2>&1 && break
   sleep 0.1

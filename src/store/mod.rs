@@ -13,6 +13,7 @@ pub mod pg;
 mod recordings;
 mod restreams;
 pub mod secret_box;
+pub mod sql;
 mod streams;
 mod tokens;
 mod webhooks;
@@ -23,6 +24,8 @@ use rand::RngCore;
 use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
+
+use sql::{params, Db};
 
 pub use recordings::{RecordingFilter, RecordingOrder, RecordingPage, RecordingRow, BAD_CURSOR};
 pub use restreams::{NewRestream, RestreamPatch, RestreamRow};
@@ -54,15 +57,37 @@ pub enum StoreError {
     /// The database cannot be used now (PostgreSQL unreachable, or newer than this binary).
     #[error("{0}")]
     Unavailable(String),
+    /// A row did not have the shape the code expects.
+    #[error("database: {0}")]
+    Schema(String),
+}
+
+impl StoreError {
+    /// Whether the database could not be reached (as opposed to a bad query or row): the
+    /// API answers 503 and the caller may retry.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) | StoreError::Closed => true,
+            // An error without a SQLSTATE is the connection's, not the statement's.
+            StoreError::Postgres(e) => e.is_closed() || e.code().is_none(),
+            _ => false,
+        }
+    }
 }
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
-/// Handle on the database thread.
+/// Handle on the database: the SQLite thread or the PostgreSQL pool.
 #[derive(Clone, Debug)]
 pub struct Store {
-    tx: mpsc::Sender<Job>,
+    engine: Engine,
     secrets: std::sync::Arc<secret_box::SecretBox>,
+}
+
+#[derive(Clone, Debug)]
+enum Engine {
+    Sqlite(mpsc::Sender<Job>),
+    Pg(pg::PgPool),
 }
 
 /// Migrations, in order; `PRAGMA user_version` records how many ran.
@@ -191,26 +216,69 @@ impl Store {
                 let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
             })?;
         ready_rx.await.map_err(|_| StoreError::Closed)??;
-        Ok(Store { tx, secrets })
+        Ok(Store {
+            engine: Engine::Sqlite(tx),
+            secrets,
+        })
     }
 
-    /// Runs `f` on the database thread.
+    /// Opens the store the configuration names: PostgreSQL when `[store] url` is set (the
+    /// key sealing restream secrets still lives in `data_dir`), else SQLite in `data_dir`.
+    pub async fn open_config(config: &crate::config::Config) -> Result<Store, StoreError> {
+        if !config.store.is_postgres() {
+            return Store::open(&config.server.data_dir).await;
+        }
+        let dir = &config.server.data_dir;
+        std::fs::create_dir_all(dir)?;
+        let secrets = std::sync::Arc::new(secret_box::SecretBox::load_or_create(dir)?);
+        let pool = pg::PgPool::open(&config.store).await?;
+        Ok(Store {
+            engine: Engine::Pg(pool),
+            secrets,
+        })
+    }
+
+    /// Whether the store is PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.engine, Engine::Pg(_))
+    }
+
+    /// Runs `f` on a database connection (the SQLite thread or one of PostgreSQL's).
     pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Db<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        match &self.engine {
+            Engine::Sqlite(_) => self.call_sqlite(move |c| f(&mut Db::Lite(c))).await,
+            Engine::Pg(pool) => pool.call(move |c| f(&mut Db::Pg(c))).await,
+        }
+    }
+
+    /// Runs `f` on the SQLite thread; an error on PostgreSQL.
+    pub async fn call_sqlite<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        let Engine::Sqlite(jobs) = &self.engine else {
+            return Err(StoreError::Unavailable("not a SQLite store".into()));
+        };
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
             let _ = tx.send(f(conn));
         });
-        self.tx.send(job).await.map_err(|_| StoreError::Closed)?;
+        jobs.send(job).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Checkpoints the WAL into the main file (called on shutdown).
+    /// Checkpoints SQLite's WAL into the main file (called on shutdown); nothing to do on
+    /// PostgreSQL.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.call(|c| Ok(c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?))
+        if self.is_postgres() {
+            return Ok(());
+        }
+        self.call_sqlite(|c| Ok(c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?))
             .await
     }
 
@@ -218,12 +286,10 @@ impl Store {
     pub async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
         let key = key.to_owned();
         self.call(move |c| {
-            use rusqlite::OptionalExtension;
-            Ok(
-                c.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
-                    r.get(0)
-                })
-                .optional()?,
+            c.query_opt(
+                "SELECT value FROM settings WHERE key = ?1",
+                params![key],
+                |r| r.get(0),
             )
         })
         .await
@@ -251,7 +317,7 @@ impl Store {
     pub async fn delete_setting(&self, key: &str) -> Result<(), StoreError> {
         let key = key.to_owned();
         self.call(move |c| {
-            c.execute("DELETE FROM settings WHERE key = ?1", [key])?;
+            c.execute("DELETE FROM settings WHERE key = ?1", params![key])?;
             Ok(())
         })
         .await
@@ -264,7 +330,7 @@ impl Store {
             c.execute(
                 "INSERT INTO settings (key, value) VALUES (?1, ?2)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                [key, value],
+                params![key, &value],
             )?;
             Ok(())
         })
@@ -347,12 +413,12 @@ mod tests {
         let store = Store::open(&dir).await.unwrap();
         assert_eq!(store.setting("a").await.unwrap().as_deref(), Some("2"));
         let version: i64 = store
-            .call(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?))
+            .call_sqlite(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?))
             .await
             .unwrap();
         assert_eq!(version, MIGRATIONS.len() as i64);
         let mode: String = store
-            .call(|c| Ok(c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?))
+            .call_sqlite(|c| Ok(c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?))
             .await
             .unwrap();
         assert_eq!(mode, "wal");

@@ -2,7 +2,7 @@
 //! (`recording` → `finalizing` → `ready`, or `failed` with a reason) and what the API lists
 //! (size, duration, resolution, codecs).
 
-use rusqlite::{Connection, OptionalExtension, Row, ToSql};
+use super::sql::{args, params, Arg, Db, Row};
 
 use super::{now_rfc3339, random_id, Store, StoreError};
 
@@ -79,7 +79,7 @@ const COLUMNS: &str = "rowid, id, stream_id, status, reason, file, started_at, e
                        duration_ms, size_bytes, width, height, codecs, privacy, \
                        token_generation";
 
-fn row_to_recording(r: &Row<'_>) -> rusqlite::Result<(i64, RecordingRow)> {
+fn row_to_recording(r: &Row) -> Result<(i64, RecordingRow), StoreError> {
     Ok((
         r.get(0)?,
         RecordingRow {
@@ -96,23 +96,22 @@ fn row_to_recording(r: &Row<'_>) -> rusqlite::Result<(i64, RecordingRow)> {
             height: r.get(11)?,
             codecs: r.get(12)?,
             // Anything but "public" is private: fail closed.
-            privacy: if r.get::<_, String>(13)? == "public" {
+            privacy: if r.get::<String>(13)? == "public" {
                 super::Privacy::Public
             } else {
                 super::Privacy::Private
             },
-            token_generation: r.get::<_, i64>(14)?.max(0) as u64,
+            token_generation: r.get::<i64>(14)?.max(0) as u64,
         },
     ))
 }
 
-fn by_id(c: &Connection, id: &str) -> rusqlite::Result<Option<RecordingRow>> {
-    c.query_row(
+fn by_id(c: &mut Db<'_>, id: &str) -> Result<Option<RecordingRow>, StoreError> {
+    c.query_opt(
         &format!("SELECT {COLUMNS} FROM recordings WHERE id = ?1"),
-        [id],
+        params![id],
         row_to_recording,
     )
-    .optional()
     .map(|r| r.map(|(_, row)| row))
 }
 
@@ -174,7 +173,7 @@ impl Store {
                 "INSERT INTO recordings (id, stream_id, status, file, started_at, duration_ms, \
                  size_bytes, width, height, codecs, privacy) VALUES (?1, ?2, ?3, ?4, ?5, 0, 0, \
                  ?6, ?7, ?8, COALESCE((SELECT privacy FROM streams WHERE id = ?2), 'private'))",
-                rusqlite::params![
+                params![
                     r.id,
                     r.stream_id,
                     r.status,
@@ -187,7 +186,7 @@ impl Store {
             )?;
                 let privacy: String = c.query_row(
                     "SELECT privacy FROM recordings WHERE id = ?1",
-                    [&r.id],
+                    params![r.id],
                     |x| x.get(0),
                 )?;
                 if privacy == "public" {
@@ -210,7 +209,7 @@ impl Store {
         self.call(move |c| {
             c.execute(
                 "UPDATE recordings SET size_bytes = ?2, duration_ms = ?3 WHERE id = ?1",
-                rusqlite::params![id, size_bytes as i64, duration_ms as i64],
+                params![id, size_bytes as i64, duration_ms as i64],
             )?;
             Ok(())
         })
@@ -232,7 +231,7 @@ impl Store {
             c.execute(
                 "UPDATE recordings SET status = ?2, reason = ?3, size_bytes = ?4, \
                  duration_ms = ?5, ended_at = COALESCE(?6, ended_at) WHERE id = ?1",
-                rusqlite::params![
+                params![
                     id,
                     status,
                     reason,
@@ -241,7 +240,7 @@ impl Store {
                     ended
                 ],
             )?;
-            Ok(by_id(c, &id)?)
+            by_id(c, &id)
         })
         .await
     }
@@ -249,20 +248,19 @@ impl Store {
     /// One recording.
     pub async fn get_recording(&self, id: &str) -> Result<Option<RecordingRow>, StoreError> {
         let id = id.to_owned();
-        self.call(move |c| Ok(by_id(c, &id)?)).await
+        self.call(move |c| by_id(c, &id)).await
     }
 
     /// Recordings left `recording` or `finalizing` (by a crash).
     pub async fn unfinished_recordings(&self) -> Result<Vec<RecordingRow>, StoreError> {
         self.call(|c| {
-            let mut stmt = c.prepare(&format!(
-                "SELECT {COLUMNS} FROM recordings WHERE status IN ('recording', 'finalizing')"
-            ))?;
-            let rows = stmt
-                .query_map([], row_to_recording)?
-                .map(|r| r.map(|(_, row)| row))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
+            c.query_map(
+                &format!(
+                    "SELECT {COLUMNS} FROM recordings WHERE status IN ('recording', 'finalizing')"
+                ),
+                params![],
+                |r| row_to_recording(r).map(|(_, row)| row),
+            )
         })
         .await
     }
@@ -274,15 +272,14 @@ impl Store {
     ) -> Result<Vec<RecordingRow>, StoreError> {
         let cutoff = cutoff.to_owned();
         self.call(move |c| {
-            let mut stmt = c.prepare(&format!(
-                "SELECT {COLUMNS} FROM recordings WHERE status IN ('ready', 'failed') \
-                 AND ended_at < ?1"
-            ))?;
-            let rows = stmt
-                .query_map([cutoff], row_to_recording)?
-                .map(|r| r.map(|(_, row)| row))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
+            c.query_map(
+                &format!(
+                    "SELECT {COLUMNS} FROM recordings WHERE status IN ('ready', 'failed') \
+                     AND ended_at < ?1"
+                ),
+                params![cutoff],
+                |r| row_to_recording(r).map(|(_, row)| row),
+            )
         })
         .await
     }
@@ -292,7 +289,7 @@ impl Store {
         let id = id.to_owned();
         self.call(move |c| {
             let row = by_id(c, &id)?;
-            c.execute("DELETE FROM recordings WHERE id = ?1", [&id])?;
+            c.execute("DELETE FROM recordings WHERE id = ?1", params![id])?;
             Ok(row)
         })
         .await
@@ -317,33 +314,33 @@ impl Store {
         self.call(move |c| {
             let col = order.column();
             let mut sql = format!("SELECT {COLUMNS} FROM recordings WHERE 1 = 1");
-            let mut args: Vec<Box<dyn ToSql>> = Vec::new();
-            let mut bind = |sql: &mut String, clause: &str, value: Box<dyn ToSql>| {
-                args.push(value);
-                sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+            let mut list: Vec<Arg> = Vec::new();
+            let mut bind = |sql: &mut String, clause: &str, value: Arg| {
+                list.push(value);
+                sql.push_str(&clause.replace('?', &format!("?{}", list.len())));
             };
             if let Some(s) = filter.stream_id {
-                bind(&mut sql, " AND stream_id = ?", Box::new(s));
+                bind(&mut sql, " AND stream_id = ?", s.into());
             }
             if let Some(s) = filter.status {
-                bind(&mut sql, " AND status = ?", Box::new(s));
+                bind(&mut sql, " AND status = ?", s.into());
             }
             if let Some(s) = filter.since {
-                bind(&mut sql, " AND started_at >= ?", Box::new(s));
+                bind(&mut sql, " AND started_at >= ?", s.into());
             }
             if let Some(s) = filter.until {
-                bind(&mut sql, " AND started_at < ?", Box::new(s));
+                bind(&mut sql, " AND started_at < ?", s.into());
             }
             let cmp = if descending { "<" } else { ">" };
             if let Some((rowid, value)) = after {
-                let value: Box<dyn ToSql> = match order {
-                    RecordingOrder::StartedAt => Box::new(value),
-                    _ => Box::new(value.parse::<i64>().unwrap_or(0)),
+                let value: Arg = match order {
+                    RecordingOrder::StartedAt => value.into(),
+                    _ => value.parse::<i64>().unwrap_or(0).into(),
                 };
-                args.push(value);
-                let v = args.len();
-                args.push(Box::new(rowid));
-                let r = args.len();
+                list.push(value);
+                let v = list.len();
+                list.push(rowid.into());
+                let r = list.len();
                 sql.push_str(&format!(
                     " AND ({col} {cmp} ?{v} OR ({col} = ?{v} AND rowid {cmp} ?{r}))"
                 ));
@@ -353,11 +350,7 @@ impl Store {
                 " ORDER BY {col} {dir}, rowid {dir} LIMIT {}",
                 limit + 1
             ));
-            let mut stmt = c.prepare(&sql)?;
-            let params: Vec<&dyn ToSql> = args.iter().map(|a| a.as_ref()).collect();
-            let mut rows = stmt
-                .query_map(params.as_slice(), row_to_recording)?
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut rows = c.query_map(&sql, &args(&list), row_to_recording)?;
             let next_cursor = if rows.len() > limit {
                 rows.truncate(limit);
                 rows.last().map(|(rowid, r)| {

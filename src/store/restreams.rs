@@ -4,7 +4,7 @@
 //! keeps a masked URL and a key hint for display. Rows go with their stream
 //! (`ON DELETE CASCADE`).
 
-use rusqlite::{params, OptionalExtension};
+use super::sql::{params, Row};
 use serde::{Deserialize, Serialize};
 
 use super::{now_rfc3339, random_id, Store, StoreError};
@@ -102,7 +102,7 @@ const COLUMNS: &str = "rowid, id, stream_id, platform, name, secret, url_masked,
                        enabled, created_at, updated_at, allow_private_source";
 
 impl Store {
-    fn row_from(&self, r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, RestreamRow)> {
+    fn row_from(&self, r: &Row) -> Result<(i64, RestreamRow), StoreError> {
         let sealed: String = r.get(5)?;
         let opened = self
             .secrets
@@ -169,10 +169,10 @@ impl Store {
         };
         let r = row.clone();
         self.call(move |c| {
-            let tx = c.transaction()?;
+            let mut tx = c.transaction()?;
             let count: u32 = tx.query_row(
                 "SELECT COUNT(*) FROM restreams WHERE stream_id = ?1",
-                [&r.stream_id],
+                params![r.stream_id],
                 |x| x.get(0),
             )?;
             if count >= max {
@@ -214,16 +214,14 @@ impl Store {
     ) -> Result<(Vec<RestreamRow>, Option<String>), StoreError> {
         let (stream_id, this) = (stream_id.to_owned(), self.clone());
         self.call(move |c| {
-            let mut stmt = c.prepare(&format!(
-                "SELECT {COLUMNS} FROM restreams WHERE stream_id = ?1 AND rowid > ?2 \
-                 ORDER BY rowid LIMIT ?3"
-            ))?;
-            let rows = stmt
-                .query_map(
-                    params![stream_id, after.unwrap_or(0), limit as i64 + 1],
-                    |r| this.row_from(r),
-                )?
-                .collect::<Result<Vec<_>, _>>()?;
+            let rows = c.query_map(
+                &format!(
+                    "SELECT {COLUMNS} FROM restreams WHERE stream_id = ?1 AND rowid > ?2 \
+                     ORDER BY rowid LIMIT ?3"
+                ),
+                params![stream_id, after.unwrap_or(0), limit as i64 + 1],
+                |r| this.row_from(r),
+            )?;
             Ok(super::into_page(rows, limit))
         })
         .await
@@ -242,12 +240,11 @@ impl Store {
     ) -> Result<Option<RestreamRow>, StoreError> {
         let (stream_id, id, this) = (stream_id.to_owned(), id.to_owned(), self.clone());
         self.call(move |c| {
-            Ok(c.query_row(
+            Ok(c.query_opt(
                 &format!("SELECT {COLUMNS} FROM restreams WHERE stream_id = ?1 AND id = ?2"),
-                [stream_id, id],
+                params![stream_id, id],
                 |r| this.row_from(r),
-            )
-            .optional()?
+            )?
             .map(|(_, row)| row))
         })
         .await
@@ -315,11 +312,11 @@ impl Store {
         let this = self.clone();
         let rows = self
             .call(move |c| {
-                let mut stmt = c.prepare(&format!("SELECT {COLUMNS} FROM restreams"))?;
-                let rows = stmt
-                    .query_map([], |r| this.row_from(r))?
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(rows)
+                c.query_map(
+                    &format!("SELECT {COLUMNS} FROM restreams"),
+                    params![],
+                    |r| this.row_from(r),
+                )
             })
             .await?;
         let changes: Vec<(String, String)> = rows
@@ -333,7 +330,7 @@ impl Store {
         let n = changes.len();
         if n > 0 {
             self.call(move |c| {
-                let tx = c.transaction()?;
+                let mut tx = c.transaction()?;
                 for (id, masked) in &changes {
                     tx.execute(
                         "UPDATE restreams SET url_masked = ?1 WHERE id = ?2",
@@ -354,7 +351,7 @@ impl Store {
         self.call(move |c| {
             Ok(c.execute(
                 "DELETE FROM restreams WHERE stream_id = ?1 AND id = ?2",
-                [stream_id, id],
+                params![stream_id, id],
             )? > 0)
         })
         .await

@@ -5,7 +5,7 @@
 //! Pagination follows the insertion order (`rowid`), so a page boundary is stable even while
 //! streams are being created: every stream is listed exactly once, new ones at the end.
 
-use rusqlite::{params, OptionalExtension, Row, ToSql};
+use super::sql::{args, params, Arg, Db, Row};
 use serde::{Deserialize, Serialize};
 
 use super::{hash_secret, now_rfc3339, random_id, Store, StoreError};
@@ -190,7 +190,7 @@ const COLUMNS: &str = "rowid, id, app, name, title, description, category, priva
                        record, protocol, state, created_at, updated_at, started_at, ended_at, \
                        token_generation";
 
-fn row_to_stream(r: &Row<'_>) -> rusqlite::Result<(i64, StreamRow)> {
+fn row_to_stream(r: &Row) -> Result<(i64, StreamRow), StoreError> {
     Ok((
         r.get(0)?,
         StreamRow {
@@ -200,7 +200,7 @@ fn row_to_stream(r: &Row<'_>) -> rusqlite::Result<(i64, StreamRow)> {
             title: r.get(4)?,
             description: r.get(5)?,
             category: r.get(6)?,
-            privacy: if r.get::<_, String>(7)? == "private" {
+            privacy: if r.get::<String>(7)? == "private" {
                 Privacy::Private
             } else {
                 Privacy::Public
@@ -208,12 +208,12 @@ fn row_to_stream(r: &Row<'_>) -> rusqlite::Result<(i64, StreamRow)> {
             scheduled_at: r.get(8)?,
             record: r.get(9)?,
             protocol: r.get(10)?,
-            state: StreamState::parse(&r.get::<_, String>(11)?),
+            state: StreamState::parse(&r.get::<String>(11)?),
             created_at: r.get(12)?,
             updated_at: r.get(13)?,
             started_at: r.get(14)?,
             ended_at: r.get(15)?,
-            token_generation: r.get::<_, i64>(16)?.max(0) as u64,
+            token_generation: r.get::<i64>(16)?.max(0) as u64,
         },
     ))
 }
@@ -232,21 +232,18 @@ pub fn new_stream_key() -> String {
     random_id("sk_", 16)
 }
 
-fn is_unique_violation(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
-}
+use super::sql::is_unique_violation;
 
 fn select_by(
-    c: &rusqlite::Connection,
+    c: &mut Db<'_>,
     clause: &str,
-    args: &[&dyn ToSql],
-) -> rusqlite::Result<Option<StreamRow>> {
-    c.query_row(
+    args: &[super::sql::P<'_>],
+) -> Result<Option<StreamRow>, StoreError> {
+    c.query_opt(
         &format!("SELECT {COLUMNS} FROM streams WHERE {clause}"),
         args,
         row_to_stream,
     )
-    .optional()
     .map(|r| r.map(|(_, row)| row))
 }
 
@@ -286,7 +283,7 @@ impl Store {
                     }
                     other => other?,
                 };
-                select_by(c, "id = ?1", &[&id])?.ok_or(StoreError::Closed)
+                select_by(c, "id = ?1", params![id])?.ok_or(StoreError::Closed)
             })
             .await?;
         Ok((row, key))
@@ -295,7 +292,7 @@ impl Store {
     /// The stream with this id.
     pub async fn get_stream(&self, id: &str) -> Result<Option<StreamRow>, StoreError> {
         let id = id.to_owned();
-        self.call(move |c| Ok(select_by(c, "id = ?1", &[&id])?))
+        self.call(move |c| select_by(c, "id = ?1", params![id]))
             .await
     }
 
@@ -306,14 +303,8 @@ impl Store {
         key: &str,
     ) -> Result<Option<StreamRow>, StoreError> {
         let (app, hash) = (app.to_owned(), hash_secret(key));
-        self.call(move |c| {
-            Ok(select_by(
-                c,
-                "app = ?1 AND stream_key_hash = ?2",
-                &[&app, &hash],
-            )?)
-        })
-        .await
+        self.call(move |c| select_by(c, "app = ?1 AND stream_key_hash = ?2", params![app, hash]))
+            .await
     }
 
     /// The stream `name` in `app`.
@@ -323,7 +314,7 @@ impl Store {
         name: &str,
     ) -> Result<Option<StreamRow>, StoreError> {
         let (app, name) = (app.to_owned(), name.to_owned());
-        self.call(move |c| Ok(select_by(c, "app = ?1 AND name = ?2", &[&app, &name])?))
+        self.call(move |c| select_by(c, "app = ?1 AND name = ?2", params![app, name]))
             .await
     }
 
@@ -333,7 +324,7 @@ impl Store {
         key: &str,
     ) -> Result<Option<StreamRow>, StoreError> {
         let hash = hash_secret(key);
-        self.call(move |c| Ok(select_by(c, "stream_key_hash = ?1", &[&hash])?))
+        self.call(move |c| select_by(c, "stream_key_hash = ?1", params![hash]))
             .await
     }
 
@@ -347,10 +338,10 @@ impl Store {
         self.call(move |c| {
             let now = now_rfc3339();
             let mut sql = format!("SELECT {COLUMNS} FROM streams WHERE rowid > ?1");
-            let mut args: Vec<Box<dyn ToSql>> = vec![Box::new(cursor.unwrap_or(0))];
+            let mut list: Vec<Arg> = vec![cursor.unwrap_or(0).into()];
             let mut bind = |sql: &mut String, clause: &str, value: String| {
-                args.push(Box::new(value));
-                sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+                list.push(value.into());
+                sql.push_str(&clause.replace('?', &format!("?{}", list.len())));
             };
             match filter.status.as_deref() {
                 Some("scheduled") => {
@@ -374,11 +365,7 @@ impl Store {
                 bind(&mut sql, " AND protocol = ?", protocol);
             }
             sql.push_str(&format!(" ORDER BY rowid LIMIT {}", limit + 1));
-            let mut stmt = c.prepare(&sql)?;
-            let params: Vec<&dyn ToSql> = args.iter().map(|a| a.as_ref()).collect();
-            let rows = stmt
-                .query_map(params.as_slice(), row_to_stream)?
-                .collect::<Result<Vec<_>, _>>()?;
+            let rows = c.query_map(&sql, &args(&list), row_to_stream)?;
             let (rows, next_cursor) = super::into_page(rows, limit);
             Ok(StreamPage { rows, next_cursor })
         })
@@ -393,20 +380,20 @@ impl Store {
     ) -> Result<Option<StreamRow>, StoreError> {
         let id = id.to_owned();
         self.call(move |c| {
-            let tx = c.transaction()?;
+            let mut tx = c.transaction()?;
             let now = now_rfc3339();
-            let old_privacy: Option<String> = tx
-                .query_row("SELECT privacy FROM streams WHERE id = ?1", [&id], |r| {
-                    r.get(0)
-                })
-                .optional()?;
+            let old_privacy: Option<String> = tx.query_opt(
+                "SELECT privacy FROM streams WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )?;
             let n = tx.execute(
                 "UPDATE streams SET
                     title = COALESCE(?2, title),
                     description = COALESCE(?3, description),
-                    category = CASE WHEN ?4 THEN ?5 ELSE category END,
+                    category = CASE WHEN ?4 = 1 THEN ?5 ELSE category END,
                     privacy = COALESCE(?6, privacy),
-                    scheduled_at = CASE WHEN ?7 THEN ?8 ELSE scheduled_at END,
+                    scheduled_at = CASE WHEN ?7 = 1 THEN ?8 ELSE scheduled_at END,
                     record = COALESCE(?9, record),
                     updated_at = ?10
                  WHERE id = ?1",
@@ -426,7 +413,7 @@ impl Store {
             let row = if n == 0 {
                 None
             } else {
-                select_by(&tx, "id = ?1", &[&id])?
+                select_by(&mut tx, "id = ?1", params![id])?
             };
             if let (Some(p), Some(_)) = (patch.privacy, &row) {
                 // A privacy change revokes the play tokens minted so far and goes to the
@@ -444,7 +431,7 @@ impl Store {
                 )?;
             }
             let row = match row {
-                Some(_) => select_by(&tx, "id = ?1", &[&id])?,
+                Some(_) => select_by(&mut tx, "id = ?1", params![id])?,
                 None => None,
             };
             tx.commit()?;
@@ -459,11 +446,11 @@ impl Store {
         let hash = hash_secret(&key);
         let n = self
             .call(move |c| {
-                Ok(c.execute(
+                c.execute(
                     "UPDATE streams SET stream_key_hash = ?2, updated_at = ?3, \
                      token_generation = token_generation + 1 WHERE id = ?1",
                     params![id, hash, now_rfc3339()],
-                )?)
+                )
             })
             .await?;
         Ok((n > 0).then_some(key))
@@ -473,10 +460,11 @@ impl Store {
     pub async fn count_streams_in_app(&self, app: &str) -> Result<u64, StoreError> {
         let app = app.to_owned();
         self.call(move |c| {
-            let n: i64 =
-                c.query_row("SELECT COUNT(*) FROM streams WHERE app = ?1", [app], |r| {
-                    r.get(0)
-                })?;
+            let n: i64 = c.query_row(
+                "SELECT COUNT(*) FROM streams WHERE app = ?1",
+                params![app],
+                |r| r.get(0),
+            )?;
             Ok(n.max(0) as u64)
         })
         .await
@@ -500,16 +488,16 @@ impl Store {
     pub async fn delete_stream(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_owned();
         self.call(move |c| {
-            let tx = c.transaction()?;
+            let mut tx = c.transaction()?;
             // Recordings outlive the stream: they keep its token generation, so play
             // tokens minted before still play them (and revoked ones still do not).
             tx.execute(
                 "UPDATE recordings SET token_generation = COALESCE( \
                  (SELECT token_generation FROM streams WHERE id = ?1), token_generation) \
                  WHERE stream_id = ?1",
-                [&id],
+                params![id],
             )?;
-            let n = tx.execute("DELETE FROM streams WHERE id = ?1", [&id])?;
+            let n = tx.execute("DELETE FROM streams WHERE id = ?1", params![id])?;
             tx.commit()?;
             Ok(n > 0)
         })
@@ -550,17 +538,17 @@ impl Store {
     /// After a crash, streams recorded as live have no publisher: mark them ended.
     pub async fn end_stale_live_streams(&self) -> Result<usize, StoreError> {
         self.call(|c| {
-            Ok(c.execute(
+            c.execute(
                 "UPDATE streams SET state = 'ended', ended_at = ?1, updated_at = ?1 WHERE state = 'live'",
-                [now_rfc3339()],
-            )?)
+                params![now_rfc3339()],
+            )
         })
         .await
     }
 
     /// Streams per stored state, for server stats.
     pub async fn count_streams(&self) -> Result<i64, StoreError> {
-        self.call(|c| Ok(c.query_row("SELECT COUNT(*) FROM streams", [], |r| r.get(0))?))
+        self.call(|c| c.query_row("SELECT COUNT(*) FROM streams", params![], |r| r.get(0)))
             .await
     }
 }

@@ -1,8 +1,7 @@
 //! The `tokens` table: API tokens with scopes, stored as SHA-256 hashes; the secret is
 //! returned once, at creation.
 
-use rusqlite::{params, OptionalExtension};
-
+use super::sql::{params, Row};
 use super::{hash_secret, now_rfc3339, random_id, Store, StoreError};
 
 /// An API token as stored.
@@ -28,11 +27,11 @@ impl TokenRow {
 }
 
 /// Reads id, name, scopes, created_at, last_used_at starting at column `at`.
-fn token_from(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<TokenRow> {
+fn token_from(r: &Row, at: usize) -> Result<TokenRow, StoreError> {
     Ok(TokenRow {
         id: r.get(at)?,
         name: r.get(at + 1)?,
-        scopes: super::split_words(&r.get::<_, String>(at + 2)?),
+        scopes: super::split_words(&r.get::<String>(at + 2)?),
         created_at: r.get(at + 3)?,
         last_used_at: r.get(at + 4)?,
     })
@@ -76,15 +75,12 @@ impl Store {
         cursor: Option<i64>,
     ) -> Result<(Vec<TokenRow>, Option<String>), StoreError> {
         self.call(move |c| {
-            let mut stmt = c.prepare(
+            let rows = c.query_map(
                 "SELECT rowid, id, name, scopes, created_at, last_used_at FROM tokens
                  WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+                params![cursor.unwrap_or(0), limit as i64 + 1],
+                |r| Ok((r.get::<i64>(0)?, token_from(r, 1)?)),
             )?;
-            let rows = stmt
-                .query_map(params![cursor.unwrap_or(0), limit as i64 + 1], |r| {
-                    Ok((r.get::<_, i64>(0)?, token_from(r, 1)?))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
             Ok(super::into_page(rows, limit))
         })
         .await
@@ -93,7 +89,7 @@ impl Store {
     /// Revokes a token; false if there was none.
     pub async fn delete_token(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_owned();
-        self.call(move |c| Ok(c.execute("DELETE FROM tokens WHERE id = ?1", [id])? > 0))
+        self.call(move |c| Ok(c.execute("DELETE FROM tokens WHERE id = ?1", params![id])? > 0))
             .await
     }
 
@@ -102,15 +98,12 @@ impl Store {
         let hash = hash_secret(secret);
         self.call(move |c| {
             let now = now_rfc3339();
-            let row = c
-                .query_row(
-                    "UPDATE tokens SET last_used_at = ?2 WHERE token_hash = ?1
-                     RETURNING id, name, scopes, created_at, last_used_at",
-                    params![hash, now],
-                    |r| token_from(r, 0),
-                )
-                .optional()?;
-            Ok(row)
+            c.query_opt(
+                "UPDATE tokens SET last_used_at = ?2 WHERE token_hash = ?1
+                 RETURNING id, name, scopes, created_at, last_used_at",
+                params![hash, now],
+                |r| token_from(r, 0),
+            )
         })
         .await
     }
@@ -136,7 +129,7 @@ mod tests {
         assert!(!got.allows("tokens:admin"));
         assert!(store.verify_token("ms_nope").await.unwrap().is_none());
         let stored: String = store
-            .call(|c| Ok(c.query_row("SELECT token_hash FROM tokens", [], |r| r.get(0))?))
+            .call_sqlite(|c| Ok(c.query_row("SELECT token_hash FROM tokens", [], |r| r.get(0))?))
             .await
             .unwrap();
         assert_ne!(stored, secret, "only the hash is stored");

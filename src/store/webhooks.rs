@@ -1,7 +1,7 @@
 //! The `webhooks` and `webhook_deliveries` tables. A webhook's secret is needed to sign
 //! deliveries, so it is stored as given; the API masks it in every response after creation.
 
-use rusqlite::params;
+use super::sql::{params, Row};
 
 use super::{now_rfc3339, random_id, Store, StoreError};
 
@@ -52,11 +52,11 @@ pub struct DeliveryRow {
     pub created_at: String,
 }
 
-fn webhook_from(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<WebhookRow> {
+fn webhook_from(r: &Row, at: usize) -> Result<WebhookRow, StoreError> {
     Ok(WebhookRow {
         id: r.get(at)?,
         url: r.get(at + 1)?,
-        events: super::split_words(&r.get::<_, String>(at + 2)?),
+        events: super::split_words(&r.get::<String>(at + 2)?),
         secret: r.get(at + 3)?,
         created_at: r.get(at + 4)?,
     })
@@ -92,13 +92,11 @@ impl Store {
     /// Every webhook, oldest first.
     pub async fn list_webhooks(&self) -> Result<Vec<WebhookRow>, StoreError> {
         self.call(|c| {
-            let mut stmt = c.prepare(
+            c.query_map(
                 "SELECT id, url, events, secret, created_at FROM webhooks ORDER BY rowid",
-            )?;
-            let rows = stmt
-                .query_map([], |r| webhook_from(r, 0))?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
+                params![],
+                |r| webhook_from(r, 0),
+            )
         })
         .await
     }
@@ -111,7 +109,7 @@ impl Store {
     /// Deletes a webhook and its delivery log; false if there was none.
     pub async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_owned();
-        self.call(move |c| Ok(c.execute("DELETE FROM webhooks WHERE id = ?1", [id])? > 0))
+        self.call(move |c| Ok(c.execute("DELETE FROM webhooks WHERE id = ?1", params![id])? > 0))
             .await
     }
 
@@ -137,12 +135,9 @@ impl Store {
             );
             match res {
                 // The webhook was deleted while the delivery was in flight.
-                Err(rusqlite::Error::SqliteFailure(e, _))
-                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
-                    Ok(())
-                }
-                other => other.map(|_| ()).map_err(StoreError::from),
+                // (A foreign-key violation: SQLite reports it as a constraint violation.)
+                Err(e) if super::sql::is_constraint_violation(&e) => Ok(()),
+                other => other.map(|_| ()),
             }
         })
         .await
@@ -157,18 +152,15 @@ impl Store {
     ) -> Result<(Vec<DeliveryRow>, Option<String>), StoreError> {
         let webhook_id = webhook_id.to_owned();
         self.call(move |c| {
-            let mut stmt = c.prepare(
+            let rows = c.query_map(
                 "SELECT rowid, id, webhook_id, event_id, event, attempt, success, status_code, error,
                         duration_ms, created_at
                  FROM webhook_deliveries WHERE webhook_id = ?1 AND rowid < ?2
                  ORDER BY rowid DESC LIMIT ?3",
-            )?;
-            let rows = stmt
-                .query_map(
                     params![webhook_id, cursor.unwrap_or(i64::MAX), limit as i64 + 1],
                     |r| {
                         Ok((
-                            r.get::<_, i64>(0)?,
+                            r.get::<i64>(0)?,
                             DeliveryRow {
                                 id: r.get(1)?,
                                 webhook_id: r.get(2)?,
@@ -178,13 +170,12 @@ impl Store {
                                 success: r.get(6)?,
                                 status_code: r.get(7)?,
                                 error: r.get(8)?,
-                                duration_ms: r.get::<_, i64>(9)?.max(0) as u64,
+                                duration_ms: r.get::<i64>(9)?.max(0) as u64,
                                 created_at: r.get(10)?,
                             },
                         ))
                     },
-                )?
-                .collect::<Result<Vec<_>, _>>()?;
+                )?;
 Ok(super::into_page(rows, limit))
         })
         .await

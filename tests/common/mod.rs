@@ -31,10 +31,18 @@ pub const BASELINE_FIXTURE: &str = concat!(
     "/tests/fixtures/av_baseline.flv"
 );
 
-/// A running in-process server with its own data directory.
+/// A running in-process server with its own data directory (and, with
+/// `MS_TEST_STORE=postgres`, its own PostgreSQL database).
 pub struct TestServer {
     pub server: Server,
     pub dir: PathBuf,
+    pub db: Option<services::TestDb>,
+}
+
+/// Whether tests run their servers on PostgreSQL (`MS_TEST_STORE=postgres`, how CI runs the
+/// API suites a second time) instead of SQLite.
+pub fn test_store_is_postgres() -> bool {
+    std::env::var("MS_TEST_STORE").is_ok_and(|v| v == "postgres")
 }
 
 impl TestServer {
@@ -103,9 +111,13 @@ pub async fn start_with(tag: &str, edit: impl FnOnce(&mut Config)) -> TestServer
     let _ = tracing_subscriber_init();
     let dir = temp_dir(tag);
     let mut config = test_config(&dir);
+    let db = test_store_is_postgres().then(|| services::TestDb::create(tag));
+    if let Some(db) = &db {
+        config.store.url = db.url.clone();
+    }
     edit(&mut config);
     let server = media_server::start(config).await.expect("server starts");
-    TestServer { server, dir }
+    TestServer { server, dir, db }
 }
 
 fn tracing_subscriber_init() -> Result<(), ()> {
