@@ -157,3 +157,80 @@ async fn a_server_on_postgres_keeps_streams_keys_and_settings_across_a_restart()
     assert_eq!(found.map(|r| r.id), Some(row.id));
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_going_away_turns_api_calls_into_503_while_live_media_goes_on() {
+    use common::services::Cuttable;
+    let db = TestDb::create("outage");
+    let mut url = url::Url::parse(&db.url).unwrap();
+    let upstream: std::net::SocketAddr =
+        format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432))
+            .parse()
+            .unwrap();
+    let proxy = Cuttable::start(upstream).await;
+    url.set_port(Some(proxy.addr.port())).unwrap();
+    let ts = common::start_with("pg-outage", |c| {
+        c.store.url = url.to_string();
+        c.store.connect_timeout_ms = 1000;
+    })
+    .await;
+    let http = ts.http("");
+    let (id, key) = ts.create_stream("outage").await;
+    let tags = common::read_flv(common::FIXTURE);
+    let mut publisher = common::RtmpPublisher::connect(ts.server.rtmp_addr, "live", &key)
+        .await
+        .unwrap();
+    publisher.send_tags(&tags, false).await;
+    let playlist = ts.http(&format!("/hls/{id}/media.m3u8"));
+    common::wait_for_200(&format!("{playlist}?_HLS_msn=0"), 10).await;
+    // PostgreSQL goes away.
+    proxy.cut();
+    let (status, body) = common::api(
+        &http,
+        reqwest::Method::POST,
+        "/api/v1/streams",
+        Some(serde_json::json!({"title": "during", "name": "during", "app": "live"})),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    // The publisher, authenticated before, keeps publishing; viewers keep getting media.
+    let before = common::parse_media_playlist(
+        &common::wait_for_200(&format!("{playlist}?_HLS_msn=0"), 5).await,
+    );
+    let later: Vec<_> = tags
+        .iter()
+        .map(|t| common::FlvTag {
+            timestamp: t.timestamp + 20_000,
+            ..t.clone()
+        })
+        .collect();
+    publisher.send_tags(&later, false).await;
+    let next = before.media_sequence + before.segments.len() as u64;
+    let after = common::parse_media_playlist(
+        &common::wait_for_200(&format!("{playlist}?_HLS_msn={next}"), 10).await,
+    );
+    assert!(
+        after.segments.len() + after.media_sequence as usize
+            > before.segments.len() + before.media_sequence as usize,
+        "no new segment while PostgreSQL was away"
+    );
+    // PostgreSQL comes back: writes work again without a restart.
+    proxy.restore();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (status, body) = common::api(
+            &http,
+            reqwest::Method::POST,
+            "/api/v1/streams",
+            Some(serde_json::json!({"title": "after", "name": "after", "app": "live"})),
+        )
+        .await;
+        if status == 201 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status} {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    publisher.finish().await;
+}
