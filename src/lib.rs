@@ -23,6 +23,7 @@
 
 pub mod api;
 pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod egress;
 pub mod error;

@@ -142,3 +142,31 @@ impl Drop for Cuttable {
         self.accept.abort();
     }
 }
+
+/// The Redis tests use (`MS_TEST_REDIS_URL` overrides).
+pub fn redis_url() -> String {
+    std::env::var("MS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A key prefix of one test's own: nothing another test (or an earlier run) wrote is seen.
+pub fn redis_prefix(tag: &str) -> String {
+    format!("mstest:{tag}:{}", media_server::store::random_id("", 6))
+}
+
+/// Deletes every key under `prefix` (a test's own).
+pub async fn redis_cleanup(prefix: &str) {
+    let Ok(client) = redis::Client::open(redis_url()) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+    }
+}
