@@ -363,13 +363,16 @@ fn wire_hub(
         let (stream, state, kind) = match event {
             HubEvent::Published(s) => {
                 hls.on_published(s);
-                // Streams with `record` set are recorded whenever they go live; the recorder
-                // starts from the GOP cache, so the lookup's delay loses nothing.
+                // Streams with `record` set are recorded whenever they go live. The recorder's
+                // subscription is taken now, before the setting is read: a publisher that is
+                // done before the lookup returns (the GOP cache goes with the stream) is still
+                // recorded whole. Not recorded: the subscription is dropped.
                 let (recorders, store, live) = (recorders.clone(), record_store.clone(), s.clone());
+                let sub = s.subscribe_internal();
                 tokio::spawn(async move {
                     if let Ok(Some(row)) = store.get_stream(&live.id).await {
                         if row.record {
-                            recorders.start(live);
+                            recorders.start_with(live, sub);
                         }
                     }
                 });

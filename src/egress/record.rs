@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use crate::config::RecordingConfig;
 use crate::egress::hls::segmenter::{Segmenter, SegmenterConfig};
 use crate::events::EventBus;
-use crate::hub::{Event, LiveStream};
+use crate::hub::{Event, LiveStream, Subscription};
 use crate::media::{CodecConfig, Frame, TrackId, Tracks};
 use crate::proto::mp4scan;
 use crate::store::{RecordingRow, Store};
@@ -88,6 +88,15 @@ impl Recorders {
 
     /// Starts recording a live stream; `false` if it is already being recorded.
     pub fn start(self: &Arc<Self>, stream: Arc<LiveStream>) -> bool {
+        let sub = stream.subscribe_internal();
+        self.start_with(stream, sub)
+    }
+
+    /// Starts recording from a subscription taken earlier: a stream that goes live with
+    /// `record` set is subscribed the moment it is published, before its settings are read,
+    /// so that a publisher done before the lookup finishes (its GOP cache is gone once it
+    /// ends) is still recorded whole.
+    pub fn start_with(self: &Arc<Self>, stream: Arc<LiveStream>, sub: Subscription) -> bool {
         let mut active = self.active();
         if active.contains_key(&stream.id) {
             return false;
@@ -105,7 +114,7 @@ impl Recorders {
         let recs = self.clone();
         tokio::spawn(async move {
             let id = stream.id.clone();
-            recs.run(stream, stop_rx, recording).await;
+            recs.run(stream, sub, stop_rx, recording).await;
             recs.active().remove(&id);
         });
         true
@@ -164,6 +173,7 @@ impl Recorders {
     async fn run(
         self: &Arc<Self>,
         stream: Arc<LiveStream>,
+        mut sub: Subscription,
         mut stop: watch::Receiver<bool>,
         current_id: Arc<Mutex<Option<String>>>,
     ) {
@@ -171,7 +181,6 @@ impl Recorders {
             tracing::error!(%err, dir = %self.dir.display(), "recording: cannot create the directory");
             return;
         }
-        let mut sub = stream.subscribe_internal();
         let mut tracks: Option<Arc<Tracks>> = None;
         let mut writer: Option<Writer> = None;
         let mut dropped = 0;
