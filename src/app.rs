@@ -29,6 +29,9 @@ pub enum StartError {
     /// The database could not be opened.
     #[error("{0}")]
     Store(#[from] StoreError),
+    /// Cluster mode is configured and Redis cannot be reached.
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// A listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -69,6 +72,8 @@ pub struct Server {
     pub recorders: Arc<crate::egress::record::Recorders>,
     /// Restream pushers.
     pub restreamer: Arc<crate::egress::restream::Restreamer>,
+    /// This node in the cluster (cluster mode only).
+    pub cluster: Option<Arc<crate::cluster::ClusterNode>>,
     config: Arc<Config>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -81,17 +86,12 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         &config.server.data_dir,
         config.server.umask_bits().unwrap_or(0o077),
     );
-    if config.cluster.enabled {
-        // PostgreSQL works as the store; leases, relays and shared state between nodes do
-        // not exist yet: refuse rather than run nodes that do not know about each other.
-        return Err(StartError::Store(StoreError::Unavailable(
-            "cluster.enabled: cluster mode is not available in this build yet (a PostgreSQL \
-             store is: set [store] url and leave [cluster] enabled = false)"
-                .into(),
-        )));
-    }
     let store = Store::open_config(&config).await?;
-    let stale = store.end_stale_live_streams().await?;
+    let node_name = config.cluster.node_name();
+    // In a cluster the other nodes' live streams are theirs to end.
+    let stale = store
+        .end_stale_live_streams(config.cluster.enabled.then_some(node_name.as_str()))
+        .await?;
     if stale > 0 {
         tracing::info!(
             count = stale,
@@ -117,7 +117,39 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         exempt.clone(),
     );
     let outbound = Arc::new(crate::outbound::OutboundPolicy::for_config(&config));
+    let http = bind(config.http.listen).await?;
+    let rtmp_listener = bind(config.rtmp.listen).await?;
+    let http_addr = http.local_addr().map_err(|source| StartError::Bind {
+        addr: config.http.listen,
+        source,
+    })?;
+    let rtmp_addr = rtmp_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: config.rtmp.listen,
+            source,
+        })?;
     let hub = Hub::default();
+    let cluster = if config.cluster.enabled {
+        // An advertised port 0 is the port HTTP was bound to (tests, ephemeral ports).
+        let mut cluster_config = config.cluster.clone();
+        if let Ok(mut url) = url::Url::parse(&cluster_config.advertise_url) {
+            if url.port() == Some(0) && url.set_port(Some(http_addr.port())).is_ok() {
+                cluster_config.advertise_url = url.to_string();
+            }
+        }
+        let node = crate::cluster::ClusterNode::join(
+            &cluster_config,
+            store.clone(),
+            hub.clone(),
+            shutdown_rx.clone(),
+        )
+        .await?;
+        tracing::info!(node = %node.id(), "joined the cluster");
+        Some(node)
+    } else {
+        None
+    };
     let (events, events_rx) = EventBus::new();
     let external = crate::extauth::ExternalAuth::new(&config.external_auth);
     let gate = Arc::new(StoreGate {
@@ -157,10 +189,9 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         wire_hub(
             &hub,
             &store,
-            &hls,
-            &recorders,
-            &restreamer,
+            (&hls, &recorders, &restreamer),
             &events,
+            &node_name,
             shutdown_rx.clone(),
         ),
         recorders.spawn_retention(shutdown_rx.clone()),
@@ -179,19 +210,9 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             shutdown_rx.clone(),
         ),
     ];
-
-    let http = bind(config.http.listen).await?;
-    let rtmp_listener = bind(config.rtmp.listen).await?;
-    let http_addr = http.local_addr().map_err(|source| StartError::Bind {
-        addr: config.http.listen,
-        source,
-    })?;
-    let rtmp_addr = rtmp_listener
-        .local_addr()
-        .map_err(|source| StartError::Bind {
-            addr: config.rtmp.listen,
-            source,
-        })?;
+    if let Some(node) = &cluster {
+        tasks.extend(node.spawn());
+    }
 
     let webrtc = crate::net::webrtc::WebRtc::with_exempt(config.webrtc.clone(), exempt.clone());
     let api_state = ApiState::new(
@@ -203,7 +224,8 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     )
     .with_recorders(recorders.clone())
     .with_restreamer(restreamer.clone())
-    .with_hls(hls.clone());
+    .with_hls(hls.clone())
+    .with_cluster(cluster.clone());
     let webrtc_routes = if config.webrtc.enabled {
         crate::net::webrtc_http::router(crate::net::webrtc_http::WebRtcContext {
             webrtc: webrtc.clone(),
@@ -266,6 +288,10 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             keyframe_interval_ms: config.hls.segment_target_ms,
         }))
         .merge(api::router(api_state))
+        .merge(match &cluster {
+            Some(node) => crate::cluster::relay::router(node.clone(), hub.clone()),
+            None => Router::new(),
+        })
         .merge(webrtc_routes)
         .merge(crate::web::router(crate::web::WebContext {
             config: config.clone(),
@@ -329,6 +355,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         webrtc,
         recorders,
         restreamer,
+        cluster,
         config,
         shutdown,
         tasks,
@@ -346,13 +373,16 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 fn wire_hub(
     hub: &Hub,
     store: &Store,
-    hls: &Arc<HlsRegistry>,
-    recorders: &Arc<crate::egress::record::Recorders>,
-    restreamer: &Arc<crate::egress::restream::Restreamer>,
+    (hls, recorders, restreamer): (
+        &Arc<HlsRegistry>,
+        &Arc<crate::egress::record::Recorders>,
+        &Arc<crate::egress::restream::Restreamer>,
+    ),
     events: &EventBus,
+    node: &str,
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    type Update = (String, StreamState, &'static str);
+    type Update = (String, StreamState, &'static str, u64);
     let (tx, mut rx) = mpsc::channel::<Update>(1024);
     let hls = hls.clone();
     let events = events.clone();
@@ -361,6 +391,13 @@ fn wire_hub(
     let record_store = store.clone();
     hub.on_event(move |event| {
         let (stream, state, kind) = match event {
+            // A relay of a stream owned by another node: its viewers here get HLS; the owner
+            // stores its state, records, restreams and sends the webhooks.
+            HubEvent::Published(s) if s.protocol == crate::hub::RELAY_PROTOCOL => {
+                hls.on_published(s);
+                return;
+            }
+            HubEvent::Unpublished(s) if s.protocol == crate::hub::RELAY_PROTOCOL => return,
             HubEvent::Published(s) => {
                 hls.on_published(s);
                 // Streams with `record` set are recorded whenever they go live. The recorder's
@@ -390,13 +427,14 @@ fn wire_hub(
             serde_json::json!({ "stream": { "id": stream.id, "protocol": stream.protocol } }),
         );
         if tx
-            .try_send((stream.id.clone(), state, stream.protocol))
+            .try_send((stream.id.clone(), state, stream.protocol, stream.epoch()))
             .is_err()
         {
             tracing::error!(stream = %stream.id, "state update queue full; state not stored");
         }
     });
     let store = store.clone();
+    let node = node.to_owned();
     tokio::spawn(async move {
         loop {
             let update = tokio::select! {
@@ -406,16 +444,16 @@ fn wire_hub(
                     // updates a moment to arrive, then store what is queued.
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     rx.close();
-                    while let Some((id, state, protocol)) = rx.recv().await {
-                        store_state(&store, &id, state, protocol).await;
+                    while let Some((id, state, protocol, epoch)) = rx.recv().await {
+                        store_state(&store, &id, state, protocol, (&node, epoch)).await;
                     }
                     return;
                 }
             };
-            let Some((id, state, protocol)) = update else {
+            let Some((id, state, protocol, epoch)) = update else {
                 return;
             };
-            store_state(&store, &id, state, protocol).await;
+            store_state(&store, &id, state, protocol, (&node, epoch)).await;
         }
     })
 }
@@ -468,9 +506,22 @@ fn spawn_stats_monitor(
     })
 }
 
-async fn store_state(store: &Store, id: &str, state: StreamState, protocol: &str) {
-    if let Err(err) = store.set_stream_state(id, state, Some(protocol)).await {
-        tracing::error!(stream = %id, %err, "cannot store stream state");
+async fn store_state(
+    store: &Store,
+    id: &str,
+    state: StreamState,
+    protocol: &str,
+    owner: (&str, u64),
+) {
+    match store
+        .set_stream_state(id, state, Some(protocol), Some(owner))
+        .await
+    {
+        Ok(true) => {}
+        // Fenced: another node claimed the stream since (a newer epoch is stored).
+        Ok(false) => tracing::warn!(stream = %id, epoch = owner.1,
+            "stream state not stored: another node owns the stream now"),
+        Err(err) => tracing::error!(stream = %id, %err, "cannot store stream state"),
     }
 }
 

@@ -137,6 +137,8 @@ pub struct ClusterConfig {
     pub lease_ttl_ms: u64,
     /// How often the owner renews its leases.
     pub lease_renew_ms: u64,
+    /// A relay from the owner stays open this long after the last local viewer left.
+    pub relay_linger_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -150,6 +152,7 @@ impl Default for ClusterConfig {
             secret: String::new(),
             lease_ttl_ms: 10_000,
             lease_renew_ms: 3_000,
+            relay_linger_ms: 10_000,
         }
     }
 }
@@ -217,8 +220,8 @@ fn cluster_problem(store: &StoreConfig, c: &ClusterConfig) -> Option<(&'static s
             "cluster mode needs a redis://host:6379 (or rediss://) URL".into(),
         ));
     }
-    let advertise_ok = url::Url::parse(&c.advertise_url)
-        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+    let advertise_ok =
+        url::Url::parse(&c.advertise_url).is_ok_and(|u| u.scheme() == "http" && u.host().is_some());
     if !advertise_ok {
         return Some((
             "cluster.advertise_url",
@@ -819,8 +822,7 @@ impl Config {
             ("external_auth.jwks_url", &self.external_auth.jwks_url),
         ] {
             let ok = url.is_empty()
-                || url::Url::parse(url)
-                    .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+                || url::Url::parse(url).is_ok_and(|u| u.scheme() == "http" && u.host().is_some());
             if !ok {
                 return invalid(key, "an http:// or https:// URL, or empty");
             }

@@ -118,6 +118,21 @@ impl HttpError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
 
+    /// A live stream that cannot be had from the cluster now: 503 with `Retry-After`.
+    pub fn from_hub(err: crate::hub::HubError) -> Self {
+        match err {
+            crate::hub::HubError::Unavailable(reason) => {
+                tracing::warn!(%reason, "cluster unavailable");
+                let mut out = Self::unavailable(
+                    "the stream is on another node, which cannot be reached now; retry in a moment",
+                );
+                out.retry_after = Some(2);
+                out
+            }
+            other => Self::conflict(other.to_string()),
+        }
+    }
+
     /// 500 `internal`; the details go to the log, not to the client. A database that
     /// cannot be reached (PostgreSQL down) is a 503 `unavailable` with `Retry-After`
     /// instead: the client should try again, nothing is wrong with its request.

@@ -112,20 +112,6 @@ async fn an_unreachable_postgres_is_one_clear_error_and_a_pool_recovers() {
     assert!(answers[1..].iter().all(|ok| *ok), "{answers:?}");
 }
 
-#[tokio::test]
-async fn a_server_in_cluster_mode_refuses_to_start_until_nodes_can_share_streams() {
-    let db = TestDb::create("refuse");
-    let dir = common::temp_dir("pg-refuse");
-    let mut cfg = common::test_config(&dir);
-    cfg.store.url = db.url.clone();
-    cfg.cluster.enabled = true;
-    cfg.cluster.redis_url = "redis://127.0.0.1:6379".into();
-    cfg.cluster.advertise_url = "http://127.0.0.1:8080".into();
-    cfg.cluster.secret = "0123456789abcdef0123456789abcdef".into();
-    let err = media_server::app::start(cfg).await.unwrap_err().to_string();
-    assert!(err.contains("cluster.enabled"), "{err}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_on_postgres_keeps_streams_keys_and_settings_across_a_restart() {
     let db = TestDb::create("restart");

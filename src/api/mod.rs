@@ -11,6 +11,7 @@ pub mod auth;
 mod json;
 mod live_stats;
 mod metrics;
+mod nodes;
 pub mod openapi;
 pub mod rate_limit;
 mod recordings;
@@ -71,6 +72,8 @@ pub struct ApiState {
     pub hls: Option<Arc<crate::egress::hls::HlsRegistry>>,
     /// Where webhooks and restreams may point.
     pub outbound: Arc<crate::outbound::OutboundPolicy>,
+    /// This node in the cluster (cluster mode only).
+    pub cluster: Option<Arc<crate::cluster::ClusterNode>>,
 }
 
 impl ApiState {
@@ -94,6 +97,7 @@ impl ApiState {
             restreamer: None,
             hls: None,
             outbound: Arc::new(crate::outbound::OutboundPolicy::for_config(&config)),
+            cluster: None,
         }
     }
 
@@ -106,6 +110,12 @@ impl ApiState {
     /// With the HLS registry (viewer sessions).
     pub fn with_hls(mut self, hls: Arc<crate::egress::hls::HlsRegistry>) -> Self {
         self.hls = Some(hls);
+        self
+    }
+
+    /// In a cluster.
+    pub fn with_cluster(mut self, cluster: Option<Arc<crate::cluster::ClusterNode>>) -> Self {
+        self.cluster = cluster;
         self
     }
 
@@ -211,6 +221,7 @@ pub fn routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(webhooks::get_one, webhooks::delete))
         .routes(routes!(webhooks::deliveries))
         .routes(routes!(stats::get))
+        .routes(routes!(nodes::list))
         .routes(routes!(recordings::list))
         .routes(routes!(recordings::get_one, recordings::delete))
         .routes(routes!(recordings::download))

@@ -73,8 +73,13 @@ pub struct StreamView {
     embed_url: String,
     /// A ready `<iframe>` snippet of `embed_url`.
     iframe: String,
-    /// Viewers now, all protocols.
+    /// Viewers now, all protocols (in a cluster: summed over every node).
     viewer_count: u64,
+    /// The node holding the publisher while live (its `[cluster] node_id`, or host name).
+    node: Option<String>,
+    /// Relays this node serves for the stream: one per other node with viewers of it
+    /// (cluster mode; 0 on a single node).
+    relays: u64,
     /// Viewers now per protocol (`hls` sessions, `rtmp`, `whep`, `mjpeg` connections).
     viewer_count_by_protocol: std::collections::BTreeMap<String, u64>,
     /// Most viewers at once during the current or last session.
@@ -386,10 +391,22 @@ fn base_track_views(s: &StreamSnapshot, tracks: &crate::media::Tracks) -> Vec<Tr
         .collect()
 }
 
-fn live_view(snap: Option<&StreamSnapshot>, status: &str, is_recording: bool) -> LiveView {
+/// `clustered`: a stream stored as live without a publisher here is live on another node
+/// (on a single node it is a leftover of a crash, shown as ended).
+fn live_view(
+    snap: Option<&StreamSnapshot>,
+    status: &str,
+    is_recording: bool,
+    clustered: bool,
+) -> LiveView {
     let Some(s) = snap else {
         return LiveView {
-            state: if status == "live" { "ended" } else { status }.into(),
+            state: if status == "live" && !clustered {
+                "ended"
+            } else {
+                status
+            }
+            .into(),
             protocol: None,
             started_at: None,
             duration_seconds: None,
@@ -444,7 +461,7 @@ fn view(state: &ApiState, row: StreamRow) -> StreamView {
         .recorders
         .as_ref()
         .is_some_and(|r| r.is_recording(&row.id));
-    let live = live_view(snap.as_ref(), status, is_recording);
+    let live = live_view(snap.as_ref(), status, is_recording, state.cluster.is_some());
     let http = &state.config.http.public_url;
     let ws_base = http.replacen("http", "ws", 1);
     let (play_url, embed_url, iframe) = crate::web::page_urls(http, &row.id);
@@ -460,6 +477,11 @@ fn view(state: &ApiState, row: StreamRow) -> StreamView {
         ws_url: format!("{ws_base}/ingest/ws"),
         state: live.state.clone(),
         viewer_count: snap.as_ref().map_or(0, |s| s.viewers as u64),
+        node: (status == "live").then(|| row.owner_node.clone()).flatten(),
+        relays: state
+            .cluster
+            .as_ref()
+            .map_or(0, |c| c.relays_out(&row.id) as u64),
         viewer_count_by_protocol: super::live_stats::by_protocol(snap.as_ref()),
         peak_viewer_count: snap.as_ref().map_or(0, |s| s.peak_viewers as u64),
         hls_viewers_counted_by: if state.config.hls.cdn {
@@ -483,6 +505,30 @@ fn view(state: &ApiState, row: StreamRow) -> StreamView {
         updated_at: row.updated_at,
         started_at: row.started_at,
         ended_at: row.ended_at,
+    }
+}
+
+/// In a cluster, a live stream's viewers are summed over every node (each node reports its
+/// own count once a second; this node's is taken now).
+async fn sum_viewers(state: &ApiState, views: &mut [StreamView]) {
+    let Some(cluster) = &state.cluster else {
+        return;
+    };
+    let live: Vec<usize> = (0..views.len())
+        .filter(|&i| views[i].state == "live")
+        .collect();
+    if live.is_empty() {
+        return;
+    }
+    let ids: Vec<&str> = live.iter().map(|&i| views[i].id.as_str()).collect();
+    match cluster.viewers(&ids, cluster.id()).await {
+        Ok(others) => {
+            for (&i, n) in live.iter().zip(others) {
+                views[i].viewer_count += n;
+            }
+        }
+        // Redis away: this node's own count, which is what it knows.
+        Err(err) => tracing::warn!(%err, "viewer counts of other nodes unavailable"),
     }
 }
 
@@ -638,9 +684,11 @@ pub async fn list(
         .list_streams(limit, cursor, filter)
         .await
         .map_err(|e| store_err("listing streams", e))?;
+    let mut data: Vec<StreamView> = page.rows.into_iter().map(|r| view(&state, r)).collect();
+    sum_viewers(&state, &mut data).await;
     Ok(Json(Page {
         pagination: Pagination::from_cursor(page.next_cursor),
-        data: page.rows.into_iter().map(|r| view(&state, r)).collect(),
+        data,
     }))
 }
 
@@ -660,7 +708,10 @@ pub async fn get_one(
 ) -> Result<Json<StreamView>, HttpError> {
     auth.require("streams:read")?;
     let row = load(&state, &id).await?;
-    Ok(Json(view(&state, row)))
+    let mut one = [view(&state, row)];
+    sum_viewers(&state, &mut one).await;
+    let [one] = one;
+    Ok(Json(one))
 }
 
 /// Change a stream's title, description, category, privacy, schedule or record flag.
@@ -731,10 +782,32 @@ pub async fn update(
     Ok(Json(view(&state, row)))
 }
 
-/// Disconnects the publisher and waits (briefly) until the hub has let the stream go.
-async fn stop_live(state: &ApiState, id: &str) -> bool {
-    let Some(live) = state.hub.get(id) else {
-        return false;
+/// Disconnects the publisher and waits (briefly) until the hub has let the stream go. In a
+/// cluster, a publisher on another node is stopped by its node (a control message).
+async fn stop_live(state: &ApiState, id: &str) -> Result<bool, HttpError> {
+    let Some(live) = state
+        .hub
+        .get(id)
+        .filter(|l| l.protocol != crate::hub::RELAY_PROTOCOL)
+    else {
+        let Some(cluster) = &state.cluster else {
+            return Ok(false);
+        };
+        let sent = cluster.stop_remote(id).await.map_err(|err| {
+            tracing::warn!(%err, stream = id, "stop on another node");
+            HttpError::unavailable("the cluster (Redis) is unreachable; retry in a moment")
+        })?;
+        if sent {
+            // The owner stores the end; wait for it briefly.
+            for _ in 0..150 {
+                match state.store.get_stream(id).await {
+                    Ok(Some(row)) if row.state == StreamState::Live => {}
+                    _ => break,
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        return Ok(sent);
     };
     live.stop();
     for _ in 0..100 {
@@ -743,7 +816,7 @@ async fn stop_live(state: &ApiState, id: &str) -> bool {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    true
+    Ok(true)
 }
 
 /// Delete a stream (409 while live unless `force=true`, which stops it first).
@@ -764,13 +837,18 @@ pub async fn delete(
 ) -> Result<StatusCode, HttpError> {
     auth.require("streams:write")?;
     let row = load(&state, &id).await?;
-    if state.hub.get(&id).is_some() {
+    let live_here = state
+        .hub
+        .get(&id)
+        .is_some_and(|l| l.protocol != crate::hub::RELAY_PROTOCOL);
+    let live_elsewhere = state.cluster.is_some() && row.state == StreamState::Live;
+    if live_here || live_elsewhere {
         if !q.force.unwrap_or(false) {
             return Err(HttpError::conflict(
                 "the stream is live; stop it first or pass force=true",
             ));
         }
-        stop_live(&state, &id).await;
+        stop_live(&state, &id).await?;
     }
     state
         .store
@@ -801,7 +879,7 @@ pub async fn stop(
 ) -> Result<Json<StreamView>, HttpError> {
     auth.require("streams:write")?;
     load(&state, &id).await?;
-    if !stop_live(&state, &id).await {
+    if !stop_live(&state, &id).await? {
         return Err(HttpError::conflict("the stream is not live"));
     }
     // The stored state follows the hub asynchronously; wait for it briefly.

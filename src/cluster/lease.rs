@@ -18,9 +18,12 @@ use redis::aio::ConnectionManager;
 
 use super::ClusterError;
 
-/// Claims: `{1, epoch}` when won (or already ours), `{0, holder}` when held by another.
+/// Claims: `{1, epoch}` when won (or already ours), `{0, holder}` when held by another
+/// node. A lease held by this node under another token (left by a process of this node that
+/// died, or not yet released by a publisher that just left) is taken over: the caller has
+/// checked that no publisher of the stream is live here.
 const CLAIM: &str = r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+local function won()
   local e = redis.call('INCR', KEYS[2])
   local floor = tonumber(ARGV[3])
   if e <= floor then
@@ -29,10 +32,17 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   end
   return {1, tostring(e)}
 end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return won()
+end
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return {1, tostring(redis.call('GET', KEYS[2]) or '0')}
+end
+if holder and string.sub(holder, 1, string.len(ARGV[4])) == ARGV[4] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return won()
 end
 return {0, holder or ''}
 ";
@@ -122,6 +132,11 @@ impl Leases {
         })
     }
 
+    /// A handle on the same Redis connection (it reconnects by itself).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
     fn owner_key(&self, stream_id: &str) -> String {
         format!("{}:stream:{stream_id}:owner", self.prefix)
     }
@@ -144,7 +159,8 @@ impl Leases {
         call.key(self.epoch_key(stream_id))
             .arg(&token)
             .arg(self.ttl_ms())
-            .arg(floor);
+            .arg(floor)
+            .arg(format!("{}/", self.node));
         let (won, value): (i64, String) =
             bounded(self.timeout, call.invoke_async(&mut conn)).await?;
         if won == 1 {

@@ -1,10 +1,16 @@
-//! Cluster mode (issue 17, in progress): many nodes behind one load balancer, PostgreSQL for
-//! durable state (`store::pg`) and Redis for what is shared but short-lived. Built so far:
-//! [`lease`], the ownership of a live stream with a fencing epoch. Relays between nodes,
-//! shared viewer counts, limits and messages come next; until then `cluster.enabled` is
-//! refused at start.
+//! Cluster mode (issue 17): many nodes behind one load balancer, PostgreSQL for durable state
+//! (`store::pg`) and Redis for what is shared but short-lived.
+//!
+//! - [`lease`]: the ownership of a live stream, with a fencing epoch.
+//! - [`node`]: this node's part — claims for its publishers, the node registry and viewer
+//!   counts (heartbeats), control messages between nodes.
+//! - [`relay`]: a stream owned by another node, brought here for this node's viewers.
 
 pub mod lease;
+pub mod node;
+pub mod relay;
+
+pub use node::{ClusterNode, NodeInfo};
 
 /// Why a cluster operation failed.
 #[derive(Debug, thiserror::Error)]

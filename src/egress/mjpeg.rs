@@ -62,6 +62,10 @@ async fn live_camera(
     ctx.gate
         .check(stream_id, query.get("token").map(String::as_str))
         .await?;
+    ctx.hub
+        .ensure_live(stream_id)
+        .await
+        .map_err(HttpError::from_hub)?;
     let live = ctx
         .hub
         .get(stream_id)

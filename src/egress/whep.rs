@@ -107,6 +107,10 @@ pub async fn play(
         .check_viewer(&stream_id, token.as_deref(), "whep", Some(peer_addr.ip()))
         .await?;
     let offer = sdp::parse_offer(&body).map_err(sdp_error)?;
+    ctx.hub
+        .ensure_live(&stream_id)
+        .await
+        .map_err(HttpError::from_hub)?;
     let stream = ctx
         .hub
         .get(&stream_id)

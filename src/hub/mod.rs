@@ -12,8 +12,10 @@ mod stats;
 mod stream;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 pub use queue::{Event, Subscription};
 pub use stats::{RateMeter, Rates, TrafficMeter, TransportStats};
@@ -28,6 +30,45 @@ pub enum HubError {
     /// Another publisher is live on this stream.
     #[error("stream {0} already has a publisher")]
     AlreadyPublishing(String),
+    /// Another node of the cluster holds the stream's publisher (its node id).
+    #[error("stream is published on node {0}")]
+    OwnedElsewhere(String),
+    /// The cluster's coordination service cannot be reached: neither a publish nor a relay
+    /// can be decided now.
+    #[error("cluster unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A boxed future (the cluster hooks are called through trait objects).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The protocol name of a stream fed by a relay from the node that owns it.
+pub const RELAY_PROTOCOL: &str = "relay";
+
+/// What the hub asks of the cluster (none on a single node): who may publish a stream, and
+/// how a stream published on another node comes here.
+pub trait Cluster: Send + Sync + 'static {
+    /// Claims the stream for a publisher on this node; refused with
+    /// [`HubError::OwnedElsewhere`] while another node holds it.
+    fn claim<'a>(
+        &'a self,
+        stream_id: &'a str,
+    ) -> BoxFuture<'a, Result<Box<dyn Ownership>, HubError>>;
+    /// Brings a stream live on another node into this hub (a relay); `Ok(true)` once it is
+    /// live here, `Ok(false)` when it is live nowhere.
+    fn fetch<'a>(
+        &'a self,
+        hub: &'a Hub,
+        stream_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, HubError>>;
+}
+
+/// A claim on a stream, held by its publisher; dropping it gives the stream up.
+pub trait Ownership: Send + Sync {
+    /// The fencing epoch of this claim (higher than every earlier claim's).
+    fn epoch(&self) -> u64;
+    /// Called once the stream is live: a claim that is lost later stops it.
+    fn bind(&self, stream: &Arc<LiveStream>);
 }
 
 /// A stream went live or ended. Delivered synchronously to hooks, under the registry lock:
@@ -50,6 +91,7 @@ pub(crate) struct HubInner {
     bytes_in: Arc<AtomicU64>,
     bytes_out: Arc<AtomicU64>,
     traffic: Mutex<TrafficMeter>,
+    cluster: OnceLock<Arc<dyn Cluster>>,
 }
 
 impl std::fmt::Debug for HubInner {
@@ -101,17 +143,65 @@ impl Hub {
         }
     }
 
-    /// Claims `stream_id` for a publisher; refused while another publisher holds it.
-    /// Hooks run under the registry lock, so a stream's Unpublished can never be seen after
-    /// the next session's Published.
-    pub fn publish(&self, stream_id: &str, protocol: &'static str) -> Result<Publisher, HubError> {
-        let mut streams = self.streams();
-        if streams.contains_key(stream_id) {
+    /// Joins the hub to a cluster (once, at start).
+    pub fn set_cluster(&self, cluster: Arc<dyn Cluster>) {
+        let _ = self.inner.cluster.set(cluster);
+    }
+
+    /// Whether this hub is part of a cluster.
+    pub fn in_cluster(&self) -> bool {
+        self.inner.cluster.get().is_some()
+    }
+
+    /// Claims `stream_id` for a publisher on this node, in the cluster too when there is
+    /// one; refused while another publisher holds it here or on any node.
+    pub async fn publish_owned(
+        &self,
+        stream_id: &str,
+        protocol: &'static str,
+    ) -> Result<Publisher, HubError> {
+        let claim = self.claim(stream_id).await?;
+        self.publish_claimed(stream_id, protocol, claim)
+    }
+
+    /// The first half of [`Hub::publish_owned`], for a driver that claims a stream before
+    /// its first frame and publishes later (the camera WebSocket).
+    pub async fn claim(&self, stream_id: &str) -> Result<Option<Box<dyn Ownership>>, HubError> {
+        if self
+            .get(stream_id)
+            .is_some_and(|s| s.protocol != RELAY_PROTOCOL)
+        {
             return Err(HubError::AlreadyPublishing(stream_id.to_owned()));
         }
+        match self.inner.cluster.get() {
+            Some(cluster) => Ok(Some(cluster.claim(stream_id).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The second half of [`Hub::publish_owned`]: publishes under a claim. A relay of the
+    /// stream still running here (its owner died, this node now owns it) is ended first.
+    pub fn publish_claimed(
+        &self,
+        stream_id: &str,
+        protocol: &'static str,
+        claim: Option<Box<dyn Ownership>>,
+    ) -> Result<Publisher, HubError> {
+        let mut streams = self.streams();
+        if let Some(old) = streams.get(stream_id).cloned() {
+            if old.protocol != RELAY_PROTOCOL || protocol == RELAY_PROTOCOL {
+                return Err(HubError::AlreadyPublishing(stream_id.to_owned()));
+            }
+            old.stop();
+            old.end();
+            streams.remove(stream_id);
+            self.emit(HubEvent::Unpublished(old));
+        }
+        let epoch = claim.as_ref().map_or(0, |c| c.epoch());
         let stream = Arc::new(LiveStream::new(
             stream_id.to_owned(),
             protocol,
+            epoch,
             self.inner.queue_capacity,
             self.inner.bytes_in.clone(),
             self.inner.bytes_out.clone(),
@@ -119,7 +209,29 @@ impl Hub {
         streams.insert(stream_id.to_owned(), stream.clone());
         self.emit(HubEvent::Published(stream.clone()));
         drop(streams);
-        Ok(Publisher::new(stream, Arc::downgrade(&self.inner)))
+        if let Some(c) = &claim {
+            c.bind(&stream);
+        }
+        Ok(Publisher::new(stream, Arc::downgrade(&self.inner), claim))
+    }
+
+    /// Claims `stream_id` on this node only (tests, relays); refused while another publisher
+    /// holds it. Hooks run under the registry lock, so a stream's Unpublished can never be
+    /// seen after the next session's Published.
+    pub fn publish(&self, stream_id: &str, protocol: &'static str) -> Result<Publisher, HubError> {
+        self.publish_claimed(stream_id, protocol, None)
+    }
+
+    /// Whether `stream_id` is live here, after asking the cluster to relay it from its
+    /// owner when it is live on another node.
+    pub async fn ensure_live(&self, stream_id: &str) -> Result<bool, HubError> {
+        if self.get(stream_id).is_some() {
+            return Ok(true);
+        }
+        match self.inner.cluster.get() {
+            Some(cluster) => cluster.fetch(self, stream_id).await,
+            None => Ok(false),
+        }
     }
 
     pub(crate) fn unpublish(&self, stream: &Arc<LiveStream>) {

@@ -31,6 +31,8 @@ pub struct LiveStream {
     pub protocol: &'static str,
     /// When publishing began.
     pub started_at: SystemTime,
+    /// The fencing epoch of the publisher's claim in the cluster (0 on a single node).
+    epoch: AtomicU64,
     state: Mutex<StreamState>,
     queue_capacity: usize,
     /// Server-wide ingest byte counter.
@@ -138,6 +140,7 @@ impl LiveStream {
     pub(crate) fn new(
         id: String,
         protocol: &'static str,
+        epoch: u64,
         queue_capacity: usize,
         bytes_in_total: Arc<AtomicU64>,
         bytes_out_total: Arc<AtomicU64>,
@@ -146,6 +149,7 @@ impl LiveStream {
             id,
             protocol,
             started_at: SystemTime::now(),
+            epoch: AtomicU64::new(epoch),
             state: Mutex::new(StreamState::default()),
             queue_capacity,
             bytes_in_total,
@@ -156,6 +160,23 @@ impl LiveStream {
             keyframe_wanted: AtomicBool::new(false),
             keyframe_notify: tokio::sync::Notify::new(),
         }
+    }
+
+    /// The fencing epoch of the publisher's claim in the cluster (0 on a single node).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    /// A renewed claim's epoch (the lease had expired while Redis was away).
+    pub fn set_epoch(&self, epoch: u64) {
+        self.epoch.store(epoch, Ordering::Relaxed);
+    }
+
+    /// Viewers now, every protocol (what [`LiveStream::snapshot`] counts, cheaper).
+    pub fn viewer_count(&self) -> usize {
+        let st = self.lock();
+        st.subscribers.iter().filter(|q| q.is_viewer()).count()
+            + st.external_viewers.iter().sum::<usize>()
     }
 
     /// Average interval between video keyframes (media seconds), once measured.
@@ -405,7 +426,7 @@ impl LiveStream {
         st.dropped_gone += gone;
     }
 
-    fn end(&self) {
+    pub(crate) fn end(&self) {
         let mut st = self.lock();
         st.ended = true;
         st.gop.clear();
@@ -469,15 +490,32 @@ fn update_gop(st: &mut StreamState, frame: &Frame, is_video: bool, has_video: bo
 
 /// The ingest side of a live stream. Dropping it ends the stream: subscribers drain what is
 /// queued and then see the end.
-#[derive(Debug)]
 pub struct Publisher {
     stream: Arc<LiveStream>,
     hub: Weak<super::HubInner>,
+    /// The cluster claim, given up after the stream ends.
+    _claim: Option<Box<dyn super::Ownership>>,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("stream", &self.stream.id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Publisher {
-    pub(crate) fn new(stream: Arc<LiveStream>, hub: Weak<super::HubInner>) -> Self {
-        Publisher { stream, hub }
+    pub(crate) fn new(
+        stream: Arc<LiveStream>,
+        hub: Weak<super::HubInner>,
+        claim: Option<Box<dyn super::Ownership>>,
+    ) -> Self {
+        Publisher {
+            stream,
+            hub,
+            _claim: claim,
+        }
     }
 
     /// Announces the tracks (again, if they change mid-stream: subscribers see a new

@@ -328,7 +328,11 @@ pub async fn publish(
     })?;
     let offer = sdp::parse_offer(&body).map_err(sdp_error)?;
     offer.check_publishable().map_err(sdp_error)?;
-    if ctx.hub.get(&stream.id).is_some() {
+    if ctx
+        .hub
+        .get(&stream.id)
+        .is_some_and(|s| s.protocol != crate::hub::RELAY_PROTOCOL)
+    {
         return Err(HttpError::conflict("the stream already has a publisher"));
     }
     let peer = ctx
@@ -351,11 +355,17 @@ pub async fn publish(
         }
     };
     // Claimed only now, so a failed negotiation never shows the stream live.
-    let publisher = match ctx.hub.publish(&stream.id, "whip") {
+    let publisher = match ctx.hub.publish_owned(&stream.id, "whip").await {
         Ok(p) => p,
-        Err(HubError::AlreadyPublishing(_)) => {
+        Err(HubError::AlreadyPublishing(_) | HubError::OwnedElsewhere(_)) => {
             ctx.webrtc.discard(peer).await;
             return Err(HttpError::conflict("the stream already has a publisher"));
+        }
+        Err(HubError::Unavailable(reason)) => {
+            ctx.webrtc.discard(peer).await;
+            return Err(HttpError::unavailable(format!(
+                "the server cannot take the stream now ({reason}); try again later"
+            )));
         }
     };
     let (session, events) = ctx.webrtc.register(

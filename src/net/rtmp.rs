@@ -293,14 +293,23 @@ impl Connection {
                 .refuse("NetStream.Publish.BadName", "unknown stream key")
                 .await;
         };
-        let publisher = match self.ctx.hub.publish(&stream.id, "rtmp") {
+        let publisher = match self.ctx.hub.publish_owned(&stream.id, "rtmp").await {
             Ok(p) => p,
-            Err(HubError::AlreadyPublishing(_)) => {
+            Err(HubError::AlreadyPublishing(_) | HubError::OwnedElsewhere(_)) => {
                 tracing::warn!(peer = %self.peer, stream = %stream.id, "rtmp: publish refused: stream already live");
                 return self
                     .refuse(
                         "NetStream.Publish.BadName",
                         "stream is already being published",
+                    )
+                    .await;
+            }
+            Err(err @ HubError::Unavailable(_)) => {
+                tracing::warn!(peer = %self.peer, stream = %stream.id, %err, "rtmp: publish refused");
+                return self
+                    .refuse(
+                        "NetStream.Publish.Failed",
+                        "the server cannot take the stream now; try again later",
                     )
                     .await;
             }
@@ -394,9 +403,17 @@ impl Connection {
             return self.refuse("NetStream.Play.Failed", &err.message).await;
         }
         let row = self.ctx.store.get_stream(&stream_id).await?;
-        let live = row
-            .filter(|r| r.app == app)
-            .and_then(|_| self.ctx.hub.get(&stream_id));
+        let known = row.is_some_and(|r| r.app == app);
+        if known {
+            // Published on another node: relayed here first.
+            if let Err(err) = self.ctx.hub.ensure_live(&stream_id).await {
+                tracing::warn!(peer = %self.peer, stream = %stream_id, %err, "rtmp: play refused");
+                return self
+                    .refuse("NetStream.Play.Failed", "try again in a moment")
+                    .await;
+            }
+        }
+        let live = known.then(|| self.ctx.hub.get(&stream_id)).flatten();
         self.playing = live.clone();
         let Some(mut sub) = live.map(|l| l.subscribe("rtmp")) else {
             return self

@@ -7,6 +7,7 @@ pub mod jpeg;
 pub mod mp4scan;
 pub mod multipart;
 pub mod playlist;
+pub mod relay;
 pub mod rtmp;
 pub mod rtp;
 pub mod sdp;

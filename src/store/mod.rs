@@ -185,6 +185,10 @@ const MIGRATIONS: &[&str] = &[
         (SELECT privacy FROM streams WHERE streams.id = recordings.stream_id), 'private');",
     // 7: play tokens carry the stream's generation; bumping it revokes them all.
     "ALTER TABLE streams ADD COLUMN token_generation INTEGER NOT NULL DEFAULT 0;",
+    // 8: the node that holds a live stream's publisher and the fencing epoch of its claim
+    // (cluster mode; on one node the epoch stays 0).
+    "ALTER TABLE streams ADD COLUMN owner_node TEXT;
+    ALTER TABLE streams ADD COLUMN owner_epoch INTEGER NOT NULL DEFAULT 0;",
 ];
 
 impl Store {

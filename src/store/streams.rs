@@ -98,6 +98,8 @@ pub struct StreamRow {
     /// Part of every play token's MAC: bumped on key rotation, privacy change and an explicit
     /// revoke, which invalidates every token minted before.
     pub token_generation: u64,
+    /// The node holding the live publisher (cluster mode), while live.
+    pub owner_node: Option<String>,
 }
 
 impl StreamRow {
@@ -188,7 +190,7 @@ pub struct StreamFilter {
 
 const COLUMNS: &str = "rowid, id, app, name, title, description, category, privacy, scheduled_at, \
                        record, protocol, state, created_at, updated_at, started_at, ended_at, \
-                       token_generation";
+                       token_generation, owner_node";
 
 fn row_to_stream(r: &Row) -> Result<(i64, StreamRow), StoreError> {
     Ok((
@@ -214,6 +216,7 @@ fn row_to_stream(r: &Row) -> Result<(i64, StreamRow), StoreError> {
             started_at: r.get(14)?,
             ended_at: r.get(15)?,
             token_generation: r.get::<i64>(16)?.max(0) as u64,
+            owner_node: r.get(17)?,
         },
     ))
 }
@@ -504,43 +507,71 @@ impl Store {
         .await
     }
 
-    /// Records a state change (`live` sets `started_at` and the protocol, `ended` sets
-    /// `ended_at`).
+    /// Records a state change (`live` sets `started_at`, the protocol and the owner, `ended`
+    /// sets `ended_at`). Fenced: a write from an owner whose epoch is older than the stored
+    /// one (a node that lost the stream to another) changes nothing and answers `false`.
     pub async fn set_stream_state(
         &self,
         id: &str,
         state: StreamState,
         protocol: Option<&str>,
-    ) -> Result<(), StoreError> {
+        owner: Option<(&str, u64)>,
+    ) -> Result<bool, StoreError> {
         let (id, protocol) = (id.to_owned(), protocol.map(str::to_owned));
+        let (node, epoch) = owner.map_or((None, 0), |(n, e)| (Some(n.to_owned()), e as i64));
         self.call(move |c| {
             let now = now_rfc3339();
             let sql = match state {
                 StreamState::Live => {
                     "UPDATE streams SET state = ?2, updated_at = ?3, started_at = ?3,
-                        protocol = COALESCE(?4, protocol) WHERE id = ?1"
+                        protocol = COALESCE(?4, protocol), owner_node = ?5, owner_epoch = ?6
+                        WHERE id = ?1 AND owner_epoch <= ?6"
                 }
                 StreamState::Ended => {
                     "UPDATE streams SET state = ?2, updated_at = ?3, ended_at = ?3,
-                        protocol = COALESCE(?4, protocol) WHERE id = ?1"
+                        protocol = COALESCE(?4, protocol), owner_node = NULL
+                        WHERE id = ?1 AND owner_epoch <= ?6 AND (CAST(?5 AS TEXT) IS NULL OR owner_node = ?5
+                            OR owner_node IS NULL)"
                 }
                 StreamState::Idle => {
                     "UPDATE streams SET state = ?2, updated_at = ?3,
-                        protocol = COALESCE(?4, protocol) WHERE id = ?1"
+                        protocol = COALESCE(?4, protocol)
+                        WHERE id = ?1 AND owner_epoch <= ?6 AND (CAST(?5 AS TEXT) IS NULL OR owner_node = ?5
+                            OR owner_node IS NULL)"
                 }
             };
-            c.execute(sql, params![id, state.as_str(), now, protocol])?;
-            Ok(())
+            let n = c.execute(sql, params![id, state.as_str(), now, protocol, node, epoch])?;
+            Ok(n > 0)
         })
         .await
     }
 
-    /// After a crash, streams recorded as live have no publisher: mark them ended.
-    pub async fn end_stale_live_streams(&self) -> Result<usize, StoreError> {
-        self.call(|c| {
+    /// The highest fencing epoch stored for a stream (0 when none or no such stream): a new
+    /// claim must be above it.
+    pub async fn stream_owner_epoch(&self, id: &str) -> Result<u64, StoreError> {
+        let id = id.to_owned();
+        self.call(move |c| {
+            let e: Option<i64> = c.query_opt(
+                "SELECT owner_epoch FROM streams WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )?;
+            Ok(e.unwrap_or(0).max(0) as u64)
+        })
+        .await
+    }
+
+    /// After a crash, streams recorded as live have no publisher: mark them ended. `node`
+    /// limits this to the streams that node held (cluster mode: the others are another
+    /// node's to end).
+    pub async fn end_stale_live_streams(&self, node: Option<&str>) -> Result<usize, StoreError> {
+        let node = node.map(str::to_owned);
+        self.call(move |c| {
             c.execute(
-                "UPDATE streams SET state = 'ended', ended_at = ?1, updated_at = ?1 WHERE state = 'live'",
-                params![now_rfc3339()],
+                "UPDATE streams SET state = 'ended', ended_at = ?1, updated_at = ?1,
+                    owner_node = NULL
+                    WHERE state = 'live' AND (CAST(?2 AS TEXT) IS NULL OR owner_node = ?2 OR owner_node IS NULL)",
+                params![now_rfc3339(), node],
             )
         })
         .await
@@ -624,7 +655,7 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), 5);
         store
-            .set_stream_state(&row.id, StreamState::Live, Some("rtmp"))
+            .set_stream_state(&row.id, StreamState::Live, Some("rtmp"), Some(("n1", 0)))
             .await
             .unwrap();
         let live = StreamFilter {
@@ -636,10 +667,48 @@ mod tests {
             store.list_streams(10, None, live).await.unwrap().rows.len(),
             1
         );
-        assert_eq!(store.end_stale_live_streams().await.unwrap(), 1);
+        assert_eq!(store.end_stale_live_streams(None).await.unwrap(), 1);
         let r = store.get_stream(&row.id).await.unwrap().unwrap();
         assert_eq!(r.state, StreamState::Ended);
         assert!(r.started_at.is_some() && r.ended_at.is_some());
+    }
+
+    #[tokio::test]
+    async fn state_writes_are_fenced_by_the_owners_epoch() {
+        let store = Store::open(&tempdir()).await.unwrap();
+        let (row, _) = store
+            .create_stream(NewStream::named("live", "f", "F"))
+            .await
+            .unwrap();
+        let id = row.id.as_str();
+        let live = |node, epoch| {
+            store.set_stream_state(id, StreamState::Live, Some("rtmp"), Some((node, epoch)))
+        };
+        assert!(live("a", 5).await.unwrap());
+        assert_eq!(store.stream_owner_epoch(id).await.unwrap(), 5);
+        // An older claim (a stale owner) changes nothing.
+        assert!(!live("b", 4).await.unwrap());
+        assert!(!store
+            .set_stream_state(id, StreamState::Ended, None, Some(("b", 4)))
+            .await
+            .unwrap());
+        // A newer one takes over; the old owner's late "ended" is ignored.
+        assert!(live("b", 6).await.unwrap());
+        assert!(!store
+            .set_stream_state(id, StreamState::Ended, None, Some(("a", 5)))
+            .await
+            .unwrap());
+        let r = store.get_stream(id).await.unwrap().unwrap();
+        assert_eq!(
+            (r.state, r.owner_node.as_deref()),
+            (StreamState::Live, Some("b"))
+        );
+        // A restarted node ends only the streams it held.
+        assert_eq!(store.end_stale_live_streams(Some("a")).await.unwrap(), 0);
+        assert_eq!(store.end_stale_live_streams(Some("b")).await.unwrap(), 1);
+        let r = store.get_stream(id).await.unwrap().unwrap();
+        assert_eq!((r.state, r.owner_node), (StreamState::Ended, None));
+        assert_eq!(store.stream_owner_epoch(id).await.unwrap(), 6);
     }
 
     #[tokio::test]

@@ -274,6 +274,21 @@ impl RtmpPublisher {
         self.send(vec![r]).await;
     }
 
+    /// Sends one FLV tag; an error (the server went away) instead of a panic.
+    pub async fn try_send_tag(&mut self, tag: &FlvTag) -> std::io::Result<()> {
+        let ts = RtmpTimestamp::new(tag.timestamp);
+        let r = match tag.kind {
+            8 => self.session.publish_audio_data(tag.body.clone(), ts, false),
+            9 => self.session.publish_video_data(tag.body.clone(), ts, false),
+            _ => return Ok(()),
+        }
+        .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+        if let ClientSessionResult::OutboundResponse(packet) = r {
+            self.socket.write_all(&packet.bytes).await?;
+        }
+        Ok(())
+    }
+
     /// Sends `tags`; with `realtime`, paced by their timestamps.
     pub async fn send_tags(&mut self, tags: &[FlvTag], realtime: bool) {
         let start = Instant::now();
@@ -593,4 +608,56 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+/// Asks to play `name` on `app` with rml_rtmp's client; the socket once the server accepts
+/// (media follows on it).
+pub async fn rtmp_player(
+    addr: std::net::SocketAddr,
+    app: &str,
+    name: &str,
+) -> Result<TcpStream, String> {
+    let mut socket = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let remaining = client_handshake(&mut socket).await;
+    let (mut session, _) = ClientSession::new(ClientSessionConfig::new()).unwrap();
+    let mut pending = session
+        .handle_input(&remaining)
+        .map_err(|e| format!("{e:?}"))?;
+    pending.push(session.request_connection(app.to_owned()).unwrap());
+    let mut asked_play = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut buf = vec![0u8; 65536];
+    loop {
+        for r in std::mem::take(&mut pending) {
+            match r {
+                ClientSessionResult::OutboundResponse(p) => socket
+                    .write_all(&p.bytes)
+                    .await
+                    .map_err(|e| e.to_string())?,
+                ClientSessionResult::RaisedEvent(ClientSessionEvent::ConnectionRequestAccepted) => {
+                    asked_play = true;
+                }
+                ClientSessionResult::RaisedEvent(ClientSessionEvent::PlaybackRequestAccepted) => {
+                    return Ok(socket)
+                }
+                ClientSessionResult::RaisedEvent(ClientSessionEvent::UnhandleableAmf0Command {
+                    additional_values,
+                    ..
+                }) => return Err(format!("{additional_values:?}")),
+                _ => {}
+            }
+        }
+        if asked_play {
+            asked_play = false;
+            pending.push(session.request_playback(name.to_owned()).unwrap());
+            continue;
+        }
+        let n = match tokio::time::timeout_at(deadline, socket.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Err("closed".into()),
+            Ok(Ok(n)) => n,
+            Err(_) => return Err("timed out".into()),
+        };
+        pending = session
+            .handle_input(&buf[..n])
+            .map_err(|e| format!("{e:?}"))?;
+    }
 }

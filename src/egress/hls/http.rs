@@ -407,6 +407,16 @@ async fn serve(
     let token_query = query
         .token
         .map_or_else(String::new, |t| format!("?token={t}"));
+    if registry.hub.in_cluster() && registry.hub.get(stream_id).is_none() {
+        // Published on another node: relayed here first (its segmenter starts with it) —
+        // again after a failover, when the playlist waits in its grace period for the stream
+        // to come back from its new owner.
+        if let Err(err) = registry.hub.ensure_live(stream_id).await {
+            if registry.get(stream_id).is_none() {
+                return Err(HttpError::from_hub(err));
+            }
+        }
+    }
     let stream = registry
         .get_or_start(stream_id)
         .ok_or_else(|| HttpError::not_found(format!("stream {stream_id} is not live")))?;

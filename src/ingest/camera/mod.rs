@@ -39,6 +39,8 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code when another publisher holds the stream.
 pub const CLOSE_POLICY: u16 = 1008;
+/// Close code: the server cannot take the stream now; reconnect later (RFC 6455 registry).
+pub const CLOSE_TRY_AGAIN: u16 = 1013;
 
 /// What the camera endpoint needs.
 #[derive(Clone, Debug)]
@@ -107,6 +109,8 @@ struct Session {
     ctx: CameraContext,
     stream: StreamRow,
     publisher: Option<Arc<Publisher>>,
+    /// The cluster claim taken at connect, used by the first frame's publish.
+    claim: Option<Box<dyn crate::hub::Ownership>>,
     transcoder: Option<Transcoder>,
     jpeg_track: Option<Track>,
     started: Instant,
@@ -114,6 +118,17 @@ struct Session {
     invalid_total: u64,
     frames: u64,
     skipped_by_encoder: u64,
+}
+
+/// The close a refused publish gets: the stream is live elsewhere, or the cluster cannot
+/// decide now (try again later).
+fn refusal(err: &HubError) -> (u16, String) {
+    match err {
+        HubError::AlreadyPublishing(_) | HubError::OwnedElsewhere(_) => {
+            (CLOSE_POLICY, "the stream already has a publisher".into())
+        }
+        HubError::Unavailable(_) => (CLOSE_TRY_AGAIN, "try again later".into()),
+    }
 }
 
 async fn until_stopped(p: &Option<Arc<Publisher>>) {
@@ -129,6 +144,7 @@ impl Session {
             ctx,
             stream,
             publisher: None,
+            claim: None,
             transcoder: None,
             jpeg_track: None,
             started: Instant::now(),
@@ -148,40 +164,53 @@ impl Session {
         // Idle is measured from the last frame received: neither our pings nor the camera's
         // pongs keep a camera that sends nothing (dead, or hung) live.
         let mut last_rx = tokio::time::Instant::now();
-        let close = loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(last_rx + idle) => {
-                    break Some((CLOSE_GOING_AWAY, "idle timeout".to_owned()));
-                }
-                msg = socket.recv() => match msg {
-                    None | Some(Ok(Message::Close(_))) => break None,
-                    Some(Err(err)) => {
-                        tracing::info!(stream = %self.stream.id, %err, "camera: websocket error");
-                        // A message over the transport's own limit surfaces as an error.
-                        let text = err.to_string().to_ascii_lowercase();
-                        if text.contains("too long") || text.contains("capacity") || text.contains("size") {
-                            break Some((CLOSE_TOO_BIG, "message too large".to_owned()));
+        // In a cluster the camera claims its stream on connect: a second camera of the same
+        // stream on any node is refused before it sends a frame.
+        let mut refused = None;
+        if self.ctx.hub.in_cluster() {
+            match self.ctx.hub.claim(&self.stream.id).await {
+                Ok(claim) => self.claim = claim,
+                Err(err) => refused = Some(refusal(&err)),
+            }
+        }
+        let close = if let Some(refused) = refused {
+            Some(refused)
+        } else {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(last_rx + idle) => {
+                        break Some((CLOSE_GOING_AWAY, "idle timeout".to_owned()));
+                    }
+                    msg = socket.recv() => match msg {
+                        None | Some(Ok(Message::Close(_))) => break None,
+                        Some(Err(err)) => {
+                            tracing::info!(stream = %self.stream.id, %err, "camera: websocket error");
+                            // A message over the transport's own limit surfaces as an error.
+                            let text = err.to_string().to_ascii_lowercase();
+                            if text.contains("too long") || text.contains("capacity") || text.contains("size") {
+                                break Some((CLOSE_TOO_BIG, "message too large".to_owned()));
+                            }
+                            break None;
                         }
-                        break None;
-                    }
-                    Some(Ok(Message::Binary(data))) => {
-                        last_rx = tokio::time::Instant::now();
-                        if let Some(close) = self.on_frame(data) {
-                            break Some(close);
+                        Some(Ok(Message::Binary(data))) => {
+                            last_rx = tokio::time::Instant::now();
+                            if let Some(close) = self.on_frame(data) {
+                                break Some(close);
+                            }
+                        }
+                        Some(Ok(_)) => {} // text, ping, pong
+                    },
+                    _ = ping.tick() => {
+                        if socket.send(Message::Ping(Bytes::new())).await.is_err() {
+                            break None;
                         }
                     }
-                    Some(Ok(_)) => {} // text, ping, pong
-                },
-                _ = ping.tick() => {
-                    if socket.send(Message::Ping(Bytes::new())).await.is_err() {
-                        break None;
+                    _ = until_stopped(&self.publisher) => {
+                        break Some((CLOSE_GOING_AWAY, "stopped by the server".to_owned()));
                     }
-                }
-                _ = until_stopped(&self.publisher) => {
-                    break Some((CLOSE_GOING_AWAY, "stopped by the server".to_owned()));
-                }
-                _ = crate::shutdown::requested(&mut shutdown) => {
-                    break Some((CLOSE_GOING_AWAY, "server shutting down".to_owned()));
+                    _ = crate::shutdown::requested(&mut shutdown) => {
+                        break Some((CLOSE_GOING_AWAY, "server shutting down".to_owned()));
+                    }
                 }
             }
         };
@@ -233,7 +262,11 @@ impl Session {
         };
         self.invalid_in_a_row = 0;
         if self.publisher.is_none() {
-            match self.ctx.hub.publish(&self.stream.id, "ws-mjpeg") {
+            match self
+                .ctx
+                .hub
+                .publish_claimed(&self.stream.id, "ws-mjpeg", self.claim.take())
+            {
                 Ok(p) => {
                     tracing::info!(stream = %self.stream.id, "camera: live");
                     let p = Arc::new(p);
@@ -249,9 +282,7 @@ impl Session {
                     }
                     self.publisher = Some(p);
                 }
-                Err(HubError::AlreadyPublishing(_)) => {
-                    return Some((CLOSE_POLICY, "the stream already has a publisher".into()))
-                }
+                Err(err) => return Some(refusal(&err)),
             }
         }
         let publisher = self.publisher.as_ref()?;

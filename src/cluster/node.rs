@@ -1,0 +1,594 @@
+//! This node's part in the cluster: it claims the streams its publishers push (leases with
+//! a fencing epoch, renewed while they publish), announces itself and its load in Redis
+//! (the node registry), publishes its viewer counts for the others to sum, takes control
+//! messages addressed to it (stop a stream it owns), and relays streams owned elsewhere
+//! into its hub when its viewers want them ([`super::relay`]).
+//!
+//! Redis keys (under `{prefix}`): `nodes` (a set of node ids), `node:{id}` (its JSON, with a
+//! TTL a few heartbeats long), `viewers:{stream}:{node}` (a count, same TTL),
+//! `stream:{id}:owner` / `stream:{id}:epoch` (the lease), channel `ctl:{node}`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::lease::{Claim, Lease, Leases};
+use super::ClusterError;
+use crate::config::ClusterConfig;
+use crate::hub::{BoxFuture, Hub, HubError, LiveStream, Ownership, RELAY_PROTOCOL};
+use crate::store::Store;
+
+/// How often a node announces itself and its viewer counts.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// A node (and its viewer counts) is forgotten this long after its last heartbeat.
+const NODE_TTL: Duration = Duration::from_secs(5);
+
+/// What the registry holds about a node (`GET /api/v1/nodes`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeInfo {
+    /// Its node id.
+    pub id: String,
+    /// Where the other nodes reach it.
+    pub url: String,
+    /// The server's version.
+    pub version: String,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// Streams whose publisher it holds.
+    pub streams: u64,
+    /// Streams it relays from their owners for its viewers.
+    pub relayed_streams: u64,
+    /// Its viewers, every protocol.
+    pub viewers: u64,
+    /// Bytes it sends per second (last 10 s).
+    pub bytes_out_per_sec: u64,
+    /// Bytes it receives per second (last 10 s).
+    pub bytes_in_per_sec: u64,
+    /// CPU time it used over the last heartbeat, percent of one core.
+    pub cpu_percent: Option<f64>,
+    /// When this was written (RFC 3339).
+    pub updated_at: String,
+}
+
+/// This node in the cluster.
+pub struct ClusterNode {
+    pub(crate) node: String,
+    pub(crate) advertise_url: String,
+    pub(crate) prefix: String,
+    pub(crate) secret: Vec<u8>,
+    pub(crate) linger: Duration,
+    redis_url: String,
+    leases: Leases,
+    conn: ConnectionManager,
+    timeout: Duration,
+    renew_every: Duration,
+    store: Store,
+    started_at: String,
+    /// Relays this node serves, per stream (owner side).
+    pub(crate) relays_out: Mutex<HashMap<String, usize>>,
+    /// One fetch at a time per stream (viewer side): many viewers arriving at once open one
+    /// relay.
+    pub(crate) fetching: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    /// The hub, for the control channel and the heartbeat.
+    hub: Hub,
+}
+
+impl std::fmt::Debug for ClusterNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterNode")
+            .field("node", &self.node)
+            .field("advertise_url", &self.advertise_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterNode {
+    /// Connects to Redis and joins `hub` to the cluster (claims and relays go through this
+    /// node from now on). Fails when Redis cannot be reached at start.
+    pub async fn join(
+        cfg: &ClusterConfig,
+        store: Store,
+        hub: Hub,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Arc<ClusterNode>, ClusterError> {
+        let node = cfg.node_name();
+        let timeout = Duration::from_millis(cfg.lease_renew_ms.clamp(200, 2000));
+        let leases = Leases::connect(
+            &cfg.redis_url,
+            &cfg.redis_prefix,
+            &node,
+            Duration::from_millis(cfg.lease_ttl_ms),
+            timeout,
+        )
+        .await?;
+        let this = Arc::new(ClusterNode {
+            conn: leases.connection(),
+            leases,
+            node,
+            advertise_url: cfg.advertise_url.trim_end_matches('/').to_owned(),
+            prefix: cfg.redis_prefix.clone(),
+            secret: cfg.secret.as_bytes().to_vec(),
+            linger: Duration::from_millis(cfg.relay_linger_ms),
+            redis_url: cfg.redis_url.clone(),
+            timeout,
+            renew_every: Duration::from_millis(cfg.lease_renew_ms),
+            store,
+            started_at: crate::store::now_rfc3339(),
+            relays_out: Mutex::new(HashMap::new()),
+            fetching: Mutex::new(HashMap::new()),
+            shutdown,
+            hub: hub.clone(),
+        });
+        hub.set_cluster(Arc::new(Handle(this.clone())));
+        Ok(this)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &str {
+        &self.node
+    }
+
+    /// Relays this node serves for `stream_id` now (one per remote node watching it).
+    pub fn relays_out(&self, stream_id: &str) -> usize {
+        lock(&self.relays_out).get(stream_id).copied().unwrap_or(0)
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}:{rest}", self.prefix)
+    }
+
+    async fn bounded<T>(
+        &self,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, ClusterError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(ClusterError::Timeout(self.timeout.as_millis() as u64)),
+        }
+    }
+
+    /// The node that holds `stream_id`'s publisher, if any.
+    pub async fn owner(&self, stream_id: &str) -> Result<Option<String>, ClusterError> {
+        self.leases.owner(stream_id).await
+    }
+
+    /// Every node that sent a heartbeat recently, by id.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ClusterError> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = self
+            .bounded(
+                redis::cmd("SMEMBERS")
+                    .arg(self.key("nodes"))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let keys: Vec<String> = ids
+            .iter()
+            .map(|id| self.key(&format!("node:{id}")))
+            .collect();
+        let values: Vec<Option<String>> = self
+            .bounded(redis::cmd("MGET").arg(&keys).query_async(&mut conn))
+            .await?;
+        let mut out = vec![];
+        let mut gone = vec![];
+        for (id, v) in ids.iter().zip(values) {
+            match v.and_then(|v| serde_json::from_str::<NodeInfo>(&v).ok()) {
+                Some(info) => out.push(info),
+                None => gone.push(id.clone()),
+            }
+        }
+        if !gone.is_empty() {
+            let _: Result<i64, _> = self
+                .bounded(
+                    redis::cmd("SREM")
+                        .arg(self.key("nodes"))
+                        .arg(&gone)
+                        .query_async(&mut conn),
+                )
+                .await;
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// Viewers of each stream summed over every live node but `except` (the caller counts
+    /// its own, which is fresher).
+    pub async fn viewers(
+        &self,
+        stream_ids: &[&str],
+        except: &str,
+    ) -> Result<Vec<u64>, ClusterError> {
+        if stream_ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut conn = self.conn.clone();
+        let nodes: Vec<String> = self
+            .bounded(
+                redis::cmd("SMEMBERS")
+                    .arg(self.key("nodes"))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let nodes: Vec<String> = nodes.into_iter().filter(|n| n != except).collect();
+        if nodes.is_empty() {
+            return Ok(vec![0; stream_ids.len()]);
+        }
+        let keys: Vec<String> = stream_ids
+            .iter()
+            .flat_map(|s| {
+                nodes
+                    .iter()
+                    .map(move |n| self.key(&format!("viewers:{s}:{n}")))
+            })
+            .collect();
+        let values: Vec<Option<u64>> = self
+            .bounded(redis::cmd("MGET").arg(&keys).query_async(&mut conn))
+            .await?;
+        Ok(values
+            .chunks(nodes.len())
+            .map(|c| c.iter().map(|v| v.unwrap_or(0)).sum())
+            .collect())
+    }
+
+    /// Asks the node that owns `stream_id` to disconnect its publisher; `false` when no node
+    /// owns it or the owner did not get the message.
+    pub async fn stop_remote(&self, stream_id: &str) -> Result<bool, ClusterError> {
+        let Some(owner) = self.owner(stream_id).await? else {
+            return Ok(false);
+        };
+        let msg = serde_json::json!({ "op": "stop", "stream": stream_id }).to_string();
+        let mut conn = self.conn.clone();
+        let receivers: i64 = self
+            .bounded(
+                redis::cmd("PUBLISH")
+                    .arg(self.key(&format!("ctl:{owner}")))
+                    .arg(msg)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(receivers > 0)
+    }
+
+    /// The address another node announced.
+    pub(crate) async fn node_url(&self, node: &str) -> Result<Option<String>, ClusterError> {
+        let mut conn = self.conn.clone();
+        let v: Option<String> = self
+            .bounded(
+                redis::cmd("GET")
+                    .arg(self.key(&format!("node:{node}")))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(v.and_then(|v| serde_json::from_str::<NodeInfo>(&v).ok())
+            .map(|i| i.url))
+    }
+
+    /// Starts the heartbeat (registry and viewer counts) and the control channel.
+    pub fn spawn(self: &Arc<Self>) -> Vec<JoinHandle<()>> {
+        vec![
+            tokio::spawn(self.clone().heartbeat()),
+            tokio::spawn(self.clone().control()),
+        ]
+    }
+
+    fn info(&self, cpu: &mut CpuMeter) -> NodeInfo {
+        let live = self.hub.live_streams();
+        let mut streams = 0;
+        let mut relayed = 0;
+        let mut viewers = 0;
+        for s in &live {
+            if s.protocol == RELAY_PROTOCOL {
+                relayed += 1;
+            } else {
+                streams += 1;
+            }
+            viewers += s.viewer_count() as u64;
+        }
+        let rates = self.hub.rates();
+        NodeInfo {
+            id: self.node.clone(),
+            url: self.advertise_url.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at: self.started_at.clone(),
+            streams,
+            relayed_streams: relayed,
+            viewers,
+            bytes_out_per_sec: rates.out_bps_10s / 8,
+            bytes_in_per_sec: rates.in_bps_10s / 8,
+            cpu_percent: cpu.sample(),
+            updated_at: crate::store::now_rfc3339(),
+        }
+    }
+
+    async fn heartbeat(self: Arc<Self>) {
+        let mut shutdown = self.shutdown.clone();
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut cpu = CpuMeter::default();
+        let ttl = NODE_TTL.as_millis() as u64;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = crate::shutdown::requested(&mut shutdown) => break,
+            }
+            let info = self.info(&mut cpu);
+            let mut pipe = redis::pipe();
+            pipe.cmd("SET")
+                .arg(self.key(&format!("node:{}", self.node)))
+                .arg(serde_json::to_string(&info).unwrap_or_default())
+                .arg("PX")
+                .arg(ttl)
+                .ignore()
+                .cmd("SADD")
+                .arg(self.key("nodes"))
+                .arg(&self.node)
+                .ignore();
+            for s in self.hub.live_streams() {
+                pipe.cmd("SET")
+                    .arg(self.key(&format!("viewers:{}:{}", s.id, self.node)))
+                    .arg(s.viewer_count())
+                    .arg("PX")
+                    .arg(ttl)
+                    .ignore();
+            }
+            let mut conn = self.conn.clone();
+            if let Err(err) = self.bounded(pipe.query_async::<()>(&mut conn)).await {
+                tracing::warn!(%err, "cluster: heartbeat not written");
+            }
+        }
+        // Leaving: the others stop counting on this node at once.
+        let mut conn = self.conn.clone();
+        let _: Result<(), _> = self
+            .bounded(
+                redis::pipe()
+                    .cmd("DEL")
+                    .arg(self.key(&format!("node:{}", self.node)))
+                    .ignore()
+                    .cmd("SREM")
+                    .arg(self.key("nodes"))
+                    .arg(&self.node)
+                    .ignore()
+                    .query_async::<()>(&mut conn),
+            )
+            .await;
+    }
+
+    /// Control messages addressed to this node (`ctl:{node}`), over Redis pub/sub; the
+    /// subscription is made again whenever Redis comes back.
+    async fn control(self: Arc<Self>) {
+        use futures_util::StreamExt;
+        let mut shutdown = self.shutdown.clone();
+        let channel = self.key(&format!("ctl:{}", self.node));
+        loop {
+            let session = async {
+                let client = redis::Client::open(self.redis_url.as_str())?;
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(&channel).await?;
+                let mut messages = pubsub.on_message();
+                while let Some(msg) = messages.next().await {
+                    let Ok(text) = msg.get_payload::<String>() else {
+                        continue;
+                    };
+                    self.on_control(&text);
+                }
+                Ok::<(), redis::RedisError>(())
+            };
+            tokio::select! {
+                r = session => {
+                    if let Err(err) = r {
+                        tracing::warn!(%err, "cluster: control channel lost; resubscribing");
+                    }
+                }
+                _ = crate::shutdown::requested(&mut shutdown) => return,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = crate::shutdown::requested(&mut shutdown) => return,
+            }
+        }
+    }
+
+    fn on_control(&self, text: &str) {
+        #[derive(Deserialize)]
+        struct Control {
+            op: String,
+            stream: String,
+        }
+        let Ok(c) = serde_json::from_str::<Control>(text) else {
+            tracing::warn!("cluster: unreadable control message ignored");
+            return;
+        };
+        match c.op.as_str() {
+            "stop" => {
+                if let Some(live) = self.hub.get(&c.stream) {
+                    if live.protocol != RELAY_PROTOCOL {
+                        tracing::info!(stream = %c.stream, "cluster: stop requested by another node");
+                        live.stop();
+                    }
+                }
+            }
+            other => tracing::warn!(op = other, "cluster: unknown control message ignored"),
+        }
+    }
+
+    async fn claim(self: Arc<Self>, stream_id: &str) -> Result<Box<dyn Ownership>, HubError> {
+        // The epoch PostgreSQL holds floors Redis's (a Redis that lost its data must not
+        // hand out an old epoch again); unreadable: Redis's own counter still rises.
+        let floor = match self.store.stream_owner_epoch(stream_id).await {
+            Ok(e) => e,
+            Err(err) => {
+                tracing::warn!(stream = stream_id, %err, "cluster: stored epoch unreadable");
+                0
+            }
+        };
+        match self.leases.claim(stream_id, floor).await {
+            Ok(Claim::Won(lease)) => {
+                tracing::info!(
+                    stream = stream_id,
+                    epoch = lease.epoch,
+                    "cluster: stream claimed"
+                );
+                Ok(Box::new(Claimed {
+                    node: self.clone(),
+                    lease: Arc::new(Mutex::new(lease)),
+                    renewer: Mutex::new(None),
+                }))
+            }
+            Ok(Claim::Held(node)) => Err(HubError::OwnedElsewhere(node)),
+            Err(err) => Err(HubError::Unavailable(err.to_string())),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The hub's view of the cluster.
+struct Handle(Arc<ClusterNode>);
+
+impl crate::hub::Cluster for Handle {
+    fn claim<'a>(
+        &'a self,
+        stream_id: &'a str,
+    ) -> BoxFuture<'a, Result<Box<dyn Ownership>, HubError>> {
+        Box::pin(self.0.clone().claim(stream_id))
+    }
+
+    fn fetch<'a>(
+        &'a self,
+        hub: &'a Hub,
+        stream_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, HubError>> {
+        Box::pin(super::relay::fetch(self.0.clone(), hub, stream_id))
+    }
+}
+
+/// A publisher's claim: renewed while the stream is live, released when it ends.
+struct Claimed {
+    node: Arc<ClusterNode>,
+    lease: Arc<Mutex<Lease>>,
+    renewer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Ownership for Claimed {
+    fn epoch(&self) -> u64 {
+        lock(&self.lease).epoch
+    }
+
+    fn bind(&self, stream: &Arc<LiveStream>) {
+        let task = tokio::spawn(renew(
+            self.node.clone(),
+            self.lease.clone(),
+            Arc::downgrade(stream),
+        ));
+        *lock(&self.renewer) = Some(task);
+    }
+}
+
+impl Drop for Claimed {
+    fn drop(&mut self) {
+        if let Some(t) = lock(&self.renewer).take() {
+            t.abort();
+        }
+        let (node, lease) = (self.node.clone(), lock(&self.lease).clone());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                match node.leases.release(&lease).await {
+                    Ok(_) => tracing::debug!(stream = %lease.stream_id, "cluster: stream released"),
+                    // It expires by itself.
+                    Err(err) => {
+                        tracing::warn!(stream = %lease.stream_id, %err, "cluster: release failed")
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Renews a lease while its stream is live. Redis unreachable: the stream keeps playing
+/// (nobody else can claim it either). The lease gone when Redis answers again (it expired
+/// meanwhile): claimed again, under a new epoch, unless another node took the stream — then
+/// this publisher is stopped.
+async fn renew(node: Arc<ClusterNode>, lease: Arc<Mutex<Lease>>, stream: Weak<LiveStream>) {
+    let mut tick = tokio::time::interval(node.renew_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        tick.tick().await;
+        let Some(live) = stream.upgrade() else { return };
+        let current = lock(&lease).clone();
+        match node.leases.renew(&current).await {
+            Ok(true) => {
+                if failing_since.take().is_some() {
+                    tracing::info!(stream = %live.id, "cluster: lease renewed again");
+                }
+            }
+            Ok(false) => match node.leases.claim(&live.id, current.epoch).await {
+                Ok(Claim::Won(new)) => {
+                    tracing::warn!(stream = %live.id, epoch = new.epoch,
+                        "cluster: lease had expired; claimed again");
+                    live.set_epoch(new.epoch);
+                    let _ = node
+                        .store
+                        .set_stream_state(
+                            &live.id,
+                            crate::store::StreamState::Live,
+                            Some(live.protocol),
+                            Some((&node.node, new.epoch)),
+                        )
+                        .await;
+                    *lock(&lease) = new;
+                }
+                Ok(Claim::Held(other)) => {
+                    tracing::warn!(stream = %live.id, owner = %other,
+                        "cluster: another node owns the stream now; disconnecting the publisher");
+                    live.stop();
+                    return;
+                }
+                Err(err) => tracing::warn!(stream = %live.id, %err, "cluster: re-claim failed"),
+            },
+            Err(err) => {
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                tracing::warn!(stream = %live.id, %err, failing_ms = since.elapsed().as_millis() as u64,
+                    "cluster: lease not renewed; the stream keeps playing");
+            }
+        }
+    }
+}
+
+/// CPU time of this process between samples (Linux `/proc/self/stat`).
+#[derive(Default)]
+struct CpuMeter {
+    last: Option<(Instant, f64)>,
+}
+
+impl CpuMeter {
+    fn sample(&mut self) -> Option<f64> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name (which may hold spaces) in parentheses.
+        let rest = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: f64 = fields.get(11)?.parse().ok()?;
+        let stime: f64 = fields.get(12)?.parse().ok()?;
+        let ticks = rustix::param::clock_ticks_per_second() as f64;
+        let cpu_s = (utime + stime) / ticks.max(1.0);
+        let now = Instant::now();
+        let out = self.last.map(|(at, before)| {
+            let wall = now.duration_since(at).as_secs_f64().max(1e-3);
+            ((cpu_s - before) / wall * 1000.0).round() / 10.0
+        });
+        self.last = Some((now, cpu_s));
+        out
+    }
+}

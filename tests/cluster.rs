@@ -1,0 +1,560 @@
+//! Cluster mode (issue 17): nodes on one PostgreSQL database and one Redis (a fresh database
+//! and key prefix per test) take any publisher, serve any viewer, and act as one service
+//! through the API. Real PostgreSQL, Redis, ffmpeg/ffprobe; nodes are in-process servers.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::services::{redis_cleanup, redis_prefix, redis_url, Cuttable, TestDb};
+use common::*;
+use tokio::io::AsyncReadExt;
+
+const SECRET: &str = "cluster-test-secret-0123456789abcdef";
+
+async fn node(db: &TestDb, prefix: &str, name: &str, redis: Option<&str>) -> TestServer {
+    let (url, prefix) = (db.url.clone(), prefix.to_owned());
+    let redis = redis.map_or_else(redis_url, str::to_owned);
+    start_with(&format!("cluster-{name}"), move |c| {
+        c.store.url = url;
+        c.cluster.enabled = true;
+        c.cluster.node_id = name.to_owned();
+        c.cluster.redis_url = redis;
+        c.cluster.redis_prefix = prefix;
+        c.cluster.secret = SECRET.to_owned();
+        c.cluster.advertise_url = "http://127.0.0.1:0".to_owned();
+        c.cluster.lease_ttl_ms = 3000;
+        c.cluster.lease_renew_ms = 1000;
+        c.cluster.relay_linger_ms = 2000;
+    })
+    .await
+}
+
+async fn detail(ts: &TestServer, id: &str) -> serde_json::Value {
+    let (status, v) = api(
+        &ts.http(""),
+        reqwest::Method::GET,
+        &format!("/api/v1/streams/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+/// Polls a stream's detail on `ts` until `pred` holds (or panics after `secs`).
+async fn detail_until(
+    ts: &TestServer,
+    id: &str,
+    secs: u64,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let d = detail(ts, id).await;
+        if pred(&d) {
+            return d;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: {d}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// ffprobe's codec names for a URL (video and audio streams).
+fn ffprobe_codecs(url: &str) -> Result<Vec<String>, String> {
+    let out = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-rw_timeout", "10000000"])
+        .args(["-show_entries", "stream=codec_name", "-of", "csv=p=0"])
+        .arg(url)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(format!("{text} {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    // A multivariant playlist lists each rendition's streams as a program: distinct names.
+    let mut codecs: Vec<String> = text
+        .lines()
+        .map(|l| l.trim().trim_end_matches(',').to_owned())
+        .filter(|l| !l.is_empty())
+        .collect();
+    codecs.sort();
+    codecs.dedup();
+    Ok(codecs)
+}
+
+/// An RTMP player that keeps reading; counts the bytes it gets.
+async fn hold_player(ts: &TestServer, id: &str) -> (tokio::task::JoinHandle<()>, Arc<AtomicU64>) {
+    let mut socket = rtmp_player(ts.server.rtmp_addr, "live", id)
+        .await
+        .expect("player accepted");
+    let got = Arc::new(AtomicU64::new(0));
+    let g = got.clone();
+    let task = tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = socket.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            g.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    });
+    (task, got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_published_on_one_node_plays_from_every_node_through_one_relay_each() {
+    assert!(require_program("ffmpeg") && require_program("ffprobe"));
+    let db = TestDb::create("cluster_play");
+    let prefix = redis_prefix("play");
+    let a = node(&db, &prefix, "a", None).await;
+    let b = node(&db, &prefix, "b", None).await;
+    let c = node(&db, &prefix, "c", None).await;
+    let (id, key) = a.create_stream("clustered").await;
+
+    // The registry lists the three nodes, seen from any of them.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, v) = api(&c.http(""), reqwest::Method::GET, "/api/v1/nodes", None).await;
+        assert_eq!(status, 200, "{v}");
+        let ids: Vec<&str> = v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|n| n["id"].as_str())
+            .collect();
+        if ids == ["a", "b", "c"] {
+            assert_eq!(v["cluster"], true);
+            assert!(v["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n["version"].is_string()
+                    && n["url"]
+                        .as_str()
+                        .is_some_and(|u| u.starts_with("http://127.0.0.1:"))));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "nodes: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let mut ffmpeg = ffmpeg_publish(&a.rtmp(&format!("/live/{key}")), 40);
+    // Live everywhere: node C (which has no publisher nor relay) says so, and which node.
+    let d = detail_until(&c, &id, 15, "live on node a", |d| d["state"] == "live").await;
+    assert_eq!(d["node"], "a", "{d}");
+
+    // A second publisher of the same stream, on another node, is refused as on one node.
+    let second = RtmpPublisher::connect(b.server.rtmp_addr, "live", &key).await;
+    assert!(second.is_err(), "a second publisher on node b is refused");
+
+    // LL-HLS from every node decodes (ffprobe, an independent client).
+    for ts in [&a, &b, &c] {
+        let url = ts.http(&format!("/hls/{id}/index.m3u8"));
+        let codecs = ffprobe_codecs(&url).unwrap_or_else(|e| panic!("ffprobe {url}: {e}"));
+        assert_eq!(codecs, ["aac", "h264"], "{url}");
+    }
+    // RTMP play from a node that is not the owner.
+    let codecs = ffprobe_codecs(&b.rtmp(&format!("/live/{id}"))).expect("rtmp play on node b");
+    assert_eq!(codecs, ["aac", "h264"]);
+
+    // 20 RTMP viewers on each of b and c: the owner serves one relay per node.
+    let mut players = vec![];
+    for ts in [&b, &c] {
+        for _ in 0..20 {
+            players.push(hold_player(ts, &id).await);
+        }
+    }
+    let d = detail_until(&a, &id, 10, "one relay per remote node", |d| {
+        d["relays"] == 2 && d["viewer_count"].as_u64().unwrap_or(0) >= 40
+    })
+    .await;
+    assert_eq!(d["node"], "a");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        players
+            .iter()
+            .all(|(_, got)| got.load(Ordering::Relaxed) > 10_000),
+        "every viewer gets media"
+    );
+    // The viewer count is the cluster's, whichever node answers.
+    let on_c = detail_until(&c, &id, 5, "summed viewers on c", |d| {
+        d["viewer_count"].as_u64().unwrap_or(0) >= 40
+    })
+    .await;
+    assert_eq!(on_c["relays"], 0, "{on_c}");
+    let (_, nodes) = api(&b.http(""), reqwest::Method::GET, "/api/v1/nodes", None).await;
+    let nb = nodes["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "b")
+        .unwrap()
+        .clone();
+    assert_eq!(nb["relayed_streams"], 1, "{nodes}");
+    assert!(nb["viewers"].as_u64().unwrap() >= 20, "{nodes}");
+
+    // A stop through node c reaches the publisher on node a.
+    let (status, v) = api(
+        &c.http(""),
+        reqwest::Method::POST,
+        &format!("/api/v1/streams/{id}/stop"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_ne!(v["state"], "live", "{v}");
+    let status = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = ffmpeg.try_wait().unwrap() {
+                return Some(s);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = ffmpeg.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(status.is_some(), "ffmpeg was disconnected by the stop");
+    // The relays end with the stream and the viewers on b and c see the end.
+    for (task, _) in players {
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("viewers on other nodes see the end")
+            .unwrap();
+    }
+    detail_until(&a, &id, 10, "no relays left", |d| d["relays"] == 0).await;
+    for ts in [a, b, c] {
+        ts.server.shutdown().await;
+    }
+    redis_cleanup(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_redis_live_streams_keep_playing_new_relays_answer_503_and_all_recovers() {
+    let db = TestDb::create("cluster_redis");
+    let prefix = redis_prefix("outage");
+    let upstream: std::net::SocketAddr = redis_url()
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("MS_TEST_REDIS_URL is redis://host:port");
+    let redis = Cuttable::start(upstream).await;
+    let via = format!("redis://{}", redis.addr);
+    let a = node(&db, &prefix, "a", Some(&via)).await;
+    let b = node(&db, &prefix, "b", Some(&via)).await;
+    let (id, key) = a.create_stream("outage").await;
+    let tags = read_flv(FIXTURE);
+    let mut publisher = RtmpPublisher::connect(a.server.rtmp_addr, "live", &key)
+        .await
+        .expect("publish");
+    let pusher = tokio::spawn(async move {
+        for _ in 0..6 {
+            publisher.send_tags(&tags, true).await;
+        }
+        publisher.finish().await;
+    });
+    detail_until(&b, &id, 10, "live", |d| d["state"] == "live").await;
+    let playlist = b.http(&format!("/hls/{id}/index.m3u8"));
+    wait_for_200(&playlist, 10).await;
+
+    redis.cut();
+    // The publisher keeps publishing; HLS on the owner and on the node already relaying
+    // keeps being served.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        a.server.hub.get(&id).is_some(),
+        "the publisher is still live on a"
+    );
+    let (status, _, _) = get(&playlist).await;
+    assert_eq!(status, 200, "the relayed stream still plays on b");
+    // A node that must ask Redis who owns a stream answers 503 in the error JSON.
+    let c = {
+        // A third node cannot even join without Redis: one clear error.
+        let dir = temp_dir("cluster-c-fail");
+        let mut cfg = test_config(&dir);
+        cfg.store.url = db.url.clone();
+        cfg.cluster.enabled = true;
+        cfg.cluster.node_id = "c".into();
+        cfg.cluster.redis_url = via.clone();
+        cfg.cluster.redis_prefix = prefix.clone();
+        cfg.cluster.secret = SECRET.into();
+        cfg.cluster.advertise_url = "http://127.0.0.1:0".into();
+        let err = media_server::app::start(cfg).await.unwrap_err().to_string();
+        assert!(err.starts_with("cluster:") && !err.contains('\n'), "{err}");
+        err
+    };
+    eprintln!("start without redis: {c}");
+    // b's relay is still up; another stream, never relayed to b, answers 503 there.
+    let (id2, key2) = a.create_stream("outage2").await;
+    let (status, body) = api(
+        &b.http(""),
+        reqwest::Method::GET,
+        &format!("/api/v1/streams/{id2}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "the API reads PostgreSQL, not Redis: {body}");
+    // A new publisher cannot be decided without Redis: refused, nothing crashes.
+    assert!(RtmpPublisher::connect(a.server.rtmp_addr, "live", &key2)
+        .await
+        .is_err());
+    let (status, _, body) = get(&b.http(&format!("/hls/{id2}/index.m3u8"))).await;
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+
+    redis.restore();
+    // Back: a publisher of the second stream is accepted and plays from the other node.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut second = loop {
+        match RtmpPublisher::connect(a.server.rtmp_addr, "live", &key2).await {
+            Ok(p) => break p,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "publish after redis returned: {e:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    let tags = read_flv(FIXTURE);
+    let feeder = tokio::spawn(async move {
+        second.send_tags(&tags, true).await;
+        second.finish().await;
+    });
+    wait_for_200(&b.http(&format!("/hls/{id2}/index.m3u8")), 15).await;
+    let _ = feeder.await;
+    let _ = pusher.await;
+    for ts in [a, b] {
+        ts.server.shutdown().await;
+    }
+    redis_cleanup(&prefix).await;
+}
+
+/// A node as its own process (so that it can be killed with SIGKILL).
+struct ProcNode {
+    child: std::process::Child,
+    http: String,
+    rtmp: std::net::SocketAddr,
+}
+
+impl ProcNode {
+    fn start(db: &TestDb, prefix: &str, name: &str) -> ProcNode {
+        let dir = temp_dir(&format!("cluster-proc-{name}"));
+        let (hp, rp) = (free_port(), free_port());
+        let config = format!(
+            "[server]\ndata_dir = \"{data}\"\nshutdown_timeout_ms = 2000\n\
+             [http]\nlisten = \"127.0.0.1:{hp}\"\n\
+             [rtmp]\nlisten = \"127.0.0.1:{rp}\"\n\
+             [auth]\nadmin_token = \"{ADMIN_TOKEN}\"\n\
+             [store]\nurl = \"{db}\"\n\
+             [hls]\ngrace_period_ms = 20000\non_demand = false\n\
+             [cluster]\nenabled = true\nnode_id = \"{name}\"\n\
+             advertise_url = \"http://127.0.0.1:{hp}\"\nredis_url = \"{redis}\"\n\
+             redis_prefix = \"{prefix}\"\nsecret = \"{SECRET}\"\n\
+             lease_ttl_ms = 3000\nlease_renew_ms = 1000\nrelay_linger_ms = 5000\n",
+            data = dir.join("data").display(),
+            db = db.url,
+            redis = redis_url(),
+        );
+        let path = dir.join("node.toml");
+        std::fs::write(&path, config).unwrap();
+        let log = std::fs::File::create(dir.join("node.log")).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_media-server"))
+            .arg("--config")
+            .arg(&path)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("media-server starts");
+        eprintln!("node {name}: log in {}", dir.join("node.log").display());
+        ProcNode {
+            child,
+            http: format!("http://127.0.0.1:{hp}"),
+            rtmp: format!("127.0.0.1:{rp}").parse().unwrap(),
+        }
+    }
+}
+
+impl Drop for ProcNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_owner_killed_mid_stream_the_publisher_is_live_again_on_another_node_and_hls_continues()
+{
+    let db = TestDb::create("cluster_kill");
+    let prefix = redis_prefix("kill");
+    let mut a = ProcNode::start(&db, &prefix, "a");
+    wait_healthy(&format!("{}/healthz", a.http)).await;
+    let b = ProcNode::start(&db, &prefix, "b");
+    let c = ProcNode::start(&db, &prefix, "c");
+    wait_healthy(&format!("{}/healthz", b.http)).await;
+    wait_healthy(&format!("{}/healthz", c.http)).await;
+    let (status, v) = api(
+        &a.http,
+        reqwest::Method::POST,
+        "/api/v1/streams",
+        Some(serde_json::json!({ "name": "failover", "title": "Failover" })),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    let key = v["stream_key"].as_str().unwrap().to_owned();
+
+    // A publisher that goes to the next node ("through the load balancer") when its
+    // connection breaks, and starts again with the sequence headers.
+    let tags = looped(&read_flv(FIXTURE), 30);
+    let headers: Vec<FlvTag> = tags
+        .iter()
+        .take_while(|t| t.timestamp == 0)
+        .cloned()
+        .collect();
+    let targets = [a.rtmp, b.rtmp];
+    let (lost_tx, mut lost_rx) = tokio::sync::mpsc::unbounded_channel::<std::time::Instant>();
+    let (live_tx, mut live_rx) =
+        tokio::sync::mpsc::unbounded_channel::<(usize, std::time::Instant)>();
+    let publisher = tokio::spawn(async move {
+        let start = std::time::Instant::now();
+        let mut target = 0;
+        let mut next = 0;
+        'connect: while next < tags.len() {
+            let mut p = match RtmpPublisher::connect(targets[target], "live", &key).await {
+                Ok(p) => p,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let _ = live_tx.send((target, std::time::Instant::now()));
+            for h in &headers {
+                if p.try_send_tag(h).await.is_err() {
+                    continue 'connect;
+                }
+            }
+            // Resume at the next keyframe (what an encoder does on a new connection).
+            if next > 0 {
+                while next < tags.len() && !(tags[next].kind == 9 && tags[next].body[0] >> 4 == 1) {
+                    next += 1;
+                }
+            }
+            while next < tags.len() {
+                let t = &tags[next];
+                let due = start + Duration::from_millis(u64::from(t.timestamp));
+                tokio::time::sleep_until(due.into()).await;
+                if p.try_send_tag(t).await.is_err() {
+                    let _ = lost_tx.send(std::time::Instant::now());
+                    target = 1;
+                    continue 'connect;
+                }
+                next += 1;
+            }
+            p.finish().await;
+        }
+    });
+    let (first, _) = live_rx.recv().await.unwrap();
+    assert_eq!(first, 0, "published to node a first");
+    // A viewer on node c (a relay from a).
+    let playlist = format!("{}/hls/{id}/index.m3u8", c.http);
+    wait_for_200(&playlist, 15).await;
+    let media_url = |text: &str| -> String {
+        let line = text
+            .lines()
+            .find(|l| !l.starts_with('#') && l.contains(".m3u8"))
+            .expect("a media playlist");
+        format!("{}/hls/{id}/{line}", c.http)
+    };
+    let (_, _, body) = get(&playlist).await;
+    let media = media_url(&String::from_utf8_lossy(&body));
+    let mut sequences = vec![];
+    let poll = |sequences: &mut Vec<(u64, usize)>, text: &[u8]| {
+        let p = parse_media_playlist(text);
+        sequences.push((p.media_sequence, p.segments.len()));
+    };
+    for _ in 0..20 {
+        let (status, _, body) = get(&media).await;
+        assert_eq!(status, 200);
+        poll(&mut sequences, &body);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+
+    // kill -9 of the owner.
+    a.child.kill().unwrap();
+    let killed = std::time::Instant::now();
+    a.child.wait().unwrap();
+    let lost = tokio::time::timeout(Duration::from_secs(10), lost_rx.recv())
+        .await
+        .expect("the publisher notices")
+        .unwrap();
+    let (target, back) = tokio::time::timeout(Duration::from_secs(20), live_rx.recv())
+        .await
+        .expect("the publisher is live again")
+        .unwrap();
+    assert_eq!(target, 1, "on node b");
+    eprintln!(
+        "failover: publisher lost {:?} after the kill, live again on b {:?} after the kill",
+        lost.duration_since(killed),
+        back.duration_since(killed)
+    );
+    assert!(
+        back.duration_since(killed) < Duration::from_secs(10),
+        "lease_ttl is 3 s"
+    );
+    // The stream is owned by b now, seen from c's API.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, d) = api(
+            &c.http,
+            reqwest::Method::GET,
+            &format!("/api/v1/streams/{id}"),
+            None,
+        )
+        .await;
+        if d["node"] == "b" && d["state"] == "live" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "owner b: {d}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The viewer on c kept its playlist: the media sequence never goes back, and new
+    // segments (from b, after a discontinuity) arrive.
+    let before = sequences.last().unwrap().0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut saw_discontinuity = false;
+    loop {
+        let (status, _, body) = get(&media).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        poll(&mut sequences, &body);
+        saw_discontinuity |= String::from_utf8_lossy(&body).contains("#EXT-X-DISCONTINUITY");
+        if sequences.last().unwrap().0 > before + 2 && saw_discontinuity {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "hls on c after the failover: {sequences:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        sequences.windows(2).all(|w| w[1].0 >= w[0].0),
+        "media sequence never goes back: {sequences:?}"
+    );
+    // ffprobe decodes it from c.
+    let codecs = ffprobe_codecs(&playlist).expect("ffprobe on c after the failover");
+    assert_eq!(codecs, ["aac", "h264"]);
+    publisher.abort();
+    drop((b, c));
+    redis_cleanup(&prefix).await;
+}
