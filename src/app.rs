@@ -103,7 +103,16 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         tracing::info!(count = remasked, "restream URLs re-masked");
     }
     let bootstrap = bootstrap(&store, &config).await?;
-    let signer = PlaySigner::new(&play_token_key(&store).await?);
+    // In a cluster every node verifies the tokens any node minted: the key comes from the
+    // shared cluster secret (no first-start race between nodes over a stored key).
+    let signer = if config.cluster.enabled {
+        PlaySigner::new(&crate::store::cluster_derived_key(
+            &config.cluster.secret,
+            "play-token",
+        ))
+    } else {
+        PlaySigner::new(&play_token_key(&store).await?)
+    };
     let (shutdown, shutdown_rx) = watch::channel(false);
     // Validated with the configuration.
     let exempt = crate::net::limits::parse_nets(&config.security.connection_limit_exempt)
@@ -207,6 +216,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             events_rx,
             config.webhooks.clone(),
             outbound.clone(),
+            node_name.clone(),
             shutdown_rx.clone(),
         ),
     ];
@@ -488,6 +498,10 @@ fn spawn_stats_monitor(
                 let (Some(t), Some(h)) = (transition, health) else {
                     continue;
                 };
+                // A relayed stream's health is its owner's to report.
+                if live.protocol == crate::hub::RELAY_PROTOCOL {
+                    continue;
+                }
                 let kind = match t {
                     crate::hub::health::Transition::Degraded => "health.degraded",
                     crate::hub::health::Transition::Recovered => "health.recovered",

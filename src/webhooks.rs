@@ -1,5 +1,6 @@
-//! Webhook delivery: takes events off the [`crate::events`] bus and POSTs them as JSON to every
-//! subscribed webhook, signed and retried.
+//! Webhook delivery: takes events off the [`crate::events`] bus into the outbox (a table) and
+//! POSTs them as JSON to every subscribed webhook, signed and retried, from whichever node
+//! claims them.
 //!
 //! Signature: `X-Signature: t={unix},v1={hex(HMAC-SHA256(secret, "{unix}.{body}"))}` — the
 //! receiver recomputes it over the raw body and rejects stale timestamps. Failed attempts
@@ -46,12 +47,29 @@ pub fn backoff(initial: Duration, attempt: u32, jitter: f64) -> Duration {
     base.mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0))
 }
 
-/// Starts the dispatcher; it ends when the bus closes or on shutdown.
+/// Outbox rows claimed at once.
+const CLAIM_BATCH: usize = 32;
+/// How often the outbox is looked at when nothing here woke the worker: rows from other
+/// nodes' events, retries that fell due, rows of a node that died with them claimed.
+const POLL: Duration = Duration::from_secs(1);
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Starts the dispatcher: events from the bus go into the outbox (one row per subscribed
+/// webhook, in the database), and a worker claims due rows and delivers them. In a cluster
+/// every node runs a worker on the same outbox and each row is claimed by one node at a time,
+/// so an event is delivered once for the cluster, and a node that dies leaves its rows to
+/// the others. Ends when the bus closes or on shutdown.
 pub fn spawn(
     store: Store,
     mut events: mpsc::Receiver<Event>,
     config: WebhooksConfig,
     policy: Arc<crate::outbound::OutboundPolicy>,
+    node: String,
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -72,111 +90,202 @@ pub fn spawn(
                 return;
             }
         };
-        let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_DELIVERIES));
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let worker = Worker {
+            client,
+            policy,
+            store: store.clone(),
+            config,
+            node,
+            shutdown: shutdown.clone(),
+            permits: Arc::new(Semaphore::new(MAX_CONCURRENT_DELIVERIES)),
+            wake: wake.clone(),
+        };
+        let worker = tokio::spawn(worker.run());
         loop {
             let event = tokio::select! {
                 e = events.recv() => e,
                 _ = crate::shutdown::requested(&mut shutdown) => None,
             };
-            let Some(event) = event else { return };
+            let Some(event) = event else { break };
             let hooks = match store.list_webhooks().await {
                 Ok(h) => h,
                 Err(err) => {
-                    tracing::error!(%err, event = event.kind, "webhooks: cannot read subscriptions");
+                    tracing::error!(%err, event = event.kind, "webhooks: cannot read subscriptions; event not sent");
                     continue;
                 }
             };
-            let event = Arc::new(event);
-            for hook in hooks.into_iter().filter(|h| h.wants(event.kind)) {
-                let delivery = Delivery {
-                    client: client.clone(),
-                    policy: policy.clone(),
-                    store: store.clone(),
-                    hook,
-                    event: event.clone(),
-                    config: config.clone(),
-                    shutdown: shutdown.clone(),
-                    permits: permits.clone(),
-                };
-                tokio::spawn(delivery.run());
+            let ids: Vec<String> = hooks
+                .into_iter()
+                .filter(|h| h.wants(event.kind))
+                .map(|h| h.id)
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let body = match serde_json::to_string(&event) {
+                Ok(b) => b,
+                Err(err) => {
+                    tracing::error!(%err, "webhooks: cannot serialise an event");
+                    continue;
+                }
+            };
+            match store
+                .enqueue_webhook_event(&event.id, event.kind, body, ids, unix_ms())
+                .await
+            {
+                Ok(()) => wake.notify_one(),
+                Err(err) => {
+                    tracing::error!(%err, event = event.kind, "webhooks: cannot queue an event; not sent")
+                }
             }
         }
+        let _ = worker.await;
     })
 }
 
-/// One event to one webhook, with retries.
-struct Delivery {
+/// Claims due outbox rows and delivers each in its own task.
+struct Worker {
     client: reqwest::Client,
     policy: Arc<crate::outbound::OutboundPolicy>,
     store: Store,
-    hook: WebhookRow,
-    event: Arc<Event>,
     config: WebhooksConfig,
+    node: String,
     shutdown: watch::Receiver<bool>,
-    /// Caps attempts in flight; held only while a request runs, not during backoff.
+    /// Caps attempts in flight.
     permits: Arc<Semaphore>,
+    wake: Arc<tokio::sync::Notify>,
 }
 
-impl Delivery {
-    async fn run(mut self) {
-        let body = match serde_json::to_vec(&*self.event) {
-            Ok(b) => b,
-            Err(err) => {
-                tracing::error!(%err, "webhooks: cannot serialise an event");
-                return;
-            }
-        };
-        let initial = Duration::from_millis(self.config.initial_backoff_ms);
-        for attempt in 1..=self.config.max_attempts.max(1) {
-            let Ok(permit) = self.permits.clone().acquire_owned().await else {
-                return;
+impl Worker {
+    async fn run(self) {
+        let this = Arc::new(self);
+        let mut shutdown = this.shutdown.clone();
+        // A claim outlives any attempt: the row is not taken over while being delivered.
+        let lease = (this.config.timeout_ms as i64)
+            .saturating_mul(3)
+            .max(30_000);
+        // The earliest retry this node scheduled (so a short backoff is not rounded up to
+        // the poll interval).
+        let next_retry = Arc::new(std::sync::Mutex::new(None::<tokio::time::Instant>));
+        loop {
+            let rows = match this
+                .store
+                .claim_outbox(&this.node, unix_ms(), lease, CLAIM_BATCH)
+                .await
+            {
+                Ok(rows) => rows,
+                Err(err) => {
+                    tracing::warn!(%err, "webhooks: cannot read the outbox");
+                    vec![]
+                }
             };
-            let (success, status_code, error, elapsed) = self.attempt(&body).await;
-            drop(permit);
-            let row = DeliveryRow {
-                id: crate::store::random_id("dlv_", 8),
-                webhook_id: self.hook.id.clone(),
-                event_id: self.event.id.clone(),
-                event: self.event.kind.to_owned(),
-                attempt,
-                success,
-                status_code,
-                error: error.clone(),
-                duration_ms: elapsed.as_millis() as u64,
-                created_at: crate::store::now_rfc3339(),
+            let claimed = rows.len();
+            if claimed > 0 {
+                let hooks = this.store.list_webhooks().await.unwrap_or_default();
+                for row in rows {
+                    let Some(hook) = hooks.iter().find(|h| h.id == row.webhook_id).cloned() else {
+                        // Deleted since.
+                        let _ = this.store.outbox_done(&row.id).await;
+                        continue;
+                    };
+                    let (this, next_retry) = (this.clone(), next_retry.clone());
+                    tokio::spawn(async move {
+                        if let Some(at) = this.deliver(hook, row).await {
+                            let mut n = next_retry.lock().unwrap_or_else(|e| e.into_inner());
+                            *n = Some(n.map_or(at, |cur| cur.min(at)));
+                            this.wake.notify_one();
+                        }
+                    });
+                }
+            }
+            if claimed == CLAIM_BATCH {
+                continue;
+            }
+            let now = tokio::time::Instant::now();
+            let until = {
+                let mut n = next_retry.lock().unwrap_or_else(|e| e.into_inner());
+                match *n {
+                    Some(at) if at <= now => {
+                        *n = None;
+                        now
+                    }
+                    Some(at) => at.min(now + POLL),
+                    None => now + POLL,
+                }
             };
-            if let Err(err) = self.store.record_delivery(row).await {
-                tracing::warn!(%err, "webhooks: cannot log a delivery");
-            }
-            if success {
-                tracing::debug!(webhook = %self.hook.id, event = self.event.kind, attempt, "webhook delivered");
-                return;
-            }
-            tracing::warn!(
-                webhook = %self.hook.id,
-                event = self.event.kind,
-                attempt,
-                status = ?status_code,
-                error = error.as_deref().unwrap_or(""),
-                "webhook delivery failed"
-            );
-            if attempt == self.config.max_attempts {
-                break;
-            }
-            let wait = backoff(initial, attempt, rand::thread_rng().gen());
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = crate::shutdown::requested(&mut self.shutdown) => return,
+                _ = this.wake.notified() => {}
+                _ = tokio::time::sleep_until(until) => {}
+                _ = crate::shutdown::requested(&mut shutdown) => return,
             }
         }
-        tracing::error!(webhook = %self.hook.id, event = self.event.kind, "webhook gave up after {} attempts", self.config.max_attempts);
+    }
+
+    /// One attempt of one row; the time of the retry when there will be one.
+    async fn deliver(
+        &self,
+        hook: WebhookRow,
+        row: crate::store::OutboxRow,
+    ) -> Option<tokio::time::Instant> {
+        let Ok(permit) = self.permits.clone().acquire_owned().await else {
+            return None;
+        };
+        let attempt = row.attempt + 1;
+        let (success, status_code, error, elapsed) = self.attempt(&hook, &row).await;
+        drop(permit);
+        let log = DeliveryRow {
+            id: crate::store::random_id("dlv_", 8),
+            webhook_id: hook.id.clone(),
+            event_id: row.event_id.clone(),
+            event: row.event.clone(),
+            attempt,
+            success,
+            status_code,
+            error: error.clone(),
+            duration_ms: elapsed.as_millis() as u64,
+            created_at: crate::store::now_rfc3339(),
+        };
+        if let Err(err) = self.store.record_delivery(log).await {
+            tracing::warn!(%err, "webhooks: cannot log a delivery");
+        }
+        if success {
+            tracing::debug!(webhook = %hook.id, event = %row.event, attempt, "webhook delivered");
+            let _ = self.store.outbox_done(&row.id).await;
+            return None;
+        }
+        tracing::warn!(
+            webhook = %hook.id,
+            event = %row.event,
+            attempt,
+            status = ?status_code,
+            error = error.as_deref().unwrap_or(""),
+            "webhook delivery failed"
+        );
+        if attempt >= self.config.max_attempts.max(1) {
+            tracing::error!(webhook = %hook.id, event = %row.event, "webhook gave up after {attempt} attempts");
+            let _ = self.store.outbox_done(&row.id).await;
+            return None;
+        }
+        let initial = Duration::from_millis(self.config.initial_backoff_ms);
+        let wait = backoff(initial, attempt, rand::thread_rng().gen());
+        let at = unix_ms().saturating_add(wait.as_millis() as i64);
+        if let Err(err) = self.store.outbox_retry(&row.id, attempt, at).await {
+            tracing::warn!(%err, "webhooks: cannot schedule a retry (the claim runs out and it is retried then)");
+        }
+        Some(tokio::time::Instant::now() + wait)
     }
 
     /// One POST: (2xx?, status, error text, time taken).
-    async fn attempt(&self, body: &[u8]) -> (bool, Option<u16>, Option<String>, Duration) {
+    async fn attempt(
+        &self,
+        hook: &WebhookRow,
+        row: &crate::store::OutboxRow,
+    ) -> (bool, Option<u16>, Option<String>, Duration) {
+        let body = row.body.as_bytes();
         let started = Instant::now();
         // Literal addresses never reach the client's resolver: check them here.
-        let literal = url::Url::parse(&self.hook.url).ok().and_then(|u| {
+        let literal = url::Url::parse(&hook.url).ok().and_then(|u| {
             let host = u.host_str()?.to_owned();
             let port = u.port_or_known_default()?;
             Some((host, port))
@@ -196,12 +305,12 @@ impl Delivery {
             .map_or(0, |d| d.as_secs());
         let result = self
             .client
-            .post(&self.hook.url)
+            .post(&hook.url)
             .header("content-type", "application/json")
-            .header("x-signature", signature(&self.hook.secret, ts, body))
-            .header("x-webhook-id", &self.hook.id)
-            .header("x-event-id", &self.event.id)
-            .header("x-event-type", self.event.kind)
+            .header("x-signature", signature(&hook.secret, ts, body))
+            .header("x-webhook-id", &hook.id)
+            .header("x-event-id", &row.event_id)
+            .header("x-event-type", &row.event)
             .body(body.to_vec())
             .send()
             .await;

@@ -142,6 +142,37 @@ async fn a_stream_published_on_one_node_plays_from_every_node_through_one_relay_
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // A webhook registered through node b: each event reaches it once, not once per node.
+    let (hook, got) = hook_receiver().await;
+    let (status, v) = api(
+        &b.http(""),
+        reqwest::Method::POST,
+        "/api/v1/webhooks",
+        Some(serde_json::json!({"url": hook, "events": ["stream.started", "stream.ended"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+
+    // A private stream: a play token minted by node a opens it on every node.
+    let (status, v) = api(
+        &a.http(""),
+        reqwest::Method::PATCH,
+        &format!("/api/v1/streams/{id}"),
+        Some(serde_json::json!({"privacy": "private"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = api(
+        &a.http(""),
+        reqwest::Method::POST,
+        &format!("/api/v1/streams/{id}/play-token"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let token = v["token"].as_str().unwrap().to_owned();
+    let play = format!("{id}?token={token}");
+
     let mut ffmpeg = ffmpeg_publish(&a.rtmp(&format!("/live/{key}")), 40);
     // Live everywhere: node C (which has no publisher nor relay) says so, and which node.
     let d = detail_until(&c, &id, 15, "live on node a", |d| d["state"] == "live").await;
@@ -152,20 +183,24 @@ async fn a_stream_published_on_one_node_plays_from_every_node_through_one_relay_
     assert!(second.is_err(), "a second publisher on node b is refused");
 
     // LL-HLS from every node decodes (ffprobe, an independent client).
+    for ts in [&b, &c] {
+        let (status, _, _) = get(&ts.http(&format!("/hls/{id}/index.m3u8"))).await;
+        assert_eq!(status, 401, "no token, no playlist");
+    }
     for ts in [&a, &b, &c] {
-        let url = ts.http(&format!("/hls/{id}/index.m3u8"));
+        let url = ts.http(&format!("/hls/{id}/index.m3u8?token={token}"));
         let codecs = ffprobe_codecs(&url).unwrap_or_else(|e| panic!("ffprobe {url}: {e}"));
         assert_eq!(codecs, ["aac", "h264"], "{url}");
     }
     // RTMP play from a node that is not the owner.
-    let codecs = ffprobe_codecs(&b.rtmp(&format!("/live/{id}"))).expect("rtmp play on node b");
+    let codecs = ffprobe_codecs(&b.rtmp(&format!("/live/{play}"))).expect("rtmp play on node b");
     assert_eq!(codecs, ["aac", "h264"]);
 
     // 20 RTMP viewers on each of b and c: the owner serves one relay per node.
     let mut players = vec![];
     for ts in [&b, &c] {
         for _ in 0..20 {
-            players.push(hold_player(ts, &id).await);
+            players.push(hold_player(ts, &play).await);
         }
     }
     let d = detail_until(&a, &id, 10, "one relay per remote node", |d| {
@@ -180,6 +215,12 @@ async fn a_stream_published_on_one_node_plays_from_every_node_through_one_relay_
             .all(|(_, got)| got.load(Ordering::Relaxed) > 10_000),
         "every viewer gets media"
     );
+    // WHEP from a node that is not the owner (it shares the relay the RTMP viewers use).
+    let (mut peer, _) =
+        common::webrtc::whep_play(&c.http(&format!("/whep/{id}")), Some(&token)).await;
+    peer.connected(10).await;
+    let packets = common::webrtc::receive_video(&mut peer, &c.dir.join("whep.h264"), 3).await;
+    assert!(packets > 30, "{packets} RTP packets over WHEP on node c");
     // The viewer count is the cluster's, whichever node answers.
     let on_c = detail_until(&c, &id, 5, "summed viewers on c", |d| {
         d["viewer_count"].as_u64().unwrap_or(0) >= 40
@@ -231,6 +272,19 @@ async fn a_stream_published_on_one_node_plays_from_every_node_through_one_relay_
             .unwrap();
     }
     detail_until(&a, &id, 10, "no relays left", |d| d["relays"] == 0).await;
+    // Relays on b and c sent nothing: one stream.started and one stream.ended in all.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let kinds: Vec<String> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["stream.started", "stream.ended"],
+        "one delivery per event"
+    );
     for ts in [a, b, c] {
         ts.server.shutdown().await;
     }
@@ -556,5 +610,248 @@ async fn the_owner_killed_mid_stream_the_publisher_is_live_again_on_another_node
     assert_eq!(codecs, ["aac", "h264"]);
     publisher.abort();
     drop((b, c));
+    redis_cleanup(&prefix).await;
+}
+
+/// haproxy in front of nodes, as `examples/cluster/haproxy.cfg` (TCP for RTMP, HTTP with
+/// health checks for the rest), on free loopback ports.
+struct Haproxy {
+    child: std::process::Child,
+    http: String,
+    rtmp: String,
+}
+
+impl Haproxy {
+    async fn start(nodes: &[&TestServer]) -> Haproxy {
+        let dir = temp_dir("cluster-haproxy");
+        let (hp, rp) = (free_port(), free_port());
+        let mut cfg = format!(
+            "global\n  maxconn 2000\ndefaults\n  timeout connect 3s\n  timeout client 60s\n  \
+             timeout server 60s\n  timeout tunnel 1h\n\
+             frontend rtmp_in\n  bind 127.0.0.1:{rp}\n  mode tcp\n  default_backend rtmp_nodes\n\
+             frontend http_in\n  bind 127.0.0.1:{hp}\n  mode http\n  default_backend http_nodes\n\
+             backend rtmp_nodes\n  mode tcp\n  balance roundrobin\n"
+        );
+        for (i, n) in nodes.iter().enumerate() {
+            cfg += &format!("  server n{i} {} check\n", n.server.rtmp_addr);
+        }
+        // By client address: each node packages its own LL-HLS (segment names differ between
+        // nodes), so a player's requests stay on one node.
+        cfg += "backend http_nodes\n  mode http\n  balance source\n  option httpchk GET /healthz\n";
+        for (i, n) in nodes.iter().enumerate() {
+            cfg += &format!("  server n{i} {} check\n", n.server.http_addr);
+        }
+        let path = dir.join("haproxy.cfg");
+        std::fs::write(&path, cfg).unwrap();
+        let child = std::process::Command::new("haproxy")
+            .arg("-f")
+            .arg(&path)
+            .arg("-db")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("haproxy (tests/run.sh installs it)");
+        let h = Haproxy {
+            child,
+            http: format!("http://127.0.0.1:{hp}"),
+            rtmp: format!("rtmp://127.0.0.1:{rp}"),
+        };
+        wait_healthy(&format!("{}/healthz", h.http)).await;
+        h
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ffmpeg_publishes_through_haproxy_and_the_stream_decodes_from_every_node_and_from_haproxy()
+{
+    assert!(require_program("haproxy") && require_program("ffprobe"));
+    let db = TestDb::create("cluster_haproxy");
+    let prefix = redis_prefix("haproxy");
+    let a = node(&db, &prefix, "a", None).await;
+    let b = node(&db, &prefix, "b", None).await;
+    let c = node(&db, &prefix, "c", None).await;
+    let lb = Haproxy::start(&[&a, &b, &c]).await;
+    // Created through the load balancer (whichever node answers).
+    let (status, v) = api(
+        &lb.http,
+        reqwest::Method::POST,
+        "/api/v1/streams",
+        Some(serde_json::json!({ "name": "lb", "title": "Through haproxy" })),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    let key = v["stream_key"].as_str().unwrap().to_owned();
+    let mut ffmpeg = ffmpeg_publish(&format!("{}/live/{key}", lb.rtmp), 30);
+    let d = detail_until(&b, &id, 15, "live", |d| d["state"] == "live").await;
+    let owner = d["node"].as_str().unwrap().to_owned();
+    eprintln!("haproxy sent the publisher to node {owner}");
+    for url in [a.http(""), b.http(""), c.http(""), lb.http.clone()] {
+        let url = format!("{url}/hls/{id}/index.m3u8");
+        let codecs = ffprobe_codecs(&url).unwrap_or_else(|e| panic!("ffprobe {url}: {e}"));
+        assert_eq!(codecs, ["aac", "h264"], "{url}");
+    }
+    let _ = ffmpeg.kill();
+    let _ = ffmpeg.wait();
+    drop(lb);
+    for ts in [a, b, c] {
+        ts.server.shutdown().await;
+    }
+    redis_cleanup(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_rate_limit_is_one_budget_for_the_whole_cluster() {
+    let db = TestDb::create("cluster_limit");
+    let prefix = redis_prefix("limit");
+    let limited = |name: &'static str| {
+        let (db, prefix) = (&db, &prefix);
+        async move {
+            let url = db.url.clone();
+            let p = prefix.clone();
+            start_with(&format!("cluster-{name}"), move |c| {
+                c.store.url = url;
+                c.cluster.enabled = true;
+                c.cluster.node_id = name.to_owned();
+                c.cluster.redis_url = redis_url();
+                c.cluster.redis_prefix = p;
+                c.cluster.secret = SECRET.to_owned();
+                c.cluster.advertise_url = "http://127.0.0.1:0".to_owned();
+                c.api.rate_limit_per_token = 10;
+            })
+            .await
+        }
+    };
+    let a = limited("a").await;
+    let b = limited("b").await;
+    // All 14 requests in one minute window.
+    let into_minute = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        % 60;
+    if into_minute > 50 {
+        tokio::time::sleep(Duration::from_secs(61 - into_minute)).await;
+    }
+    let mut statuses = vec![];
+    for i in 0..14 {
+        let ts = if i % 2 == 0 { &a } else { &b };
+        let (status, _) = api(&ts.http(""), reqwest::Method::GET, "/api/v1/streams", None).await;
+        statuses.push(status);
+    }
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(
+        (ok, limited),
+        (10, 4),
+        "10 per minute for the token on both nodes together: {statuses:?}"
+    );
+    for ts in [a, b] {
+        ts.server.shutdown().await;
+    }
+    redis_cleanup(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_left_undelivered_by_a_node_that_stopped_is_delivered_by_another_once() {
+    let db = TestDb::create("cluster_outbox");
+    let prefix = redis_prefix("outbox");
+    let quick = |name: &'static str| {
+        let (url, p) = (db.url.clone(), prefix.clone());
+        start_with(name, move |c| {
+            c.store.url = url;
+            c.cluster.enabled = true;
+            c.cluster.node_id = name.to_owned();
+            c.cluster.redis_url = redis_url();
+            c.cluster.redis_prefix = p;
+            c.cluster.secret = SECRET.to_owned();
+            c.cluster.advertise_url = "http://127.0.0.1:0".to_owned();
+            c.webhooks.initial_backoff_ms = 300;
+            c.webhooks.max_attempts = 10;
+        })
+    };
+    let a = quick("a").await;
+    let b = quick("b").await;
+    // The receiver is down at first: node a's attempts fail.
+    let port = free_port();
+    let (status, v) = api(
+        &a.http(""),
+        reqwest::Method::POST,
+        "/api/v1/webhooks",
+        Some(serde_json::json!({"url": format!("http://127.0.0.1:{port}/hook"), "events": ["stream.created"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let hook_id = v["id"].as_str().unwrap().to_owned();
+    let (status, v) = api(
+        &a.http(""),
+        reqwest::Method::POST,
+        "/api/v1/streams",
+        Some(serde_json::json!({"name": "outboxed", "title": "Outboxed"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let stream_id = v["id"].as_str().unwrap().to_owned();
+    // Wait for a failed attempt, then node a goes away with the event undelivered.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, d) = api(
+            &b.http(""),
+            reqwest::Method::GET,
+            &format!("/api/v1/webhooks/{hook_id}/deliveries"),
+            None,
+        )
+        .await;
+        if d["data"].as_array().is_some_and(|l| !l.is_empty()) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no attempt: {d}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.server.shutdown().await;
+    // The receiver comes up; node b delivers the event.
+    let got: Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Default::default();
+    let g = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let g = g.clone();
+            async move {
+                g.lock()
+                    .unwrap()
+                    .push(serde_json::from_slice(&body).unwrap_or_default());
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while got.lock().unwrap().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never delivered by node b"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let events = got.lock().unwrap().clone();
+    assert_eq!(events.len(), 1, "delivered once: {events:?}");
+    assert_eq!(events[0]["type"], "stream.created");
+    assert_eq!(
+        events[0]["data"]["stream"]["id"],
+        stream_id.as_str(),
+        "{events:?}"
+    );
+    b.server.shutdown().await;
     redis_cleanup(&prefix).await;
 }

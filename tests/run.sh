@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 log() { printf '\n==> %s\n' "$*"; }
 
 need_apt=()
-for pair in ffmpeg:ffmpeg ffprobe:ffmpeg nasm:nasm curl:curl python3:python3 chromium:chromium varnishd:varnish psql:postgresql-client pg_isready:postgresql-client; do
+for pair in ffmpeg:ffmpeg ffprobe:ffmpeg nasm:nasm curl:curl python3:python3 chromium:chromium varnishd:varnish psql:postgresql-client pg_isready:postgresql-client haproxy:haproxy; do
   program=${pair%%:*}; package=${pair##*:}
   command -v "$program" >/dev/null 2>&1 || need_apt+=("$package")
 done

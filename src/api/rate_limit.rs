@@ -209,14 +209,18 @@ pub async fn middleware(State(state): State<ApiState>, mut req: Request, next: N
         None => None,
     };
     let decision = match (&token, charged) {
-        (Some(t), _) => state.limiter.check(
-            &format!("tok:{}", t.id),
-            state.config.api.rate_limit_per_token,
-            now,
-        ),
+        (Some(t), _) => {
+            charge(
+                &state,
+                &format!("tok:{}", t.id),
+                state.config.api.rate_limit_per_token,
+                now,
+            )
+            .await
+        }
         // An unknown bearer was charged to the IP already.
         (None, Some(d)) => d,
-        (None, None) => state.limiter.check(&ip_key, ip_limit, now),
+        (None, None) => charge(&state, &ip_key, ip_limit, now).await,
     };
     let resp = if decision.allowed {
         req.extensions_mut().insert(Caller { token, presented });
@@ -225,6 +229,30 @@ pub async fn middleware(State(state): State<ApiState>, mut req: Request, next: N
         HttpError::rate_limited(decision.reset.saturating_sub(now).max(1)).into_response()
     };
     with_headers(resp, decision)
+}
+
+/// Counts a request against `limit` per window: on this node, or in a cluster on every node
+/// together (a counter in Redis per key and window). Redis unreachable: this node's own count.
+async fn charge(state: &ApiState, key: &str, limit: u32, now: u64) -> Decision {
+    let Some(cluster) = &state.cluster else {
+        return state.limiter.check(key, limit, now);
+    };
+    let start = now - now % WINDOW_SECS;
+    match cluster
+        .count_request(&format!("{key}:{start}"), WINDOW_SECS + 5)
+        .await
+    {
+        Ok(n) => Decision {
+            allowed: n <= u64::from(limit),
+            limit,
+            remaining: limit.saturating_sub(u32::try_from(n).unwrap_or(u32::MAX)),
+            reset: start + WINDOW_SECS,
+        },
+        Err(err) => {
+            tracing::warn!(%err, "shared rate limit unavailable; counting on this node");
+            state.limiter.check(key, limit, now)
+        }
+    }
 }
 
 /// The light per-client limit of the media routes (HLS, MJPEG, VOD, WHIP/WHEP).

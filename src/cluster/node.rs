@@ -239,6 +239,22 @@ impl ClusterNode {
             .collect())
     }
 
+    /// Counts one request under `key` (a rate-limit window shared by every node); the count
+    /// so far. The counter expires `ttl_secs` after its first request.
+    pub async fn count_request(&self, key: &str, ttl_secs: u64) -> Result<u64, ClusterError> {
+        const COUNT: &str = r"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return n
+";
+        let mut conn = self.conn.clone();
+        let script = redis::Script::new(COUNT);
+        let mut call = script.key(self.key(&format!("rl:{key}")));
+        call.arg(ttl_secs);
+        let n: i64 = self.bounded(call.invoke_async(&mut conn)).await?;
+        Ok(n.max(0) as u64)
+    }
+
     /// Asks the node that owns `stream_id` to disconnect its publisher; `false` when no node
     /// owns it or the owner did not get the message.
     pub async fn stop_remote(&self, stream_id: &str) -> Result<bool, ClusterError> {

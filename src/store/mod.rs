@@ -34,7 +34,7 @@ pub use streams::{
     StreamRow, StreamState,
 };
 pub use tokens::TokenRow;
-pub use webhooks::{DeliveryRow, WebhookRow};
+pub use webhooks::{DeliveryRow, OutboxRow, WebhookRow};
 
 /// A database failure.
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +189,19 @@ const MIGRATIONS: &[&str] = &[
     // (cluster mode; on one node the epoch stays 0).
     "ALTER TABLE streams ADD COLUMN owner_node TEXT;
     ALTER TABLE streams ADD COLUMN owner_epoch INTEGER NOT NULL DEFAULT 0;",
+    // 9: the webhook outbox: one row per event and webhook until delivered or given up.
+    "CREATE TABLE webhook_outbox (
+        id TEXT PRIMARY KEY,
+        webhook_id TEXT NOT NULL REFERENCES webhooks (id) ON DELETE CASCADE,
+        event_id TEXT NOT NULL,
+        event TEXT NOT NULL,
+        body TEXT NOT NULL,
+        attempt INTEGER NOT NULL DEFAULT 0,
+        next_at INTEGER NOT NULL,
+        claimed_by TEXT,
+        claimed_until INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX webhook_outbox_due ON webhook_outbox (next_at);",
 ];
 
 impl Store {
@@ -234,7 +247,17 @@ impl Store {
         }
         let dir = &config.server.data_dir;
         std::fs::create_dir_all(dir)?;
-        let secrets = std::sync::Arc::new(secret_box::SecretBox::load_or_create(dir)?);
+        // Every node of a cluster must open what any node sealed (restream keys): the key
+        // comes from the cluster secret they share, not from one node's data_dir.
+        let secrets = if config.cluster.enabled {
+            let key = cluster_derived_key(&config.cluster.secret, "secret-box");
+            secret_box::SecretBox::from_key(&key).ok_or_else(|| {
+                StoreError::Schema("cannot derive the cluster's secret key".into())
+            })?
+        } else {
+            secret_box::SecretBox::load_or_create(dir)?
+        };
+        let secrets = std::sync::Arc::new(secrets);
         let pool = pg::PgPool::open(&config.store).await?;
         Ok(Store {
             engine: Engine::Pg(pool),
@@ -388,6 +411,20 @@ pub(crate) fn into_page<T>(mut rows: Vec<(i64, T)>, limit: usize) -> (Vec<T>, Op
 /// Current time as RFC 3339 with milliseconds, UTC (`2026-11-25T12:00:00.123Z`).
 pub fn now_rfc3339() -> String {
     crate::proto::playlist::format_pdt(std::time::SystemTime::now())
+}
+
+/// A 32-byte key for `purpose`, the same on every node that shares the cluster secret
+/// (HMAC-SHA-256 of the purpose under the secret).
+pub fn cluster_derived_key(secret: &str, purpose: &str) -> Vec<u8> {
+    use hmac::Mac;
+    match <hmac::Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()) {
+        Ok(mut mac) => {
+            mac.update(b"media-server cluster key\n");
+            mac.update(purpose.as_bytes());
+            mac.finalize().into_bytes().to_vec()
+        }
+        Err(_) => Sha256::digest(format!("{purpose}\n{secret}").as_bytes()).to_vec(),
+    }
 }
 
 /// Hex SHA-256 of a secret.

@@ -125,6 +125,19 @@ pub const PG_MIGRATIONS: &[&str] = &[
         allow_private_source BIGINT NOT NULL DEFAULT 0
     );
     CREATE INDEX restreams_by_stream ON restreams (stream_id);",
+    // 2: the webhook outbox (SQLite's 9): claimed by one node at a time.
+    "CREATE TABLE webhook_outbox (
+        id TEXT PRIMARY KEY,
+        webhook_id TEXT NOT NULL REFERENCES webhooks (id) ON DELETE CASCADE,
+        event_id TEXT NOT NULL,
+        event TEXT NOT NULL,
+        body TEXT NOT NULL,
+        attempt BIGINT NOT NULL DEFAULT 0,
+        next_at BIGINT NOT NULL,
+        claimed_by TEXT,
+        claimed_until BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE INDEX webhook_outbox_due ON webhook_outbox (next_at);",
 ];
 
 type Job = Box<dyn FnOnce(Option<&mut postgres::Client>) + Send>;

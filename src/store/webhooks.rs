@@ -1,4 +1,4 @@
-//! The `webhooks` and `webhook_deliveries` tables. A webhook's secret is needed to sign
+//! The `webhooks`, `webhook_outbox` and `webhook_deliveries` tables. A webhook's secret is needed to sign
 //! deliveries, so it is stored as given; the API masks it in every response after creation.
 
 use super::sql::{params, Row};
@@ -62,7 +62,134 @@ fn webhook_from(r: &Row, at: usize) -> Result<WebhookRow, StoreError> {
     })
 }
 
+/// An event waiting for delivery to one webhook (the outbox).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    /// The row.
+    pub id: String,
+    /// The webhook.
+    pub webhook_id: String,
+    /// The event's id.
+    pub event_id: String,
+    /// The event type.
+    pub event: String,
+    /// The JSON body, as first serialised (the same bytes on every attempt).
+    pub body: String,
+    /// Attempts made so far.
+    pub attempt: u32,
+}
+
 impl Store {
+    /// Puts an event in the outbox for each of `webhook_ids`, in one transaction: from here
+    /// on it is delivered by whichever node claims it, even if this one dies.
+    pub async fn enqueue_webhook_event(
+        &self,
+        event_id: &str,
+        event: &str,
+        body: String,
+        webhook_ids: Vec<String>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let (event_id, event) = (event_id.to_owned(), event.to_owned());
+        self.call(move |c| {
+            let mut tx = c.transaction()?;
+            for hook in &webhook_ids {
+                let res = tx.execute(
+                    "INSERT INTO webhook_outbox (id, webhook_id, event_id, event, body, next_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        format!("{event_id}:{hook}"),
+                        hook,
+                        event_id,
+                        event,
+                        body,
+                        now_ms
+                    ],
+                );
+                match res {
+                    // The webhook was deleted meanwhile.
+                    Err(e) if super::sql::is_constraint_violation(&e) => {}
+                    other => {
+                        other?;
+                    }
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    /// Claims up to `limit` due outbox rows for `node` until `now_ms + lease_ms` (another node
+    /// takes them over only after that); on PostgreSQL rows claimed by a concurrent caller
+    /// are skipped (`FOR UPDATE SKIP LOCKED`), so each row goes to one node.
+    pub async fn claim_outbox(
+        &self,
+        node: &str,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        let node = node.to_owned();
+        self.call(move |c| {
+            let lock = if c.is_pg() {
+                "FOR UPDATE SKIP LOCKED"
+            } else {
+                ""
+            };
+            let sql = format!(
+                "UPDATE webhook_outbox SET claimed_by = ?1, claimed_until = ?2
+                 WHERE id IN (SELECT id FROM webhook_outbox
+                              WHERE next_at <= ?3 AND claimed_until <= ?3
+                              ORDER BY next_at LIMIT ?4 {lock})
+                 RETURNING id, webhook_id, event_id, event, body, attempt"
+            );
+            c.query_map(
+                &sql,
+                params![node, now_ms + lease_ms, now_ms, limit as i64],
+                |r| {
+                    Ok(OutboxRow {
+                        id: r.get(0)?,
+                        webhook_id: r.get(1)?,
+                        event_id: r.get(2)?,
+                        event: r.get(3)?,
+                        body: r.get(4)?,
+                        attempt: r.get::<i64>(5)?.max(0) as u32,
+                    })
+                },
+            )
+        })
+        .await
+    }
+
+    /// An outbox row is done with (delivered, or given up).
+    pub async fn outbox_done(&self, id: &str) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        self.call(move |c| {
+            c.execute("DELETE FROM webhook_outbox WHERE id = ?1", params![id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// An outbox row failed its attempt `attempt`: due again at `next_at_ms`, by any node.
+    pub async fn outbox_retry(
+        &self,
+        id: &str,
+        attempt: u32,
+        next_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        self.call(move |c| {
+            c.execute(
+                "UPDATE webhook_outbox SET attempt = ?2, next_at = ?3, claimed_by = NULL,
+                    claimed_until = 0 WHERE id = ?1",
+                params![id, attempt, next_at_ms],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Creates a webhook.
     pub async fn create_webhook(
         &self,
