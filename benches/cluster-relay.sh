@@ -8,7 +8,8 @@
 #   - RTMP players of one stream before one falls > 1 s behind: on the owner, and on node b
 #     relaying it (the node under test pinned to core 0, the generator and the other node to
 #     core 1);
-#   - the owner's CPU with node b relaying the stream to 2,000 players vs with no relay.
+#   - the owner's CPU (core 0) with one local RTMP player vs with node b relaying the stream
+#     to 2,000 players (what one remote node costs the owner).
 # Usage: bash benches/cluster-relay.sh   (QUICK=1: bigger steps)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -100,5 +101,11 @@ log "players on the other node (b on core 0; a and the generator on core 1)"
 taskset -p -c 1 "$pid_a" >/dev/null; taskset -p -c 0 "$pid_b" >/dev/null
 "${loadgen[@]}" --pid "$pid_b" "${api[@]}" players --publish "$pub" --play "rtmp://127.0.0.1:11982/live/{id}" \
   --step $step --step-secs $secs --max 18000 2>"$out/players-relay.err" | tee "$out/players-relay.txt" >&2
+log "the owner's CPU: one local RTMP player, then 2,000 players on node b (one relay)"
+taskset -p -c 0 "$pid_a" >/dev/null; taskset -p -c 1 "$pid_b" >/dev/null
+"${loadgen[@]}" --pid "$pid_a" "${api[@]}" players --publish "$pub" --play "rtmp://127.0.0.1:11981/live/{id}" \
+  --step 1 --step-secs 10 --max 1 2>"$out/owner-cost-local.err" | tee "$out/owner-cost-local.txt" >&2
+"${loadgen[@]}" --pid "$pid_a" "${api[@]}" players --publish "$pub" --play "rtmp://127.0.0.1:11982/live/{id}" \
+  --step 2000 --step-secs 10 --max 2000 2>"$out/owner-cost-relay.err" | tee "$out/owner-cost-relay.txt" >&2
 echo "step tables and RESULT lines in $out" >&2
 grep -h "^RESULT" "$out"/*.txt

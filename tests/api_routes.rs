@@ -350,7 +350,7 @@ async fn scopes_and_authentication() {
         .call(Method::GET, "/api/v1/streams", Some(&reader), None)
         .await;
     assert_eq!(r.status, StatusCode::OK);
-    let forbidden: [(Method, &str, Option<Value>); 8] = [
+    let forbidden: [(Method, &str, Option<Value>); 9] = [
         (Method::POST, "/api/v1/streams", Some(json!({"title": "t"}))),
         (Method::PATCH, "/api/v1/streams/str_x", Some(json!({}))),
         (Method::DELETE, "/api/v1/streams/str_x", None),
@@ -359,11 +359,20 @@ async fn scopes_and_authentication() {
         (Method::GET, "/api/v1/tokens", None),
         (Method::GET, "/api/v1/webhooks", None),
         (Method::GET, "/api/v1/stats", None),
+        (Method::GET, "/api/v1/nodes", None),
     ];
     for (m, uri, body) in forbidden {
         let r = api.call(m.clone(), uri, Some(&reader), body).await;
         assert_error(&r, 403, "forbidden");
     }
+    // A single server lists itself as the one node.
+    let r = api.admin(Method::GET, "/api/v1/nodes", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["cluster"], false, "{}", r.body);
+    let nodes = r.body["data"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "{}", r.body);
+    assert_eq!(nodes[0]["this_node"], true);
+    assert!(nodes[0]["version"].is_string() && nodes[0]["streams"].is_u64());
     // tokens:admin manages tokens; secrets are shown once and stored hashed.
     let r = api
         .admin(
@@ -701,6 +710,7 @@ async fn openapi_documents_every_route() {
         "DELETE /api/v1/webhooks/{id}",
         "GET /api/v1/webhooks/{id}/deliveries",
         "GET /api/v1/stats",
+        "GET /api/v1/nodes",
         "GET /api/v1/recordings",
         "GET /api/v1/recordings/{id}",
         "DELETE /api/v1/recordings/{id}",

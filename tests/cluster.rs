@@ -15,6 +15,17 @@ use tokio::io::AsyncReadExt;
 const SECRET: &str = "cluster-test-secret-0123456789abcdef";
 
 async fn node(db: &TestDb, prefix: &str, name: &str, redis: Option<&str>) -> TestServer {
+    node_with(db, prefix, name, redis, |_| {}).await
+}
+
+/// A node of the test's cluster (short leases and linger), with `edit` applied last.
+async fn node_with(
+    db: &TestDb,
+    prefix: &str,
+    name: &str,
+    redis: Option<&str>,
+    edit: impl FnOnce(&mut media_server::Config),
+) -> TestServer {
     let (url, prefix) = (db.url.clone(), prefix.to_owned());
     let redis = redis.map_or_else(redis_url, str::to_owned);
     start_with(&format!("cluster-{name}"), move |c| {
@@ -28,6 +39,7 @@ async fn node(db: &TestDb, prefix: &str, name: &str, redis: Option<&str>) -> Tes
         c.cluster.lease_ttl_ms = 3000;
         c.cluster.lease_renew_ms = 1000;
         c.cluster.relay_linger_ms = 2000;
+        edit(c);
     })
     .await
 }
@@ -412,6 +424,8 @@ impl ProcNode {
              [auth]\nadmin_token = \"{ADMIN_TOKEN}\"\n\
              [store]\nurl = \"{db}\"\n\
              [hls]\ngrace_period_ms = 20000\non_demand = false\n\
+             [security]\noutbound_allow = [\"127.0.0.0/8\"]\n\
+             [restream]\nbackoff_initial_ms = 200\n\
              [cluster]\nenabled = true\nnode_id = \"{name}\"\n\
              advertise_url = \"http://127.0.0.1:{hp}\"\nredis_url = \"{redis}\"\n\
              redis_prefix = \"{prefix}\"\nsecret = \"{SECRET}\"\n\
@@ -467,6 +481,31 @@ async fn the_owner_killed_mid_stream_the_publisher_is_live_again_on_another_node
     assert_eq!(status, 201, "{v}");
     let id = v["id"].as_str().unwrap().to_owned();
     let key = v["stream_key"].as_str().unwrap().to_owned();
+    // A restream to nginx-rtmp: pushed by whichever node owns the stream.
+    assert!(common::nginx::require_nginx());
+    let nginx = common::nginx::Nginx::start(&temp_dir("cluster-kill-nginx"), None);
+    let (status, v) = api(
+        &a.http,
+        reqwest::Method::POST,
+        &format!("/api/v1/streams/{id}/restreams"),
+        Some(serde_json::json!({"platform": "custom", "url": nginx.url(), "key": "failover-dest", "name": "nginx"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let rid = v["id"].as_str().unwrap().to_owned();
+    let restream_state = |http: String| {
+        let (id, rid) = (id.clone(), rid.clone());
+        async move {
+            let (_, v) = api(
+                &http,
+                reqwest::Method::GET,
+                &format!("/api/v1/streams/{id}/restreams/{rid}"),
+                None,
+            )
+            .await;
+            v["state"].as_str().unwrap_or("").to_owned()
+        }
+    };
 
     // A publisher that goes to the next node ("through the load balancer") when its
     // connection breaks, and starts again with the sequence headers.
@@ -532,6 +571,20 @@ async fn the_owner_killed_mid_stream_the_publisher_is_live_again_on_another_node
     };
     let (_, _, body) = get(&playlist).await;
     let media = media_url(&String::from_utf8_lossy(&body));
+    // The owner pushes the restream; nginx has it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while restream_state(a.http.clone()).await != "active" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "restream active on a"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let dest = format!("{}/failover-dest", nginx.url());
+    assert_eq!(
+        ffprobe_codecs(&dest).expect("nginx has the restream"),
+        ["aac", "h264"]
+    );
     let mut sequences = vec![];
     let poll = |sequences: &mut Vec<(u64, usize)>, text: &[u8]| {
         let p = parse_media_playlist(text);
@@ -608,6 +661,19 @@ async fn the_owner_killed_mid_stream_the_publisher_is_live_again_on_another_node
     // ffprobe decodes it from c.
     let codecs = ffprobe_codecs(&playlist).expect("ffprobe on c after the failover");
     assert_eq!(codecs, ["aac", "h264"]);
+    // The restream resumed from the new owner.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while restream_state(b.http.clone()).await != "active" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "restream active again on b"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        ffprobe_codecs(&dest).expect("nginx has the restream again"),
+        ["aac", "h264"]
+    );
     publisher.abort();
     drop((b, c));
     redis_cleanup(&prefix).await;
@@ -711,26 +777,9 @@ async fn ffmpeg_publishes_through_haproxy_and_the_stream_decodes_from_every_node
 async fn an_api_rate_limit_is_one_budget_for_the_whole_cluster() {
     let db = TestDb::create("cluster_limit");
     let prefix = redis_prefix("limit");
-    let limited = |name: &'static str| {
-        let (db, prefix) = (&db, &prefix);
-        async move {
-            let url = db.url.clone();
-            let p = prefix.clone();
-            start_with(&format!("cluster-{name}"), move |c| {
-                c.store.url = url;
-                c.cluster.enabled = true;
-                c.cluster.node_id = name.to_owned();
-                c.cluster.redis_url = redis_url();
-                c.cluster.redis_prefix = p;
-                c.cluster.secret = SECRET.to_owned();
-                c.cluster.advertise_url = "http://127.0.0.1:0".to_owned();
-                c.api.rate_limit_per_token = 10;
-            })
-            .await
-        }
-    };
-    let a = limited("a").await;
-    let b = limited("b").await;
+    let limit = |c: &mut media_server::Config| c.api.rate_limit_per_token = 10;
+    let a = node_with(&db, &prefix, "a", None, limit).await;
+    let b = node_with(&db, &prefix, "b", None, limit).await;
     // All 14 requests in one minute window.
     let into_minute = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -763,22 +812,12 @@ async fn an_api_rate_limit_is_one_budget_for_the_whole_cluster() {
 async fn a_webhook_left_undelivered_by_a_node_that_stopped_is_delivered_by_another_once() {
     let db = TestDb::create("cluster_outbox");
     let prefix = redis_prefix("outbox");
-    let quick = |name: &'static str| {
-        let (url, p) = (db.url.clone(), prefix.clone());
-        start_with(name, move |c| {
-            c.store.url = url;
-            c.cluster.enabled = true;
-            c.cluster.node_id = name.to_owned();
-            c.cluster.redis_url = redis_url();
-            c.cluster.redis_prefix = p;
-            c.cluster.secret = SECRET.to_owned();
-            c.cluster.advertise_url = "http://127.0.0.1:0".to_owned();
-            c.webhooks.initial_backoff_ms = 300;
-            c.webhooks.max_attempts = 10;
-        })
+    let quick = |c: &mut media_server::Config| {
+        c.webhooks.initial_backoff_ms = 300;
+        c.webhooks.max_attempts = 10;
     };
-    let a = quick("a").await;
-    let b = quick("b").await;
+    let a = node_with(&db, &prefix, "a", None, quick).await;
+    let b = node_with(&db, &prefix, "b", None, quick).await;
     // The receiver is down at first: node a's attempts fail.
     let port = free_port();
     let (status, v) = api(
@@ -817,24 +856,7 @@ async fn a_webhook_left_undelivered_by_a_node_that_stopped_is_delivered_by_anoth
     }
     a.server.shutdown().await;
     // The receiver comes up; node b delivers the event.
-    let got: Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Default::default();
-    let g = got.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |body: axum::body::Bytes| {
-            let g = g.clone();
-            async move {
-                g.lock()
-                    .unwrap()
-                    .push(serde_json::from_slice(&body).unwrap_or_default());
-                axum::http::StatusCode::OK
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (_, got) = hook_receiver_on(port).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while got.lock().unwrap().is_empty() {
         assert!(

@@ -554,6 +554,16 @@ pub async fn hook_receiver() -> (
     String,
     std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
 ) {
+    hook_receiver_on(0).await
+}
+
+/// [`hook_receiver`] on a given loopback port (0: any).
+pub async fn hook_receiver_on(
+    port: u16,
+) -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) {
     let got: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Default::default();
     let g = got.clone();
     let app = axum::Router::new().route(
@@ -568,7 +578,9 @@ pub async fn hook_receiver() -> (
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (format!("http://{addr}/hook"), got)
