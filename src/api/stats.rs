@@ -20,7 +20,7 @@ pub struct ServerStats {
     version: String,
     /// Streams in the database.
     streams_total: i64,
-    /// Streams with a publisher now.
+    /// Streams with a publisher on this server now.
     live_streams: u64,
     /// Live publishers per ingest protocol.
     publishers_by_protocol: BTreeMap<String, u64>,
@@ -57,9 +57,13 @@ pub async fn get(
         .map(|p| ((*p).to_owned(), 0))
         .collect();
     for s in &live {
-        *publishers_by_protocol
-            .entry(s.protocol.to_owned())
-            .or_insert(0) += 1;
+        // A relay of a stream published on another node is no publisher of this one (its
+        // viewers here are this node's).
+        if s.protocol != crate::hub::RELAY_PROTOCOL {
+            *publishers_by_protocol
+                .entry(s.protocol.to_owned())
+                .or_insert(0) += 1;
+        }
         let snap = s.snapshot();
         total_viewers += snap.viewers as u64;
         for (p, n) in &snap.viewers_by_protocol {
@@ -76,7 +80,10 @@ pub async fn get(
         uptime_seconds: state.started.elapsed().as_secs(),
         version: env!("CARGO_PKG_VERSION").into(),
         streams_total,
-        live_streams: live.len() as u64,
+        live_streams: live
+            .iter()
+            .filter(|s| s.protocol != crate::hub::RELAY_PROTOCOL)
+            .count() as u64,
         publishers_by_protocol,
         total_viewers,
         viewers_by_protocol,

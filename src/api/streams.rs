@@ -461,7 +461,11 @@ fn view(state: &ApiState, row: StreamRow) -> StreamView {
         .recorders
         .as_ref()
         .is_some_and(|r| r.is_recording(&row.id));
-    let live = live_view(snap.as_ref(), status, is_recording, state.cluster.is_some());
+    let mut live = live_view(snap.as_ref(), status, is_recording, state.cluster.is_some());
+    // Relayed here from its owner: the ingest protocol is the owner's.
+    if live.protocol.as_deref() == Some(crate::hub::RELAY_PROTOCOL) {
+        live.protocol = row.protocol.clone();
+    }
     let http = &state.config.http.public_url;
     let ws_base = http.replacen("http", "ws", 1);
     let (play_url, embed_url, iframe) = crate::web::page_urls(http, &row.id);
