@@ -39,11 +39,7 @@ cleanup() {
 trap cleanup EXIT
 
 flv=$work/600k.flv
-ffmpeg -loglevel error -y -f lavfi -i testsrc2=size=640x360:rate=25 \
-  -f lavfi -i sine=frequency=440:sample_rate=44100 -t 60 \
-  -c:v libx264 -preset veryfast -b:v 536k -minrate 536k -maxrate 536k -bufsize 536k \
-  -x264-params nal-hrd=cbr -g 50 -keyint_min 50 -sc_threshold 0 -pix_fmt yuv420p \
-  -c:a aac -b:a 64k -f flv "$flv"
+bash "$root/benches/support/make-600k-flv.sh" "$flv"
 token=cluster-bench-token-0123456789
 secret=cluster-bench-secret-0123456789abcdef
 loadgen=(taskset -c 1 "$root/target/release/examples/loadgen" --flv "$flv")

@@ -60,11 +60,7 @@ trap cleanup EXIT
 
 flv=$work/600k.flv
 log "making a 600 kbit/s FLV"
-ffmpeg -loglevel error -y -f lavfi -i testsrc2=size=640x360:rate=25 \
-  -f lavfi -i sine=frequency=440:sample_rate=44100 -t 60 \
-  -c:v libx264 -preset veryfast -b:v 536k -minrate 536k -maxrate 536k -bufsize 536k \
-  -x264-params nal-hrd=cbr -g 50 -keyint_min 50 -sc_threshold 0 -pix_fmt yuv420p \
-  -c:a aac -b:a 64k -f flv "$flv"
+bash "$root/benches/support/make-600k-flv.sh" "$flv"
 
 token=compare-admin-token-0123456789
 ms_http=127.0.0.1:18480
