@@ -221,7 +221,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         ),
     ];
     if let Some(node) = &cluster {
-        tasks.extend(node.spawn());
+        tasks.extend(node.spawn(events.clone()));
     }
 
     let webrtc = crate::net::webrtc::WebRtc::with_exempt(config.webrtc.clone(), exempt.clone());

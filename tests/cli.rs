@@ -73,7 +73,7 @@ fn first_start_prints_the_welcome_once_and_sigterm_exits_cleanly() {
                 "cli-admin-token-0123456789",
             )
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("stderr-{run}.log"))).unwrap())
             .spawn()
             .unwrap();
         // Wait until the HTTP port answers.
@@ -89,7 +89,12 @@ fn first_start_prints_the_welcome_once_and_sigterm_exits_cleanly() {
             .unwrap();
         assert!(status.success());
         let exit = child.wait().unwrap();
-        assert_eq!(exit.code(), Some(0), "clean exit on SIGTERM");
+        assert_eq!(
+            exit.code(),
+            Some(0),
+            "clean exit on SIGTERM ({exit}); its log: {}",
+            std::fs::read_to_string(dir.join(format!("stderr-{run}.log"))).unwrap_or_default()
+        );
         assert!(started.elapsed() < Duration::from_secs(5));
         let stdout: Vec<String> = BufReader::new(child.stdout.take().unwrap())
             .lines()

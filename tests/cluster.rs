@@ -507,6 +507,43 @@ async fn the_owner_killed_mid_stream_the_publisher_is_live_again_on_another_node
         }
     };
 
+    // A second stream on node a whose publisher never comes back, and a webhook for ends.
+    let (status, v) = api(
+        &a.http,
+        reqwest::Method::POST,
+        "/api/v1/streams",
+        Some(serde_json::json!({ "name": "orphan", "title": "Orphan" })),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let orphan = v["id"].as_str().unwrap().to_owned();
+    let orphan_key = v["stream_key"].as_str().unwrap().to_owned();
+    let (hook, ended_hooks) = hook_receiver().await;
+    let (status, v) = api(
+        &a.http,
+        reqwest::Method::POST,
+        "/api/v1/webhooks",
+        Some(serde_json::json!({"url": hook, "events": ["stream.ended"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let mut lone = RtmpPublisher::connect(a.rtmp, "live", &orphan_key)
+        .await
+        .expect("second publisher on a");
+    let lone_tags = looped(&read_flv(FIXTURE), 30);
+    let lone_task = tokio::spawn(async move {
+        let start = std::time::Instant::now();
+        for t in &lone_tags {
+            tokio::time::sleep_until(
+                (start + Duration::from_millis(u64::from(t.timestamp))).into(),
+            )
+            .await;
+            if lone.try_send_tag(t).await.is_err() {
+                return;
+            }
+        }
+    });
+
     // A publisher that goes to the next node ("through the load balancer") when its
     // connection breaks, and starts again with the sequence headers.
     let tags = looped(&read_flv(FIXTURE), 30);
@@ -661,6 +698,38 @@ async fn the_owner_killed_mid_stream_the_publisher_is_live_again_on_another_node
     // ffprobe decodes it from c.
     let codecs = ffprobe_codecs(&playlist).expect("ffprobe on c after the failover");
     assert_eq!(codecs, ["aac", "h264"]);
+    // The stream whose publisher did not come back is ended by a surviving node, once.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, d) = api(
+            &c.http,
+            reqwest::Method::GET,
+            &format!("/api/v1/streams/{orphan}"),
+            None,
+        )
+        .await;
+        if d["state"] == "ended" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "orphan never ended: {d}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    lone_task.abort();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ends: Vec<String> = ended_hooks
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e["data"]["stream"]["id"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(
+        ends,
+        [orphan.clone()],
+        "one stream.ended, for the orphan only"
+    );
     // The restream resumed from the new owner.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while restream_state(b.http.clone()).await != "active" {

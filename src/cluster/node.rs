@@ -288,12 +288,61 @@ return n
             .map(|i| i.url))
     }
 
-    /// Starts the heartbeat (registry and viewer counts) and the control channel.
-    pub fn spawn(self: &Arc<Self>) -> Vec<JoinHandle<()>> {
+    /// Starts the heartbeat (registry and viewer counts), the control channel and the
+    /// janitor; `events` announces the streams the janitor ends.
+    pub fn spawn(self: &Arc<Self>, events: crate::events::EventBus) -> Vec<JoinHandle<()>> {
         vec![
             tokio::spawn(self.clone().heartbeat()),
             tokio::spawn(self.clone().control()),
+            tokio::spawn(self.clone().janitor(events)),
         ]
+    }
+
+    /// Ends the streams a dead node left live in the database: stored as live, with no
+    /// lease in Redis and the owner gone from the node registry, on two passes in a row (a
+    /// Redis that restarted empty gets its heartbeats and leases back within a pass). One
+    /// node wins each (a fenced update) and announces `stream.ended`.
+    async fn janitor(self: Arc<Self>, events: crate::events::EventBus) {
+        let mut shutdown = self.shutdown.clone();
+        let every = self.renew_every.max(Duration::from_secs(1));
+        let mut suspects: HashMap<(String, u64), ()> = HashMap::new();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = crate::shutdown::requested(&mut shutdown) => return,
+            }
+            let Ok(rows) = self.store.live_stream_owners().await else {
+                continue;
+            };
+            let Ok(nodes) = self.nodes().await else {
+                continue;
+            };
+            let mut now_suspect = HashMap::new();
+            for (id, owner, epoch, protocol) in rows {
+                let alive = nodes.iter().any(|n| n.id == owner)
+                    || (owner == self.node && self.hub.get(&id).is_some());
+                if alive {
+                    continue;
+                }
+                match self.owner(&id).await {
+                    Ok(None) => {}
+                    _ => continue, // held (or Redis cannot tell)
+                }
+                let key = (id.clone(), epoch);
+                if suspects.contains_key(&key) {
+                    if let Ok(true) = self.store.end_abandoned_stream(&id, &owner, epoch).await {
+                        tracing::warn!(stream = %id, node = %owner, "cluster: the stream's node is gone; marked ended");
+                        events.publish(
+                            "stream.ended",
+                            serde_json::json!({ "stream": { "id": id, "protocol": protocol } }),
+                        );
+                    }
+                } else {
+                    now_suspect.insert(key, ());
+                }
+            }
+            suspects = now_suspect;
+        }
     }
 
     fn info(&self, cpu: &mut CpuMeter) -> NodeInfo {

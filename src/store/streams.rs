@@ -546,6 +546,50 @@ impl Store {
         .await
     }
 
+    /// Streams stored as live with an owner: `(id, owner node, epoch, protocol)` (the
+    /// cluster's janitor looks for owners that are gone).
+    pub async fn live_stream_owners(
+        &self,
+    ) -> Result<Vec<(String, String, u64, Option<String>)>, StoreError> {
+        self.call(|c| {
+            c.query_map(
+                "SELECT id, owner_node, owner_epoch, protocol FROM streams
+                 WHERE state = 'live' AND owner_node IS NOT NULL",
+                params![],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get::<i64>(2)?.max(0) as u64,
+                        r.get(3)?,
+                    ))
+                },
+            )
+        })
+        .await
+    }
+
+    /// Ends a live stream whose owner is gone, if it is still the one stored (same node, same
+    /// epoch, still live): `true` for exactly one caller however many nodes try.
+    pub async fn end_abandoned_stream(
+        &self,
+        id: &str,
+        node: &str,
+        epoch: u64,
+    ) -> Result<bool, StoreError> {
+        let (id, node) = (id.to_owned(), node.to_owned());
+        self.call(move |c| {
+            let n = c.execute(
+                "UPDATE streams SET state = 'ended', ended_at = ?4, updated_at = ?4,
+                    owner_node = NULL
+                 WHERE id = ?1 AND state = 'live' AND owner_node = ?2 AND owner_epoch = ?3",
+                params![id, node, epoch as i64, now_rfc3339()],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
     /// The highest fencing epoch stored for a stream (0 when none or no such stream): a new
     /// claim must be above it.
     pub async fn stream_owner_epoch(&self, id: &str) -> Result<u64, StoreError> {
