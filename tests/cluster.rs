@@ -727,7 +727,7 @@ async fn the_owner_killed_mid_stream_the_publisher_is_live_again_on_another_node
         .collect();
     assert_eq!(
         ends,
-        [orphan.clone()],
+        [orphan.as_str()],
         "one stream.ended, for the orphan only"
     );
     // The restream resumed from the new owner.
