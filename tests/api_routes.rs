@@ -392,6 +392,7 @@ async fn scopes_and_authentication() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert!(r.body["uptime_seconds"].is_u64());
     assert_eq!(r.body["live_streams"], 0);
+    assert!(r.body["cluster"].is_null(), "a single server: {}", r.body);
     let r = api.admin(Method::GET, "/api/v1/tokens", None).await;
     let listed = r.body["data"].as_array().unwrap();
     assert!(listed

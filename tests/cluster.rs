@@ -239,6 +239,23 @@ async fn a_stream_published_on_one_node_plays_from_every_node_through_one_relay_
     })
     .await;
     assert_eq!(on_c["relays"], 0, "{on_c}");
+    // Server stats carry the cluster's sums.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, st) = api(&a.http(""), reqwest::Method::GET, "/api/v1/stats", None).await;
+        assert_eq!(status, 200, "{st}");
+        let cl = &st["cluster"];
+        if cl["nodes"] == 3 && cl["total_viewers"].as_u64().unwrap_or(0) >= 40 {
+            assert_eq!(cl["live_streams"], 1, "{st}");
+            assert!(cl["bytes_out_per_sec"].as_u64().unwrap() > 0, "{st}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cluster stats: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let (_, nodes) = api(&b.http(""), reqwest::Method::GET, "/api/v1/nodes", None).await;
     let nb = nodes["data"]
         .as_array()

@@ -34,6 +34,24 @@ pub struct ServerStats {
     bytes_in: u64,
     /// Bytes sent to viewers since start.
     bytes_out: u64,
+    /// The whole cluster (cluster mode; `null` on a single server, where the numbers above
+    /// are the whole service): sums over every live node, as of their last heartbeat.
+    cluster: Option<ClusterStats>,
+}
+
+/// Sums over the cluster's nodes.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClusterStats {
+    /// Live nodes.
+    nodes: u64,
+    /// Streams with a publisher on some node.
+    live_streams: u64,
+    /// Viewers on every node.
+    total_viewers: u64,
+    /// Bytes sent per second by every node (last 10 s).
+    bytes_out_per_sec: u64,
+    /// Bytes received per second by every node (last 10 s).
+    bytes_in_per_sec: u64,
 }
 
 /// Server statistics.
@@ -41,7 +59,7 @@ pub struct ServerStats {
     responses(
         (status = 200, body = ServerStats),
         (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
-        (status = 429, body = ErrorEnvelope),
+        (status = 429, body = ErrorEnvelope), (status = 503, body = ErrorEnvelope),
     ),
     security(("bearer" = ["stats:read"])))]
 pub async fn get(
@@ -76,7 +94,26 @@ pub async fn get(
         .count_streams()
         .await
         .map_err(|e| HttpError::internal("counting streams", e))?;
+    let cluster = match &state.cluster {
+        None => None,
+        Some(c) => match c.nodes().await {
+            Ok(nodes) => Some(ClusterStats {
+                nodes: nodes.len() as u64,
+                live_streams: nodes.iter().map(|n| n.streams).sum(),
+                total_viewers: nodes.iter().map(|n| n.viewers).sum(),
+                bytes_out_per_sec: nodes.iter().map(|n| n.bytes_out_per_sec).sum(),
+                bytes_in_per_sec: nodes.iter().map(|n| n.bytes_in_per_sec).sum(),
+            }),
+            Err(err) => {
+                tracing::warn!(%err, "cluster stats unavailable");
+                return Err(HttpError::unavailable(
+                    "the cluster registry (Redis) is unreachable; retry in a moment",
+                ));
+            }
+        },
+    };
     Ok(Json(ServerStats {
+        cluster,
         uptime_seconds: state.started.elapsed().as_secs(),
         version: env!("CARGO_PKG_VERSION").into(),
         streams_total,
