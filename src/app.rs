@@ -403,11 +403,11 @@ fn wire_hub(
         let (stream, state, kind) = match event {
             // A relay of a stream owned by another node: its viewers here get HLS; the owner
             // stores its state, records, restreams and sends the webhooks.
-            HubEvent::Published(s) if s.protocol == crate::hub::RELAY_PROTOCOL => {
+            HubEvent::Published(s) if s.is_relay() => {
                 hls.on_published(s);
                 return;
             }
-            HubEvent::Unpublished(s) if s.protocol == crate::hub::RELAY_PROTOCOL => return,
+            HubEvent::Unpublished(s) if s.is_relay() => return,
             HubEvent::Published(s) => {
                 hls.on_published(s);
                 // Streams with `record` set are recorded whenever they go live. The recorder's
@@ -499,7 +499,7 @@ fn spawn_stats_monitor(
                     continue;
                 };
                 // A relayed stream's health is its owner's to report.
-                if live.protocol == crate::hub::RELAY_PROTOCOL {
+                if live.is_relay() {
                     continue;
                 }
                 let kind = match t {

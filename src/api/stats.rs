@@ -77,7 +77,7 @@ pub async fn get(
     for s in &live {
         // A relay of a stream published on another node is no publisher of this one (its
         // viewers here are this node's).
-        if s.protocol != crate::hub::RELAY_PROTOCOL {
+        if !s.is_relay() {
             *publishers_by_protocol
                 .entry(s.protocol.to_owned())
                 .or_insert(0) += 1;
@@ -117,10 +117,7 @@ pub async fn get(
         uptime_seconds: state.started.elapsed().as_secs(),
         version: env!("CARGO_PKG_VERSION").into(),
         streams_total,
-        live_streams: live
-            .iter()
-            .filter(|s| s.protocol != crate::hub::RELAY_PROTOCOL)
-            .count() as u64,
+        live_streams: live.iter().filter(|s| !s.is_relay()).count() as u64,
         publishers_by_protocol,
         total_viewers,
         viewers_by_protocol,

@@ -789,11 +789,7 @@ pub async fn update(
 /// Disconnects the publisher and waits (briefly) until the hub has let the stream go. In a
 /// cluster, a publisher on another node is stopped by its node (a control message).
 async fn stop_live(state: &ApiState, id: &str) -> Result<bool, HttpError> {
-    let Some(live) = state
-        .hub
-        .get(id)
-        .filter(|l| l.protocol != crate::hub::RELAY_PROTOCOL)
-    else {
+    let Some(live) = state.hub.published(id) else {
         let Some(cluster) = &state.cluster else {
             return Ok(false);
         };
@@ -841,10 +837,7 @@ pub async fn delete(
 ) -> Result<StatusCode, HttpError> {
     auth.require("streams:write")?;
     let row = load(&state, &id).await?;
-    let live_here = state
-        .hub
-        .get(&id)
-        .is_some_and(|l| l.protocol != crate::hub::RELAY_PROTOCOL);
+    let live_here = state.hub.published(&id).is_some();
     let live_elsewhere = state.cluster.is_some() && row.state == StreamState::Live;
     if live_here || live_elsewhere {
         if !q.force.unwrap_or(false) {

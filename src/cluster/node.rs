@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use super::lease::{Claim, Lease, Leases};
 use super::ClusterError;
 use crate::config::ClusterConfig;
-use crate::hub::{BoxFuture, Hub, HubError, LiveStream, Ownership, RELAY_PROTOCOL};
+use crate::hub::{BoxFuture, Hub, HubError, LiveStream, Ownership};
 use crate::store::Store;
 
 /// How often a node announces itself and its viewer counts.
@@ -305,7 +305,7 @@ return n
     async fn janitor(self: Arc<Self>, events: crate::events::EventBus) {
         let mut shutdown = self.shutdown.clone();
         let every = self.renew_every.max(Duration::from_secs(1));
-        let mut suspects: HashMap<(String, u64), ()> = HashMap::new();
+        let mut suspects: std::collections::HashSet<(String, u64)> = Default::default();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
@@ -317,10 +317,10 @@ return n
             let Ok(nodes) = self.nodes().await else {
                 continue;
             };
-            let mut now_suspect = HashMap::new();
+            let mut now_suspect = std::collections::HashSet::new();
             for (id, owner, epoch, protocol) in rows {
                 let alive = nodes.iter().any(|n| n.id == owner)
-                    || (owner == self.node && self.hub.get(&id).is_some());
+                    || (owner == self.node && self.hub.published(&id).is_some());
                 if alive {
                     continue;
                 }
@@ -329,7 +329,7 @@ return n
                     _ => continue, // held (or Redis cannot tell)
                 }
                 let key = (id.clone(), epoch);
-                if suspects.contains_key(&key) {
+                if suspects.contains(&key) {
                     if let Ok(true) = self.store.end_abandoned_stream(&id, &owner, epoch).await {
                         tracing::warn!(stream = %id, node = %owner, "cluster: the stream's node is gone; marked ended");
                         events.publish(
@@ -338,7 +338,7 @@ return n
                         );
                     }
                 } else {
-                    now_suspect.insert(key, ());
+                    now_suspect.insert(key);
                 }
             }
             suspects = now_suspect;
@@ -351,7 +351,7 @@ return n
         let mut relayed = 0;
         let mut viewers = 0;
         for s in &live {
-            if s.protocol == RELAY_PROTOCOL {
+            if s.is_relay() {
                 relayed += 1;
             } else {
                 streams += 1;
@@ -474,11 +474,9 @@ return n
         };
         match c.op.as_str() {
             "stop" => {
-                if let Some(live) = self.hub.get(&c.stream) {
-                    if live.protocol != RELAY_PROTOCOL {
-                        tracing::info!(stream = %c.stream, "cluster: stop requested by another node");
-                        live.stop();
-                    }
+                if let Some(live) = self.hub.published(&c.stream) {
+                    tracing::info!(stream = %c.stream, "cluster: stop requested by another node");
+                    live.stop();
                 }
             }
             other => tracing::warn!(op = other, "cluster: unknown control message ignored"),

@@ -104,7 +104,7 @@ async fn serve(
             "expected Upgrade: {PROTOCOL}"
         )));
     }
-    let Some(live) = hub.get(&stream_id).filter(|l| l.protocol != RELAY_PROTOCOL) else {
+    let Some(live) = hub.published(&stream_id) else {
         return Err(HttpError::not_found(format!(
             "stream {stream_id} is not published on this node"
         )));

@@ -167,10 +167,7 @@ impl Hub {
     /// The first half of [`Hub::publish_owned`], for a driver that claims a stream before
     /// its first frame and publishes later (the camera WebSocket).
     pub async fn claim(&self, stream_id: &str) -> Result<Option<Box<dyn Ownership>>, HubError> {
-        if self
-            .get(stream_id)
-            .is_some_and(|s| s.protocol != RELAY_PROTOCOL)
-        {
+        if self.published(stream_id).is_some() {
             return Err(HubError::AlreadyPublishing(stream_id.to_owned()));
         }
         match self.inner.cluster.get() {
@@ -189,7 +186,7 @@ impl Hub {
     ) -> Result<Publisher, HubError> {
         let mut streams = self.streams();
         if let Some(old) = streams.get(stream_id).cloned() {
-            if old.protocol != RELAY_PROTOCOL || protocol == RELAY_PROTOCOL {
+            if !old.is_relay() || protocol == RELAY_PROTOCOL {
                 return Err(HubError::AlreadyPublishing(stream_id.to_owned()));
             }
             old.stop();
@@ -260,6 +257,11 @@ impl Hub {
     ) -> Option<R> {
         let streams = self.streams();
         streams.get(stream_id).map(f)
+    }
+
+    /// The stream with this id if its publisher is on this node (not a relay from another).
+    pub fn published(&self, stream_id: &str) -> Option<Arc<LiveStream>> {
+        self.get(stream_id).filter(|s| !s.is_relay())
     }
 
     /// Subscribes to a live stream, starting from its GOP cache.

@@ -162,6 +162,11 @@ impl LiveStream {
         }
     }
 
+    /// Whether this stream is a relay of a stream published on another node.
+    pub fn is_relay(&self) -> bool {
+        self.protocol == super::RELAY_PROTOCOL
+    }
+
     /// The fencing epoch of the publisher's claim in the cluster (0 on a single node).
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Relaxed)

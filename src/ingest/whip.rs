@@ -328,11 +328,7 @@ pub async fn publish(
     })?;
     let offer = sdp::parse_offer(&body).map_err(sdp_error)?;
     offer.check_publishable().map_err(sdp_error)?;
-    if ctx
-        .hub
-        .get(&stream.id)
-        .is_some_and(|s| s.protocol != crate::hub::RELAY_PROTOCOL)
-    {
+    if ctx.hub.published(&stream.id).is_some() {
         return Err(HttpError::conflict("the stream already has a publisher"));
     }
     let peer = ctx
