@@ -221,6 +221,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         ),
     ];
     if let Some(node) = &cluster {
+        node.set_hls(hls.clone());
         tasks.extend(node.spawn(events.clone()));
     }
 

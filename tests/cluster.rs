@@ -204,6 +204,15 @@ async fn a_stream_published_on_one_node_plays_from_every_node_through_one_relay_
         let codecs = ffprobe_codecs(&url).unwrap_or_else(|e| panic!("ffprobe {url}: {e}"));
         assert_eq!(codecs, ["aac", "h264"], "{url}");
     }
+    // The same LL-HLS on every node: segment names, media sequence, discontinuity sequence
+    // and bytes (the owner packages, the others serve copies), so a viewer or a cache can
+    // move between nodes.
+    same_hls_everywhere(
+        &[&a.http(""), &b.http(""), &c.http("")],
+        &id,
+        &format!("?token={token}"),
+    )
+    .await;
     // RTMP play from a node that is not the owner.
     let codecs = ffprobe_codecs(&b.rtmp(&format!("/live/{play}"))).expect("rtmp play on node b");
     assert_eq!(codecs, ["aac", "h264"]);
@@ -625,6 +634,7 @@ async fn the_owner_killed_mid_stream_the_publisher_is_live_again_on_another_node
     };
     let (_, _, body) = get(&playlist).await;
     let media = media_url(&String::from_utf8_lossy(&body));
+    let run_before = same_hls_everywhere(&[&a.http, &c.http], &id, "").await;
     // The owner pushes the restream; nginx has it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while restream_state(a.http.clone()).await != "active" {
@@ -712,6 +722,10 @@ async fn the_owner_killed_mid_stream_the_publisher_is_live_again_on_another_node
         sequences.windows(2).all(|w| w[1].0 >= w[0].0),
         "media sequence never goes back: {sequences:?}"
     );
+    // The new owner continued the playlist c copied: the same run (names), and c and b
+    // serve the same segments.
+    let run_after = same_hls_everywhere(&[&b.http, &c.http], &id, "").await;
+    assert_eq!(run_after, run_before, "one playlist across the failover");
     // ffprobe decodes it from c.
     let codecs = ffprobe_codecs(&playlist).expect("ffprobe on c after the failover");
     assert_eq!(codecs, ["aac", "h264"]);
@@ -765,6 +779,105 @@ async fn the_owner_killed_mid_stream_the_publisher_is_live_again_on_another_node
     redis_cleanup(&prefix).await;
 }
 
+/// A node's media playlist of a stream (through its multivariant playlist), parsed by
+/// m3u8-rs, with the URL it was read from.
+async fn hls_media(http: &str, id: &str, query: &str) -> (String, m3u8_rs::MediaPlaylist) {
+    let (status, _, body) = get(&format!("{http}/hls/{id}/index.m3u8{query}")).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let uri = text
+        .lines()
+        .find(|l| !l.starts_with('#') && l.contains(".m3u8"))
+        .expect("a media playlist")
+        .to_owned();
+    let url = format!("{http}/hls/{id}/{uri}");
+    let (status, _, body) = get(&url).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    (url, parse_media_playlist(&body))
+}
+
+/// msn → (segment file name, duration ms, discontinuity) of a media playlist.
+fn hls_objects(p: &m3u8_rs::MediaPlaylist) -> std::collections::BTreeMap<u64, (String, u64, bool)> {
+    p.segments
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let name = s.uri.split('?').next().unwrap_or("").to_owned();
+            let name = name.rsplit('/').next().unwrap_or("").to_owned();
+            (
+                p.media_sequence + i as u64,
+                (name, (s.duration * 1000.0).round() as u64, s.discontinuity),
+            )
+        })
+        .collect()
+}
+
+/// Every node serves the same LL-HLS of `id`: the segments listed by all of them have the
+/// same names, durations and discontinuities at the same msns, and the same bytes; the
+/// discontinuity sequence agrees. Returns the run id (the names' prefix).
+async fn same_hls_everywhere(nodes: &[&str], id: &str, query: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut lists = vec![];
+        for http in nodes {
+            lists.push(hls_media(http, id, query).await);
+        }
+        let maps: Vec<_> = lists.iter().map(|(_, p)| hls_objects(p)).collect();
+        let common: Vec<u64> = maps[0]
+            .keys()
+            .copied()
+            .filter(|m| maps.iter().all(|x| x.contains_key(m)))
+            .collect();
+        if common.len() < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no two segments listed by every node: {maps:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            continue;
+        }
+        for m in &common {
+            let first = &maps[0][m];
+            for (i, map) in maps.iter().enumerate() {
+                assert_eq!(
+                    &map[m], first,
+                    "msn {m} on node {} vs {}",
+                    nodes[i], nodes[0]
+                );
+            }
+        }
+        let ds: Vec<u64> = lists
+            .iter()
+            .map(|(_, p)| p.discontinuity_sequence)
+            .collect();
+        let same_start = lists
+            .iter()
+            .all(|(_, p)| p.media_sequence == lists[0].1.media_sequence);
+        if same_start {
+            assert!(
+                ds.iter().all(|d| *d == ds[0]),
+                "discontinuity sequences {ds:?}"
+            );
+        }
+        // The newest common segment: the same bytes from every node.
+        let newest = common[common.len() - 1];
+        let name = &maps[0][&newest].0;
+        let mut bodies = vec![];
+        for (url, _) in &lists {
+            let base = &url[..url.rfind('/').unwrap()];
+            let (status, _, body) = get(&format!("{base}/{name}{query}")).await;
+            assert_eq!(status, 200, "{base}/{name}");
+            bodies.push(body);
+        }
+        assert!(bodies[0].len() > 1000, "a real segment");
+        assert!(
+            bodies.iter().all(|b| b == &bodies[0]),
+            "segment {name} differs between nodes"
+        );
+        return name.split('-').next().unwrap_or("").to_owned();
+    }
+}
+
 /// haproxy in front of nodes, as `examples/cluster/haproxy.cfg` (TCP for RTMP, HTTP with
 /// health checks for the rest), on free loopback ports.
 struct Haproxy {
@@ -789,7 +902,9 @@ impl Haproxy {
         }
         // By client address: each node packages its own LL-HLS (segment names differ between
         // nodes), so a player's requests stay on one node.
-        cfg += "backend http_nodes\n  mode http\n  balance source\n  option httpchk GET /healthz\n";
+        // Round robin: consecutive requests of one player go to different nodes, which
+        // works because every node serves the same names and bytes.
+        cfg += "backend http_nodes\n  mode http\n  balance roundrobin\n  option httpchk GET /healthz\n";
         for (i, n) in nodes.iter().enumerate() {
             cfg += &format!("  server n{i} {} check\n", n.server.http_addr);
         }

@@ -74,6 +74,8 @@ pub struct ClusterNode {
     /// One fetch at a time per stream (viewer side): many viewers arriving at once open one
     /// relay.
     pub(crate) fetching: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+    /// This node's LL-HLS: owners send their packaging to relays, relays copy it into it.
+    pub(crate) hls: std::sync::OnceLock<Arc<crate::egress::hls::HlsRegistry>>,
     pub(crate) shutdown: watch::Receiver<bool>,
     /// The hub, for the control channel and the heartbeat.
     hub: Hub,
@@ -89,6 +91,11 @@ impl std::fmt::Debug for ClusterNode {
 }
 
 impl ClusterNode {
+    /// Gives the node this node's LL-HLS (set once at start, before any relay).
+    pub fn set_hls(&self, hls: Arc<crate::egress::hls::HlsRegistry>) {
+        let _ = self.hls.set(hls);
+    }
+
     /// Connects to Redis and joins `hub` to the cluster (claims and relays go through this
     /// node from now on). Fails when Redis cannot be reached at start.
     pub async fn join(
@@ -122,6 +129,7 @@ impl ClusterNode {
             started_at: crate::store::now_rfc3339(),
             relays_out: Mutex::new(HashMap::new()),
             fetching: Mutex::new(HashMap::new()),
+            hls: std::sync::OnceLock::new(),
             shutdown,
             hub: hub.clone(),
         });
@@ -404,6 +412,21 @@ return n
                     .arg("PX")
                     .arg(ttl)
                     .ignore();
+                // Where the owner's LL-HLS stands: a node that takes the stream over within
+                // the grace period continues the playlist (same run, later msns).
+                let continuation = self
+                    .hls
+                    .get()
+                    .filter(|_| !s.is_relay())
+                    .and_then(|h| Some((h.continuation(&s.id)?, h.grace())));
+                if let Some((seed, grace)) = continuation {
+                    pipe.cmd("SET")
+                        .arg(self.key(&format!("hls:{}", s.id)))
+                        .arg(serde_json::to_string(&seed).unwrap_or_default())
+                        .arg("PX")
+                        .arg((grace.as_millis() as u64).max(1000))
+                        .ignore();
+                }
             }
             let mut conn = self.conn.clone();
             if let Err(err) = self.bounded(pipe.query_async::<()>(&mut conn)).await {
@@ -500,6 +523,7 @@ return n
                     epoch = lease.epoch,
                     "cluster: stream claimed"
                 );
+                self.offer_hls_seed(stream_id).await;
                 Ok(Box::new(Claimed {
                     node: self.clone(),
                     lease: Arc::new(Mutex::new(lease)),
@@ -508,6 +532,30 @@ return n
             }
             Ok(Claim::Held(node)) => Err(HubError::OwnedElsewhere(node)),
             Err(err) => Err(HubError::Unavailable(err.to_string())),
+        }
+    }
+}
+
+impl ClusterNode {
+    /// Where the previous owner's LL-HLS of a stream stood, if it was packaged within the
+    /// grace period: the playlist this node starts continues it. Written once a heartbeat,
+    /// so one more msn is skipped (the previous owner may have opened one since).
+    async fn offer_hls_seed(&self, stream_id: &str) {
+        let Some(hls) = self.hls.get() else {
+            return;
+        };
+        let mut conn = self.conn.clone();
+        let key = self.key(&format!("hls:{stream_id}"));
+        let got: Result<Option<String>, _> = self
+            .bounded(redis::cmd("GET").arg(&key).query_async(&mut conn))
+            .await;
+        let seed = got
+            .ok()
+            .flatten()
+            .and_then(|text| serde_json::from_str::<crate::proto::relay::HlsSeed>(&text).ok());
+        if let Some(mut seed) = seed {
+            seed.next_msn = seed.next_msn.saturating_add(1);
+            hls.offer_seed(stream_id, seed);
         }
     }
 }

@@ -8,6 +8,12 @@
 //! `Upgrade: ms-relay/1`), so a node needs no second port; it is authenticated with the
 //! cluster secret (an HMAC over the node, the stream and the time, valid for a minute).
 //! After the upgrade the bytes are [`crate::proto::relay`] messages.
+//!
+//! LL-HLS is not packaged by B: when a viewer asks B for a relayed stream's HLS, B asks A for
+//! its packaging (`HLS_WANT`) and A sends its segmenter's changes (`HLS`) next to the frames,
+//! so every node serves the same names, media sequence, discontinuity sequence and bytes, and
+//! a viewer (or a cache) can move between nodes. Frames still flow for B's RTMP, WHEP and
+//! MJPEG viewers.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -24,6 +30,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::node::ClusterNode;
+use crate::egress::hls::{HlsStream, MirrorCursor};
 use crate::error::HttpError;
 use crate::hub::{Event, Hub, HubError, LiveStream, RELAY_PROTOCOL};
 use crate::proto::relay::{encode, frame_header, Decoder, Message};
@@ -38,6 +45,39 @@ const PING_EVERY: Duration = Duration::from_secs(2);
 const READ_TIMEOUT: Duration = Duration::from_secs(8);
 /// Connecting to the owner and its answer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// When the publisher leaves, the owner keeps sending its packaging this long at most, until
+/// its open segment is closed.
+const HLS_DRAIN: Duration = Duration::from_secs(3);
+
+/// The owner's packaging as sent to one relay.
+struct HlsFeed {
+    stream: Arc<HlsStream>,
+    changes: tokio::sync::watch::Receiver<u64>,
+    cursor: MirrorCursor,
+}
+
+impl HlsFeed {
+    /// Encodes what changed since the last call.
+    fn push(&mut self, out: &mut BytesMut) {
+        let seg = self.stream.lock();
+        while let Some(update) = seg.mirror_update(&mut self.cursor) {
+            encode(&Message::Hls(Box::new(update)), out);
+            if self.cursor.is_complete() {
+                break;
+            }
+        }
+    }
+
+    /// Resolves on the next change (never, once the playlist is gone).
+    async fn changed(feed: &mut Option<HlsFeed>) {
+        if let Some(f) = feed {
+            if f.changes.changed().await.is_ok() {
+                return;
+            }
+        }
+        std::future::pending().await
+    }
+}
 
 fn signature(secret: &[u8], node: &str, stream_id: &str, time: u64) -> String {
     // Any key length is accepted by HMAC.
@@ -187,6 +227,7 @@ async fn send<S: AsyncRead + AsyncWrite + Unpin>(
     );
     let mut shutdown = node.shutdown.clone();
     let mut decoder = Decoder::new();
+    let mut hls: Option<HlsFeed> = None;
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -199,6 +240,20 @@ async fn send<S: AsyncRead + AsyncWrite + Unpin>(
         tokio::select! {
             ev = sub.recv() => {
                 let Some(ev) = ev else {
+                    // The last segment, closed by the owner's segmenter, goes to the copy too.
+                    if let Some(feed) = &mut hls {
+                        let until = tokio::time::Instant::now() + HLS_DRAIN;
+                        loop {
+                            feed.push(&mut out);
+                            if feed.stream.lock().playlist().open.is_none() {
+                                break;
+                            }
+                            match tokio::time::timeout_at(until, feed.changes.changed()).await {
+                                Ok(Ok(())) => {}
+                                _ => break,
+                            }
+                        }
+                    }
                     encode(&Message::End("publisher left".into()), &mut out);
                     let _ = wr.write_all(&out).await;
                     let _ = wr.shutdown().await;
@@ -220,11 +275,32 @@ async fn send<S: AsyncRead + AsyncWrite + Unpin>(
                     Ok(_) => loop {
                         match decoder.decode() {
                             Ok(Some(Message::Keyframe)) => live.request_keyframe(),
+                            Ok(Some(Message::HlsWant(seed))) => {
+                                // A fresh copy: everything from the start.
+                                let stream = node
+                                    .hls
+                                    .get()
+                                    .and_then(|r| r.get_or_start_seeded(&live.id, seed.as_ref()));
+                                hls = stream.map(|stream| HlsFeed {
+                                    changes: stream.subscribe_changes(),
+                                    stream,
+                                    cursor: MirrorCursor::default(),
+                                });
+                                if let Some(feed) = &mut hls {
+                                    feed.push(&mut out);
+                                }
+                            }
                             Ok(Some(_)) => {}
                             Ok(None) => break,
                             Err(_) => return "bad message from the remote node",
                         }
                     },
+                }
+            }
+            _ = HlsFeed::changed(&mut hls) => {
+                if let Some(feed) = &mut hls {
+                    feed.push(&mut out);
+                    ping.reset();
                 }
             }
             _ = ping.tick() => encode(&Message::Ping, &mut out),
@@ -307,6 +383,7 @@ pub(crate) async fn fetch(
         rest,
         publisher,
         node.linger,
+        node.hls.get().cloned(),
         node.shutdown.clone(),
     ));
     Ok(true)
@@ -387,6 +464,7 @@ async fn receive(
     mut decoder: Decoder,
     publisher: crate::hub::Publisher,
     linger: Duration,
+    hls: Option<Arc<crate::egress::hls::HlsRegistry>>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let id = publisher.stream().id.clone();
@@ -395,16 +473,32 @@ async fn receive(
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut unwatched_since: Option<tokio::time::Instant> = None;
     let mut deadline = tokio::time::Instant::now() + READ_TIMEOUT;
+    let mut out = BytesMut::new();
     let reason: String = 'outer: loop {
         loop {
             match decoder.decode() {
                 Ok(Some(Message::Tracks(t))) => publisher.set_tracks(Arc::new(t)),
                 Ok(Some(Message::Frame(f))) => publisher.push(f),
+                Ok(Some(Message::Hls(update))) => {
+                    if let Some(hls) = &hls {
+                        if let Err(err) = hls.apply_mirror(&id, *update) {
+                            // Out of step (a bug, or a playlist replaced here): start over.
+                            tracing::warn!(stream = %id, %err, "cluster: asking the owner for a fresh copy");
+                            encode(&Message::HlsWant(hls.continuation(&id)), &mut out);
+                        }
+                    }
+                }
                 Ok(Some(Message::End(why))) => break 'outer format!("ended on the owner: {why}"),
                 Ok(Some(_)) => {}
                 Ok(None) => break,
                 Err(err) => break 'outer format!("bad message: {err}"),
             }
+        }
+        if !out.is_empty() {
+            if wr.write_all(&out).await.is_err() {
+                break "owner gone".into();
+            }
+            out.clear();
         }
         tokio::select! {
             r = rd.read_buf(decoder.buffer()) => match r {
@@ -414,13 +508,11 @@ async fn receive(
             },
             _ = tokio::time::sleep_until(deadline) => break "owner silent".into(),
             _ = publisher.keyframe_requested() => {
-                if publisher.take_keyframe_request() {
-                    let mut out = BytesMut::new();
-                    encode(&Message::Keyframe, &mut out);
-                    if wr.write_all(&out).await.is_err() {
-                        break "owner gone".into();
-                    }
-                }
+                encode(&Message::Keyframe, &mut out);
+            }
+            _ = publisher.packaging_wanted() => {
+                let seed = hls.as_ref().and_then(|h| h.continuation(&id));
+                encode(&Message::HlsWant(seed), &mut out);
             }
             _ = check.tick() => {
                 if publisher.stream().viewer_count() > 0 {
@@ -437,6 +529,10 @@ async fn receive(
         }
     };
     tracing::info!(stream = %id, reason, "cluster: relay ended");
+    drop(publisher);
+    if let Some(hls) = &hls {
+        hls.mirror_detached(&id);
+    }
 }
 
 #[cfg(test)]

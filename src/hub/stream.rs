@@ -48,6 +48,10 @@ pub struct LiveStream {
     /// no keyframe came); taken by the publisher's driver, which asks its encoder for one.
     keyframe_wanted: AtomicBool,
     keyframe_notify: tokio::sync::Notify,
+    /// A relay's LL-HLS copy: 0 not wanted, 1 wanted by the HLS egress, 2 asked of the owner
+    /// by the relay ([`LiveStream::want_packaging`], [`Publisher::packaging_wanted`]).
+    packaging: std::sync::atomic::AtomicU8,
+    packaging_notify: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -159,6 +163,8 @@ impl LiveStream {
             stop_notify: tokio::sync::Notify::new(),
             keyframe_wanted: AtomicBool::new(false),
             keyframe_notify: tokio::sync::Notify::new(),
+            packaging: std::sync::atomic::AtomicU8::new(0),
+            packaging_notify: tokio::sync::Notify::new(),
         }
     }
 
@@ -194,6 +200,18 @@ impl LiveStream {
     pub fn request_keyframe(&self) {
         self.keyframe_wanted.store(true, Ordering::SeqCst);
         self.keyframe_notify.notify_one();
+    }
+
+    /// For a relay: the owner's LL-HLS packaging is wanted here (an HLS viewer came). The
+    /// relay asks the owner once; later calls do nothing.
+    pub fn want_packaging(&self) {
+        if self
+            .packaging
+            .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            self.packaging_notify.notify_one();
+        }
     }
 
     /// Asks the publisher's driver to disconnect (API `stop`).
@@ -466,6 +484,13 @@ pub struct ViewerGuard {
     index: usize,
 }
 
+impl ViewerGuard {
+    /// Whether the guard counts a viewer of `stream` (not of an earlier session of it).
+    pub fn counts_on(&self, stream: &Arc<LiveStream>) -> bool {
+        Arc::ptr_eq(&self.stream, stream)
+    }
+}
+
 impl Drop for ViewerGuard {
     fn drop(&mut self) {
         let mut st = self.stream.lock();
@@ -552,6 +577,22 @@ impl Publisher {
     /// Whether a keyframe was asked for since the last call (for drivers that poll).
     pub fn take_keyframe_request(&self) -> bool {
         self.stream.keyframe_wanted.swap(false, Ordering::SeqCst)
+    }
+
+    /// Resolves once, when [`LiveStream::want_packaging`] was called. One driver waits.
+    pub async fn packaging_wanted(&self) {
+        loop {
+            let notified = self.stream.packaging_notify.notified();
+            if self
+                .stream
+                .packaging
+                .compare_exchange(1, 2, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Resolves when a keyframe is asked for (and takes the request). One driver waits.

@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use time::OffsetDateTime;
 
 /// A partial segment as listed in the playlist.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PartEntry {
     /// Duration in seconds.
     pub duration: f64,
@@ -21,7 +21,7 @@ pub struct PartEntry {
 }
 
 /// A complete media segment as listed in the playlist.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SegmentEntry {
     /// Media sequence number.
     pub msn: u64,
@@ -38,7 +38,7 @@ pub struct SegmentEntry {
 }
 
 /// Everything the media playlist shows.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MediaPlaylist {
     /// Configured part target, seconds.
     pub part_target: f64,
@@ -62,7 +62,7 @@ pub struct MediaPlaylist {
 }
 
 /// The segment still being written.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct OpenSegment {
     /// Its media sequence number.
     pub msn: u64,
@@ -243,7 +243,7 @@ pub fn format_pdt(t: SystemTime) -> String {
 }
 
 /// A variant of the multivariant playlist.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Variant {
     /// Peak bits per second (the largest segment bitrate in the window).
     pub bandwidth: u64,

@@ -18,6 +18,14 @@
 //! - `KEYFRAME` (relay → owner): the remote segmenter wants a keyframe; empty.
 //! - `PING`: keep-alive while the stream sends nothing; empty.
 //! - `END`: the publisher left; `reason (UTF-8)`.
+//! - `HLS_WANT` (relay → owner): this node serves the stream's LL-HLS and wants the owner's
+//!   packaging (below) rather than packaging its own, so that every node names segments and
+//!   parts alike; the body is empty or an [`HlsSeed`] in JSON (where this node's playlist
+//!   stands, for an owner that has no playlist of the stream yet: after a failover its
+//!   playlist continues this one's).
+//! - `HLS` (owner → relay): an [`HlsUpdate`]: `u32 length | JSON` (the playlist model and
+//!   what the blobs are), then each blob (init segment or part, in the order the JSON lists
+//!   them) as `u32 length | bytes`.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -25,6 +33,7 @@ use crate::media::aac::AacConfig;
 use crate::media::h264::AvcConfig;
 use crate::media::opus::OpusConfig;
 use crate::media::{CodecConfig, Frame, Track, TrackId, Tracks};
+use crate::proto::playlist::{MediaPlaylist, Variant};
 
 /// Largest message accepted (a frame of a 4K keyframe fits many times over).
 pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
@@ -35,6 +44,8 @@ const FRAME: u8 = 3;
 const KEYFRAME: u8 = 4;
 const PING: u8 = 5;
 const END: u8 = 6;
+const HLS_WANT: u8 = 7;
+const HLS: u8 = 8;
 
 const H264: u8 = 1;
 const AAC: u8 = 2;
@@ -61,6 +72,73 @@ pub enum Message {
     Ping,
     /// The stream ended.
     End(String),
+    /// The owner's LL-HLS packaging is wanted (relay → owner).
+    HlsWant(Option<HlsSeed>),
+    /// A change of the owner's LL-HLS packaging (owner → relay).
+    Hls(Box<HlsUpdate>),
+}
+
+/// Where a node's copy of a playlist stands: what an owner with no playlist of the stream
+/// continues from (same run, later msns, one more discontinuity), so that after a failover
+/// names never stand for two objects and the media sequence never goes back.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HlsSeed {
+    /// The playlist's run id (hex).
+    pub run: String,
+    /// The first msn the continuation may use.
+    pub next_msn: u64,
+    /// The discontinuity sequence number of the last segment listed.
+    pub discontinuity_sequence: u64,
+    /// The first init id the continuation may use.
+    pub next_init_id: u32,
+}
+
+/// A segment the owner closed since the last update, with the parts of it not sent yet.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClosedSegment {
+    /// Its msn.
+    pub msn: u64,
+    /// Its init segment.
+    pub init_id: u32,
+    /// Its duration, seconds.
+    pub duration: f64,
+    /// Index of its first part in this update (the earlier ones came while it was open).
+    pub first_part: usize,
+    /// How many of its parts this update carries.
+    pub parts: usize,
+}
+
+/// One change of the owner's packaging: the whole playlist model (small) and the bytes that
+/// are new since the last update (init segments and parts).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HlsUpdate {
+    /// Forget what was mirrored before (the first update, or a new playlist on the owner).
+    pub reset: bool,
+    /// The owner's playlist model as it is now.
+    pub playlist: MediaPlaylist,
+    /// The multivariant entry (before its bandwidth is measured).
+    pub variant: Option<Variant>,
+    /// Ids of the new init segments, first in `data`.
+    pub inits: Vec<u32>,
+    /// Segments closed since the last update, oldest first, each with its new parts.
+    pub closed: Vec<ClosedSegment>,
+    /// Index of the first new part of the open segment.
+    pub open_first_part: usize,
+    /// How many new parts of the open segment follow in `data`.
+    pub open_parts: usize,
+    /// The blobs: inits, then the closed segments' parts, then the open segment's.
+    #[serde(skip)]
+    pub data: Vec<Bytes>,
+}
+
+impl HlsUpdate {
+    /// How many blobs the JSON announces (`None` on overflow).
+    fn blobs(&self) -> Option<usize> {
+        self.closed
+            .iter()
+            .try_fold(self.inits.len(), |n, c| n.checked_add(c.parts))?
+            .checked_add(self.open_parts)
+    }
 }
 
 /// Why a relay byte stream is unusable.
@@ -133,6 +211,23 @@ pub fn encode(msg: &Message, out: &mut BytesMut) {
         Message::End(reason) => {
             out.put_u8(END);
             out.put_slice(reason.as_bytes());
+        }
+        Message::HlsWant(seed) => {
+            out.put_u8(HLS_WANT);
+            if let Some(seed) = seed {
+                // Plain data: serializing it cannot fail.
+                let _ = serde_json::to_writer((&mut *out).writer(), seed);
+            }
+        }
+        Message::Hls(update) => {
+            out.put_u8(HLS);
+            let meta = serde_json::to_vec(update).unwrap_or_default();
+            out.put_u32(meta.len() as u32);
+            out.put_slice(&meta);
+            for blob in &update.data {
+                out.put_u32(blob.len() as u32);
+                out.put_slice(blob);
+            }
         }
     }
     let len = (out.len() - start - 4) as u32;
@@ -274,6 +369,30 @@ fn parse(kind: u8, mut b: Bytes) -> Result<Message, RelayError> {
         KEYFRAME => Ok(Message::Keyframe),
         PING => Ok(Message::Ping),
         END => Ok(Message::End(String::from_utf8_lossy(&b).into_owned())),
+        HLS_WANT if b.is_empty() => Ok(Message::HlsWant(None)),
+        HLS_WANT => serde_json::from_slice(&b)
+            .map(|seed| Message::HlsWant(Some(seed)))
+            .map_err(|_| RelayError::Malformed("hls want")),
+        HLS => {
+            let n = take_u32(&mut b, "hls")? as usize;
+            if b.remaining() < n {
+                return Err(RelayError::Malformed("hls"));
+            }
+            let meta = b.split_to(n);
+            let mut update: HlsUpdate =
+                serde_json::from_slice(&meta).map_err(|_| RelayError::Malformed("hls"))?;
+            while b.has_remaining() {
+                let n = take_u32(&mut b, "hls")? as usize;
+                if b.remaining() < n {
+                    return Err(RelayError::Malformed("hls"));
+                }
+                update.data.push(b.split_to(n));
+            }
+            if update.blobs() != Some(update.data.len()) {
+                return Err(RelayError::Malformed("hls"));
+            }
+            Ok(Message::Hls(Box::new(update)))
+        }
         other => Err(RelayError::Type(other)),
     }
 }
@@ -357,12 +476,86 @@ mod tests {
             Message::Keyframe,
             Message::Ping,
             Message::End("publisher left".into()),
+            Message::HlsWant(None),
+            Message::HlsWant(Some(HlsSeed {
+                run: "0a1b2c3d".into(),
+                next_msn: 12,
+                discontinuity_sequence: 2,
+                next_init_id: 3,
+            })),
+            Message::Hls(Box::new(hls_update())),
         ];
         assert_eq!(roundtrip(&msgs), msgs);
         // The split header is the encoder's header.
         let mut wire = BytesMut::new();
         encode(&Message::Frame(frame.clone()), &mut wire);
         assert_eq!(&wire[..23], &frame_header(&frame)[..]);
+    }
+
+    fn hls_update() -> HlsUpdate {
+        use crate::proto::playlist::{OpenSegment, PartEntry, SegmentEntry};
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123);
+        let part = |independent| PartEntry {
+            duration: 0.2002,
+            independent,
+        };
+        HlsUpdate {
+            reset: true,
+            playlist: MediaPlaylist {
+                part_target: 0.2,
+                segment_target: 2.0,
+                discontinuity_sequence: 1,
+                segments: vec![SegmentEntry {
+                    msn: 4,
+                    duration: 2.0021,
+                    program_date_time: t,
+                    discontinuity: true,
+                    init_id: 1,
+                    parts: vec![part(true), part(false)],
+                }],
+                open: Some(OpenSegment {
+                    msn: 5,
+                    program_date_time: t,
+                    discontinuity: false,
+                    init_id: 1,
+                    parts: vec![part(true)],
+                }),
+                ended: false,
+                longest_segment: 2.0021,
+                prefix: "0a1b2c3d-".into(),
+            },
+            variant: None,
+            inits: vec![1],
+            closed: vec![ClosedSegment {
+                msn: 4,
+                init_id: 1,
+                duration: 2.0021,
+                first_part: 0,
+                parts: 2,
+            }],
+            open_first_part: 0,
+            open_parts: 1,
+            data: vec![
+                Bytes::from_static(b"init"),
+                Bytes::from_static(b"part 4.0"),
+                Bytes::from_static(b""),
+                Bytes::from_static(b"part 5.0"),
+            ],
+        }
+    }
+
+    #[test]
+    fn an_hls_update_must_bring_the_blobs_it_names() {
+        let mut update = hls_update();
+        update.data.pop();
+        let mut wire = BytesMut::new();
+        encode(&Message::Hls(Box::new(update)), &mut wire);
+        let mut d = Decoder::new();
+        d.push(&wire);
+        assert_eq!(d.decode(), Err(RelayError::Malformed("hls")));
+        let mut d = Decoder::new();
+        d.push(&[0, 0, 0, 3, HLS_WANT, b'{', b'}']);
+        assert_eq!(d.decode(), Err(RelayError::Malformed("hls want")));
     }
 
     #[test]

@@ -11,6 +11,12 @@
 //! segment is closed at once and `EXT-X-ENDLIST` follows after the grace period (or at once
 //! on shutdown). [`http`] serves the playlists, init segments, segments and parts.
 //!
+//! In a cluster, a stream relayed from its owner is not packaged here: the first HLS request
+//! asks the relay for the owner's packaging ([`crate::hub::LiveStream::want_packaging`]) and
+//! the relay applies the owner's updates to a mirror segmenter ([`HlsRegistry::apply_mirror`]),
+//! so every node serves the same names, media sequence, discontinuity sequence and bytes. A
+//! node that becomes the owner of a stream it mirrored continues that playlist.
+//!
 //! The task feeding a segmenter wakes waiting HTTP requests only when the playlist changed
 //! (a part, a segment, the end), and the playlist text of each revision is rendered once and
 //! shared by every request; it also relays the segmenter's keyframe requests to the
@@ -30,8 +36,9 @@ use tokio::sync::watch;
 
 use super::PlaybackGate;
 use crate::config::HlsConfig;
-use crate::hub::{Event, Hub, Subscription};
-pub use segmenter::{Segmenter, SegmenterConfig};
+use crate::hub::{Event, Hub, LiveStream, Subscription};
+use crate::proto::relay::{HlsSeed, HlsUpdate};
+pub use segmenter::{MirrorCursor, Segmenter, SegmenterConfig};
 
 /// How long an ended playlist stays available after `EXT-X-ENDLIST`.
 const ENDED_RETENTION: Duration = Duration::from_secs(120);
@@ -147,6 +154,9 @@ pub struct HlsRegistry {
     pub sessions: sessions::HlsSessions,
     /// Requests served, by [`RequestKind`].
     requests: [AtomicU64; RequestKind::ALL.len()],
+    /// Where another node's playlist of a stream stood when this node claimed it (cluster):
+    /// the next fresh playlist of the stream here continues it.
+    pending_seeds: Mutex<HashMap<String, HlsSeed>>,
 }
 
 impl std::fmt::Debug for HlsRegistry {
@@ -172,6 +182,7 @@ impl HlsRegistry {
             hub,
             gate,
             requests: Default::default(),
+            pending_seeds: Mutex::default(),
         })
     }
 
@@ -221,6 +232,13 @@ impl HlsRegistry {
     /// (its viewers are waiting); otherwise at the first HLS request.
     pub fn on_published(self: &Arc<Self>, live: &Arc<crate::hub::LiveStream>) {
         let continuing = self.get(&live.id).is_some_and(|s| !s.lock().is_ended());
+        if live.is_relay() {
+            // The owner packages it; a playlist with viewers waiting asks for its copy now.
+            if continuing {
+                live.want_packaging();
+            }
+            return;
+        }
         if !self.cfg.on_demand || continuing {
             self.start(&live.id, live.subscribe_internal());
         }
@@ -231,6 +249,19 @@ impl HlsRegistry {
     /// started now from the GOP cache. `None` when the stream is neither live nor recently
     /// ended.
     pub fn get_or_start(self: &Arc<Self>, stream_id: &str) -> Option<Arc<HlsStream>> {
+        self.get_or_start_seeded(stream_id, None)
+    }
+
+    /// [`HlsRegistry::get_or_start`]; a playlist started now continues `seed` (the playlist
+    /// of another node, after a failover).
+    pub fn get_or_start_seeded(
+        self: &Arc<Self>,
+        stream_id: &str,
+        seed: Option<&HlsSeed>,
+    ) -> Option<Arc<HlsStream>> {
+        if let Some(live) = self.hub.get(stream_id).filter(|l| l.is_relay()) {
+            return Some(self.mirror_for(&live));
+        }
         if let Some(s) = self.get(stream_id) {
             if !s.lock().is_ended() {
                 return Some(s);
@@ -245,7 +276,7 @@ impl HlsRegistry {
                     return (s.clone(), None); // another request started it meanwhile
                 }
             }
-            let (stream, generation) = self.insert_run(&mut map, stream_id);
+            let (stream, generation) = self.insert_run(&mut map, stream_id, seed);
             drop(map);
             (stream, Some((live.subscribe_internal(), generation)))
         });
@@ -257,6 +288,99 @@ impl HlsRegistry {
                 Some(stream)
             }
         }
+    }
+
+    /// The copy of the owner's packaging of a relayed stream: the current playlist (a
+    /// reconnected relay continues it), or a new, empty one; the relay is asked for the
+    /// owner's packaging.
+    fn mirror_for(&self, live: &Arc<LiveStream>) -> Arc<HlsStream> {
+        let stream = {
+            let mut map = self.map();
+            match map.get(&live.id) {
+                Some(s) if !s.lock().is_ended() => s.clone(),
+                _ => {
+                    let s = Arc::new(HlsStream::new(self.segmenter_config()));
+                    map.insert(live.id.clone(), s.clone());
+                    s
+                }
+            }
+        };
+        live.want_packaging();
+        stream
+    }
+
+    /// The next fresh playlist of `stream_id` here continues `seed` (this node claimed a
+    /// stream another node was packaging: a failover or a publisher that moved).
+    pub fn offer_seed(&self, stream_id: &str, seed: HlsSeed) {
+        self.pending_seeds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(stream_id.to_owned(), seed);
+    }
+
+    /// How long a playlist whose feed stopped waits for it to come back.
+    pub fn grace(&self) -> Duration {
+        Duration::from_millis(self.cfg.grace_period_ms)
+    }
+
+    /// Where this node's playlist of a stream stands, for a node that continues it (sent
+    /// with the relay's request, kept in Redis by the owner). `None` without a live
+    /// playlist.
+    pub fn continuation(&self, stream_id: &str) -> Option<HlsSeed> {
+        self.get(stream_id)
+            .filter(|s| !s.lock().is_ended())
+            .and_then(|s| s.lock().continuation())
+    }
+
+    /// Applies an update of the owner's packaging to this node's copy (called by the relay).
+    /// A first copy (`reset`) takes over the playlist from any earlier session.
+    pub fn apply_mirror(
+        &self,
+        stream_id: &str,
+        update: HlsUpdate,
+    ) -> Result<(), segmenter::MirrorError> {
+        let reset = update.reset;
+        let stream = {
+            let mut map = self.map();
+            match map.get(stream_id) {
+                Some(s) if !s.lock().is_ended() || reset => s.clone(),
+                _ if !reset => return Err(segmenter::MirrorError::new("no copy to update")),
+                _ => {
+                    let s = Arc::new(HlsStream::new(self.segmenter_config()));
+                    map.insert(stream_id.to_owned(), s.clone());
+                    s
+                }
+            }
+        };
+        if reset {
+            // A grace timer of an earlier session must not end the playlist it continues.
+            stream.generation.fetch_add(1, Ordering::SeqCst);
+        }
+        let changed = {
+            let mut seg = stream.lock();
+            let before = seg.revision();
+            seg.apply_mirror(update)?;
+            seg.revision() != before
+        };
+        if changed {
+            stream.notify();
+        }
+        Ok(())
+    }
+
+    /// The relay feeding a copy ended (the stream ended on its owner, the owner died, or
+    /// nobody here watches): the copy waits out the grace period for a new relay, as a
+    /// local playlist waits for a reconnecting publisher, then ends.
+    pub fn mirror_detached(self: &Arc<Self>, stream_id: &str) {
+        let Some(stream) = self.get(stream_id).filter(|s| s.lock().is_mirror()) else {
+            return;
+        };
+        let generation = stream.generation.load(Ordering::SeqCst);
+        let registry = self.clone();
+        let id = stream_id.to_owned();
+        tokio::spawn(async move {
+            registry.end_after_grace(&id, stream, generation).await;
+        });
     }
 
     /// How long a plain request may wait for the first complete segment: 1.5 × the segment
@@ -277,7 +401,7 @@ impl HlsRegistry {
 
     /// Starts packaging a stream that just went live. Must be called inside a tokio runtime.
     pub fn start(self: &Arc<Self>, stream_id: &str, sub: Subscription) {
-        let (stream, generation) = self.insert_run(&mut self.map(), stream_id);
+        let (stream, generation) = self.insert_run(&mut self.map(), stream_id, None);
         self.spawn_run(stream_id, stream, sub, generation);
     }
 
@@ -285,13 +409,26 @@ impl HlsRegistry {
     /// reconnect continues it), else a fresh one. The generation is bumped under the map lock,
     /// so a grace timer (which checks it under the same lock) cannot end a playlist a new
     /// session has just taken over.
+    /// A fresh playlist continues `seed`, or the seed offered at the claim.
     fn insert_run(
         &self,
         map: &mut HashMap<String, Arc<HlsStream>>,
         stream_id: &str,
+        seed: Option<&HlsSeed>,
     ) -> (Arc<HlsStream>, u64) {
         let reusable = map.get(stream_id).filter(|s| !s.lock().is_ended()).cloned();
-        let stream = reusable.unwrap_or_else(|| Arc::new(HlsStream::new(self.segmenter_config())));
+        let offered = self
+            .pending_seeds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(stream_id);
+        let stream = reusable.unwrap_or_else(|| {
+            let fresh = HlsStream::new(self.segmenter_config());
+            if let Some(seed) = seed.or(offered.as_ref()) {
+                fresh.lock().seed(seed);
+            }
+            Arc::new(fresh)
+        });
         map.insert(stream_id.to_owned(), stream.clone());
         let generation = stream.generation.fetch_add(1, Ordering::SeqCst) + 1;
         (stream, generation)
@@ -358,6 +495,14 @@ impl HlsRegistry {
         stream.notify();
         drop(session);
         tracing::debug!(stream = id, "hls: publisher gone, waiting for a reconnect");
+        self.end_after_grace(id, stream, generation).await;
+    }
+
+    /// Ends a playlist whose feed stopped unless a new session (generation) takes it over
+    /// within the grace period; removes it after [`ENDED_RETENTION`].
+    async fn end_after_grace(&self, id: &str, stream: Arc<HlsStream>, generation: u64) {
+        let mut shutdown = self.shutdown.clone();
+        let shutting_down = *self.shutdown.borrow();
         if !shutting_down {
             let grace = Duration::from_millis(self.cfg.grace_period_ms);
             tokio::select! {

@@ -26,6 +26,7 @@ use crate::zerocopy::Arena;
 use crate::media::{Frame, Track, TrackKind, Tracks};
 use crate::proto::fmp4::{self, Chunks, Sample, TrackRun};
 use crate::proto::playlist::{MediaPlaylist, OpenSegment, PartEntry, SegmentEntry, Variant};
+use crate::proto::relay::{ClosedSegment, HlsSeed, HlsUpdate};
 
 /// Segmenter settings, in seconds.
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +81,12 @@ struct StoredPart {
 }
 
 impl StoredPart {
+    fn from_bytes(b: Bytes) -> Self {
+        let mut pieces = Chunks::default();
+        pieces.push(b);
+        StoredPart::new(pieces)
+    }
+
     fn new(pieces: Chunks) -> Self {
         StoredPart {
             pieces,
@@ -140,6 +147,44 @@ pub struct Segmenter {
     keyframe_request: bool,
     /// Driver time (ticks) of the last keyframe request in the open segment.
     keyframe_requested_at: Option<i64>,
+    /// A copy of another node's packaging ([`Segmenter::apply_mirror`]) rather than packaged
+    /// here; taken over by the first tracks pushed (this node became the owner).
+    mirror: bool,
+}
+
+/// What one mirror has been sent of a segmenter ([`Segmenter::mirror_update`]).
+#[derive(Debug, Default, Clone)]
+pub struct MirrorCursor {
+    started: bool,
+    revision: u64,
+    last_closed: Option<u64>,
+    /// The open segment and how many of its parts were sent.
+    open: Option<(u64, usize)>,
+    inits: Vec<u32>,
+    /// The last update stopped at [`MIRROR_UPDATE_BYTES`]; more follows at once.
+    partial: bool,
+}
+
+impl MirrorCursor {
+    /// Whether everything up to the segmenter's current revision was sent.
+    pub fn is_complete(&self) -> bool {
+        self.started && !self.partial
+    }
+}
+
+/// An update carries about this many bytes at most (at least one segment or part), so a
+/// first copy of a high-bitrate stream goes as several messages.
+const MIRROR_UPDATE_BYTES: usize = 4 << 20;
+
+/// Why a mirror update does not fit the mirror (it then asks for a fresh copy).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("hls mirror out of step: {0}")]
+pub struct MirrorError(&'static str);
+
+impl MirrorError {
+    pub(crate) fn new(why: &'static str) -> Self {
+        MirrorError(why)
+    }
 }
 
 impl Segmenter {
@@ -177,6 +222,7 @@ impl Segmenter {
             revision: 0,
             keyframe_request: false,
             keyframe_requested_at: None,
+            mirror: false,
         }
     }
 
@@ -272,9 +318,304 @@ impl Segmenter {
         self.stored_part(msn, index).map(|p| p.served(&self.arena))
     }
 
+    /// Whether this is a copy of another node's packaging.
+    pub fn is_mirror(&self) -> bool {
+        self.mirror
+    }
+
+    /// What changed since `cursor` (everything, the first time), for a mirror on another
+    /// node; `None` when nothing did. Advances the cursor.
+    pub fn mirror_update(&self, cursor: &mut MirrorCursor) -> Option<HlsUpdate> {
+        if cursor.is_complete() && cursor.revision == self.revision {
+            return None;
+        }
+        let reset = !cursor.started;
+        if reset {
+            *cursor = MirrorCursor {
+                started: true,
+                ..MirrorCursor::default()
+            };
+        }
+        cursor.revision = self.revision;
+        let mut data = Vec::new();
+        let mut inits = Vec::new();
+        for (id, bytes) in &self.inits {
+            if !cursor.inits.contains(id) {
+                inits.push(*id);
+                data.push(bytes.clone());
+                cursor.inits.push(*id);
+            }
+        }
+        cursor
+            .inits
+            .retain(|id| self.inits.iter().any(|(i, _)| i == id));
+        let part_bytes = |p: &StoredPart| p.pieces.joined();
+        let full =
+            |data: &[Bytes]| data.iter().map(Bytes::len).sum::<usize>() >= MIRROR_UPDATE_BYTES;
+        cursor.partial = false;
+        let mut closed = Vec::new();
+        for seg in &self.stored {
+            if cursor.last_closed.is_some_and(|m| seg.msn <= m) {
+                continue;
+            }
+            if full(&data) {
+                cursor.partial = true;
+                break;
+            }
+            let first = match cursor.open {
+                Some((msn, n)) if msn == seg.msn => n.min(seg.parts.len()),
+                _ => 0,
+            };
+            data.extend(seg.parts[first..].iter().map(part_bytes));
+            closed.push(ClosedSegment {
+                msn: seg.msn,
+                init_id: seg.init_id,
+                duration: seg.duration,
+                first_part: first,
+                parts: seg.parts.len() - first,
+            });
+            cursor.last_closed = Some(seg.msn);
+        }
+        let (open_first_part, open_parts) = match &self.model.open {
+            Some(open) if !cursor.partial => {
+                let first = match cursor.open {
+                    Some((msn, n)) if msn == open.msn => n.min(self.open_parts.len()),
+                    _ => 0,
+                };
+                data.extend(self.open_parts[first..].iter().map(part_bytes));
+                cursor.open = Some((open.msn, self.open_parts.len()));
+                (first, self.open_parts.len() - first)
+            }
+            Some(open) => match cursor.open {
+                // Nothing new of it this time.
+                Some((msn, n)) if msn == open.msn => (n, 0),
+                _ => (0, 0),
+            },
+            None => {
+                cursor.open = None;
+                (0, 0)
+            }
+        };
+        Some(HlsUpdate {
+            reset,
+            playlist: self.model.clone(),
+            variant: self.variant.clone(),
+            inits,
+            closed,
+            open_first_part,
+            open_parts,
+            data,
+        })
+    }
+
+    /// Applies an update from the owner's segmenter: this one becomes (or stays) a byte-exact
+    /// copy of it — same names, msns, discontinuity sequence, parts and segments. An update
+    /// that does not follow the last one is refused; the mirror then asks for a fresh copy.
+    pub fn apply_mirror(&mut self, update: HlsUpdate) -> Result<(), MirrorError> {
+        let HlsUpdate {
+            reset,
+            playlist,
+            variant,
+            inits,
+            closed,
+            open_first_part,
+            open_parts,
+            data,
+        } = update;
+        if !reset && !self.mirror {
+            return Err(MirrorError("an update before the first copy"));
+        }
+        if reset {
+            self.stored.clear();
+            self.open_parts.clear();
+            self.inits.clear();
+            self.tracks.clear();
+            self.model.open = None;
+        }
+        let mut blobs = data.into_iter();
+        let mut next_blob = || {
+            blobs
+                .next()
+                .ok_or(MirrorError("fewer blobs than announced"))
+        };
+        for id in &inits {
+            let b = next_blob()?;
+            self.inits.retain(|(i, _)| i != id);
+            self.inits.push((*id, b));
+        }
+        let mut open_msn = self.model.open.as_ref().map(|o| o.msn);
+        for c in &closed {
+            let mut parts = if open_msn == Some(c.msn) {
+                open_msn = None;
+                std::mem::take(&mut self.open_parts)
+            } else {
+                Vec::new()
+            };
+            if parts.len() != c.first_part || self.stored.back().is_some_and(|s| s.msn >= c.msn) {
+                return Err(MirrorError("a closed segment out of order"));
+            }
+            for _ in 0..c.parts {
+                parts.push(StoredPart::from_bytes(next_blob()?));
+            }
+            self.stored.push_back(StoredSegment {
+                msn: c.msn,
+                init_id: c.init_id,
+                bytes: parts.iter().map(|p| p.pieces.len).sum(),
+                parts,
+                duration: c.duration,
+            });
+        }
+        match &playlist.open {
+            Some(open) => {
+                if open_msn != Some(open.msn) {
+                    self.open_parts.clear();
+                }
+                if self.open_parts.len() != open_first_part {
+                    return Err(MirrorError("open parts out of step"));
+                }
+                for _ in 0..open_parts {
+                    self.open_parts.push(StoredPart::from_bytes(next_blob()?));
+                }
+            }
+            None => self.open_parts.clear(),
+        }
+        self.mirror = true;
+        self.model = playlist;
+        self.variant = variant;
+        self.next_msn = self.model.next_msn();
+        while self.stored.len() > self.cfg.window * 2 + 1 {
+            self.stored.pop_front();
+        }
+        let newest_init = self.inits.iter().map(|(i, _)| *i).max();
+        let mut used: Vec<u32> = self.stored.iter().map(|s| s.init_id).collect();
+        used.extend(self.model.open.as_ref().map(|o| o.init_id));
+        used.extend(newest_init);
+        self.inits.retain(|(id, _)| used.contains(id));
+        self.revision += 1;
+        Ok(())
+    }
+
+    /// Where this playlist stands, for an owner that continues it ([`Segmenter::seed`]).
+    pub fn continuation(&self) -> Option<HlsSeed> {
+        let run = self.run();
+        if run.is_empty() || (self.model.segments.is_empty() && self.model.open.is_none()) {
+            return None;
+        }
+        // The open segment's msn is not reused: another node may hold parts of it.
+        let next_msn = match &self.model.open {
+            Some(o) => o.msn + 1,
+            None => self.model.next_msn(),
+        };
+        let tags = self
+            .model
+            .segments
+            .iter()
+            .skip(1)
+            .filter(|s| s.discontinuity)
+            .count()
+            + usize::from(
+                self.model
+                    .open
+                    .as_ref()
+                    .is_some_and(|o| o.discontinuity && !self.model.segments.is_empty()),
+            );
+        let next_init_id = self
+            .inits
+            .iter()
+            .map(|(i, _)| *i)
+            .chain(self.model.segments.iter().map(|s| s.init_id))
+            .chain(self.model.open.as_ref().map(|o| o.init_id))
+            .max()
+            .map_or(0, |i| i.saturating_add(1));
+        Some(HlsSeed {
+            run: run.to_owned(),
+            next_msn,
+            discontinuity_sequence: self.model.discontinuity_sequence + tags as u64,
+            next_init_id,
+        })
+    }
+
+    /// Continues another node's playlist (a failover: this node's first copy of the stream):
+    /// the same run, msns from `seed.next_msn` on, a discontinuity first. Only a segmenter
+    /// that has produced nothing yet is seeded; a malformed seed is ignored.
+    pub fn seed(&mut self, seed: &HlsSeed) {
+        let fresh = self.next_msn == 0
+            && self.model.open.is_none()
+            && self.model.segments.is_empty()
+            && !self.mirror;
+        let run_ok = !seed.run.is_empty()
+            && seed.run.len() <= 16
+            && seed.run.bytes().all(|b| b.is_ascii_hexdigit());
+        if !fresh || !run_ok || seed.next_msn > u64::MAX / 2 {
+            return;
+        }
+        self.model.prefix = format!("{}-", seed.run);
+        self.next_msn = seed.next_msn;
+        self.next_init_id = seed.next_init_id.min(u32::MAX / 2);
+        // The first segment follows a discontinuity; being the oldest listed, its tag is
+        // counted in the sequence instead of shown.
+        self.model.discontinuity_sequence = seed.discontinuity_sequence.saturating_add(1);
+        self.pending_discontinuity = true;
+        self.revision += 1;
+    }
+
+    /// This node became the owner of a stream it mirrored: the mirrored open segment is
+    /// closed with the parts that arrived, and local packaging continues after it with a
+    /// discontinuity (same run, later msns, new init ids).
+    fn adopt_mirror(&mut self) {
+        self.mirror = false;
+        self.next_msn = self.close_mirrored_segment();
+        self.next_init_id = self
+            .inits
+            .iter()
+            .map(|(i, _)| *i)
+            .chain(self.model.segments.iter().map(|s| s.init_id))
+            .max()
+            .map_or(0, |i| i.saturating_add(1));
+        self.pending_discontinuity = self.next_msn > 0;
+        self.model.ended = false;
+        self.origin = None;
+        self.resume_at = 0.0;
+        self.trim_window();
+    }
+
+    /// Closes a mirrored open segment with the parts that arrived; returns the msn the next
+    /// segment may use (not the open one's: another node may hold more of its parts).
+    fn close_mirrored_segment(&mut self) -> u64 {
+        let mut next_msn = self.model.next_msn();
+        if let Some(open) = self.model.open.take() {
+            next_msn = open.msn + 1;
+            let parts = std::mem::take(&mut self.open_parts);
+            if !parts.is_empty() {
+                let duration: f64 = open.parts.iter().map(|p| p.duration).sum();
+                self.model.longest_segment = self.model.longest_segment.max(duration);
+                self.stored.push_back(StoredSegment {
+                    msn: open.msn,
+                    init_id: open.init_id,
+                    bytes: parts.iter().map(|p| p.pieces.len).sum(),
+                    parts,
+                    duration,
+                });
+                self.model.segments.push(SegmentEntry {
+                    msn: open.msn,
+                    duration,
+                    program_date_time: open.program_date_time,
+                    discontinuity: open.discontinuity,
+                    init_id: open.init_id,
+                    parts: open.parts,
+                });
+            }
+        }
+        self.open_parts.clear();
+        next_msn
+    }
+
     /// New tracks from the publisher: the first announcement, or a reconnect / codec change,
     /// which closes what is open and starts a discontinuity.
     pub fn push_tracks(&mut self, tracks: Arc<Tracks>) -> Result<(), fmp4::Fmp4Error> {
+        if self.mirror {
+            self.adopt_mirror();
+        }
         if !self.tracks.is_empty() {
             self.flush();
             self.pending_discontinuity = self.next_msn > 0;
@@ -366,6 +707,11 @@ impl Segmenter {
     /// The publisher left: everything held is written out and the open segment closed.
     /// `ended` adds `EXT-X-ENDLIST` (after the reconnect grace period, or on shutdown).
     pub fn finish(&mut self, ended: bool) {
+        if self.mirror {
+            // The owner's last updates never came (it died): what arrived is closed here.
+            self.next_msn = self.close_mirrored_segment();
+            self.trim_window();
+        }
         self.flush();
         if ended {
             self.model.ended = true;
@@ -958,5 +1304,210 @@ mod tests {
         // The last segment is closed by the end of the stream, not by the target.
         assert!(d[..2].iter().all(|s| (s - 2.0).abs() < 0.05), "{d:?}");
         assert!(d[2] > 1.5 && d[2] < 2.05, "{d:?}");
+    }
+
+    /// Every part and segment of `a` and `b` (listed or kept) has the same bytes.
+    fn same_objects(a: &Segmenter, b: &Segmenter) {
+        assert_eq!(a.playlist().render(), b.playlist().render());
+        let pl = a.playlist();
+        for s in &pl.segments {
+            assert_eq!(
+                a.segment(s.msn).unwrap().joined(),
+                b.segment(s.msn).unwrap().joined(),
+                "segment {}",
+                s.msn
+            );
+            assert_eq!(a.init(s.init_id), b.init(s.init_id));
+        }
+        if let Some(o) = &pl.open {
+            for i in 0..o.parts.len() {
+                assert_eq!(
+                    a.part(o.msn, i).unwrap().joined(),
+                    b.part(o.msn, i).unwrap().joined()
+                );
+            }
+        }
+        assert_eq!(a.variant(), b.variant());
+    }
+
+    /// Feeds `secs` of A/V into `owner`, applying its updates to every mirror after each
+    /// frame.
+    fn feed_mirrored(
+        owner: &mut Segmenter,
+        mirrors: &mut [(&mut Segmenter, &mut MirrorCursor)],
+        t0: i64,
+        secs: i64,
+    ) {
+        let mut tmp = Segmenter::new(CFG);
+        tmp.push_tracks(Arc::new(av_tracks())).unwrap();
+        let mut frames = vec![];
+        for i in 0..secs * 30 {
+            frames.push((TrackId(0), t0 + i * 1000 / 30, i % 60 == 0));
+        }
+        for a in 0..secs * 1000 * 44100 / 1024 / 1000 {
+            frames.push((TrackId(1), t0 + a * 1024 * 1000 / 44100, true));
+        }
+        frames.sort_by_key(|f| f.1);
+        for (track, dts, keyframe) in frames {
+            let f = Frame {
+                track,
+                dts,
+                pts: dts,
+                keyframe,
+                data: Bytes::from(vec![(dts % 251) as u8; 150]),
+            };
+            owner.push_frame(f, now(dts)).unwrap();
+            for (m, c) in mirrors.iter_mut() {
+                while let Some(u) = owner.mirror_update(c) {
+                    m.apply_mirror(u).unwrap();
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_mirror_is_a_byte_exact_copy_whenever_it_joins() {
+        let mut owner = Segmenter::new(CFG).with_prefix("00c0ffee-".into());
+        owner.push_tracks(Arc::new(av_tracks())).unwrap();
+        let (mut early, mut early_cursor) = (Segmenter::new(CFG), MirrorCursor::default());
+        feed_mirrored(&mut owner, &mut [(&mut early, &mut early_cursor)], 0, 5);
+        same_objects(&owner, &early);
+        // A mirror that joins mid-stream gets everything kept so far in its first update,
+        // then follows.
+        let (mut late, mut late_cursor) = (Segmenter::new(CFG), MirrorCursor::default());
+        feed_mirrored(
+            &mut owner,
+            &mut [
+                (&mut early, &mut early_cursor),
+                (&mut late, &mut late_cursor),
+            ],
+            5000,
+            7,
+        );
+        same_objects(&owner, &early);
+        same_objects(&owner, &late);
+        assert_eq!(late.run(), "00c0ffee");
+        // Kept-but-unlisted segments too (a late request after the slide).
+        let oldest = owner.stored.front().unwrap().msn;
+        assert!(oldest < owner.playlist().media_sequence());
+        assert_eq!(
+            owner.segment(oldest).unwrap().joined(),
+            late.segment(oldest).unwrap().joined()
+        );
+        // A reconnect on the owner (a discontinuity, a new init) and its end.
+        owner.finish(false);
+        owner.push_tracks(Arc::new(av_tracks())).unwrap();
+        feed_mirrored(&mut owner, &mut [(&mut late, &mut late_cursor)], 0, 5);
+        owner.finish(true);
+        while let Some(u) = owner.mirror_update(&mut late_cursor) {
+            late.apply_mirror(u).unwrap();
+        }
+        same_objects(&owner, &late);
+        assert!(late.is_ended());
+        assert!(late.playlist().render().contains("#EXT-X-DISCONTINUITY\n"));
+        // An update that does not follow what the mirror holds is refused, not applied.
+        let update = owner.mirror_update(&mut early_cursor.clone()).unwrap();
+        assert!(!update.reset);
+        assert!(
+            Segmenter::new(CFG).apply_mirror(update).is_err(),
+            "not a copy yet"
+        );
+
+        // The same update twice: the second does not follow the first.
+        let mut owner = Segmenter::new(CFG);
+        owner.push_tracks(Arc::new(av_tracks())).unwrap();
+        let (mut m, mut c) = (Segmenter::new(CFG), MirrorCursor::default());
+        feed_mirrored(&mut owner, &mut [(&mut m, &mut c)], 0, 3);
+        for i in 0..10 {
+            push_video(&mut owner, 3000 + i * 33, false);
+        }
+        let twice = owner.mirror_update(&mut c.clone()).unwrap();
+        assert!(twice.open_parts > 0 || !twice.closed.is_empty());
+        m.apply_mirror(twice.clone()).unwrap();
+        assert!(m.apply_mirror(twice).is_err());
+    }
+
+    #[test]
+    fn a_big_first_copy_comes_in_several_updates() {
+        let mut owner = Segmenter::new(CFG);
+        owner.push_tracks(Arc::new(av_tracks())).unwrap();
+        // ~1 MB a second of video.
+        for i in 0..(12 * 30) {
+            let dts = i * 1000 / 30;
+            let f = Frame {
+                track: TrackId(0),
+                dts,
+                pts: dts,
+                keyframe: i % 60 == 0,
+                data: Bytes::from(vec![1u8; 35_000]),
+            };
+            owner.push_frame(f, now(dts)).unwrap();
+        }
+        let (mut m, mut c) = (Segmenter::new(CFG), MirrorCursor::default());
+        let mut updates = 0;
+        while let Some(u) = owner.mirror_update(&mut c) {
+            assert!(u.data.iter().map(Bytes::len).sum::<usize>() < 8 << 20);
+            m.apply_mirror(u).unwrap();
+            updates += 1;
+        }
+        assert!(updates >= 2, "{updates}");
+        same_objects(&owner, &m);
+    }
+
+    #[test]
+    fn a_new_owner_continues_a_mirrored_playlist() {
+        let mut owner = Segmenter::new(CFG).with_prefix("0000abcd-".into());
+        owner.push_tracks(Arc::new(av_tracks())).unwrap();
+        let (mut b, mut bc) = (Segmenter::new(CFG), MirrorCursor::default());
+        feed_mirrored(&mut owner, &mut [(&mut b, &mut bc)], 0, 9);
+        let before = b.playlist().clone();
+        let open = before.open.clone().unwrap();
+        assert!(!open.parts.is_empty());
+        // The owner dies mid-segment; the publisher comes back to B (a mirror until now).
+        let seed = b.continuation().unwrap();
+        assert_eq!(seed.run, "0000abcd");
+        assert_eq!(seed.next_msn, open.msn + 1);
+        b.push_tracks(Arc::new(av_tracks())).unwrap();
+        assert!(!b.is_mirror());
+        let mut c = Segmenter::new(CFG);
+        c.seed(&seed);
+        c.push_tracks(Arc::new(av_tracks())).unwrap();
+        for seg in [&mut b, &mut c] {
+            feed(seg, 0, 5, 60);
+        }
+        let pl = b.playlist();
+        // The mirrored open segment was closed with the parts that came, under its name.
+        let closed = pl.segments.iter().find(|s| s.msn == open.msn).unwrap();
+        assert_eq!(closed.parts, open.parts);
+        let first_new = pl.segments.iter().find(|s| s.msn == open.msn + 1).unwrap();
+        assert!(first_new.discontinuity);
+        assert!(first_new.init_id > open.init_id);
+        assert_eq!(b.run(), "0000abcd");
+        let msns: Vec<u64> = pl.segments.iter().map(|s| s.msn).collect();
+        assert!(msns.windows(2).all(|w| w[1] == w[0] + 1), "{msns:?}");
+        // A node that had no copy and was seeded: same run, later msns, and the
+        // discontinuity counted as B counts it once B's old segments slid out.
+        let cpl = c.playlist();
+        assert_eq!(c.run(), "0000abcd");
+        assert_eq!(cpl.segments[0].msn, open.msn + 1);
+        let b_ds_at = |msn: u64| {
+            // The discontinuity number of segment `msn` in B's playlist.
+            let pl = b.playlist();
+            pl.discontinuity_sequence
+                + pl.segments
+                    .iter()
+                    .skip(1)
+                    .take_while(|s| s.msn <= msn)
+                    .filter(|s| s.discontinuity)
+                    .count() as u64
+        };
+        assert_eq!(cpl.discontinuity_sequence, b_ds_at(open.msn + 1));
+        // A seed is ignored by a playlist that has begun.
+        let mut d = Segmenter::new(CFG);
+        d.push_tracks(Arc::new(av_tracks())).unwrap();
+        feed(&mut d, 0, 3, 60);
+        let run = d.run().to_owned();
+        d.seed(&seed);
+        assert_eq!(d.run(), run);
     }
 }

@@ -97,9 +97,16 @@ impl HlsSessions {
                 s.last_seen = now;
                 s.requests += 1;
                 s.bytes += bytes;
-                if s._guard.is_none() {
-                    // The stream went live after the session started (or came back).
-                    s._guard = hub.get(stream_id).map(|l| l.viewer_guard("hls"));
+                // The stream went live after the session started, or came back as a new
+                // session (a reconnect; a new relay in a cluster, whose viewers keep it open).
+                let live = hub.get(stream_id);
+                let current = match (&s._guard, &live) {
+                    (Some(g), Some(l)) => g.counts_on(l),
+                    (None, None) => true,
+                    _ => false,
+                };
+                if !current {
+                    s._guard = live.map(|l| l.viewer_guard("hls"));
                 }
                 return;
             }
