@@ -545,6 +545,21 @@ mod tests {
     }
 
     #[test]
+    fn the_fuzz_seeds_are_valid_messages() {
+        let mut d = Decoder::new();
+        d.push(include_bytes!("../../fuzz/seeds/relay/hls_update"));
+        let Some(Message::Hls(u)) = d.decode().unwrap() else {
+            panic!("an HLS update")
+        };
+        assert_eq!(u.data.len(), 3);
+        assert_eq!(u.playlist.prefix, "0a1b2c3d-");
+        let mut d = Decoder::new();
+        d.push(include_bytes!("../../fuzz/seeds/relay/hls_want"));
+        assert!(matches!(d.decode(), Ok(Some(Message::HlsWant(Some(_))))));
+        assert_eq!(d.decode(), Ok(Some(Message::HlsWant(None))));
+    }
+
+    #[test]
     fn an_hls_update_must_bring_the_blobs_it_names() {
         let mut update = hls_update();
         update.data.pop();
