@@ -222,6 +222,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     ];
     if let Some(node) = &cluster {
         node.set_hls(hls.clone());
+        node.set_outputs(recorders.clone(), restreamer.clone());
         tasks.extend(node.spawn(events.clone()));
     }
 
@@ -652,11 +653,22 @@ impl StoreGate {
                 return Ok(g.clone());
             }
         }
-        let row = self
-            .store
-            .get_stream(stream_id)
-            .await
-            .map_err(|e| HttpError::internal("reading stream privacy", e))?;
+        let row = match self.store.get_stream(stream_id).await {
+            Ok(row) => row,
+            Err(e) => {
+                // The database is away: what was known of the stream still holds, so its
+                // viewers keep watching (a stream never looked up is refused).
+                if let Some((_, g)) = self
+                    .cache
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(stream_id)
+                {
+                    return Ok(g.clone());
+                }
+                return Err(HttpError::internal("reading stream privacy", e));
+            }
+        };
         let gated = match row {
             Some(r) => Gated {
                 privacy: r.privacy,

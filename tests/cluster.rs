@@ -26,7 +26,18 @@ async fn node_with(
     redis: Option<&str>,
     edit: impl FnOnce(&mut media_server::Config),
 ) -> TestServer {
-    let (url, prefix) = (db.url.clone(), prefix.to_owned());
+    node_at(&db.url, prefix, name, redis, edit).await
+}
+
+/// [`node_with`] on the PostgreSQL at `db_url`.
+async fn node_at(
+    db_url: &str,
+    prefix: &str,
+    name: &str,
+    redis: Option<&str>,
+    edit: impl FnOnce(&mut media_server::Config),
+) -> TestServer {
+    let (url, prefix) = (db_url.to_owned(), prefix.to_owned());
     let redis = redis.map_or_else(redis_url, str::to_owned);
     start_with(&format!("cluster-{name}"), move |c| {
         c.store.url = url;
@@ -236,6 +247,20 @@ async fn a_stream_published_on_one_node_plays_from_every_node_through_one_relay_
             .all(|(_, got)| got.load(Ordering::Relaxed) > 10_000),
         "every viewer gets media"
     );
+    // The bytes sent to viewers are summed over nodes: the owner's detail counts what the
+    // players on b and c got.
+    let received: u64 = players
+        .iter()
+        .map(|(_, got)| got.load(Ordering::Relaxed))
+        .sum();
+    let d = detail_until(&a, &id, 5, "bytes out summed over nodes", |d| {
+        d["live"]["bytes_out"].as_u64().unwrap_or(0) * 10 >= received * 8
+    })
+    .await;
+    assert!(
+        d["live"]["bandwidth"]["out_bps_10s"].as_u64().unwrap() > 0,
+        "{d}"
+    );
     // WHEP from a node that is not the owner (it shares the relay the RTMP viewers use).
     let (mut peer, _) =
         common::webrtc::whep_play(&c.http(&format!("/whep/{id}")), Some(&token)).await;
@@ -275,6 +300,90 @@ async fn a_stream_published_on_one_node_plays_from_every_node_through_one_relay_
         .clone();
     assert_eq!(nb["relayed_streams"], 1, "{nodes}");
     assert!(nb["viewers"].as_u64().unwrap() >= 20, "{nodes}");
+
+    // Outputs run on the owner whichever node the API call reaches: a restream added
+    // through c is pushed by a (nginx-rtmp has it), and every node shows its state.
+    assert!(common::nginx::require_nginx());
+    let nginx = common::nginx::Nginx::start(&temp_dir("cluster-play-nginx"), None);
+    let (status, v) = api(
+        &c.http(""),
+        reqwest::Method::POST,
+        &format!("/api/v1/streams/{id}/restreams"),
+        Some(serde_json::json!({"platform": "custom", "url": nginx.url(), "key": "clustered", "name": "nginx", "allow_private_source": true})),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let rid = v["id"].as_str().unwrap().to_owned();
+    for ts in [&b, &c, &a] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let (_, v) = api(
+                &ts.http(""),
+                reqwest::Method::GET,
+                &format!("/api/v1/streams/{id}/restreams/{rid}"),
+                None,
+            )
+            .await;
+            if v["state"] == "active" && v["bytes_out"].as_u64().unwrap_or(0) > 0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "restream on {}: {v}",
+                ts.http("")
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert_eq!(
+        ffprobe_codecs(&format!("{}/clustered", nginx.url())).expect("nginx has the restream"),
+        ["aac", "h264"]
+    );
+    // A recording started through b is made by a; stopped through c, it becomes ready.
+    let (status, v) = api(
+        &b.http(""),
+        reqwest::Method::POST,
+        &format!("/api/v1/streams/{id}/recording/start"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202, "{v}");
+    let recordings = |status: &'static str| {
+        let (http, id) = (c.http(""), id.clone());
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+            loop {
+                let (_, v) = api(
+                    &http,
+                    reqwest::Method::GET,
+                    &format!("/api/v1/recordings?stream_id={id}"),
+                    None,
+                )
+                .await;
+                let list = v["data"].as_array().cloned().unwrap_or_default();
+                if list.len() == 1 && list[0]["status"] == status {
+                    return list[0].clone();
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "recording {status}: {v}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    recordings("recording").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, v) = api(
+        &c.http(""),
+        reqwest::Method::POST,
+        &format!("/api/v1/streams/{id}/recording/stop"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202, "{v}");
+    let rec = recordings("ready").await;
+    assert!(rec["duration_seconds"].as_f64().unwrap() > 1.0, "{rec}");
 
     // A stop through node c reaches the publisher on node a.
     let (status, v) = api(
@@ -426,6 +535,122 @@ async fn without_redis_live_streams_keep_playing_new_relays_answer_503_and_all_r
     wait_for_200(&b.http(&format!("/hls/{id2}/index.m3u8")), 15).await;
     let _ = feeder.await;
     let _ = pusher.await;
+    for ts in [a, b] {
+        ts.server.shutdown().await;
+    }
+    redis_cleanup(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_postgres_live_media_goes_on_on_every_node_api_writes_answer_503_and_all_recovers()
+{
+    let db = TestDb::create("cluster_pg");
+    let prefix = redis_prefix("pgout");
+    let mut url = url::Url::parse(&db.url).unwrap();
+    let upstream: std::net::SocketAddr =
+        format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432))
+            .parse()
+            .unwrap();
+    let pg = Cuttable::start(upstream).await;
+    url.set_port(Some(pg.addr.port())).unwrap();
+    let edit = |c: &mut media_server::Config| c.store.connect_timeout_ms = 1000;
+    let a = node_at(url.as_str(), &prefix, "a", None, edit).await;
+    let b = node_at(url.as_str(), &prefix, "b", None, edit).await;
+    let (id, key) = a.create_stream("pg-outage").await;
+    // A publisher on a, paced in real time for 30 s.
+    let mut publisher = RtmpPublisher::connect(a.server.rtmp_addr, "live", &key)
+        .await
+        .expect("publish");
+    let tags = looped(&read_flv(FIXTURE), 30);
+    let pusher = tokio::spawn(async move {
+        let start = std::time::Instant::now();
+        for t in &tags {
+            tokio::time::sleep_until(
+                (start + Duration::from_millis(u64::from(t.timestamp))).into(),
+            )
+            .await;
+            if publisher.try_send_tag(t).await.is_err() {
+                return;
+            }
+        }
+        publisher.finish().await;
+    });
+    detail_until(&b, &id, 10, "live", |d| d["state"] == "live").await;
+    // Viewers on b (a relay from a): RTMP and LL-HLS.
+    let (player, got) = hold_player(&b, &id).await;
+    let (_, before) = hls_media(&b.http(""), &id, "").await;
+
+    pg.cut();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // API writes answer 503 in the error JSON on every node.
+    for ts in [&a, &b] {
+        let (status, body) = api(
+            &ts.http(""),
+            reqwest::Method::PATCH,
+            &format!("/api/v1/streams/{id}"),
+            Some(serde_json::json!({"title": "during the outage"})),
+        )
+        .await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    }
+    // Live media goes on: the publisher stays live on a, b's RTMP viewer keeps receiving and
+    // b's playlist keeps growing.
+    let bytes = got.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(a.server.hub.get(&id).is_some(), "still live on a");
+    assert!(
+        got.load(Ordering::Relaxed) > bytes + 10_000,
+        "b's RTMP viewer got media while PostgreSQL was away"
+    );
+    let (_, during) = hls_media(&b.http(""), &id, "").await;
+    let end = |p: &m3u8_rs::MediaPlaylist| p.media_sequence + p.segments.len() as u64;
+    assert!(
+        end(&during) > end(&before),
+        "new segments on b while PostgreSQL was away: {} then {}",
+        end(&before),
+        end(&during)
+    );
+    // A publisher not authenticated before cannot be now (its key is in PostgreSQL):
+    // refused, nothing crashes.
+    assert!(
+        RtmpPublisher::connect(b.server.rtmp_addr, "live", "sk_unknown_during_outage")
+            .await
+            .is_err()
+    );
+
+    pg.restore();
+    // Back: writes work on every node without a restart.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    for ts in [&a, &b] {
+        loop {
+            let (status, body) = api(
+                &ts.http(""),
+                reqwest::Method::PATCH,
+                &format!("/api/v1/streams/{id}"),
+                Some(serde_json::json!({"title": "after the outage"})),
+            )
+            .await;
+            if status == 200 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{status} {body}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    let d = detail(&b, &id).await;
+    assert_eq!(d["title"], "after the outage", "{d}");
+    assert_eq!(d["state"], "live", "{d}");
+    // The stream ends normally, and the end is stored.
+    pusher.abort();
+    if let Some(live) = a.server.hub.get(&id) {
+        live.stop();
+    }
+    detail_until(&b, &id, 15, "ended after the outage", |d| {
+        d["state"] == "ended"
+    })
+    .await;
+    player.abort();
     for ts in [a, b] {
         ts.server.shutdown().await;
     }

@@ -154,6 +154,52 @@ impl Pagination {
 }
 
 /// `limit` (1-100, default 20) and `cursor` → store arguments, or a 422/400.
+/// Where an action on a live stream's outputs (recording, restream pushers) is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnOwner {
+    /// Here: this node publishes the stream, or no node does.
+    Here,
+    /// Sent to the node that publishes it (cluster).
+    Sent,
+}
+
+/// Sends `control` to the stream's owner when that is another node; otherwise the caller
+/// acts here. Redis away: 503.
+async fn on_owner(
+    state: &ApiState,
+    control: crate::cluster::Control,
+) -> Result<OnOwner, HttpError> {
+    let Some(cluster) = &state.cluster else {
+        return Ok(OnOwner::Here);
+    };
+    if state.hub.published(control.stream()).is_some() {
+        return Ok(OnOwner::Here);
+    }
+    match cluster.send_control(&control).await {
+        Ok(true) => Ok(OnOwner::Sent),
+        Ok(false) => Ok(OnOwner::Here),
+        Err(err) => {
+            let mut e = HttpError::unavailable(format!(
+                "the node publishing the stream cannot be reached: {err}"
+            ));
+            e.retry_after = Some(1);
+            Err(e)
+        }
+    }
+}
+
+/// [`on_owner`] after a stored change (a restream destination, privacy) that the owner
+/// picks up at its next publish anyway: a failure to tell it now is logged, not an error.
+async fn tell_owner(state: &ApiState, control: crate::cluster::Control) -> OnOwner {
+    match on_owner(state, control).await {
+        Ok(w) => w,
+        Err(err) => {
+            tracing::warn!(error = %err.message, "cluster: change not sent to the stream's owner");
+            OnOwner::Sent
+        }
+    }
+}
+
 fn page_args(limit: Option<i64>, cursor: Option<&str>) -> Result<(usize, Option<i64>), HttpError> {
     let limit = match limit {
         None => 20,

@@ -289,9 +289,22 @@ pub async fn start(
     auth.require("recordings:write")?;
     let recs = recorders(&state)?.clone();
     stream_exists(&state, &id).await?;
+    let control = crate::cluster::Control::RecordStart { stream: id.clone() };
+    if super::on_owner(&state, control).await? == super::OnOwner::Sent {
+        // The owner records; its recording appears in the list once its first keyframe is
+        // written.
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(RecordingState {
+                recording_id: None,
+                stream_id: id,
+                recording: true,
+            }),
+        ));
+    }
     let live = state
         .hub
-        .get(&id)
+        .published(&id)
         .ok_or_else(|| HttpError::conflict("the stream is not live"))?;
     if !recs.start(live) {
         return Err(HttpError::conflict("the stream is already being recorded"));
@@ -330,6 +343,17 @@ pub async fn stop(
     auth.require("recordings:write")?;
     let recs = recorders(&state)?.clone();
     stream_exists(&state, &id).await?;
+    let control = crate::cluster::Control::RecordStop { stream: id.clone() };
+    if super::on_owner(&state, control).await? == super::OnOwner::Sent {
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(RecordingState {
+                stream_id: id,
+                recording: false,
+                recording_id: None,
+            }),
+        ));
+    }
     let current = recs.current(&id);
     if !recs.stop(&id) {
         return Err(HttpError::conflict("the stream is not being recorded"));

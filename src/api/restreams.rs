@@ -58,9 +58,28 @@ pub struct RestreamView {
     updated_at: String,
 }
 
-fn view(state: &ApiState, row: RestreamRow) -> RestreamView {
-    let status = state.restreamer.as_ref().and_then(|r| r.status(&row.id));
-    let live = state.hub.get(&row.stream_id).is_some();
+/// The statuses of destinations pushed by other nodes (cluster), for [`view`].
+async fn remote_statuses(
+    state: &ApiState,
+    rows: &[RestreamRow],
+) -> std::collections::HashMap<String, restream::Status> {
+    let Some(cluster) = &state.cluster else {
+        return Default::default();
+    };
+    let ids: Vec<&str> = rows
+        .iter()
+        .filter(|r| state.hub.published(&r.stream_id).is_none())
+        .map(|r| r.id.as_str())
+        .collect();
+    cluster.restream_statuses(&ids).await
+}
+
+/// A destination as the API shows it; `remote` is its status on the node pushing it when
+/// that is another node.
+fn view(state: &ApiState, row: RestreamRow, remote: Option<&restream::Status>) -> RestreamView {
+    let local = state.restreamer.as_ref().and_then(|r| r.status(&row.id));
+    let status = local.or_else(|| remote.cloned());
+    let live = state.hub.get(&row.stream_id).is_some() || remote.is_some();
     let push_state = match &status {
         _ if !row.enabled => match &status {
             Some(s) if s.state == PushState::Failed => PushState::Failed,
@@ -297,10 +316,18 @@ pub async fn create(
         .await
         .map_err(|e| store_err("creating a restream", e))?;
     tracing::info!(restream = %row.id, stream = %row.stream_id, url = %row.url_masked, "restream destination added");
-    if let Some(r) = &state.restreamer {
-        r.apply(row.clone(), false);
+    let control = crate::cluster::Control::Restream {
+        stream: row.stream_id.clone(),
+        restream: row.id.clone(),
+        restart: false,
+        enable: false,
+    };
+    if super::tell_owner(&state, control).await == super::OnOwner::Here {
+        if let Some(r) = &state.restreamer {
+            r.apply(row.clone(), false);
+        }
     }
-    Ok((StatusCode::CREATED, Json(view(&state, row))))
+    Ok((StatusCode::CREATED, Json(view(&state, row, None))))
 }
 
 /// A stream's destinations with their states, oldest first.
@@ -327,8 +354,15 @@ pub async fn list(
         .list_restreams(&id, limit, cursor)
         .await
         .map_err(|e| store_err("listing restreams", e))?;
+    let remote = remote_statuses(&state, &rows).await;
     Ok(Json(Page {
-        data: rows.into_iter().map(|r| view(&state, r)).collect(),
+        data: rows
+            .into_iter()
+            .map(|r| {
+                let st = remote.get(&r.id).cloned();
+                view(&state, r, st.as_ref())
+            })
+            .collect(),
         pagination: Pagination::from_cursor(next),
     }))
 }
@@ -359,7 +393,9 @@ pub async fn get_one(
 ) -> Result<Json<RestreamView>, HttpError> {
     auth.require("streams:read")?;
     let row = load(&state, &id, &rid).await?;
-    Ok(Json(view(&state, row)))
+    let remote = remote_statuses(&state, std::slice::from_ref(&row)).await;
+    let st = remote.get(&row.id).cloned();
+    Ok(Json(view(&state, row, st.as_ref())))
 }
 
 /// Enable or disable a destination (disabling disconnects it; enabling re-arms a `failed`
@@ -419,14 +455,22 @@ pub async fn update(
         .await
         .map_err(|e| store_err("updating a restream", e))?
         .ok_or_else(|| HttpError::not_found(format!("no restream {rid} on stream {id}")))?;
-    if let Some(r) = &state.restreamer {
-        // A new target, or enabling again (a failed destination is re-armed), restarts it.
-        let restart = changes_target || (body.enabled == Some(true) && !current.enabled);
-        let rearm = body.enabled == Some(true)
-            && r.status(&rid).is_some_and(|s| s.state == PushState::Failed);
-        r.apply(row.clone(), restart || rearm);
+    // A new target, or enabling again (a failed destination is re-armed), restarts it.
+    let restart = changes_target || (body.enabled == Some(true) && !current.enabled);
+    let control = crate::cluster::Control::Restream {
+        stream: row.stream_id.clone(),
+        restream: row.id.clone(),
+        restart,
+        enable: body.enabled == Some(true),
+    };
+    if super::tell_owner(&state, control).await == super::OnOwner::Here {
+        if let Some(r) = &state.restreamer {
+            let rearm = body.enabled == Some(true)
+                && r.status(&rid).is_some_and(|s| s.state == PushState::Failed);
+            r.apply(row.clone(), restart || rearm);
+        }
     }
-    Ok(Json(view(&state, row)))
+    Ok(Json(view(&state, row, None)))
 }
 
 /// Remove a destination (disconnecting it if it is pushing).
@@ -458,6 +502,11 @@ pub async fn delete(
     if let Some(r) = &state.restreamer {
         r.stop(&rid, true);
     }
+    let control = crate::cluster::Control::RestreamStop {
+        stream: id.clone(),
+        restream: rid.clone(),
+    };
+    super::tell_owner(&state, control).await;
     tracing::info!(restream = %rid, stream = %id, "restream destination deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -111,9 +111,10 @@ struct LiveView {
     ingest_bitrate_bps: u64,
     /// Media bytes received in this session.
     bytes_in: u64,
-    /// Bytes sent to viewers and outputs in this session.
+    /// Bytes sent to viewers and outputs in this session (in a cluster: by every node).
     bytes_out: u64,
-    /// In/out bitrates over the last 1 and 10 seconds.
+    /// In/out bitrates over the last 1 and 10 seconds (in a cluster, out is summed over
+    /// every node).
     bandwidth: crate::hub::Rates,
     /// Health score 0-100 (`null` in the first seconds); details at `/health`.
     health_score: Option<u8>,
@@ -512,8 +513,8 @@ fn view(state: &ApiState, row: StreamRow) -> StreamView {
     }
 }
 
-/// In a cluster, a live stream's viewers are summed over every node (each node reports its
-/// own count once a second; this node's is taken now).
+/// In a cluster, a live stream's viewers and outgoing traffic are summed over every node
+/// (each node reports its own once a second; this node's is taken now).
 async fn sum_viewers(state: &ApiState, views: &mut [StreamView]) {
     let Some(cluster) = &state.cluster else {
         return;
@@ -528,7 +529,11 @@ async fn sum_viewers(state: &ApiState, views: &mut [StreamView]) {
     match cluster.viewers(&ids, cluster.id()).await {
         Ok(others) => {
             for (&i, n) in live.iter().zip(others) {
-                views[i].viewer_count += n;
+                let v = &mut views[i];
+                v.viewer_count += n.viewers;
+                v.live.bytes_out += n.bytes_out;
+                v.live.bandwidth.out_bps_1s += n.out_bps_1s;
+                v.live.bandwidth.out_bps_10s += n.out_bps_10s;
             }
         }
         // Redis away: this node's own count, which is what it knows.
@@ -777,10 +782,15 @@ pub async fn update(
         .map_err(|e| store_err("updating a stream", e))?
         .ok_or_else(|| HttpError::not_found(format!("no stream {id}")))?;
     if row.privacy == crate::store::Privacy::Private {
-        if let Some(r) = &state.restreamer {
-            // Destinations that may not push a private stream stop now, not at their next
-            // reconnect.
-            r.enforce_privacy(&row.id);
+        // Destinations that may not push a private stream stop now, not at their next
+        // reconnect (on the node pushing them).
+        let control = crate::cluster::Control::Privacy {
+            stream: row.id.clone(),
+        };
+        if super::tell_owner(&state, control).await == super::OnOwner::Here {
+            if let Some(r) = &state.restreamer {
+                r.enforce_privacy(&row.id);
+            }
         }
     }
     Ok(Json(view(&state, row)))

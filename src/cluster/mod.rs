@@ -10,7 +10,7 @@ pub mod lease;
 pub mod node;
 pub mod relay;
 
-pub use node::{ClusterNode, NodeInfo};
+pub use node::{ClusterNode, Control, NodeInfo};
 
 /// Why a cluster operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -76,6 +76,9 @@ pub struct ClusterNode {
     pub(crate) fetching: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
     /// This node's LL-HLS: owners send their packaging to relays, relays copy it into it.
     pub(crate) hls: std::sync::OnceLock<Arc<crate::egress::hls::HlsRegistry>>,
+    /// This node's recorders and restream pushers, driven by [`Control`] messages for the
+    /// streams it owns.
+    outputs: std::sync::OnceLock<Outputs>,
     pub(crate) shutdown: watch::Receiver<bool>,
     /// The hub, for the control channel and the heartbeat.
     hub: Hub,
@@ -94,6 +97,18 @@ impl ClusterNode {
     /// Gives the node this node's LL-HLS (set once at start, before any relay).
     pub fn set_hls(&self, hls: Arc<crate::egress::hls::HlsRegistry>) {
         let _ = self.hls.set(hls);
+    }
+
+    /// Gives the node this node's recorders and restream pushers (set once at start).
+    pub fn set_outputs(
+        &self,
+        recorders: Arc<crate::egress::record::Recorders>,
+        restreamer: Arc<crate::egress::restream::Restreamer>,
+    ) {
+        let _ = self.outputs.set(Outputs {
+            recorders,
+            restreamer,
+        });
     }
 
     /// Connects to Redis and joins `hub` to the cluster (claims and relays go through this
@@ -130,6 +145,7 @@ impl ClusterNode {
             relays_out: Mutex::new(HashMap::new()),
             fetching: Mutex::new(HashMap::new()),
             hls: std::sync::OnceLock::new(),
+            outputs: std::sync::OnceLock::new(),
             shutdown,
             hub: hub.clone(),
         });
@@ -208,13 +224,13 @@ impl ClusterNode {
         Ok(out)
     }
 
-    /// Viewers of each stream summed over every live node but `except` (the caller counts
-    /// its own, which is fresher).
+    /// Viewers and traffic of each stream summed over every live node but `except` (the
+    /// caller counts its own, which is fresher).
     pub async fn viewers(
         &self,
         stream_ids: &[&str],
         except: &str,
-    ) -> Result<Vec<u64>, ClusterError> {
+    ) -> Result<Vec<StreamLoad>, ClusterError> {
         if stream_ids.is_empty() {
             return Ok(vec![]);
         }
@@ -228,7 +244,7 @@ impl ClusterNode {
             .await?;
         let nodes: Vec<String> = nodes.into_iter().filter(|n| n != except).collect();
         if nodes.is_empty() {
-            return Ok(vec![0; stream_ids.len()]);
+            return Ok(vec![StreamLoad::default(); stream_ids.len()]);
         }
         let keys: Vec<String> = stream_ids
             .iter()
@@ -238,12 +254,17 @@ impl ClusterNode {
                     .map(move |n| self.key(&format!("viewers:{s}:{n}")))
             })
             .collect();
-        let values: Vec<Option<u64>> = self
+        let values: Vec<Option<String>> = self
             .bounded(redis::cmd("MGET").arg(&keys).query_async(&mut conn))
             .await?;
         Ok(values
             .chunks(nodes.len())
-            .map(|c| c.iter().map(|v| v.unwrap_or(0)).sum())
+            .map(|c| {
+                c.iter()
+                    .flatten()
+                    .map(|v| StreamLoad::decode(v))
+                    .fold(StreamLoad::default(), StreamLoad::plus)
+            })
             .collect())
     }
 
@@ -266,10 +287,52 @@ return n
     /// Asks the node that owns `stream_id` to disconnect its publisher; `false` when no node
     /// owns it or the owner did not get the message.
     pub async fn stop_remote(&self, stream_id: &str) -> Result<bool, ClusterError> {
-        let Some(owner) = self.owner(stream_id).await? else {
+        self.send_control(&Control::Stop {
+            stream: stream_id.to_owned(),
+        })
+        .await
+    }
+
+    /// The statuses other nodes report for restream destinations they push (those of
+    /// `ids` that some node pushes). Redis away: none.
+    pub async fn restream_statuses(
+        &self,
+        ids: &[&str],
+    ) -> HashMap<String, crate::egress::restream::Status> {
+        if ids.is_empty() {
+            return HashMap::new();
+        }
+        let keys: Vec<String> = ids
+            .iter()
+            .map(|id| self.key(&format!("restream:{id}")))
+            .collect();
+        let mut conn = self.conn.clone();
+        let values: Vec<Option<String>> = match self
+            .bounded(redis::cmd("MGET").arg(&keys).query_async(&mut conn))
+            .await
+        {
+            Ok(v) => v,
+            Err(err) => {
+                tracing::warn!(%err, "cluster: restream states of other nodes unavailable");
+                return HashMap::new();
+            }
+        };
+        ids.iter()
+            .zip(values)
+            .filter_map(|(id, v)| Some(((*id).to_owned(), serde_json::from_str(&v?).ok()?)))
+            .collect()
+    }
+
+    /// Sends `control` to the node that owns its stream; `Ok(false)` when no other node
+    /// publishes it.
+    pub async fn send_control(&self, control: &Control) -> Result<bool, ClusterError> {
+        let Some(owner) = self.owner(control.stream()).await? else {
             return Ok(false);
         };
-        let msg = serde_json::json!({ "op": "stop", "stream": stream_id }).to_string();
+        if owner == self.node {
+            return Ok(false);
+        }
+        let msg = serde_json::to_string(control).unwrap_or_default();
         let mut conn = self.conn.clone();
         let receivers: i64 = self
             .bounded(
@@ -408,7 +471,7 @@ return n
             for s in self.hub.live_streams() {
                 pipe.cmd("SET")
                     .arg(self.key(&format!("viewers:{}:{}", s.id, self.node)))
-                    .arg(s.viewer_count())
+                    .arg(StreamLoad::of(&s).encode())
                     .arg("PX")
                     .arg(ttl)
                     .ignore();
@@ -427,6 +490,20 @@ return n
                         .arg((grace.as_millis() as u64).max(1000))
                         .ignore();
                 }
+            }
+            // Restream pushers run on the owner; every node's API shows their state.
+            for (rid, status) in self
+                .outputs
+                .get()
+                .map(|o| o.restreamer.running_statuses())
+                .unwrap_or_default()
+            {
+                pipe.cmd("SET")
+                    .arg(self.key(&format!("restream:{rid}")))
+                    .arg(serde_json::to_string(&status).unwrap_or_default())
+                    .arg("PX")
+                    .arg(ttl)
+                    .ignore();
             }
             let mut conn = self.conn.clone();
             if let Err(err) = self.bounded(pipe.query_async::<()>(&mut conn)).await {
@@ -486,23 +563,54 @@ return n
     }
 
     fn on_control(&self, text: &str) {
-        #[derive(Deserialize)]
-        struct Control {
-            op: String,
-            stream: String,
-        }
-        let Ok(c) = serde_json::from_str::<Control>(text) else {
+        let Ok(control) = serde_json::from_str::<Control>(text) else {
             tracing::warn!("cluster: unreadable control message ignored");
             return;
         };
-        match c.op.as_str() {
-            "stop" => {
-                if let Some(live) = self.hub.published(&c.stream) {
-                    tracing::info!(stream = %c.stream, "cluster: stop requested by another node");
-                    live.stop();
-                }
+        let stream = control.stream().to_owned();
+        let Some(live) = self.hub.published(&stream) else {
+            return; // The publisher left meanwhile.
+        };
+        tracing::info!(stream = %stream, ?control, "cluster: control message from another node");
+        let Some(outputs) = self.outputs.get() else {
+            if matches!(control, Control::Stop { .. }) {
+                live.stop();
             }
-            other => tracing::warn!(op = other, "cluster: unknown control message ignored"),
+            return;
+        };
+        match control {
+            Control::Stop { .. } => live.stop(),
+            Control::RecordStart { .. } => {
+                outputs.recorders.start(live);
+            }
+            Control::RecordStop { .. } => {
+                outputs.recorders.stop(&stream);
+            }
+            Control::Restream {
+                restream,
+                restart,
+                enable,
+                ..
+            } => {
+                let (store, restreamer) = (self.store.clone(), outputs.restreamer.clone());
+                tokio::spawn(async move {
+                    match store.get_restream(&stream, &restream).await {
+                        Ok(Some(row)) => {
+                            let rearm = enable
+                                && restreamer.status(&restream).is_some_and(|s| {
+                                    s.state == crate::egress::restream::State::Failed
+                                });
+                            restreamer.apply(row, restart || rearm);
+                        }
+                        Ok(None) => restreamer.stop(&restream, true),
+                        Err(err) => {
+                            tracing::warn!(%err, restream = %restream, "cluster: restream change not applied");
+                        }
+                    }
+                });
+            }
+            Control::RestreamStop { restream, .. } => outputs.restreamer.stop(&restream, true),
+            Control::Privacy { .. } => outputs.restreamer.enforce_privacy(&stream),
         }
     }
 
@@ -556,6 +664,126 @@ impl ClusterNode {
         if let Some(mut seed) = seed {
             seed.next_msn = seed.next_msn.saturating_add(1);
             hls.offer_seed(stream_id, seed);
+        }
+    }
+}
+
+/// This node's outputs that only a stream's owner runs.
+struct Outputs {
+    recorders: Arc<crate::egress::record::Recorders>,
+    restreamer: Arc<crate::egress::restream::Restreamer>,
+}
+
+/// An action on a live stream that only the node owning it takes, sent over Redis pub/sub
+/// (`ctl:{node}`) by the node whose API was called.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Control {
+    /// Disconnect the publisher.
+    Stop {
+        /// The stream.
+        stream: String,
+    },
+    /// Start recording.
+    RecordStart {
+        /// The stream.
+        stream: String,
+    },
+    /// Stop recording.
+    RecordStop {
+        /// The stream.
+        stream: String,
+    },
+    /// A restream destination was added or changed: read it and apply it.
+    Restream {
+        /// The stream.
+        stream: String,
+        /// The destination.
+        restream: String,
+        /// Its target changed or it was enabled again: reconnect.
+        restart: bool,
+        /// It was enabled by this change (a failed destination is re-armed).
+        enable: bool,
+    },
+    /// A restream destination was deleted.
+    RestreamStop {
+        /// The stream.
+        stream: String,
+        /// The destination.
+        restream: String,
+    },
+    /// The stream became private: destinations that may not push it stop.
+    Privacy {
+        /// The stream.
+        stream: String,
+    },
+}
+
+impl Control {
+    /// The stream it acts on.
+    pub fn stream(&self) -> &str {
+        match self {
+            Control::Stop { stream }
+            | Control::RecordStart { stream }
+            | Control::RecordStop { stream }
+            | Control::Restream { stream, .. }
+            | Control::RestreamStop { stream, .. }
+            | Control::Privacy { stream } => stream,
+        }
+    }
+}
+
+/// One node's share of a live stream, as its heartbeat reports it (`viewers:{stream}:{node}`,
+/// space-separated numbers).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLoad {
+    /// Viewers on the node.
+    pub viewers: u64,
+    /// Bits per second sent to the node's viewers and outputs, last 1 and 10 seconds.
+    pub out_bps_1s: u64,
+    /// See `out_bps_1s`.
+    pub out_bps_10s: u64,
+    /// Bytes sent in the node's session of the stream.
+    pub bytes_out: u64,
+}
+
+impl StreamLoad {
+    fn of(s: &LiveStream) -> StreamLoad {
+        let snap = s.snapshot();
+        StreamLoad {
+            viewers: s.viewer_count() as u64,
+            out_bps_1s: snap.rates.out_bps_1s,
+            out_bps_10s: snap.rates.out_bps_10s,
+            bytes_out: snap.bytes_out,
+        }
+    }
+
+    fn encode(&self) -> String {
+        format!(
+            "{} {} {} {}",
+            self.viewers, self.out_bps_1s, self.out_bps_10s, self.bytes_out
+        )
+    }
+
+    /// Reads what [`StreamLoad::encode`] wrote; a missing or unreadable number is 0.
+    fn decode(text: &str) -> StreamLoad {
+        let mut n = text
+            .split_ascii_whitespace()
+            .map(|v| v.parse::<u64>().unwrap_or(0));
+        StreamLoad {
+            viewers: n.next().unwrap_or(0),
+            out_bps_1s: n.next().unwrap_or(0),
+            out_bps_10s: n.next().unwrap_or(0),
+            bytes_out: n.next().unwrap_or(0),
+        }
+    }
+
+    fn plus(self, o: StreamLoad) -> StreamLoad {
+        StreamLoad {
+            viewers: self.viewers.saturating_add(o.viewers),
+            out_bps_1s: self.out_bps_1s.saturating_add(o.out_bps_1s),
+            out_bps_10s: self.out_bps_10s.saturating_add(o.out_bps_10s),
+            bytes_out: self.bytes_out.saturating_add(o.bytes_out),
         }
     }
 }
@@ -701,5 +929,29 @@ impl CpuMeter {
         });
         self.last = Some((now, cpu_s));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StreamLoad;
+
+    #[test]
+    fn stream_loads_survive_redis_and_add_up() {
+        let a = StreamLoad {
+            viewers: 3,
+            out_bps_1s: 1_000,
+            out_bps_10s: 900,
+            bytes_out: 12_345,
+        };
+        assert_eq!(StreamLoad::decode(&a.encode()), a);
+        // A node of the previous version wrote the viewer count alone; junk counts as 0.
+        assert_eq!(StreamLoad::decode("7").viewers, 7);
+        assert_eq!(StreamLoad::decode("x -1"), StreamLoad::default());
+        let sum = a.plus(StreamLoad::decode("2 10 20 30"));
+        assert_eq!(
+            (sum.viewers, sum.out_bps_1s, sum.out_bps_10s, sum.bytes_out),
+            (5, 1_010, 920, 12_375)
+        );
     }
 }

@@ -170,7 +170,7 @@ pub fn check_tracks(tracks: &Tracks) -> Result<bool, String> {
 const NOTHING_TO_SEND: &str = "the stream has no track RTMP can carry (H.264 video or AAC audio)";
 
 /// Lifecycle state of a destination, as the API shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum State {
     /// Enabled, stream not live.
     Idle,
@@ -201,7 +201,7 @@ impl State {
 }
 
 /// What the API shows about a destination's pusher.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Status {
     /// Current state.
     pub state: State,
@@ -359,7 +359,8 @@ impl Restreamer {
             self.stop(&row.id, false);
             return;
         }
-        let Some(live) = self.hub.get(&row.stream_id) else {
+        // Pushed by the node that owns the stream, never from a relay of it.
+        let Some(live) = self.hub.published(&row.stream_id) else {
             return;
         };
         if restart {
@@ -421,6 +422,16 @@ impl Restreamer {
     /// The pusher status of a destination, if it ran since the server started.
     pub fn status(&self, id: &str) -> Option<Status> {
         self.lock().get(id).map(|e| e.shared.snapshot())
+    }
+
+    /// Every destination pushing (or trying to) from this node, with its status: what a
+    /// cluster node reports, so that every node's API shows it.
+    pub fn running_statuses(&self) -> Vec<(String, Status)> {
+        self.lock()
+            .iter()
+            .filter(|(_, e)| e.running.is_some())
+            .map(|(id, e)| (id.clone(), e.shared.snapshot()))
+            .collect()
     }
 
     /// Starts a pusher for `row` on `live` unless one already runs for this live session.
