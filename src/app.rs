@@ -172,6 +172,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         config.recording.clone(),
         &config.server.data_dir,
         events.clone(),
+        (node_name.clone(), config.cluster.enabled),
     );
     let recovered = recorders.recover().await;
     if recovered > 0 {

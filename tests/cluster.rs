@@ -662,6 +662,7 @@ struct ProcNode {
     child: std::process::Child,
     http: String,
     rtmp: std::net::SocketAddr,
+    dir: std::path::PathBuf,
 }
 
 impl ProcNode {
@@ -687,20 +688,29 @@ impl ProcNode {
         );
         let path = dir.join("node.toml");
         std::fs::write(&path, config).unwrap();
-        let log = std::fs::File::create(dir.join("node.log")).unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_media-server"))
+        eprintln!("node {name}: log in {}", dir.join("node.log").display());
+        ProcNode {
+            child: Self::spawn(&dir, "node.log"),
+            http: format!("http://127.0.0.1:{hp}"),
+            rtmp: format!("127.0.0.1:{rp}").parse().unwrap(),
+            dir,
+        }
+    }
+
+    fn spawn(dir: &std::path::Path, log: &str) -> std::process::Child {
+        let log = std::fs::File::create(dir.join(log)).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_media-server"))
             .arg("--config")
-            .arg(&path)
+            .arg(dir.join("node.toml"))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("media-server starts");
-        eprintln!("node {name}: log in {}", dir.join("node.log").display());
-        ProcNode {
-            child,
-            http: format!("http://127.0.0.1:{hp}"),
-            rtmp: format!("127.0.0.1:{rp}").parse().unwrap(),
-        }
+            .expect("media-server starts")
+    }
+
+    /// Starts the node again (after a kill) with the same config and data directory.
+    fn restart(&mut self) {
+        self.child = Self::spawn(&self.dir, "node-restarted.log");
     }
 }
 
@@ -726,7 +736,7 @@ async fn the_owner_killed_mid_stream_the_publisher_is_live_again_on_another_node
         &a.http,
         reqwest::Method::POST,
         "/api/v1/streams",
-        Some(serde_json::json!({ "name": "failover", "title": "Failover" })),
+        Some(serde_json::json!({ "name": "failover", "title": "Failover", "record": true })),
     )
     .await;
     assert_eq!(status, 201, "{v}");
@@ -999,8 +1009,61 @@ async fn the_owner_killed_mid_stream_the_publisher_is_live_again_on_another_node
         ffprobe_codecs(&dest).expect("nginx has the restream again"),
         ["aac", "h264"]
     );
+    // Recording: a's recording was left open by the kill; b records the stream now.
+    let recordings = |http: String| {
+        let id = id.clone();
+        async move {
+            let (_, v) = api(
+                &http,
+                reqwest::Method::GET,
+                &format!("/api/v1/recordings?stream_id={id}&order=started_at&dir=asc"),
+                None,
+            )
+            .await;
+            v["data"].as_array().cloned().unwrap_or_default()
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let (left_open, new_one) = loop {
+        let list = recordings(c.http.clone()).await;
+        if list.len() == 2 && list.iter().all(|r| r["status"] == "recording") {
+            break (list[0]["id"].clone(), list[1]["id"].clone());
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a's recording open and b's started: {list:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    // a starts again: it recovers the recording it left open (crash-safe, as on one node),
+    // and leaves b's, still being written on b's disk, alone.
+    a.restart();
+    wait_healthy(&format!("{}/healthz", a.http)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let list = recordings(c.http.clone()).await;
+        let status = |rid: &serde_json::Value| {
+            list.iter()
+                .find(|r| &r["id"] == rid)
+                .map(|r| r["status"].as_str().unwrap_or("").to_owned())
+                .unwrap_or_default()
+        };
+        if status(&left_open) == "ready" {
+            assert_eq!(
+                status(&new_one),
+                "recording",
+                "b's recording untouched: {list:?}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a recovers its recording: {list:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     publisher.abort();
-    drop((b, c));
+    drop((a, b, c));
     redis_cleanup(&prefix).await;
 }
 

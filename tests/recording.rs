@@ -587,12 +587,12 @@ async fn retention_deletes_old_recordings_and_their_files() {
     let server = media_server::start(config.clone()).await.unwrap();
     let old = server
         .store
-        .create_recording("str_x", None, None, "")
+        .create_recording("str_x", "test", None, None, "")
         .await
         .unwrap();
     let fresh = server
         .store
-        .create_recording("str_x", None, None, "")
+        .create_recording("str_x", "test", None, None, "")
         .await
         .unwrap();
     let recs_dir = dir.join("data/recordings");

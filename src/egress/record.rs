@@ -37,6 +37,10 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// Every recorder of the server.
 pub struct Recorders {
+    /// This node's name, stored with each recording.
+    node: String,
+    /// In a cluster: only this node's recordings are recovered.
+    cluster: bool,
     store: Store,
     config: RecordingConfig,
     dir: PathBuf,
@@ -61,13 +65,18 @@ struct Active {
 
 impl Recorders {
     /// Recorders writing under `data_dir/recordings`.
+    /// `node`: this node's name, stored with each recording; `cluster`: recovery after a
+    /// crash takes only this node's recordings (the others are other nodes' files).
     pub fn new(
         store: Store,
         config: RecordingConfig,
         data_dir: &Path,
         events: EventBus,
+        (node, cluster): (String, bool),
     ) -> Arc<Self> {
         Arc::new(Recorders {
+            node,
+            cluster,
             store,
             config,
             dir: data_dir.join("recordings"),
@@ -257,7 +266,8 @@ impl Recorders {
     /// Scans recordings a crash left `recording`/`finalizing`: each is cut after its last
     /// complete fragment and becomes `ready` (or `failed` when nothing is recoverable).
     pub async fn recover(&self) -> usize {
-        let rows = match self.store.unfinished_recordings().await {
+        let mine = self.cluster.then_some(self.node.as_str());
+        let rows = match self.store.unfinished_recordings(mine).await {
             Ok(r) => r,
             Err(err) => {
                 tracing::error!(%err, "recording recovery: cannot list recordings");
@@ -464,6 +474,7 @@ impl Writer {
             .store
             .create_recording(
                 stream_id,
+                &recs.node,
                 video.map(|v| v.0),
                 video.map(|v| v.1),
                 &codecs.join(","),

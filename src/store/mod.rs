@@ -51,8 +51,9 @@ pub enum StoreError {
     /// A unique value (app/name, key) is taken.
     #[error("{0}")]
     Conflict(String),
-    /// PostgreSQL reported an error.
-    #[error("database: {0}")]
+    /// PostgreSQL reported an error (with the server's message: `db error` alone says
+    /// nothing).
+    #[error("database: {}", pg_message(.0))]
     Postgres(#[from] postgres::Error),
     /// The database cannot be used now (PostgreSQL unreachable, or newer than this binary).
     #[error("{0}")]
@@ -60,6 +61,13 @@ pub enum StoreError {
     /// A row did not have the shape the code expects.
     #[error("database: {0}")]
     Schema(String),
+}
+
+fn pg_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
 }
 
 impl StoreError {
@@ -202,6 +210,9 @@ const MIGRATIONS: &[&str] = &[
         claimed_until INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX webhook_outbox_due ON webhook_outbox (next_at);",
+    // 10: the node writing a recording (its file is on that node's disk): a node that
+    // starts after a crash recovers its own open recordings, not those other nodes write.
+    "ALTER TABLE recordings ADD COLUMN node TEXT;",
 ];
 
 impl Store {

@@ -138,6 +138,8 @@ pub const PG_MIGRATIONS: &[&str] = &[
         claimed_until BIGINT NOT NULL DEFAULT 0
     );
     CREATE INDEX webhook_outbox_due ON webhook_outbox (next_at);",
+    // 3: the node writing a recording (SQLite's 10).
+    "ALTER TABLE recordings ADD COLUMN node TEXT;",
 ];
 
 type Job = Box<dyn FnOnce(Option<&mut postgres::Client>) + Send>;

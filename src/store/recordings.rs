@@ -144,6 +144,7 @@ impl Store {
     pub async fn create_recording(
         &self,
         stream_id: &str,
+        node: &str,
         width: Option<u32>,
         height: Option<u32>,
         codecs: &str,
@@ -166,13 +167,15 @@ impl Store {
             token_generation: 0,
         };
         let mut r = row;
+        let node = node.to_owned();
         let row = self
             .call(move |c| {
                 // The stream's privacy is copied in the same statement (private if it is gone).
                 c.execute(
                 "INSERT INTO recordings (id, stream_id, status, file, started_at, duration_ms, \
-                 size_bytes, width, height, codecs, privacy) VALUES (?1, ?2, ?3, ?4, ?5, 0, 0, \
-                 ?6, ?7, ?8, COALESCE((SELECT privacy FROM streams WHERE id = ?2), 'private'))",
+                 size_bytes, width, height, codecs, privacy, node) VALUES (?1, ?2, ?3, ?4, ?5, 0, \
+                 0, ?6, ?7, ?8, COALESCE((SELECT privacy FROM streams WHERE id = ?2), 'private'), \
+                 ?9)",
                 params![
                     r.id,
                     r.stream_id,
@@ -181,7 +184,8 @@ impl Store {
                     r.started_at,
                     r.width,
                     r.height,
-                    r.codecs
+                    r.codecs,
+                    node
                 ],
             )?;
                 let privacy: String = c.query_row(
@@ -251,16 +255,30 @@ impl Store {
         self.call(move |c| by_id(c, &id)).await
     }
 
-    /// Recordings left `recording` or `finalizing` (by a crash).
-    pub async fn unfinished_recordings(&self) -> Result<Vec<RecordingRow>, StoreError> {
-        self.call(|c| {
-            c.query_map(
-                &format!(
-                    "SELECT {COLUMNS} FROM recordings WHERE status IN ('recording', 'finalizing')"
+    /// Recordings left `recording` or `finalizing` (by a crash): all of them, or in a
+    /// cluster only those `node` wrote (and those of unknown node, from before the column).
+    pub async fn unfinished_recordings(
+        &self,
+        node: Option<&str>,
+    ) -> Result<Vec<RecordingRow>, StoreError> {
+        let node = node.map(str::to_owned);
+        self.call(move |c| {
+            let open = "status IN ('recording', 'finalizing')";
+            match node {
+                None => c.query_map(
+                    &format!("SELECT {COLUMNS} FROM recordings WHERE {open}"),
+                    params![],
+                    |r| row_to_recording(r).map(|(_, row)| row),
                 ),
-                params![],
-                |r| row_to_recording(r).map(|(_, row)| row),
-            )
+                Some(node) => c.query_map(
+                    &format!(
+                        "SELECT {COLUMNS} FROM recordings WHERE {open} \
+                         AND (node IS NULL OR node = ?1)"
+                    ),
+                    params![node],
+                    |r| row_to_recording(r).map(|(_, row)| row),
+                ),
+            }
         })
         .await
     }
@@ -384,7 +402,7 @@ mod tests {
         let mut ids = Vec::new();
         for i in 0..5u64 {
             let r = store
-                .create_recording("str_a", Some(640), Some(360), "avc1.64001f,mp4a.40.2")
+                .create_recording("str_a", "n1", Some(640), Some(360), "avc1.64001f,mp4a.40.2")
                 .await
                 .unwrap();
             store
@@ -394,13 +412,23 @@ mod tests {
             ids.push(r.id);
         }
         let other = store
-            .create_recording("str_b", None, None, "opus")
+            .create_recording("str_b", "n2", None, None, "opus")
             .await
             .unwrap();
         assert_eq!(
-            store.unfinished_recordings().await.unwrap(),
+            store.unfinished_recordings(None).await.unwrap(),
             vec![other.clone()]
         );
+        // In a cluster a node recovers only what it was writing.
+        assert_eq!(
+            store.unfinished_recordings(Some("n2")).await.unwrap(),
+            vec![other.clone()]
+        );
+        assert!(store
+            .unfinished_recordings(Some("n1"))
+            .await
+            .unwrap()
+            .is_empty());
         // Ordered by size ascending in pages of two: sizes 1000, 2000 | 3000, 4000 | 5000.
         let mut seen = Vec::new();
         let mut cursor = None;
