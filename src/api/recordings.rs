@@ -271,7 +271,9 @@ pub struct RecordingState {
     recording_id: Option<String>,
 }
 
-/// Start recording a live stream (the stream's `record` flag does this automatically).
+/// Start recording a live stream (the stream's `record` flag does this automatically). In a
+/// cluster the node holding the publisher records; asked on another node, the answer has no
+/// `recording_id` yet (the recording is listed once its first keyframe is written).
 #[utoipa::path(post, path = "/api/v1/streams/{id}/recording/start", tag = "recordings",
     params(("id" = String, Path, description = "Stream id")),
     responses(
