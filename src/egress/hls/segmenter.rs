@@ -583,31 +583,38 @@ impl Segmenter {
     /// segment may use (not the open one's: another node may hold more of its parts).
     fn close_mirrored_segment(&mut self) -> u64 {
         let mut next_msn = self.model.next_msn();
-        if let Some(open) = self.model.open.take() {
+        if let Some(mut open) = self.model.open.take() {
             next_msn = open.msn + 1;
             let parts = std::mem::take(&mut self.open_parts);
             if !parts.is_empty() {
+                // Only the parts whose bytes arrived are listed.
+                open.parts.truncate(parts.len());
                 let duration: f64 = open.parts.iter().map(|p| p.duration).sum();
-                self.model.longest_segment = self.model.longest_segment.max(duration);
-                self.stored.push_back(StoredSegment {
-                    msn: open.msn,
-                    init_id: open.init_id,
-                    bytes: parts.iter().map(|p| p.pieces.len).sum(),
-                    parts,
-                    duration,
-                });
-                self.model.segments.push(SegmentEntry {
-                    msn: open.msn,
-                    duration,
-                    program_date_time: open.program_date_time,
-                    discontinuity: open.discontinuity,
-                    init_id: open.init_id,
-                    parts: open.parts,
-                });
+                self.list_segment(open, parts, duration);
             }
         }
-        self.open_parts.clear();
         next_msn
+    }
+
+    /// Lists a closed segment and keeps its parts' bytes.
+    fn list_segment(&mut self, open: OpenSegment, parts: Vec<StoredPart>, duration: f64) {
+        self.model.longest_segment = self.model.longest_segment.max(duration);
+        self.revision += 1;
+        self.stored.push_back(StoredSegment {
+            msn: open.msn,
+            init_id: open.init_id,
+            bytes: parts.iter().map(|p| p.pieces.len).sum(),
+            parts,
+            duration,
+        });
+        self.model.segments.push(SegmentEntry {
+            msn: open.msn,
+            duration,
+            program_date_time: open.program_date_time,
+            discontinuity: open.discontinuity,
+            init_id: open.init_id,
+            parts: open.parts,
+        });
     }
 
     /// New tracks from the publisher: the first announcement, or a reconnect / codec change,
@@ -876,25 +883,8 @@ impl Segmenter {
         }
         let ts = f64::from(self.tracks[self.driver].track.timescale.max(1));
         let duration = (end - self.segment_start).max(0) as f64 / ts;
-        self.model.longest_segment = self.model.longest_segment.max(duration);
-        let bytes: usize = parts.iter().map(|p| p.pieces.len).sum();
-        self.revision += 1;
-        self.model.segments.push(SegmentEntry {
-            msn: open.msn,
-            duration,
-            program_date_time: open.program_date_time,
-            discontinuity: open.discontinuity,
-            init_id: open.init_id,
-            parts: open.parts,
-        });
-        self.stored.push_back(StoredSegment {
-            msn: open.msn,
-            init_id: open.init_id,
-            parts,
-            bytes,
-            duration,
-        });
         self.next_msn = open.msn + 1;
+        self.list_segment(open, parts, duration);
         self.trim_window();
     }
 
