@@ -641,6 +641,9 @@ struct Gated {
     names: Arc<(String, String)>,
 }
 
+/// How long a playback check waits for the database before falling back to what it knew.
+const GATE_LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl StoreGate {
     async fn lookup(&self, stream_id: &str) -> Result<Gated, HttpError> {
         let now = std::time::Instant::now();
@@ -654,20 +657,28 @@ impl StoreGate {
                 return Ok(g.clone());
             }
         }
-        let row = match self.store.get_stream(stream_id).await {
-            Ok(row) => row,
-            Err(e) => {
-                // The database is away: what was known of the stream still holds, so its
-                // viewers keep watching (a stream never looked up is refused).
-                if let Some((_, g)) = self
-                    .cache
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(stream_id)
-                {
+        let looked_up = tokio::time::timeout(GATE_LOOKUP_TIMEOUT, self.store.get_stream(stream_id));
+        let row = match looked_up.await {
+            Ok(Ok(row)) => row,
+            failed => {
+                // The database is away (or slow): what was known of the stream still holds
+                // for another cache period, so its viewers keep watching without waiting on
+                // it at every request; a stream never looked up is refused.
+                let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some((at, g)) = cache.get_mut(stream_id) {
+                    *at = now;
                     return Ok(g.clone());
                 }
-                return Err(HttpError::internal("reading stream privacy", e));
+                return Err(match failed {
+                    Ok(Err(e)) => HttpError::internal("reading stream privacy", e),
+                    _ => {
+                        let mut e = HttpError::unavailable(
+                            "the database is not answering; retry in a moment",
+                        );
+                        e.retry_after = Some(1);
+                        e
+                    }
+                });
             }
         };
         let gated = match row {

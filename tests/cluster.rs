@@ -869,7 +869,8 @@ async fn the_owner_killed_mid_stream_the_publisher_is_live_again_on_another_node
     };
     let (_, _, body) = get(&playlist).await;
     let media = media_url(&String::from_utf8_lossy(&body));
-    let run_before = same_hls_everywhere(&[&a.http, &c.http], &id, "").await;
+    // b and c serve copies of a's LL-HLS (b will take the stream over from its copy).
+    let run_before = same_hls_everywhere(&[&a.http, &b.http, &c.http], &id, "").await;
     // The owner pushes the restream; nginx has it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while restream_state(a.http.clone()).await != "active" {
@@ -1061,6 +1062,16 @@ async fn the_owner_killed_mid_stream_the_publisher_is_live_again_on_another_node
             "a recovers its recording: {list:?}"
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Long after the grace period (20 s + the 3 s lease) that copies wait when their relay
+    // ends, the playlist b took over from its copy is still live on b and on c.
+    tokio::time::sleep_until((back + Duration::from_secs(26)).into()).await;
+    for http in [&b.http, &c.http] {
+        let (_, p) = hls_media(http, &id, "").await;
+        assert!(
+            !p.end_list,
+            "the playlist on {http} was ended under a live stream"
+        );
     }
     publisher.abort();
     drop((a, b, c));

@@ -78,7 +78,11 @@ async fn remote_statuses(
 /// that is another node.
 fn view(state: &ApiState, row: RestreamRow, remote: Option<&restream::Status>) -> RestreamView {
     let local = state.restreamer.as_ref().and_then(|r| r.status(&row.id));
-    let status = local.or_else(|| remote.cloned());
+    // Pushed from another node: its status, not what this node kept from an earlier session.
+    let status = match remote {
+        Some(r) if state.hub.published(&row.stream_id).is_none() => Some(r.clone()),
+        _ => local,
+    };
     let live = state.hub.get(&row.stream_id).is_some() || remote.is_some();
     let push_state = match &status {
         _ if !row.enabled => match &status {

@@ -67,6 +67,8 @@ pub struct ClusterNode {
     conn: ConnectionManager,
     timeout: Duration,
     renew_every: Duration,
+    /// How long a dead node's lease holds its streams.
+    lease_ttl: Duration,
     store: Store,
     started_at: String,
     /// Relays this node serves, per stream (owner side).
@@ -96,6 +98,7 @@ impl std::fmt::Debug for ClusterNode {
 impl ClusterNode {
     /// Gives the node this node's LL-HLS (set once at start, before any relay).
     pub fn set_hls(&self, hls: Arc<crate::egress::hls::HlsRegistry>) {
+        hls.set_failover_allowance(self.lease_ttl);
         let _ = self.hls.set(hls);
     }
 
@@ -140,6 +143,7 @@ impl ClusterNode {
             redis_url: cfg.redis_url.clone(),
             timeout,
             renew_every: Duration::from_millis(cfg.lease_renew_ms),
+            lease_ttl: Duration::from_millis(cfg.lease_ttl_ms),
             store,
             started_at: crate::store::now_rfc3339(),
             relays_out: Mutex::new(HashMap::new()),
@@ -483,6 +487,7 @@ return n
                     .filter(|_| !s.is_relay())
                     .and_then(|h| Some((h.continuation(&s.id)?, h.grace())));
                 if let Some((seed, grace)) = continuation {
+                    // Kept as long as the copies wait (the grace period includes the lease TTL).
                     pipe.cmd("SET")
                         .arg(self.key(&format!("hls:{}", s.id)))
                         .arg(serde_json::to_string(&seed).unwrap_or_default())
@@ -645,9 +650,9 @@ return n
 }
 
 impl ClusterNode {
-    /// Where the previous owner's LL-HLS of a stream stood, if it was packaged within the
-    /// grace period: the playlist this node starts continues it. Written once a heartbeat,
-    /// so one more msn is skipped (the previous owner may have opened one since).
+    /// Where the previous owner's LL-HLS of a stream stood, if it was packaged recently: the
+    /// playlist this node starts continues it (past one more msn: the seed is written once a
+    /// heartbeat, and the previous owner may have opened one since).
     async fn offer_hls_seed(&self, stream_id: &str) {
         let Some(hls) = self.hls.get() else {
             return;
@@ -661,8 +666,7 @@ impl ClusterNode {
             .ok()
             .flatten()
             .and_then(|text| serde_json::from_str::<crate::proto::relay::HlsSeed>(&text).ok());
-        if let Some(mut seed) = seed {
-            seed.next_msn = seed.next_msn.saturating_add(1);
+        if let Some(seed) = seed {
             hls.offer_seed(stream_id, seed);
         }
     }

@@ -35,8 +35,9 @@ use crate::error::HttpError;
 use crate::hub::{Event, Hub, HubError, LiveStream, RELAY_PROTOCOL};
 use crate::proto::relay::{encode, frame_header, Decoder, Message};
 
-/// The upgrade token.
-const PROTOCOL: &str = "ms-relay/1";
+/// The upgrade token. Version 2 added the LL-HLS messages: nodes of both versions do not
+/// relay to each other (the owner answers 400, the viewer's node 503).
+const PROTOCOL: &str = "ms-relay/2";
 /// A signed request is accepted this long around its time.
 const CLOCK_SKEW_SECS: u64 = 60;
 /// The owner sends a ping after this long without media; the relay gives up after
@@ -57,15 +58,25 @@ struct HlsFeed {
 }
 
 impl HlsFeed {
-    /// Encodes what changed since the last call.
-    fn push(&mut self, out: &mut BytesMut) {
-        let seg = self.stream.lock();
-        while let Some(update) = seg.mirror_update(&mut self.cursor) {
-            encode(&Message::Hls(Box::new(update)), out);
-            if self.cursor.is_complete() {
-                break;
+    /// Encodes what changed since the last call; whether the owner's open segment was closed
+    /// (read with the changes, so a drain never stops before sending the last segment). The
+    /// segmenter is locked only to collect the changes (shared bytes), not to encode them.
+    fn push(&mut self, out: &mut BytesMut) -> bool {
+        let mut updates = Vec::new();
+        let closed = {
+            let seg = self.stream.lock();
+            while let Some(update) = seg.mirror_update(&mut self.cursor) {
+                updates.push(update);
+                if self.cursor.is_complete() {
+                    break;
+                }
             }
+            seg.playlist().open.is_none()
+        };
+        for update in updates {
+            encode(&Message::Hls(Box::new(update)), out);
         }
+        closed
     }
 
     /// Resolves on the next change (never, once the playlist is gone).
@@ -244,8 +255,7 @@ async fn send<S: AsyncRead + AsyncWrite + Unpin>(
                     if let Some(feed) = &mut hls {
                         let until = tokio::time::Instant::now() + HLS_DRAIN;
                         loop {
-                            feed.push(&mut out);
-                            if feed.stream.lock().playlist().open.is_none() {
+                            if feed.push(&mut out) {
                                 break;
                             }
                             match tokio::time::timeout_at(until, feed.changes.changed()).await {
@@ -474,18 +484,27 @@ async fn receive(
     let mut unwatched_since: Option<tokio::time::Instant> = None;
     let mut deadline = tokio::time::Instant::now() + READ_TIMEOUT;
     let mut out = BytesMut::new();
+    // After asking for a fresh copy, the updates already on their way are skipped.
+    let mut awaiting_reset = false;
     let reason: String = 'outer: loop {
         loop {
             match decoder.decode() {
                 Ok(Some(Message::Tracks(t))) => publisher.set_tracks(Arc::new(t)),
                 Ok(Some(Message::Frame(f))) => publisher.push(f),
                 Ok(Some(Message::Hls(update))) => {
-                    if let Some(hls) = &hls {
-                        if let Err(err) = hls.apply_mirror(&id, *update) {
-                            // Out of step (a bug, or a playlist replaced here): start over.
-                            tracing::warn!(stream = %id, %err, "cluster: asking the owner for a fresh copy");
-                            encode(&Message::HlsWant(hls.continuation(&id)), &mut out);
+                    let Some(hls) = &hls else { continue };
+                    if awaiting_reset && !update.reset {
+                        continue;
+                    }
+                    awaiting_reset = false;
+                    if let Err(err) = hls.apply_mirror(&id, *update) {
+                        if hls.is_published_here(&id) {
+                            continue; // Taken over here; the relay is ending.
                         }
+                        // Out of step (a bug, or a playlist replaced here): start over.
+                        tracing::warn!(stream = %id, %err, "cluster: asking the owner for a fresh copy");
+                        encode(&Message::HlsWant(hls.continuation(&id)), &mut out);
+                        awaiting_reset = true;
                     }
                 }
                 Ok(Some(Message::End(why))) => break 'outer format!("ended on the owner: {why}"),

@@ -267,13 +267,20 @@ impl Recorders {
     /// complete fragment and becomes `ready` (or `failed` when nothing is recoverable).
     pub async fn recover(&self) -> usize {
         let mine = self.cluster.then_some(self.node.as_str());
-        let rows = match self.store.unfinished_recordings(mine).await {
+        let mut rows = match self.store.unfinished_recordings(mine).await {
             Ok(r) => r,
             Err(err) => {
                 tracing::error!(%err, "recording recovery: cannot list recordings");
                 return 0;
             }
         };
+        if self.cluster {
+            // Of unknown node (older rows, older nodes): only those whose file is here; the
+            // others may be being written by another node right now.
+            if let Ok(unknown) = self.store.unfinished_recordings(Some("")).await {
+                rows.extend(unknown.into_iter().filter(|r| self.path(r).exists()));
+            }
+        }
         let mut n = 0;
         for row in rows {
             let path = self.path(&row);

@@ -35,8 +35,9 @@ use crate::media::opus::OpusConfig;
 use crate::media::{CodecConfig, Frame, Track, TrackId, Tracks};
 use crate::proto::playlist::{MediaPlaylist, Variant};
 
-/// Largest message accepted (a frame of a 4K keyframe fits many times over).
-pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+/// Largest message accepted (a frame of a 4K keyframe fits many times over; an LL-HLS
+/// update of about 4 MiB plus one segment).
+pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 const HELLO: u8 = 1;
 const TRACKS: u8 = 2;

@@ -255,8 +255,9 @@ impl Store {
         self.call(move |c| by_id(c, &id)).await
     }
 
-    /// Recordings left `recording` or `finalizing` (by a crash): all of them, or in a
-    /// cluster only those `node` wrote (and those of unknown node, from before the column).
+    /// Recordings left `recording` or `finalizing` (by a crash): all of them (`None`), those
+    /// `Some(node)` wrote, or with `Some("")` those of unknown node (written before the
+    /// column existed, or by a node of an older version).
     pub async fn unfinished_recordings(
         &self,
         node: Option<&str>,
@@ -270,11 +271,13 @@ impl Store {
                     params![],
                     |r| row_to_recording(r).map(|(_, row)| row),
                 ),
+                Some(node) if node.is_empty() => c.query_map(
+                    &format!("SELECT {COLUMNS} FROM recordings WHERE {open} AND node IS NULL"),
+                    params![],
+                    |r| row_to_recording(r).map(|(_, row)| row),
+                ),
                 Some(node) => c.query_map(
-                    &format!(
-                        "SELECT {COLUMNS} FROM recordings WHERE {open} \
-                         AND (node IS NULL OR node = ?1)"
-                    ),
+                    &format!("SELECT {COLUMNS} FROM recordings WHERE {open} AND node = ?1"),
                     params![node],
                     |r| row_to_recording(r).map(|(_, row)| row),
                 ),
@@ -426,6 +429,11 @@ mod tests {
         );
         assert!(store
             .unfinished_recordings(Some("n1"))
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(store
+            .unfinished_recordings(Some(""))
             .await
             .unwrap()
             .is_empty());

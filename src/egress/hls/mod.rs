@@ -61,8 +61,17 @@ impl HlsStream {
     fn new(cfg: SegmenterConfig) -> Self {
         // A new run id for every fresh playlist: object names never repeat across runs.
         let run = format!("{:08x}-", rand::random::<u32>());
+        Self::with(Segmenter::new(cfg).with_prefix(run))
+    }
+
+    /// An empty copy of the owner's packaging (cluster), until its first update.
+    fn new_mirror(cfg: SegmenterConfig) -> Self {
+        Self::with(Segmenter::new_mirror(cfg))
+    }
+
+    fn with(segmenter: Segmenter) -> Self {
         HlsStream {
-            segmenter: Mutex::new(Segmenter::new(cfg).with_prefix(run)),
+            segmenter: Mutex::new(segmenter),
             changed: watch::channel(0).0,
             generation: AtomicU64::new(0),
             session: tokio::sync::Mutex::new(()),
@@ -156,7 +165,9 @@ pub struct HlsRegistry {
     requests: [AtomicU64; RequestKind::ALL.len()],
     /// Where another node's playlist of a stream stood when this node claimed it (cluster):
     /// the next fresh playlist of the stream here continues it.
-    pending_seeds: Mutex<HashMap<String, HlsSeed>>,
+    pending_seeds: Mutex<HashMap<String, (std::time::Instant, HlsSeed)>>,
+    /// See [`HlsRegistry::set_failover_allowance`].
+    failover_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for HlsRegistry {
@@ -183,6 +194,7 @@ impl HlsRegistry {
             gate,
             requests: Default::default(),
             pending_seeds: Mutex::default(),
+            failover_ms: AtomicU64::new(0),
         })
     }
 
@@ -299,7 +311,7 @@ impl HlsRegistry {
             match map.get(&live.id) {
                 Some(s) if !s.lock().is_ended() => s.clone(),
                 _ => {
-                    let s = Arc::new(HlsStream::new(self.segmenter_config()));
+                    let s = Arc::new(HlsStream::new_mirror(self.segmenter_config()));
                     map.insert(live.id.clone(), s.clone());
                     s
                 }
@@ -312,15 +324,28 @@ impl HlsRegistry {
     /// The next fresh playlist of `stream_id` here continues `seed` (this node claimed a
     /// stream another node was packaging: a failover or a publisher that moved).
     pub fn offer_seed(&self, stream_id: &str, seed: HlsSeed) {
-        self.pending_seeds
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(stream_id.to_owned(), seed);
+        let mut seeds = self.pending_seeds.lock().unwrap_or_else(|e| e.into_inner());
+        // A seed not taken within the grace period is stale: that playlist has ended.
+        let grace = self.grace();
+        seeds.retain(|_, (at, _)| at.elapsed() < grace);
+        seeds.insert(stream_id.to_owned(), (std::time::Instant::now(), seed));
     }
 
-    /// How long a playlist whose feed stopped waits for it to come back.
+    /// How long a playlist whose feed stopped waits for it to come back: `grace_period_ms`,
+    /// plus in a cluster the lease TTL (a dead owner's stream comes back on another node
+    /// only once its lease has expired; every node's copy waits as long).
     pub fn grace(&self) -> Duration {
-        Duration::from_millis(self.cfg.grace_period_ms)
+        Duration::from_millis(
+            self.cfg
+                .grace_period_ms
+                .saturating_add(self.failover_ms.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// In a cluster: how long a failover may take (the lease TTL), added to the grace period.
+    pub fn set_failover_allowance(&self, d: Duration) {
+        self.failover_ms
+            .store(d.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Where this node's playlist of a stream stands, for a node that continues it (sent
@@ -340,13 +365,19 @@ impl HlsRegistry {
         update: HlsUpdate,
     ) -> Result<(), segmenter::MirrorError> {
         let reset = update.reset;
+        if self.hub.published(stream_id).is_some() {
+            // This node has taken the stream over: its own packaging goes on.
+            return Err(segmenter::MirrorError::new(
+                "the stream is published here now",
+            ));
+        }
         let stream = {
             let mut map = self.map();
             match map.get(stream_id) {
                 Some(s) if !s.lock().is_ended() || reset => s.clone(),
                 _ if !reset => return Err(segmenter::MirrorError::new("no copy to update")),
                 _ => {
-                    let s = Arc::new(HlsStream::new(self.segmenter_config()));
+                    let s = Arc::new(HlsStream::new_mirror(self.segmenter_config()));
                     map.insert(stream_id.to_owned(), s.clone());
                     s
                 }
@@ -368,10 +399,18 @@ impl HlsRegistry {
         Ok(())
     }
 
+    /// Whether a publisher on this node (not a relay) has the stream.
+    pub fn is_published_here(&self, stream_id: &str) -> bool {
+        self.hub.published(stream_id).is_some()
+    }
+
     /// The relay feeding a copy ended (the stream ended on its owner, the owner died, or
     /// nobody here watches): the copy waits out the grace period for a new relay, as a
     /// local playlist waits for a reconnecting publisher, then ends.
     pub fn mirror_detached(self: &Arc<Self>, stream_id: &str) {
+        if self.hub.published(stream_id).is_some() {
+            return; // Taken over here: the local session owns the playlist now.
+        }
         let Some(stream) = self.get(stream_id).filter(|s| s.lock().is_mirror()) else {
             return;
         };
@@ -379,7 +418,9 @@ impl HlsRegistry {
         let registry = self.clone();
         let id = stream_id.to_owned();
         tokio::spawn(async move {
-            registry.end_after_grace(&id, stream, generation).await;
+            registry
+                .end_after_grace(&id, stream, generation, true)
+                .await;
         });
     }
 
@@ -421,14 +462,26 @@ impl HlsRegistry {
             .pending_seeds
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(stream_id);
-        let stream = reusable.unwrap_or_else(|| {
-            let fresh = HlsStream::new(self.segmenter_config());
-            if let Some(seed) = seed.or(offered.as_ref()) {
-                fresh.lock().seed(seed);
-            }
-            Arc::new(fresh)
-        });
+            .remove(stream_id)
+            .filter(|(at, _)| at.elapsed() < self.grace())
+            .map(|(_, s)| s);
+        // The seed furthest on wins (a copy may lag the owner's last position); one msn and
+        // one init id more are skipped, as another node may have seen them.
+        let seed = [seed.cloned(), offered]
+            .into_iter()
+            .flatten()
+            .max_by_key(|s| s.next_msn)
+            .map(|mut s| {
+                s.next_msn = s.next_msn.saturating_add(1);
+                s.next_init_id = s.next_init_id.saturating_add(1);
+                s
+            });
+        // A fresh playlist, or an empty copy never fed, continues the seed (`seed` ignores a
+        // playlist that has named anything).
+        let stream = reusable.unwrap_or_else(|| Arc::new(HlsStream::new(self.segmenter_config())));
+        if let Some(seed) = &seed {
+            stream.lock().seed(seed);
+        }
         map.insert(stream_id.to_owned(), stream.clone());
         let generation = stream.generation.fetch_add(1, Ordering::SeqCst) + 1;
         (stream, generation)
@@ -495,16 +548,24 @@ impl HlsRegistry {
         stream.notify();
         drop(session);
         tracing::debug!(stream = id, "hls: publisher gone, waiting for a reconnect");
-        self.end_after_grace(id, stream, generation).await;
+        self.end_after_grace(id, stream, generation, false).await;
     }
 
     /// Ends a playlist whose feed stopped unless a new session (generation) takes it over
     /// within the grace period; removes it after [`ENDED_RETENTION`].
-    async fn end_after_grace(&self, id: &str, stream: Arc<HlsStream>, generation: u64) {
+    /// `mirror`: a copy whose relay ended; it is not ended if it has become this node's own
+    /// packaging meanwhile (a takeover).
+    async fn end_after_grace(
+        &self,
+        id: &str,
+        stream: Arc<HlsStream>,
+        generation: u64,
+        mirror: bool,
+    ) {
         let mut shutdown = self.shutdown.clone();
         let shutting_down = *self.shutdown.borrow();
         if !shutting_down {
-            let grace = Duration::from_millis(self.cfg.grace_period_ms);
+            let grace = self.grace();
             tokio::select! {
                 _ = tokio::time::sleep(grace) => {}
                 _ = crate::shutdown::requested(&mut shutdown) => {}
@@ -514,7 +575,11 @@ impl HlsRegistry {
                 if stream.generation.load(Ordering::SeqCst) != generation {
                     return; // A new session took over.
                 }
-                stream.lock().finish(true);
+                let mut seg = stream.lock();
+                if mirror && !seg.is_mirror() {
+                    return; // This node took the stream over: its own session goes on.
+                }
+                seg.finish(true);
             }
             stream.notify();
             tracing::info!(stream = id, "hls: playlist ended");

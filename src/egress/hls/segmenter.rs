@@ -172,8 +172,9 @@ impl MirrorCursor {
     }
 }
 
-/// An update carries about this many bytes at most (at least one segment or part), so a
-/// first copy of a high-bitrate stream goes as several messages.
+/// An update carries about this many bytes, plus at most one segment (≤ 10 s, the forced
+/// cut) or the open segment's parts, so a first copy of a high-bitrate stream goes as several
+/// messages, each well under the relay's message limit below 50 Mbit/s.
 const MIRROR_UPDATE_BYTES: usize = 4 << 20;
 
 /// Why a mirror update does not fit the mirror (it then asks for a fresh copy).
@@ -188,6 +189,13 @@ impl MirrorError {
 }
 
 impl Segmenter {
+    /// An empty copy of another node's packaging, waiting for its first update.
+    pub fn new_mirror(cfg: SegmenterConfig) -> Self {
+        let mut s = Segmenter::new(cfg);
+        s.mirror = true;
+        s
+    }
+
     /// An empty segmenter.
     pub fn new(cfg: SegmenterConfig) -> Self {
         Segmenter {
@@ -376,6 +384,9 @@ impl Segmenter {
             });
             cursor.last_closed = Some(seg.msn);
         }
+        if !cursor.partial && full(&data) {
+            cursor.partial = true;
+        }
         let (open_first_part, open_parts) = match &self.model.open {
             Some(open) if !cursor.partial => {
                 let first = match cursor.open {
@@ -501,11 +512,13 @@ impl Segmenter {
         if run.is_empty() || (self.model.segments.is_empty() && self.model.open.is_none()) {
             return None;
         }
-        // The open segment's msn is not reused: another node may hold parts of it.
+        // The open segment's msn is not reused: another node may hold parts of it; nor one
+        // skipped when this copy was taken over.
         let next_msn = match &self.model.open {
             Some(o) => o.msn + 1,
             None => self.model.next_msn(),
-        };
+        }
+        .max(self.next_msn);
         let tags = self
             .model
             .segments
@@ -539,16 +552,18 @@ impl Segmenter {
     /// the same run, msns from `seed.next_msn` on, a discontinuity first. Only a segmenter
     /// that has produced nothing yet is seeded; a malformed seed is ignored.
     pub fn seed(&mut self, seed: &HlsSeed) {
+        // Nothing named yet (an empty copy waiting for its first update counts as fresh).
         let fresh = self.next_msn == 0
             && self.model.open.is_none()
             && self.model.segments.is_empty()
-            && !self.mirror;
+            && self.inits.is_empty();
         let run_ok = !seed.run.is_empty()
             && seed.run.len() <= 16
             && seed.run.bytes().all(|b| b.is_ascii_hexdigit());
         if !fresh || !run_ok || seed.next_msn > u64::MAX / 2 {
             return;
         }
+        self.mirror = false;
         self.model.prefix = format!("{}-", seed.run);
         self.next_msn = seed.next_msn;
         self.next_init_id = seed.next_init_id.min(u32::MAX / 2);
