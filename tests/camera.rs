@@ -123,10 +123,28 @@ async fn a_hundred_frames_reach_a_multipart_viewer_in_order_and_intact() {
         .position(|f| *f == got[0])
         .expect("a sent frame");
     assert!(first <= 5, "started at frame {first}");
+    // Every part is a sent frame, byte for byte, in the order sent, ending with the last. A
+    // viewer that falls behind skips to the newest frame by design (a loaded machine may
+    // make this one skip a few): at most 5 of the run are missing.
+    let positions: Vec<usize> = got
+        .iter()
+        .map(|g| {
+            frames
+                .iter()
+                .position(|f| f == g)
+                .expect("byte-identical to a sent frame")
+        })
+        .collect();
     assert!(
-        got == frames[first..].to_vec(),
-        "in order and byte-identical ({} parts)",
-        got.len()
+        positions.windows(2).all(|w| w[1] > w[0]),
+        "in order: {positions:?}"
+    );
+    assert_eq!(positions.last(), Some(&99), "ends with the last frame");
+    assert!(
+        got.len() + 5 >= frames.len() - first,
+        "{} of {} frames arrived: {positions:?}",
+        got.len(),
+        frames.len() - first
     );
     let (status, ct, last) = get(&ts.http(&format!("/mjpeg/{id}/frame.jpg"))).await;
     assert_eq!((status, ct.as_str()), (200, "image/jpeg"));
