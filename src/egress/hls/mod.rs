@@ -282,6 +282,10 @@ impl HlsRegistry {
         // Under the hub's registry lock (the order its hooks use: hub, then this map), so the
         // session subscribed to is the live one and no new session can slip in between.
         let started = self.hub.with_live(stream_id, |live| {
+            if live.is_relay() {
+                // Relayed here since the check above: a copy of the owner's, never packaged here.
+                return (self.mirror_for(live), None);
+            }
             let mut map = self.map();
             if let Some(s) = map.get(stream_id) {
                 if !s.lock().is_ended() {
