@@ -357,7 +357,8 @@ impl Segmenter {
         cursor
             .inits
             .retain(|id| self.inits.iter().any(|(i, _)| i == id));
-        let part_bytes = |p: &StoredPart| p.pieces.joined();
+        // Joined once and shared with this node's HTTP viewers (no copy per relay).
+        let part_bytes = |p: &StoredPart| p.served(&self.arena).joined();
         let full =
             |data: &[Bytes]| data.iter().map(Bytes::len).sum::<usize>() >= MIRROR_UPDATE_BYTES;
         cursor.partial = false;
