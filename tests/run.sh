@@ -4,9 +4,10 @@
 # varnish as the shared cache in front of HLS (tests/hls_cache.rs), PostgreSQL and Redis
 # for the cluster tests (started under /tmp when the machine has none running),
 # nginx with libnginx-mod-rtmp/-stream as the restream target;
-# aiortc and schemathesis from PyPI into venvs under target/), checks formatting and
-# lints, runs every test, then schemathesis against the live server. Interop tests fail
-# (not skip) under CI=true when a program is missing. Usage: bash tests/run.sh
+# aiortc, moto (an S3-compatible server) and schemathesis from PyPI into venvs under
+# target/), checks formatting and lints, runs every test, then schemathesis against the live
+# server. Interop tests fail (not skip) under CI=true when a program is missing.
+# Usage: bash tests/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,6 +45,16 @@ if ! "$venv/bin/python" -c 'import aiortc, numpy' >/dev/null 2>&1; then
   }
   "$venv/bin/pip" install -q --disable-pip-version-check "aiortc==1.16.0" "av==18.1.0" "numpy==2.4.6"
 fi
+
+# moto's S3-compatible server for tests/recording_s3.rs (each test starts its own on a free
+# port), in a venv of its own so the aiortc/av/numpy pins can't move.
+moto_venv=target/moto-venv
+if [ ! -x "$moto_venv/bin/moto_server" ]; then
+  log "installing moto[server] into $moto_venv"
+  python3 -m venv "$moto_venv"
+  "$moto_venv/bin/pip" install -q --disable-pip-version-check "moto[server]==5.2.1"
+fi
+export MS_TEST_MOTO="$PWD/$moto_venv/bin/moto_server"
 
 # hls.js (npm) for the browser test that plays WHIP's H.264 + Opus HLS over MSE.
 if [ ! -f target/npm/node_modules/hls.js/dist/hls.min.js ] || [ ! -f target/npm/node_modules/playwright-core/package.json ]; then

@@ -6,6 +6,7 @@
 
 pub mod nginx;
 pub mod raw_rtmp;
+pub mod s3;
 pub mod services;
 pub mod webrtc;
 

@@ -100,32 +100,26 @@ pub fn split_hls_path(path: &str) -> Option<(&str, Option<&str>, &str)> {
 }
 
 impl crate::net::http::FastRoute for FastHls {
-    fn route(
+    fn wants(&self, path: &str) -> bool {
+        split_hls_path(path).is_some()
+    }
+
+    fn answer(
         &self,
-        req: &axum::http::Request<hyper::body::Incoming>,
+        req: crate::net::http::FastRequest,
         peer: std::net::SocketAddr,
-    ) -> Option<crate::net::http::FastFuture> {
-        if req.method() != axum::http::Method::GET {
-            return None;
-        }
-        let uri = req.uri();
-        split_hls_path(uri.path())?;
-        // The Uri is shared bytes: cloning it costs a reference count, not a copy.
-        let uri = uri.clone();
-        let origin = self
-            .cors
-            .as_ref()
-            .and_then(|_| req.headers().get(header::ORIGIN).cloned());
+    ) -> crate::net::http::FastFuture {
+        let origin = self.cors.as_ref().and_then(|_| req.origin());
         let registry = self.registry.clone();
         let limit = self.limit.clone();
         let cors = self.cors.clone();
-        Some(Box::pin(async move {
+        Box::pin(async move {
             let decision = limit.decide(peer.ip());
             let mut resp = match decision {
                 Some(d) if !d.allowed => crate::api::rate_limit::MediaLimit::refusal(d),
-                _ => match split_hls_path(uri.path()) {
+                _ => match split_hls_path(req.path()) {
                     Some((stream_id, session, file)) => {
-                        let query = uri.query();
+                        let query = req.query();
                         let result = match session {
                             Some(s) if !HlsSessions::valid_id(s) => {
                                 Err(HttpError::not_found("no such session directory"))
@@ -154,7 +148,7 @@ impl crate::net::http::FastRoute for FastHls {
                 cors.apply(origin.as_ref(), resp.headers_mut());
             }
             resp
-        }))
+        })
     }
 }
 

@@ -35,19 +35,57 @@ use tower::ServiceExt;
 
 use super::limits::PerIpLimiter;
 
+mod fast;
+pub mod head;
+
 /// The future of a request answered by a [`FastRoute`].
 pub type FastFuture = Pin<Box<dyn std::future::Future<Output = axum::response::Response> + Send>>;
 
 /// Requests answered before the router: the hot path of many viewers (HLS playlists, parts
-/// and segments, each viewer several a second) skips routing, extractors and tower layers.
-/// What it does not answer goes on to the router.
+/// and segments, each viewer several a second) skips routing, extractors and tower layers,
+/// and on HTTP/1.1 hyper too ([`fast`]). What it does not want goes on to the router.
 pub trait FastRoute: Send + Sync + 'static {
-    /// `Some` to answer `req` here; `None` for the router.
-    fn route(
-        &self,
-        req: &axum::http::Request<hyper::body::Incoming>,
-        peer: std::net::SocketAddr,
-    ) -> Option<FastFuture>;
+    /// Whether a `GET` of `path` (no query) is answered here.
+    fn wants(&self, path: &str) -> bool;
+    /// The answer to a `GET` whose path it [wants](FastRoute::wants).
+    fn answer(&self, req: FastRequest, peer: std::net::SocketAddr) -> FastFuture;
+}
+
+/// A `GET` for a [`FastRoute`]: its target and `Origin`, as shared bytes of the request.
+pub struct FastRequest {
+    /// Path and query, ASCII.
+    target: bytes::Bytes,
+    origin: Option<bytes::Bytes>,
+}
+
+impl FastRequest {
+    /// `None` unless `target` is an origin-form target of visible ASCII.
+    pub fn new(target: bytes::Bytes, origin: Option<bytes::Bytes>) -> Option<Self> {
+        (target.first() == Some(&b'/') && target.iter().all(u8::is_ascii_graphic))
+            .then_some(FastRequest { target, origin })
+    }
+
+    fn target(&self) -> &str {
+        std::str::from_utf8(&self.target).unwrap_or("/")
+    }
+
+    /// The path.
+    pub fn path(&self) -> &str {
+        let t = self.target();
+        t.split_once('?').map_or(t, |(p, _)| p)
+    }
+
+    /// The query, without `?`.
+    pub fn query(&self) -> Option<&str> {
+        self.target().split_once('?').map(|(_, q)| q)
+    }
+
+    /// The `Origin` field, when it has one that is a valid field value.
+    pub fn origin(&self) -> Option<axum::http::HeaderValue> {
+        self.origin
+            .clone()
+            .and_then(|o| axum::http::HeaderValue::from_maybe_shared(o).ok())
+    }
 }
 
 /// Connection limits.
@@ -128,11 +166,25 @@ pub async fn serve(
             let activity = Activity::new();
             // The counts go with the socket: an upgraded connection (a camera's WebSocket)
             // stays counted until it closes.
-            let io = TokioIo::new(Tracked {
+            let mut tracked = Tracked {
                 inner: socket,
                 activity: activity.clone(),
                 _counted: (permit, ip_guard),
-            });
+            };
+            let mut shutdown = shutdown;
+            // HTTP/1.1: the fast path first, hyper from the first request it does not take.
+            let pre = match fast.as_deref().filter(|_| !h2) {
+                Some(route) => {
+                    match fast::serve(&mut tracked, route, peer, &activity, &limits, &mut shutdown)
+                        .await
+                    {
+                        fast::Phase::Closed => return,
+                        fast::Phase::HandOver(pre) => pre,
+                    }
+                }
+                None => bytes::Bytes::new(),
+            };
+            let io = TokioIo::new(fast::Rewind::new(tracked, pre));
             // Every request is counted from its start to the end of its response body.
             let counter = activity.clone();
             let service =
@@ -146,7 +198,8 @@ pub async fn serve(
                             })
                         })
                     };
-                    if let Some(answer) = fast.as_ref().and_then(|f| f.route(&req, peer)) {
+                    if let Some(answer) = fast.as_ref().and_then(|f| fast_answer(&**f, &req, peer))
+                    {
                         return Either::Left(async move {
                             Ok::<_, std::convert::Infallible>(counted(answer.await))
                         });
@@ -171,7 +224,6 @@ pub async fn serve(
             let conn = builder.serve_connection_with_upgrades(io, service);
             // Runs the connection, closing it when idle or when the server shuts down.
             let idle = limits.idle_timeout;
-            let mut shutdown = shutdown;
             let mut conn = std::pin::pin!(conn);
             let mut cut_at: Option<tokio::time::Instant> = None;
             let mut asked = false;
@@ -209,6 +261,24 @@ pub async fn serve(
     // Open connections finish their requests (long-lived ones are bounded by the server's
     // shutdown timeout, which cuts this wait).
     let _ = permits.acquire_many(limits.max_connections as u32).await;
+}
+
+/// A request hyper read, answered by `route` when it wants it.
+fn fast_answer(
+    route: &dyn FastRoute,
+    req: &axum::http::Request<hyper::body::Incoming>,
+    peer: std::net::SocketAddr,
+) -> Option<FastFuture> {
+    if req.method() != axum::http::Method::GET || !route.wants(req.uri().path()) {
+        return None;
+    }
+    let target = req.uri().path_and_query()?.as_str();
+    let origin = req
+        .headers()
+        .get(axum::http::header::ORIGIN)
+        .map(|o| bytes::Bytes::copy_from_slice(o.as_bytes()));
+    let req = FastRequest::new(bytes::Bytes::copy_from_slice(target.as_bytes()), origin)?;
+    Some(route.answer(req, peer))
 }
 
 /// Waits for the first bytes: `true` for an h2c preface, `false` for anything else (HTTP/1,
