@@ -75,7 +75,14 @@ async fn write_run(media_secs: u64, fsync: bool) {
         min_free_mb: 0,
         ..RecordingConfig::default()
     };
-    let recs = Recorders::new(store.clone(), config, &dir, events, ("bench".into(), false));
+    let recs = Recorders::new(
+        store.clone(),
+        config,
+        &dir,
+        events,
+        ("bench".into(), false),
+        None,
+    );
     let hub = Hub::default();
     let publisher = hub.publish("str_bench", "rtmp").expect("publish");
     publisher.set_tracks(std::sync::Arc::new(tracks()));

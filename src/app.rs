@@ -32,6 +32,9 @@ pub enum StartError {
     /// Cluster mode is configured and Redis cannot be reached.
     #[error("cluster: {0}")]
     Cluster(#[from] crate::cluster::ClusterError),
+    /// Object storage for recordings is configured but unusable.
+    #[error("{0}")]
+    Storage(String),
     /// A listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -167,12 +170,18 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         external: external.clone(),
         cache: std::sync::Mutex::new(std::collections::HashMap::new()),
     });
+    let storage =
+        crate::egress::storage::ObjectStorage::from_config(&config.recording.storage, |var| {
+            std::env::var(var).ok()
+        })
+        .map_err(StartError::Storage)?;
     let recorders = crate::egress::record::Recorders::new(
         store.clone(),
         config.recording.clone(),
         &config.server.data_dir,
         events.clone(),
         (node_name.clone(), config.cluster.enabled),
+        storage,
     );
     let recovered = recorders.recover().await;
     if recovered > 0 {

@@ -580,6 +580,8 @@ pub struct RecordingConfig {
     pub min_free_mb: u64,
     /// Finished recordings older than this are deleted (hours; 0 keeps them).
     pub delete_after_hours: u64,
+    /// Where finished recordings go (`[recording.storage]`).
+    pub storage: StorageConfig,
 }
 
 impl Default for RecordingConfig {
@@ -590,7 +592,171 @@ impl Default for RecordingConfig {
             max_duration_secs: 3600,
             min_free_mb: 1024,
             delete_after_hours: 0,
+            storage: StorageConfig::default(),
         }
+    }
+}
+
+/// `[recording.storage]`: recordings stay on local disk (`local`), or are uploaded to an
+/// S3-compatible object store (`s3`) while they are written and served from there.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `local` or `s3`.
+    pub kind: String,
+    /// The S3 endpoint (`https://s3.example.com`, `http://127.0.0.1:9000`); empty: AWS, by
+    /// region.
+    pub endpoint: String,
+    /// The bucket.
+    pub bucket: String,
+    /// The region (`us-east-1` for most S3-compatible servers).
+    pub region: String,
+    /// Object keys start with this (`recordings/`).
+    pub prefix: String,
+    /// `{endpoint}/{bucket}/{key}` (true, what most S3-compatible servers want) or
+    /// virtual-hosted `{bucket}.{endpoint}/{key}`.
+    pub path_style: bool,
+    /// Access key; empty: `AWS_ACCESS_KEY_ID` from the environment.
+    pub access_key_id: String,
+    /// Secret key; empty: `AWS_SECRET_ACCESS_KEY` from the environment. Never logged or shown.
+    pub secret_access_key: String,
+    /// Multipart part size in MiB: at most this much media is lost with a node that dies
+    /// mid-recording (S3 needs ≥ 5 for every part but the last).
+    pub part_size_mb: u64,
+    /// How long a presigned download URL is valid (seconds).
+    pub presign_ttl_secs: u64,
+    /// Keep the local file after a verified upload.
+    pub keep_local: bool,
+    /// `redirect` (302 to a presigned URL) or `proxy` (this node streams it from the store).
+    pub download: String,
+    /// Failed attempts (refusals, not outages) before an upload is given up as `failed`.
+    pub upload_attempts: u32,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            kind: "local".into(),
+            endpoint: String::new(),
+            bucket: String::new(),
+            region: "us-east-1".into(),
+            prefix: "recordings/".into(),
+            path_style: true,
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+            part_size_mb: 8,
+            presign_ttl_secs: 3600,
+            keep_local: false,
+            download: "redirect".into(),
+            upload_attempts: 5,
+        }
+    }
+}
+
+impl std::fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageConfig")
+            .field("kind", &self.kind)
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("prefix", &self.prefix)
+            .field("path_style", &self.path_style)
+            .field(
+                "access_key_id",
+                &if self.access_key_id.is_empty() {
+                    ""
+                } else {
+                    "***"
+                },
+            )
+            .field(
+                "secret_access_key",
+                &if self.secret_access_key.is_empty() {
+                    ""
+                } else {
+                    "***"
+                },
+            )
+            .field("part_size_mb", &self.part_size_mb)
+            .field("presign_ttl_secs", &self.presign_ttl_secs)
+            .field("keep_local", &self.keep_local)
+            .field("download", &self.download)
+            .field("upload_attempts", &self.upload_attempts)
+            .finish()
+    }
+}
+
+impl StorageConfig {
+    /// Whether recordings go to an object store.
+    pub fn is_s3(&self) -> bool {
+        self.kind == "s3"
+    }
+
+    /// Why the settings are unusable: `(key, problem)`.
+    pub fn problem(&self) -> Option<(&'static str, String)> {
+        match self.kind.as_str() {
+            "local" => return None,
+            "s3" => {}
+            _ => {
+                return Some((
+                    "recording.storage.kind",
+                    "must be \"local\" or \"s3\"".into(),
+                ))
+            }
+        }
+        if self.bucket.is_empty() {
+            return Some((
+                "recording.storage.bucket",
+                "s3 storage needs a bucket".into(),
+            ));
+        }
+        let endpoint_ok = self.endpoint.is_empty()
+            || self.endpoint.starts_with("http://")
+            || self.endpoint.starts_with("https://");
+        if !endpoint_ok {
+            return Some((
+                "recording.storage.endpoint",
+                "must be an http:// or https:// URL (or empty for AWS)".into(),
+            ));
+        }
+        let prefix_ok = self
+            .prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'/' | b'-'))
+            && !self.prefix.starts_with('/')
+            && !self.prefix.contains("//");
+        if !prefix_ok {
+            return Some((
+                "recording.storage.prefix",
+                "letters, digits, . _ - and / only, not starting with / and without //".into(),
+            ));
+        }
+        if !(1..=5120).contains(&self.part_size_mb) {
+            return Some((
+                "recording.storage.part_size_mb",
+                "must be between 1 and 5120".into(),
+            ));
+        }
+        if !(1..=604_800).contains(&self.presign_ttl_secs) {
+            return Some((
+                "recording.storage.presign_ttl_secs",
+                "must be between 1 and 604800 (7 days)".into(),
+            ));
+        }
+        if !matches!(self.download.as_str(), "redirect" | "proxy") {
+            return Some((
+                "recording.storage.download",
+                "must be \"redirect\" or \"proxy\"".into(),
+            ));
+        }
+        if self.upload_attempts == 0 {
+            return Some((
+                "recording.storage.upload_attempts",
+                "must be at least 1".into(),
+            ));
+        }
+        None
     }
 }
 
@@ -966,6 +1132,9 @@ impl Config {
         if !(100..=10_000).contains(&self.recording.fragment_ms) {
             return invalid("recording.fragment_ms", "must be between 100 and 10000");
         }
+        if let Some((key, problem)) = self.recording.storage.problem() {
+            return Err(ConfigError::Invalid { key, problem });
+        }
         if self.recording.max_duration_secs == 0 {
             return invalid("recording.max_duration_secs", "must be at least 1");
         }
@@ -1040,6 +1209,7 @@ fn apply_env(
             "webhooks",
             "camera",
             "webrtc",
+            "recording_storage",
             "recording",
             "restream",
             "stats",
@@ -1054,9 +1224,14 @@ fn apply_env(
                 .map(|k| (*s, k.to_owned()))
         })
         .ok_or_else(|| env_err("does not name a config section".into()))?;
-        let default = defaults
-            .get(section)
-            .and_then(|s| s.as_table())
+        // `[recording.storage]` is a table inside `[recording]`.
+        let path: &[&str] = match section {
+            "recording_storage" => &["recording", "storage"],
+            _ => std::slice::from_ref(&section),
+        };
+        let default = path
+            .iter()
+            .try_fold(&defaults, |t, name| t.get(*name).and_then(|v| v.as_table()))
             .and_then(|s| s.get(&key));
         let value = match default {
             Some(toml::Value::Integer(_)) => raw
@@ -1079,15 +1254,22 @@ fn apply_env(
             None if section == "auth" && key == "admin_token" => toml::Value::String(raw.clone()),
             None => return Err(env_err(format!("unknown key {section}.{key}"))),
         };
-        let section_table = table
-            .entry(section)
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        match section_table {
-            toml::Value::Table(t) => {
-                t.insert(key, value);
-            }
-            _ => return Err(env_err(format!("[{section}] in the file is not a table"))),
+        let mut section_table = &mut *table;
+        for name in path {
+            let entry = section_table
+                .entry(*name)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            section_table = match entry {
+                toml::Value::Table(t) => t,
+                _ => {
+                    return Err(env_err(format!(
+                        "[{}] in the file is not a table",
+                        path.join(".")
+                    )))
+                }
+            };
         }
+        section_table.insert(key, value);
     }
     Ok(())
 }
@@ -1125,6 +1307,64 @@ mod tests {
         assert_eq!(c.http.listen.port(), 8080);
         assert_eq!(c.hls.segment_target_ms, 2000);
         assert!(c.auth.admin_token.is_none());
+    }
+
+    #[test]
+    fn recording_storage_reads_from_the_file_and_the_environment_and_is_checked() {
+        let c = Config::from_toml_and_env(
+            "[recording]\nfsync = false\n[recording.storage]\nkind = \"s3\"\nbucket = \"b\"\n",
+            env(&[
+                ("MEDIA_SERVER_RECORDING_STORAGE_PART_SIZE_MB", "16"),
+                (
+                    "MEDIA_SERVER_RECORDING_STORAGE_ENDPOINT",
+                    "http://127.0.0.1:9000",
+                ),
+                ("MEDIA_SERVER_RECORDING_MAX_DURATION_SECS", "60"),
+            ]),
+        )
+        .unwrap();
+        let st = &c.recording.storage;
+        assert!(st.is_s3() && st.bucket == "b" && st.part_size_mb == 16);
+        assert_eq!(st.endpoint, "http://127.0.0.1:9000");
+        assert!(!c.recording.fsync && c.recording.max_duration_secs == 60);
+        assert!(
+            Config::from_toml_and_env("", env(&[]))
+                .unwrap()
+                .recording
+                .storage
+                .kind
+                == "local"
+        );
+        for (toml, key) in [
+            ("kind = \"ftp\"", "recording.storage.kind"),
+            ("kind = \"s3\"", "recording.storage.bucket"),
+            (
+                "kind = \"s3\"\nbucket = \"b\"\npart_size_mb = 0",
+                "recording.storage.part_size_mb",
+            ),
+            (
+                "kind = \"s3\"\nbucket = \"b\"\nprefix = \"/x\"",
+                "recording.storage.prefix",
+            ),
+            (
+                "kind = \"s3\"\nbucket = \"b\"\nendpoint = \"ftp://x\"",
+                "recording.storage.endpoint",
+            ),
+            (
+                "kind = \"s3\"\nbucket = \"b\"\ndownload = \"x\"",
+                "recording.storage.download",
+            ),
+        ] {
+            let err =
+                Config::from_toml_and_env(&format!("[recording.storage]\n{toml}\n"), env(&[]))
+                    .and_then(|c| c.validate().map(|_| c))
+                    .unwrap_err()
+                    .to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+        let mut c = Config::default();
+        c.recording.storage.secret_access_key = "do-not-print-me".into();
+        assert!(!format!("{c:?}").contains("do-not-print-me"));
     }
 
     #[test]

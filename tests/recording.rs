@@ -20,18 +20,6 @@ fn base(ts: &TestServer) -> String {
     format!("http://{}", ts.server.http_addr)
 }
 
-async fn recordings_of(http: &str, stream: &str) -> Vec<serde_json::Value> {
-    let (status, v) = api(
-        http,
-        reqwest::Method::GET,
-        &format!("/api/v1/recordings?stream_id={stream}&dir=asc"),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200, "{v}");
-    v["data"].as_array().cloned().unwrap_or_default()
-}
-
 /// Waits until every recording of the stream is finished and at least `n` exist.
 async fn finished_recordings(
     http: &str,
@@ -69,46 +57,6 @@ async fn set_record(ts: &TestServer, id: &str) {
         )
         .await
         .unwrap();
-}
-
-fn ffprobe_duration(path_or_url: &str) -> f64 {
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-show_entries",
-            "format=duration",
-            "-of",
-            "csv=p=0",
-            path_or_url,
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| {
-            panic!(
-                "ffprobe {path_or_url}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
-}
-
-fn decode_errors(input: &str) -> String {
-    let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-i", input, "-map", "0", "-f", "null", "-"])
-        .output()
-        .unwrap();
-    if out.status.success() {
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    } else {
-        format!(
-            "exit {:?}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        )
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -130,7 +130,7 @@ cargo test --all-targets --locked
 
 log "the API suites again with PostgreSQL as the store (a fresh database per test)"
 MS_TEST_STORE=postgres cargo test --locked --test api --test api_routes --test api_live \
-  --test recording --test restream --test stats --test bad_input
+  --test recording --test recording_s3 --test restream --test stats --test bad_input
 
 log "schemathesis against the live server's OpenAPI document (SQLite, then PostgreSQL)"
 bash tests/schemathesis.sh

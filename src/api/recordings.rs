@@ -21,7 +21,7 @@ pub struct RecordingView {
     id: String,
     /// The stream it recorded.
     stream_id: String,
-    /// `recording`, `finalizing`, `ready` or `failed`.
+    /// `recording`, `finalizing`, `uploading` (to object storage), `ready` or `failed`.
     #[schema(example = "ready")]
     status: String,
     /// Why it failed (`disk_full`, ...).
@@ -42,8 +42,15 @@ pub struct RecordingView {
     codecs: Vec<String>,
     /// VOD HLS playlist (byte ranges into the file).
     playback_url: String,
-    /// The fMP4 file (API token needed; HTTP ranges supported).
+    /// The fMP4 file (API token needed; HTTP ranges supported; in object storage a `302` to
+    /// a presigned URL, or the bytes through this node with `download = "proxy"`).
     download_url: String,
+    /// `local` (this node's disk) or `s3` (object storage).
+    storage: String,
+    /// Bytes uploaded to object storage so far (while `recording` or `uploading`).
+    uploaded_bytes: i64,
+    /// SHA-256 of the stored object (hex), once uploaded.
+    sha256: Option<String>,
 }
 
 fn view(state: &ApiState, r: RecordingRow) -> RecordingView {
@@ -67,6 +74,9 @@ fn view(state: &ApiState, r: RecordingRow) -> RecordingView {
         size_bytes: r.size_bytes,
         width: r.width,
         height: r.height,
+        storage: r.storage,
+        uploaded_bytes: r.uploaded_bytes,
+        sha256: r.sha256,
     }
 }
 
@@ -76,7 +86,7 @@ fn view(state: &ApiState, r: RecordingRow) -> RecordingView {
 pub struct ListRecordings {
     /// Only this stream's recordings.
     stream_id: Option<String>,
-    /// `recording`, `finalizing`, `ready` or `failed`.
+    /// `recording`, `finalizing`, `uploading`, `ready` or `failed`.
     status: Option<String>,
     /// Started at or after (RFC 3339).
     since: Option<String>,
@@ -129,9 +139,9 @@ pub async fn list(
     );
     if let Some(s) = &q.status {
         v.check(
-            !["recording", "finalizing", "ready", "failed"].contains(&s.as_str()),
+            !["recording", "finalizing", "uploading", "ready", "failed"].contains(&s.as_str()),
             "status",
-            "one of recording, finalizing, ready, failed",
+            "one of recording, finalizing, uploading, ready, failed",
         );
     }
     let since = q.since.as_deref().map(parse_timestamp);
@@ -202,16 +212,19 @@ pub async fn get_one(
 }
 
 /// Download the fMP4 file (`Content-Disposition: attachment`, HTTP range requests). 409
-/// while the recording is still being written.
+/// while the recording is still being written. In object storage: a `302` to a presigned
+/// URL of the object (or, with `download = "proxy"`, the bytes through this node).
 #[utoipa::path(get, path = "/api/v1/recordings/{id}/download", tag = "recordings",
     params(("id" = String, Path, description = "Recording id")),
     responses(
         (status = 200, description = "The file (video/mp4)", content_type = "video/mp4"),
         (status = 206, description = "A byte range of it"),
+        (status = 302, description = "In object storage: the presigned URL of the object"),
         (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
         (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope),
         (status = 416, description = "Unsatisfiable range"),
         (status = 429, body = ErrorEnvelope),
+        (status = 502, body = ErrorEnvelope), (status = 503, body = ErrorEnvelope),
     ),
     security(("bearer" = ["recordings:read"])))]
 pub async fn download(
@@ -228,17 +241,27 @@ pub async fn download(
         ));
     }
     let name = format!("{}.mp4", row.id);
-    crate::egress::vod::serve_file(path, req, Some(&name)).await
+    match crate::egress::vod::locate(recorders(&state)?, &row, path).await? {
+        crate::egress::vod::Media::Local(path) => {
+            crate::egress::vod::serve_file(path, req, Some(&name)).await
+        }
+        crate::egress::vod::Media::Object(storage, key) => {
+            let range = req.headers().get(axum::http::header::RANGE).cloned();
+            drop(req);
+            crate::egress::vod::serve_object(&storage, &key, range, Some(&name)).await
+        }
+    }
 }
 
-/// Delete a recording: its file and its row. A running recording is stopped first.
+/// Delete a recording: its object (in object storage), its file and its row. A running
+/// recording must be stopped first; an unreachable object store keeps it (503).
 #[utoipa::path(delete, path = "/api/v1/recordings/{id}", tag = "recordings",
     params(("id" = String, Path, description = "Recording id")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
         (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope),
-        (status = 429, body = ErrorEnvelope),
+        (status = 429, body = ErrorEnvelope), (status = 503, body = ErrorEnvelope),
     ),
     security(("bearer" = ["recordings:write"])))]
 pub async fn delete(
@@ -254,9 +277,15 @@ pub async fn delete(
             "the recording is running: stop it first (POST /api/v1/streams/{id}/recording/stop)",
         ));
     }
-    recs.delete(&row)
-        .await
-        .map_err(|e| HttpError::internal("deleting a recording", e))?;
+    recs.delete(&row).await.map_err(|e| {
+        if e.starts_with("object store") {
+            let mut err = HttpError::unavailable(format!("cannot delete the object: {e}"));
+            err.retry_after = Some(5);
+            err
+        } else {
+            HttpError::internal("deleting a recording", e)
+        }
+    })?;
     Ok(StatusCode::NO_CONTENT)
 }
 

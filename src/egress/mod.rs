@@ -6,6 +6,8 @@ pub mod mjpeg;
 pub mod record;
 pub mod restream;
 pub mod rtmp_play;
+pub mod storage;
+pub mod upload;
 pub mod vod;
 pub mod whep;
 

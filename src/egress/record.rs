@@ -15,6 +15,12 @@
 //! On start, [`Recorders::recover`] scans recordings a crash left open, truncates each to its
 //! last complete fragment and marks it `ready` with its true duration (or `failed` if nothing
 //! was recoverable).
+//!
+//! With object storage (`[recording.storage] kind = "s3"`) the file is a spool: an uploader
+//! ([`super::upload`]) sends its parts while it is written, a finished recording is
+//! `uploading` until the object is complete and verified, and only then `ready` (the
+//! `recording.ready` webhook waits for it); the spool is then deleted unless `keep_local`.
+//! A restart resumes the uploads of this node's recordings from the database.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +32,9 @@ use tokio::sync::watch;
 
 use crate::config::RecordingConfig;
 use crate::egress::hls::segmenter::{Segmenter, SegmenterConfig};
+use crate::egress::storage::ObjectStorage;
+use crate::egress::upload::{self, Outcome, Progress, Upload};
+use crate::egress::vod::VodIndex;
 use crate::events::EventBus;
 use crate::hub::{Event, LiveStream, Subscription};
 use crate::media::{CodecConfig, Frame, TrackId, Tracks};
@@ -48,6 +57,8 @@ pub struct Recorders {
     active: Mutex<HashMap<String, Active>>,
     /// Bytes written to recordings since start (for `/metrics`).
     written: Arc<std::sync::atomic::AtomicU64>,
+    /// Object storage, when recordings go there.
+    storage: Option<Arc<ObjectStorage>>,
 }
 
 impl std::fmt::Debug for Recorders {
@@ -73,6 +84,7 @@ impl Recorders {
         data_dir: &Path,
         events: EventBus,
         (node, cluster): (String, bool),
+        storage: Option<Arc<ObjectStorage>>,
     ) -> Arc<Self> {
         Arc::new(Recorders {
             node,
@@ -83,7 +95,43 @@ impl Recorders {
             events,
             active: Mutex::new(HashMap::new()),
             written: Arc::default(),
+            storage,
         })
+    }
+
+    /// The object storage recordings go to, if any.
+    pub fn storage(&self) -> Option<&Arc<ObjectStorage>> {
+        self.storage.as_ref()
+    }
+
+    /// Uploads a recording's spool as `progress` says it grows; announces the result.
+    fn spawn_upload(&self, row: &RecordingRow, progress: watch::Receiver<Progress>) {
+        let Some(storage) = self.storage.clone() else {
+            return;
+        };
+        let up = Upload {
+            storage: storage.clone(),
+            store: self.store.clone(),
+            id: row.id.clone(),
+            path: self.path(row),
+        };
+        let events = self.events.clone();
+        let path = self.path(row);
+        tokio::spawn(async move {
+            match upload::run(up, progress).await {
+                Outcome::Ready(row) => {
+                    tracing::info!(recording = %row.id, size = row.size_bytes, "recording uploaded and verified: ready");
+                    announce(&events, &row);
+                    if !storage.keep_local {
+                        if let Err(err) = tokio::fs::remove_file(&path).await {
+                            tracing::warn!(%err, recording = %row.id, "recording: cannot delete the uploaded spool");
+                        }
+                    }
+                }
+                Outcome::Failed(row) => announce(&events, &row),
+                Outcome::Gone => {}
+            }
+        });
     }
 
     fn active(&self) -> std::sync::MutexGuard<'_, HashMap<String, Active>> {
@@ -285,9 +333,27 @@ impl Recorders {
         for row in rows {
             let path = self.path(&row);
             let started = Instant::now();
-            let result = tokio::task::spawn_blocking(move || recover_file(&path)).await;
+            let result = tokio::task::spawn_blocking(move || recover_scan(&path)).await;
+            if self.storage.is_some() {
+                if let Ok(Ok(scanned)) = &result {
+                    // Object storage: the recovered spool is uploaded (below), then ready.
+                    let size = scanned.valid_len;
+                    let ms = (scanned.duration_secs() * 1000.0) as u64;
+                    let index = VodIndex::from_scanned(scanned).encode();
+                    tracing::info!(recording = %row.id, size, "recording recovered after an unclean stop; uploading");
+                    if let Err(err) = self
+                        .store
+                        .set_recording_uploading(&row.id, size, ms, &index)
+                        .await
+                    {
+                        tracing::error!(%err, "recording recovery: cannot store the result");
+                    }
+                    n += 1;
+                    continue;
+                }
+            }
             let (status, reason, size, duration) = match result {
-                Ok(Ok((size, duration))) => ("ready", None, size, duration),
+                Ok(Ok(scanned)) => ("ready", None, scanned.valid_len, scanned.duration_secs()),
                 Ok(Err(reason)) => (
                     "failed",
                     Some(format!("nothing recoverable: {reason}")),
@@ -313,7 +379,50 @@ impl Recorders {
             }
             n += 1;
         }
+        if self.storage.is_some() {
+            self.resume_uploads().await;
+        }
         n
+    }
+
+    /// Starts the uploads this node left unfinished (`uploading` rows whose spool is here).
+    async fn resume_uploads(&self) {
+        let mine = self.cluster.then_some(self.node.as_str());
+        let mut rows = self.store.pending_uploads(mine).await.unwrap_or_default();
+        if self.cluster {
+            if let Ok(unknown) = self.store.pending_uploads(Some("")).await {
+                rows.extend(unknown.into_iter().filter(|r| self.path(r).exists()));
+            }
+        }
+        for row in rows {
+            if !self.path(&row).exists() {
+                let reason = "upload_failed: the local file to upload is gone".to_owned();
+                tracing::warn!(recording = %row.id, %reason, "recording: cannot resume its upload");
+                if let Ok(Some(r)) = self
+                    .store
+                    .set_recording_status(
+                        &row.id,
+                        "failed",
+                        Some(reason),
+                        row.size_bytes.max(0) as u64,
+                        row.duration_ms.max(0) as u64,
+                    )
+                    .await
+                {
+                    self.announce(&r);
+                }
+                continue;
+            }
+            let size = row.size_bytes.max(0) as u64;
+            tracing::info!(recording = %row.id, size, "recording: resuming its upload");
+            let (tx, rx) = watch::channel(Progress {
+                durable: size,
+                final_len: Some(size),
+            });
+            // The receiver keeps the last value once the sender is gone.
+            drop(tx);
+            self.spawn_upload(&row, rx);
+        }
     }
 
     /// Deletes finished recordings older than `delete_after_hours`, every minute until
@@ -354,8 +463,21 @@ impl Recorders {
         })
     }
 
-    /// Deletes a recording's file and row.
+    /// Deletes a recording's object (in object storage), file and row. An object store that
+    /// cannot be reached keeps the row (and says so): the object must not be orphaned.
     pub async fn delete(&self, row: &RecordingRow) -> Result<(), String> {
+        if let Some(storage) = &self.storage {
+            if row.storage == "s3" || row.object_key.is_some() {
+                let key = row
+                    .object_key
+                    .clone()
+                    .unwrap_or_else(|| storage.key(&row.id));
+                if let Some(upload_id) = &row.upload_id {
+                    let _ = storage.abort(&key, upload_id).await;
+                }
+                storage.delete(&key).await.map_err(|e| e.to_string())?;
+            }
+        }
         match tokio::fs::remove_file(self.path(row)).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -369,23 +491,38 @@ impl Recorders {
     }
 
     fn announce(&self, row: &RecordingRow) {
-        let kind = if row.status == "ready" {
-            "recording.ready"
-        } else {
-            "recording.failed"
-        };
-        self.events.publish(
-            kind,
-            serde_json::json!({ "recording": {
-                "id": row.id, "stream_id": row.stream_id, "status": row.status,
-                "reason": row.reason, "duration_ms": row.duration_ms, "size_bytes": row.size_bytes,
-            }}),
-        );
+        announce(&self.events, row);
     }
+}
+
+/// `recording.ready` or `recording.failed` for a finished row (in object storage: with the
+/// object's key and checksums, never a URL).
+fn announce(events: &EventBus, row: &RecordingRow) {
+    let kind = if row.status == "ready" {
+        "recording.ready"
+    } else {
+        "recording.failed"
+    };
+    let mut recording = serde_json::json!({
+        "id": row.id, "stream_id": row.stream_id, "status": row.status,
+        "reason": row.reason, "duration_ms": row.duration_ms, "size_bytes": row.size_bytes,
+        "storage": row.storage,
+    });
+    if row.storage == "s3" {
+        recording["object_key"] = serde_json::json!(row.object_key);
+        recording["etag"] = serde_json::json!(row.etag);
+        recording["sha256"] = serde_json::json!(row.sha256);
+    }
+    events.publish(kind, serde_json::json!({ "recording": recording }));
 }
 
 /// Truncates `path` after its last complete fragment; returns (size, duration seconds).
 pub fn recover_file(path: &Path) -> Result<(u64, f64), String> {
+    recover_scan(path).map(|s| (s.valid_len, s.duration_secs()))
+}
+
+/// Truncates `path` after its last complete fragment; the scan of what is left.
+pub fn recover_scan(path: &Path) -> Result<mp4scan::Scanned, String> {
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -400,7 +537,7 @@ pub fn recover_file(path: &Path) -> Result<(u64, f64), String> {
         file.set_len(scanned.valid_len).map_err(|e| e.to_string())?;
         file.sync_all().map_err(|e| e.to_string())?;
     }
-    Ok((scanned.valid_len, scanned.duration_secs()))
+    Ok(scanned)
 }
 
 /// Free bytes for unprivileged users on the file system holding `dir`.
@@ -424,6 +561,8 @@ struct Writer {
     last_dts: i64,
     last_progress: Instant,
     written: Arc<std::sync::atomic::AtomicU64>,
+    /// To the uploader (object storage): how far the file is final.
+    upload: Option<watch::Sender<Progress>>,
 }
 
 impl Writer {
@@ -496,6 +635,14 @@ impl Writer {
             .await
             .map_err(|e| format!("write_error: {e}"))?;
         tracing::info!(stream = %stream_id, recording = %row.id, file = %path.display(), "recording started");
+        let upload = recs.storage.as_ref().map(|_| {
+            let (tx, rx) = watch::channel(Progress {
+                durable: init.len() as u64,
+                final_len: None,
+            });
+            recs.spawn_upload(&row, rx);
+            tx
+        });
         recs.events.publish(
             "recording.started",
             serde_json::json!({ "recording": { "id": row.id, "stream_id": stream_id } }),
@@ -513,6 +660,7 @@ impl Writer {
             last_dts: 0,
             last_progress: Instant::now(),
             written: recs.written.clone(),
+            upload,
         })
     }
 
@@ -569,6 +717,10 @@ impl Writer {
                 self.bytes += bytes.len() as u64;
                 self.written
                     .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                if let Some(up) = &self.upload {
+                    let durable = self.bytes;
+                    up.send_modify(|p| p.durable = durable);
+                }
                 self.next = (msn, index + 1);
                 continue;
             }
@@ -601,8 +753,26 @@ impl Writer {
             .set_recording_status(&self.row.id, "finalizing", None, self.bytes, 0)
             .await;
         let path = self.path.clone();
-        let scanned = tokio::task::spawn_blocking(move || recover_file(&path)).await;
-        match scanned {
+        let scanned = tokio::task::spawn_blocking(move || recover_scan(&path)).await;
+        if let (Some(up), Ok(Ok(scanned))) = (self.upload.take(), &scanned) {
+            // Object storage: ready once the upload is complete and verified.
+            let size = scanned.valid_len;
+            let ms = (scanned.duration_secs() * 1000.0) as u64;
+            let index = VodIndex::from_scanned(scanned).encode();
+            match recs
+                .store
+                .set_recording_uploading(&self.row.id, size, ms, &index)
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(recording = %self.row.id, size, "recording finished; uploading the rest");
+                    up.send_modify(|p| p.final_len = Some(size));
+                }
+                Err(err) => tracing::error!(%err, "recording: cannot store the result"),
+            }
+            return;
+        }
+        match scanned.map(|r| r.map(|s| (s.valid_len, s.duration_secs()))) {
             Ok(Ok((size, duration))) => {
                 match recs
                     .store

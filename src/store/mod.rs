@@ -27,7 +27,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use sql::{params, Db};
 
-pub use recordings::{RecordingFilter, RecordingOrder, RecordingPage, RecordingRow, BAD_CURSOR};
+pub use recordings::{
+    RecordingFilter, RecordingOrder, RecordingPage, RecordingPart, RecordingRow, BAD_CURSOR,
+};
 pub use restreams::{NewRestream, RestreamPatch, RestreamRow};
 pub use streams::{
     decode_cursor, encode_cursor, NewStream, Privacy, StreamFilter, StreamPage, StreamPatch,
@@ -213,6 +215,24 @@ const MIGRATIONS: &[&str] = &[
     // 10: the node writing a recording (its file is on that node's disk): a node that
     // starts after a crash recovers its own open recordings, not those other nodes write.
     "ALTER TABLE recordings ADD COLUMN node TEXT;",
+    // 11: recordings in object storage (S3): where the finished file lives, the object and
+    // its checksums, the multipart upload in progress (its parts below), the VOD index an
+    // object's playlist is rendered from, and the permanent upload failures so far.
+    "ALTER TABLE recordings ADD COLUMN storage TEXT NOT NULL DEFAULT 'local';
+    ALTER TABLE recordings ADD COLUMN object_key TEXT;
+    ALTER TABLE recordings ADD COLUMN etag TEXT;
+    ALTER TABLE recordings ADD COLUMN sha256 TEXT;
+    ALTER TABLE recordings ADD COLUMN upload_id TEXT;
+    ALTER TABLE recordings ADD COLUMN vod_index TEXT;
+    ALTER TABLE recordings ADD COLUMN upload_attempts INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE recording_parts (
+        recording_id TEXT NOT NULL,
+        upload_id TEXT NOT NULL,
+        part INTEGER NOT NULL,
+        etag TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        PRIMARY KEY (recording_id, part)
+    );",
 ];
 
 impl Store {

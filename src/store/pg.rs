@@ -140,6 +140,22 @@ pub const PG_MIGRATIONS: &[&str] = &[
     CREATE INDEX webhook_outbox_due ON webhook_outbox (next_at);",
     // 3: the node writing a recording (SQLite's 10).
     "ALTER TABLE recordings ADD COLUMN node TEXT;",
+    // 4: recordings in object storage (SQLite's 11).
+    "ALTER TABLE recordings ADD COLUMN storage TEXT NOT NULL DEFAULT 'local';
+    ALTER TABLE recordings ADD COLUMN object_key TEXT;
+    ALTER TABLE recordings ADD COLUMN etag TEXT;
+    ALTER TABLE recordings ADD COLUMN sha256 TEXT;
+    ALTER TABLE recordings ADD COLUMN upload_id TEXT;
+    ALTER TABLE recordings ADD COLUMN vod_index TEXT;
+    ALTER TABLE recordings ADD COLUMN upload_attempts BIGINT NOT NULL DEFAULT 0;
+    CREATE TABLE recording_parts (
+        recording_id TEXT NOT NULL,
+        upload_id TEXT NOT NULL,
+        part BIGINT NOT NULL,
+        etag TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        PRIMARY KEY (recording_id, part)
+    );",
 ];
 
 type Job = Box<dyn FnOnce(Option<&mut postgres::Client>) + Send>;

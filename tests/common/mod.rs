@@ -674,3 +674,58 @@ pub async fn rtmp_player(
             .map_err(|e| format!("{e:?}"))?;
     }
 }
+
+/// The recordings of a stream, oldest first (API `GET /api/v1/recordings`).
+pub async fn recordings_of(http: &str, stream: &str) -> Vec<serde_json::Value> {
+    let (status, v) = api(
+        http,
+        reqwest::Method::GET,
+        &format!("/api/v1/recordings?stream_id={stream}&dir=asc"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    v["data"].as_array().cloned().unwrap_or_default()
+}
+
+/// ffprobe's duration of a file or URL (seconds).
+pub fn ffprobe_duration(path_or_url: &str) -> f64 {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "csv=p=0",
+            path_or_url,
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| {
+            panic!(
+                "ffprobe {path_or_url}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
+/// What ffmpeg says decoding every stream of `input` (empty: no error).
+pub fn decode_errors(input: &str) -> String {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i", input, "-map", "0", "-f", "null", "-"])
+        .output()
+        .unwrap();
+    if out.status.success() {
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    } else {
+        format!(
+            "exit {:?}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+}

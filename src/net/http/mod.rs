@@ -12,6 +12,10 @@
 //!   close when between requests) and cut 5 s later. This covers idle keep-alive and h2c
 //!   connections, which hyper keeps open forever.
 //!
+//! On HTTP/1.1 the plain `GET`s a [`FastRoute`] wants (HLS) are read and answered by our own
+//! code first ([`fast`], heads in [`head`]); the first other request hands the connection to
+//! hyper for the rest of its life.
+//!
 //! WebSocket upgrades (cameras) work; the peer address reaches handlers as `ConnectInfo`. On
 //! shutdown no new connection is accepted and open ones are asked to finish.
 
