@@ -208,13 +208,34 @@ async fn a_recording_uploads_while_recording_turns_ready_in_s3_and_plays_from_pr
     let location = resp.headers()["location"].to_str().unwrap().to_owned();
     assert!(location.starts_with(&moto.endpoint()) && location.contains("X-Amz-Signature"));
     assert!(!location.contains(SECRET_KEY));
-    let fetched = reqwest::get(&location)
-        .await
-        .unwrap()
-        .bytes()
-        .await
+    let fetched = ts.dir.join("fetched.mp4");
+    let curl = Command::new("curl")
+        .args(["-sSf", "-o"])
+        .arg(&fetched)
+        .arg(&location)
+        .output()
         .unwrap();
+    assert!(
+        curl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&curl.stderr)
+    );
+    let fetched = std::fs::read(&fetched).unwrap();
     assert_eq!(sha256_hex(&fetched), rec["sha256"].as_str().unwrap());
+    // The recording's view carries a presigned URL too, valid for presign_ttl_secs.
+    let (_, view) = api(
+        &http,
+        reqwest::Method::GET,
+        &format!("/api/v1/recordings/{rec_id}"),
+        None,
+    )
+    .await;
+    let download_url = view["download_url"].as_str().unwrap();
+    assert!(
+        download_url.starts_with(&moto.endpoint()) && download_url.contains("X-Amz-Expires=3600"),
+        "{view}"
+    );
+    assert!(view["download_expires_at"].is_string(), "{view}");
     // VOD from the stored index, its media from presigned URLs: ffmpeg plays it whole.
     let vod = format!("{http}/vod/{rec_id}/index.m3u8");
     let (status, _, playlist) = get(&vod).await;
@@ -252,16 +273,35 @@ async fn a_recording_uploads_while_recording_turns_ready_in_s3_and_plays_from_pr
         "ffprobe {probed} s, API {duration} s"
     );
     assert!(duration > 8.0, "{duration} s of 10 s sent");
-    // Delete removes the object.
-    let (status, _) = api(
-        &http,
-        reqwest::Method::DELETE,
-        &format!("/api/v1/recordings/{rec_id}"),
-        None,
-    )
-    .await;
-    assert_eq!(status, 204);
-    assert!(moto.keys(BUCKET, "recordings/").await.is_empty());
+    // Retention removes the object: the recording made old, the server restarted with a
+    // retention of one hour.
+    let old_id = rec_id.clone();
+    ts.server
+        .store
+        .call(move |c| {
+            c.execute(
+                "UPDATE recordings SET ended_at = '2020-01-01T00:00:00.000Z' WHERE id = ?1",
+                media_server::store::sql::params![old_id],
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    ts.server.shutdown().await;
+    let mut config = test_config(&ts.dir);
+    if let Some(db) = &ts.db {
+        config.store.url = db.url.clone();
+    }
+    config.recording.storage = storage(&moto, false);
+    config.recording.delete_after_hours = 1;
+    let server = media_server::start(config).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !moto.keys(BUCKET, "recordings/").await.is_empty() {
+        assert!(Instant::now() < deadline, "retention left the object");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(server.store.get_recording(&rec_id).await.unwrap().is_none());
+    server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -324,6 +364,20 @@ async fn an_object_store_outage_keeps_the_recording_uploading_until_it_is_back()
         "the same bytes as the spool"
     );
     assert_eq!(rec["sha256"].as_str(), Some(sha256_hex(&spool).as_str()));
+    // DELETE removes the object and the kept file.
+    let (status, _) = api(
+        &http,
+        reqwest::Method::DELETE,
+        &format!("/api/v1/recordings/{rec_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert!(moto.keys(BUCKET, "recordings/").await.is_empty());
+    assert!(!ts
+        .dir
+        .join(format!("data/recordings/{rec_id}.mp4"))
+        .exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -436,9 +490,10 @@ async fn kill_9_mid_recording_resumes_the_upload_and_never_logs_the_secret() {
     let id = stream["id"].as_str().unwrap().to_owned();
     let key = created["stream_key"].as_str().unwrap();
     let app = stream["app"].as_str().unwrap_or("live");
-    let mut ffmpeg = publish_2mbit(&format!("rtmp://127.0.0.1:{rtmp_port}/{app}/{key}"), 30);
-    let running = wait_recording(&http, &id, 20, "no part uploaded while recording", |r| {
-        r["uploaded_bytes"].as_i64().unwrap_or(0) >= 2 << 20
+    // A 2-minute recording, killed once several parts are up (about 25 s in).
+    let mut ffmpeg = publish_2mbit(&format!("rtmp://127.0.0.1:{rtmp_port}/{app}/{key}"), 120);
+    let running = wait_recording(&http, &id, 60, "parts not uploaded while recording", |r| {
+        r["status"] == "recording" && r["uploaded_bytes"].as_i64().unwrap_or(0) >= 5 << 20
     })
     .await;
     let rec_id = running["id"].as_str().unwrap().to_owned();
@@ -475,7 +530,7 @@ async fn kill_9_mid_recording_resumes_the_upload_and_never_logs_the_secret() {
     let duration = ffprobe_duration(&location);
     let elapsed =
         running["duration_seconds"].as_f64().unwrap_or(0.0) + started.elapsed().as_secs_f64();
-    assert!(duration >= 4.0, "the object plays {duration} s");
+    assert!(duration >= 18.0, "the object plays {duration} s");
     assert!(
         duration <= elapsed + 3.0,
         "{duration} s of at most {elapsed:.1} s"

@@ -42,9 +42,11 @@ pub struct RecordingView {
     codecs: Vec<String>,
     /// VOD HLS playlist (byte ranges into the file).
     playback_url: String,
-    /// The fMP4 file (API token needed; HTTP ranges supported; in object storage a `302` to
-    /// a presigned URL, or the bytes through this node with `download = "proxy"`).
+    /// The fMP4 file: the API's download (token needed; HTTP ranges supported) or, for a
+    /// recording in object storage (`download = "redirect"`), a presigned URL of the object.
     download_url: String,
+    /// When a presigned `download_url` stops working (RFC 3339); none for the API's.
+    download_expires_at: Option<String>,
     /// `local` (this node's disk) or `s3` (object storage).
     storage: String,
     /// Bytes uploaded to object storage so far (while `recording` or `uploading`).
@@ -53,11 +55,23 @@ pub struct RecordingView {
     sha256: Option<String>,
 }
 
-fn view(state: &ApiState, r: RecordingRow) -> RecordingView {
+async fn view(state: &ApiState, r: RecordingRow) -> RecordingView {
     let http = &state.config.http.public_url;
+    let mut download_url = format!("{http}/api/v1/recordings/{}/download", r.id);
+    let mut download_expires_at = None;
+    let storage = state.recorders.as_ref().and_then(|recs| recs.storage());
+    if let Some(storage) = storage.filter(|s| !s.proxy && r.storage == "s3") {
+        let key = r.object_key.clone().unwrap_or_else(|| storage.key(&r.id));
+        // Signing is local: no request to the store.
+        if let Ok((url, expires)) = storage.presign(&key).await {
+            download_url = url;
+            download_expires_at = Some(crate::proto::playlist::format_pdt(expires));
+        }
+    }
     RecordingView {
         playback_url: format!("{http}/vod/{}/index.m3u8", r.id),
-        download_url: format!("{http}/api/v1/recordings/{}/download", r.id),
+        download_url,
+        download_expires_at,
         codecs: r
             .codecs
             .split(',')
@@ -188,7 +202,13 @@ pub async fn list(
         })?;
     Ok(Json(Page {
         pagination: Pagination::from_cursor(page.next_cursor),
-        data: page.rows.into_iter().map(|r| view(&state, r)).collect(),
+        data: {
+            let mut data = Vec::with_capacity(page.rows.len());
+            for r in page.rows {
+                data.push(view(&state, r).await);
+            }
+            data
+        },
     }))
 }
 
@@ -208,7 +228,7 @@ pub async fn get_one(
 ) -> Result<Json<RecordingView>, HttpError> {
     auth.require("recordings:read")?;
     let (row, _) = load(&state, &id).await?;
-    Ok(Json(view(&state, row)))
+    Ok(Json(view(&state, row).await))
 }
 
 /// Download the fMP4 file (`Content-Disposition: attachment`, HTTP range requests). 409
