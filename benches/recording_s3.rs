@@ -16,84 +16,22 @@
 //! Run: `cargo bench --bench recording_s3` (needs `target/moto-venv`, which `tests/run.sh`
 //! makes, or `MS_TEST_MOTO`). Under `cargo test` it makes a short smoke run (a few MiB).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "support/proc.rs"]
+mod proc;
+
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use common::s3::{moto_program, Moto, ACCESS_KEY, SECRET_KEY};
 
 use media_server::config::StorageConfig;
 use media_server::egress::storage::ObjectStorage;
 use media_server::egress::upload::{self, Outcome, Progress, Upload};
 
 const BUCKET: &str = "bench";
-
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
-
-fn moto_program() -> Option<PathBuf> {
-    let path = std::env::var_os("MS_TEST_MOTO")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("target/moto-venv/bin/moto_server")
-        });
-    path.is_file().then_some(path)
-}
-
-/// moto on a free loopback port, with a bucket; killed on drop.
-struct Moto {
-    child: std::process::Child,
-    endpoint: String,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start_moto(program: &Path) -> Moto {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
-    let child = Command::new(program)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .env("S3_UPLOAD_PART_MIN_SIZE", "1048576")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("moto_server starts");
-    let moto = Moto {
-        child,
-        endpoint: format!("http://127.0.0.1:{port}"),
-    };
-    let client = reqwest::Client::new();
-    for _ in 0..200 {
-        if client.get(&moto.endpoint).send().await.is_ok() {
-            let put = client
-                .put(format!("{}/{BUCKET}", moto.endpoint))
-                .header(
-                    "authorization",
-                    "AWS4-HMAC-SHA256 Credential=bench/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0",
-                )
-                .send()
-                .await
-                .expect("bucket");
-            assert!(put.status().is_success(), "bucket: {}", put.status());
-            return moto;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("moto did not start");
-}
 
 /// A spool of `len` bytes (not media: the uploader does not look inside).
 fn make_spool(path: &Path, len: u64) {
@@ -120,27 +58,30 @@ fn make_spool(path: &Path, len: u64) {
 async fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let Some(program) = moto_program() else {
-        if std::env::var_os("CI").is_some() {
-            panic!("moto_server is required under CI (bash tests/run.sh installs it)");
-        }
-        eprintln!("SKIPPED LOCALLY: no moto_server (bash tests/run.sh installs it)");
         return;
     };
     let part_mb: u64 = if full { 8 } else { 1 };
     // 1 hour at 2 Mbit/s: 900 MB, plus a tail that is not a whole part.
-    let len: u64 = if full { 900_000_000 } else { 3 * 1024 * 1024 + 12_345 };
+    let len: u64 = if full {
+        900_000_000
+    } else {
+        3 * 1024 * 1024 + 12_345
+    };
     let dir = std::env::temp_dir().join(format!("ms-bench-s3-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
-    let moto = start_moto(&program).await;
+    let Some(moto) = Moto::start(&[]).await else {
+        return;
+    };
+    moto.create_bucket(BUCKET).await;
     let store = media_server::store::Store::open(&dir).await.expect("store");
     let storage = ObjectStorage::from_config(
         &StorageConfig {
             kind: "s3".into(),
-            endpoint: moto.endpoint.clone(),
+            endpoint: moto.endpoint(),
             bucket: BUCKET.into(),
-            access_key_id: "bench".into(),
-            secret_access_key: "bench-secret-key".into(),
+            access_key_id: ACCESS_KEY.into(),
+            secret_access_key: SECRET_KEY.into(),
             part_size_mb: part_mb,
             ..StorageConfig::default()
         },
@@ -169,7 +110,7 @@ async fn main() {
     let task = tokio::spawn(upload::run(up, rx));
     // While recording: every full part is written at once (the spool exists whole); the
     // uploader sends them one after the other.
-    let cpu0 = cpu_seconds();
+    let cpu0 = proc::cpu_seconds(std::process::id());
     let t0 = Instant::now();
     tx.send_modify(|p| p.durable = full_parts);
     let deadline = Instant::now() + Duration::from_secs(3600);
@@ -187,7 +128,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let upload_secs = t0.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu0;
+    let cpu = proc::cpu_seconds(std::process::id()) - cpu0;
     // Stop: the final length is known; time to ready.
     store
         .set_recording_uploading(&row.id, len, 3_600_000, "v1;0")
@@ -226,8 +167,8 @@ async fn main() {
     let python = program.with_file_name("python");
     let script = format!(
         "import time, boto3, resource\n\
-         c = boto3.client('s3', endpoint_url='{}', aws_access_key_id='bench', \
-         aws_secret_access_key='bench-secret-key', region_name='us-east-1')\n\
+         c = boto3.client('s3', endpoint_url='{}', aws_access_key_id='{ACCESS_KEY}', \
+         aws_secret_access_key='{SECRET_KEY}', region_name='us-east-1')\n\
          r0 = resource.getrusage(resource.RUSAGE_SELF)\n\
          t = time.time(); u = c.create_multipart_upload(Bucket='{BUCKET}', Key='boto3.bin')['UploadId']\n\
          parts = []\n\
@@ -244,12 +185,15 @@ async fn main() {
          cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)\n\
          print('RESULT boto3_upload parts=%d secs=%.2f mbytes_per_sec=%.1f cpu_secs=%.2f cpu_ms_per_mbit=%.3f complete_ms=%.1f' % \
          (len(parts), up, {len} / 1e6 / up, cpu, cpu * 1000 / ({len} * 8 / 1e6), done * 1000))\n",
-        moto.endpoint,
+        moto.endpoint(),
         spool.display()
     );
     match Command::new(&python).args(["-c", &script]).output() {
         Ok(out) if out.status.success() => print!("{}", String::from_utf8_lossy(&out.stdout)),
-        Ok(out) => println!("boto3 anchor failed: {}", String::from_utf8_lossy(&out.stderr)),
+        Ok(out) => println!(
+            "boto3 anchor failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
         Err(e) => println!("boto3 anchor not run: {e}"),
     }
     drop(moto);

@@ -37,10 +37,9 @@ fn base(ts: &TestServer) -> String {
 }
 
 /// A stream with `record` set and its publish URL.
-async fn recorded_stream(ts: &TestServer) -> (String, String) {
-    let http = base(ts);
+async fn recorded_stream(http: &str, rtmp: &str) -> (String, String) {
     let (status, created) = api(
-        &http,
+        http,
         reqwest::Method::POST,
         "/api/v1/streams",
         Some(json!({"title": "s3", "record": true})),
@@ -55,7 +54,7 @@ async fn recorded_stream(ts: &TestServer) -> (String, String) {
     let id = stream["id"].as_str().unwrap().to_owned();
     let key = created["stream_key"].as_str().unwrap().to_owned();
     let app = stream["app"].as_str().unwrap_or("live").to_owned();
-    (id, format!("rtmp://{}/{app}/{key}", ts.server.rtmp_addr))
+    (id, format!("rtmp://{rtmp}/{app}/{key}"))
 }
 
 /// `ffmpeg -re` publishing testsrc2 at a steady ~2 Mbit/s for `secs` (so a recording has
@@ -146,7 +145,7 @@ async fn a_recording_uploads_while_recording_turns_ready_in_s3_and_plays_from_pr
     let ts = start_with("rec-s3", move |c| c.recording.storage = cfg).await;
     let http = base(&ts);
     subscribe(&http, &hook_url).await;
-    let (id, url) = recorded_stream(&ts).await;
+    let (id, url) = recorded_stream(&http, &ts.server.rtmp_addr.to_string()).await;
     let mut ffmpeg = publish_2mbit(&url, 10);
     // Parts go up while the recording runs.
     let running = wait_recording(&http, &id, 20, "no part uploaded while recording", |r| {
@@ -322,7 +321,7 @@ async fn an_object_store_outage_keeps_the_recording_uploading_until_it_is_back()
     })
     .await;
     let http = base(&ts);
-    let (id, url) = recorded_stream(&ts).await;
+    let (id, url) = recorded_stream(&http, &ts.server.rtmp_addr.to_string()).await;
     let mut ffmpeg = publish_2mbit(&url, 8);
     let running = wait_recording(&http, &id, 20, "no part uploaded", |r| {
         r["uploaded_bytes"].as_i64().unwrap_or(0) >= 1 << 20
@@ -399,7 +398,7 @@ async fn refused_credentials_fail_the_recording_with_a_clear_reason_and_keep_the
     .await;
     let http = base(&ts);
     subscribe(&http, &hook_url).await;
-    let (id, url) = recorded_stream(&ts).await;
+    let (id, url) = recorded_stream(&http, &ts.server.rtmp_addr.to_string()).await;
     let mut ffmpeg = ffmpeg_publish(&url, 3);
     let _ = ffmpeg.wait();
     let rec = wait_recording(&http, &id, 60, "never failed", |r| r["status"] == "failed").await;
@@ -474,24 +473,9 @@ async fn kill_9_mid_recording_resumes_the_upload_and_never_logs_the_secret() {
     let http = format!("http://127.0.0.1:{http_port}");
     let mut server = spawn();
     wait_healthy(&format!("{http}/healthz")).await;
-    let (status, created) = api(
-        &http,
-        reqwest::Method::POST,
-        "/api/v1/streams",
-        Some(json!({"title": "crash", "record": true})),
-    )
-    .await;
-    assert_eq!(status, 201, "{created}");
-    let stream = if created["stream"].is_object() {
-        &created["stream"]
-    } else {
-        &created
-    };
-    let id = stream["id"].as_str().unwrap().to_owned();
-    let key = created["stream_key"].as_str().unwrap();
-    let app = stream["app"].as_str().unwrap_or("live");
+    let (id, url) = recorded_stream(&http, &format!("127.0.0.1:{rtmp_port}")).await;
     // A 2-minute recording, killed once several parts are up (about 25 s in).
-    let mut ffmpeg = publish_2mbit(&format!("rtmp://127.0.0.1:{rtmp_port}/{app}/{key}"), 120);
+    let mut ffmpeg = publish_2mbit(&url, 120);
     let running = wait_recording(&http, &id, 60, "parts not uploaded while recording", |r| {
         r["status"] == "recording" && r["uploaded_bytes"].as_i64().unwrap_or(0) >= 5 << 20
     })

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use media_server::egress::vod::{parse_range, VodIndex};
+use media_server::egress::vod::{parse_range, RangeAsk, VodIndex};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let size = data.first().map_or(0, |b| u64::from(*b) * 1000);
-    if let Some(r) = parse_range(data.get(1..).unwrap_or(&[]), size) {
+    if let RangeAsk::Part(r) = parse_range(data.get(1..).unwrap_or(&[]), size) {
         assert!(r.start < r.end && r.end <= size);
     }
 });

@@ -281,7 +281,8 @@ pub async fn download(
         (status = 204, description = "Deleted"),
         (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
         (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope),
-        (status = 429, body = ErrorEnvelope), (status = 503, body = ErrorEnvelope),
+        (status = 429, body = ErrorEnvelope), (status = 502, body = ErrorEnvelope),
+        (status = 503, body = ErrorEnvelope),
     ),
     security(("bearer" = ["recordings:write"])))]
 pub async fn delete(
@@ -298,8 +299,18 @@ pub async fn delete(
         ));
     }
     recs.delete(&row).await.map_err(|e| {
-        if e.starts_with("object store") {
-            let mut err = HttpError::unavailable(format!("cannot delete the object: {e}"));
+        if e.starts_with("object store refused") {
+            tracing::warn!(recording = %row.id, error = %e, "cannot delete a recording's object");
+            HttpError::new(
+                StatusCode::BAD_GATEWAY,
+                "storage_error",
+                "object storage refused to delete the recording's object; the recording is kept",
+            )
+        } else if e.starts_with("object store") {
+            tracing::warn!(recording = %row.id, error = %e, "cannot delete a recording's object");
+            let mut err = HttpError::unavailable(
+                "object storage is unreachable; the recording is kept, retry in a moment",
+            );
             err.retry_after = Some(5);
             err
         } else {

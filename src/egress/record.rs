@@ -718,6 +718,11 @@ impl Writer {
                 self.written
                     .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 if let Some(up) = &self.upload {
+                    // The uploader reads the file: the bytes must have reached it.
+                    self.file
+                        .flush()
+                        .await
+                        .map_err(|e| format!("write_error: {e}"))?;
                     let durable = self.bytes;
                     up.send_modify(|p| p.durable = durable);
                 }

@@ -52,6 +52,9 @@ impl StorageError {
 /// An S3-compatible bucket for recordings.
 pub struct ObjectStorage {
     s3: AmazonS3,
+    /// The same store without a total request timeout, for streaming whole objects through
+    /// this node (a 1-hour recording takes longer than any part).
+    s3_stream: AmazonS3,
     prefix: String,
     /// Bytes per multipart part (every part but the last).
     pub part_size: u64,
@@ -112,12 +115,9 @@ impl ObjectStorage {
         // A part must go through in time even on a slow link (1 MiB/s).
         let timeout = Duration::from_secs(30).max(Duration::from_secs(part_size / (1024 * 1024)));
         // Client options first: `with_allow_http` writes into them.
+        let options = ClientOptions::new().with_connect_timeout(Duration::from_secs(5));
         let mut builder = AmazonS3Builder::new()
-            .with_client_options(
-                ClientOptions::new()
-                    .with_timeout(timeout)
-                    .with_connect_timeout(Duration::from_secs(5)),
-            )
+            .with_client_options(options.clone().with_timeout(timeout))
             .with_allow_http(cfg.endpoint.starts_with("http://"))
             .with_virtual_hosted_style_request(!cfg.path_style)
             .with_region(cfg.region.clone())
@@ -141,11 +141,19 @@ impl ObjectStorage {
             builder = builder.with_token(t.clone());
             secrets.push(t);
         }
-        let s3 = builder
-            .build()
-            .map_err(|e| format!("recording.storage: {}", redact(&e.to_string(), &secrets)))?;
+        let streaming = builder
+            .clone()
+            .with_client_options(options.with_timeout_disabled())
+            .with_allow_http(cfg.endpoint.starts_with("http://"));
+        let build = |b: AmazonS3Builder| {
+            b.build()
+                .map_err(|e| format!("recording.storage: {}", redact(&e.to_string(), &secrets)))
+        };
+        let s3 = build(builder)?;
+        let s3_stream = build(streaming)?;
         Ok(Some(Arc::new(ObjectStorage {
             s3,
+            s3_stream,
             prefix: cfg.prefix.clone(),
             part_size,
             ttl: Duration::from_secs(cfg.presign_ttl_secs),
@@ -271,7 +279,7 @@ impl ObjectStorage {
             range: range.map(GetRange::Bounded),
             ..GetOptions::default()
         };
-        self.s3
+        self.s3_stream
             .get_opts(&Path::from(key), options)
             .await
             .map_err(|e| self.err(e))
@@ -280,14 +288,20 @@ impl ObjectStorage {
 
 /// The kind of failure, with a one-line message free of `secrets`.
 fn classify(e: &object_store::Error, secrets: &[String]) -> StorageError {
-    let msg = redact(&one_line(&e.to_string()), secrets);
+    let msg = one_line(&redact(&e.to_string(), secrets));
     match e {
+        // A missing bucket is a 404 too, but no retry brings it back.
+        _ if msg.contains("NoSuchBucket") => StorageError::Refused(msg),
         object_store::Error::NotFound { .. } => StorageError::NotFound(msg),
         object_store::Error::PermissionDenied { .. }
         | object_store::Error::Unauthenticated { .. } => StorageError::Refused(msg),
         _ if msg.contains("NoSuchUpload") => StorageError::NotFound(msg),
+        // S3 answers a slow or broken upload with a 400 too: try again.
+        _ if msg.contains("RequestTimeout") || msg.contains("IncompleteBody") => {
+            StorageError::Unreachable(msg)
+        }
         _ if [
-            "NoSuchBucket",
+            "ExpiredToken",
             "InvalidAccessKeyId",
             "SignatureDoesNotMatch",
             "AccessDenied",
@@ -396,6 +410,19 @@ mod tests {
             classify(&no_bucket, &secrets),
             StorageError::Refused(_)
         ));
+        let no_bucket_404 = object_store::Error::NotFound {
+            path: "k".into(),
+            source: "404 Not Found: <Code>NoSuchBucket</Code>".into(),
+        };
+        assert!(matches!(
+            classify(&no_bucket_404, &secrets),
+            StorageError::Refused(_)
+        ));
+        let slow = object_store::Error::Generic {
+            store: "S3",
+            source: "400 Bad Request: <Code>RequestTimeout</Code>".into(),
+        };
+        assert!(classify(&slow, &secrets).is_transient());
         let gone = object_store::Error::NotFound {
             path: "k".into(),
             source: "404".into(),

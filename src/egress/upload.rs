@@ -91,6 +91,9 @@ pub enum Outcome {
     Gone,
 }
 
+/// Parts in flight at once over the whole server (each holds a part in memory).
+static PARTS_IN_FLIGHT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
 /// One recording's upload.
 pub struct Upload {
     /// The store.
@@ -104,12 +107,32 @@ pub struct Upload {
 }
 
 /// What is uploaded so far.
-#[derive(Default)]
 struct Sent {
     upload_id: Option<String>,
     etags: Vec<String>,
     md5s: Vec<[u8; 16]>,
     sha: Sha256,
+    /// Every part's ETag was the MD5 of its bytes (not so with SSE-KMS or SSE-C buckets):
+    /// the object's multipart ETag can then be checked too.
+    etags_are_md5: bool,
+}
+
+impl Default for Sent {
+    fn default() -> Self {
+        Sent {
+            upload_id: None,
+            etags: Vec::new(),
+            md5s: Vec::new(),
+            sha: Sha256::default(),
+            etags_are_md5: true,
+        }
+    }
+}
+
+/// Bytes of the spool, with their MD5.
+struct Piece {
+    bytes: bytes::Bytes,
+    md5: [u8; 16],
 }
 
 impl Upload {
@@ -117,18 +140,40 @@ impl Upload {
         self.storage.key(&self.id)
     }
 
-    async fn read(&self, range: Range<u64>) -> Result<bytes::Bytes, String> {
+    /// Reads (and hashes, off the async threads) a range of the spool.
+    async fn read(&self, range: Range<u64>) -> Result<Piece, Failure> {
         let path = self.path.clone();
-        tokio::task::spawn_blocking(move || {
+        let read = tokio::task::spawn_blocking(move || {
             use std::os::unix::fs::FileExt;
             let file = std::fs::File::open(&path)?;
             let mut buf = vec![0u8; (range.end - range.start) as usize];
             file.read_exact_at(&mut buf, range.start)?;
-            Ok::<_, std::io::Error>(bytes::Bytes::from(buf))
+            let md5: [u8; 16] = Md5::digest(&buf).into();
+            Ok::<_, std::io::Error>(Piece {
+                bytes: bytes::Bytes::from(buf),
+                md5,
+            })
         })
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("reading the spool: {e}"))
+        .map_err(|e| Failure::Local(e.to_string()))?;
+        read.map_err(|e| match e.kind() {
+            // The spool is gone or shorter than what was written: no retry brings it back.
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::UnexpectedEof => Failure::SpoolGone(
+                format!("the local file to upload is gone or cut short: {e}"),
+            ),
+            _ => Failure::Local(format!("reading the spool: {e}")),
+        })
+    }
+
+    /// Adds bytes to the object's SHA-256, off the async threads.
+    async fn hash(sent: &mut Sent, bytes: bytes::Bytes) {
+        let mut sha = std::mem::take(&mut sent.sha);
+        sent.sha = tokio::task::spawn_blocking(move || {
+            sha2::Digest::update(&mut sha, &bytes);
+            sha
+        })
+        .await
+        .unwrap_or_default();
     }
 
     /// What a restart finds: the parts stored for the current upload whose bytes the spool
@@ -151,13 +196,14 @@ impl Upload {
             let range = i as u64 * size..i as u64 * size + p.size;
             let same = p.part as usize == i
                 && match self.read(range).await {
-                    Ok(bytes) => {
-                        let md5: [u8; 16] = Md5::digest(&bytes).into();
-                        let matches = etag_md5(&p.etag).is_none_or(|e| e == md5);
+                    Ok(piece) => {
+                        let etag = etag_md5(&p.etag);
+                        let matches = etag.is_none_or(|e| e == piece.md5);
                         if matches {
-                            sent.md5s.push(md5);
+                            sent.etags_are_md5 &= etag.is_some();
+                            sent.md5s.push(piece.md5);
                             sent.etags.push(p.etag.clone());
-                            sha2::Digest::update(&mut sent.sha, &bytes);
+                            Self::hash(&mut sent, piece.bytes).await;
                         }
                         matches
                     }
@@ -183,6 +229,10 @@ impl Upload {
 
     /// Sends one part. `Ok(false)`: the recording is gone.
     async fn part(&self, sent: &mut Sent, idx: usize, range: Range<u64>) -> Result<bool, Failure> {
+        let _slot = PARTS_IN_FLIGHT
+            .acquire()
+            .await
+            .map_err(|e| Failure::Local(e.to_string()))?;
         let key = self.key();
         let upload_id = match &sent.upload_id {
             Some(u) => u.clone(),
@@ -202,16 +252,21 @@ impl Upload {
             }
         };
         let len = range.end - range.start;
-        let bytes = self.read(range).await.map_err(Failure::Local)?;
-        let md5: [u8; 16] = Md5::digest(&bytes).into();
+        let Piece { bytes, md5 } = self.read(range).await?;
         let etag = self
             .storage
             .put_part(&key, &upload_id, idx, bytes.clone())
             .await?;
-        if etag_md5(&etag).is_some_and(|e| e != md5) {
-            return Err(Failure::Storage(StorageError::Mismatch(format!(
-                "part {idx}: the store's ETag {etag} is not the MD5 of the bytes sent"
-            ))));
+        match etag_md5(&etag) {
+            Some(e) if e == md5 => {}
+            // Encrypted buckets (SSE-KMS, SSE-C) answer ETags that are not the MD5: the
+            // object is then checked by its size only.
+            _ => {
+                if sent.etags_are_md5 {
+                    tracing::info!(recording = %self.id, %etag, "upload: the store's ETags are not MD5s of the parts (an encrypted bucket?); checking the object by size");
+                }
+                sent.etags_are_md5 = false;
+            }
         }
         let stored = self
             .store
@@ -224,7 +279,7 @@ impl Upload {
         }
         sent.etags.push(etag);
         sent.md5s.push(md5);
-        sha2::Digest::update(&mut sent.sha, &bytes);
+        Self::hash(sent, bytes).await;
         Ok(true)
     }
 
@@ -256,16 +311,22 @@ impl Upload {
         }
         let expected = multipart_etag(&sent.md5s);
         let etag = etag.unwrap_or_default();
-        if looks_multipart(&etag) && etag.trim_matches('"') != expected {
+        if sent.etags_are_md5 && looks_multipart(&etag) && etag.trim_matches('"') != expected {
             return Err(Failure::Storage(StorageError::Mismatch(format!(
                 "the object's ETag {etag} is not {expected}, the one of the parts sent"
             ))));
         }
         let sha = hex(&sha2::Digest::finalize(sent.sha.clone()));
-        self.store
+        let row = self
+            .store
             .finish_recording_upload(&self.id, etag.trim_matches('"'), &sha)
             .await
-            .map_err(|e| Failure::Local(e.to_string()))
+            .map_err(|e| Failure::Local(e.to_string()))?;
+        if row.is_none() {
+            // Deleted while the upload completed: the object must not outlive its row.
+            let _ = self.storage.delete(&key).await;
+        }
+        Ok(row)
     }
 }
 
@@ -275,6 +336,8 @@ enum Failure {
     Storage(StorageError),
     /// The spool or the database: retried like an outage.
     Local(String),
+    /// The spool is gone or cut short.
+    SpoolGone(String),
 }
 
 impl From<StorageError> for Failure {
@@ -287,9 +350,17 @@ impl From<StorageError> for Failure {
 /// or gone). A sender dropped before the final length is known ends it as [`Outcome::Gone`]
 /// (the recording is resumed from the database at the next start).
 pub async fn run(up: Upload, mut progress: watch::Receiver<Progress>) -> Outcome {
-    let row = match up.store.get_recording(&up.id).await {
-        Ok(Some(r)) => r,
-        _ => return Outcome::Gone,
+    let mut backoff = Duration::from_secs(1);
+    let row = loop {
+        match up.store.get_recording(&up.id).await {
+            Ok(Some(r)) => break r,
+            Ok(None) => return Outcome::Gone,
+            Err(err) => {
+                tracing::warn!(recording = %up.id, %err, "upload: cannot read the recording; retrying");
+                tokio::time::sleep(jitter(backoff)).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
     };
     let mut sent = up.resume(&row).await;
     // A crash between completing the upload and storing it: the object is there already.
@@ -302,13 +373,19 @@ pub async fn run(up: Upload, mut progress: watch::Receiver<Progress>) -> Outcome
         }
     }
     let mut backoff = Duration::from_secs(1);
-    let mut transient_in_a_row = 0u32;
+    let mut lost_upload_hints = 0u32;
     loop {
         let now = *progress.borrow_and_update();
         let step = match next_step(up.storage.part_size, now, sent.etags.len()) {
             Ok(s) => s,
             Err(reason) => {
-                return give_up(&up, &mut sent, format!("upload_failed: {reason}")).await
+                return give_up(
+                    &up,
+                    &mut sent,
+                    &mut progress,
+                    format!("upload_failed: {reason}"),
+                )
+                .await
             }
         };
         let result = match step {
@@ -333,9 +410,9 @@ pub async fn run(up: Upload, mut progress: watch::Receiver<Progress>) -> Outcome
             },
         };
         let failure = match result {
-            Ok(_) => {
+            Ok(()) => {
                 backoff = Duration::from_secs(1);
-                transient_in_a_row = 0;
+                lost_upload_hints = 0;
                 continue;
             }
             Err(f) => f,
@@ -349,22 +426,54 @@ pub async fn run(up: Upload, mut progress: watch::Receiver<Progress>) -> Outcome
                     .unwrap_or(i64::MAX);
                 tracing::warn!(recording = %up.id, attempts, reason = %msg, "upload: refused by the object store");
                 if attempts >= i64::from(up.storage.attempts) {
-                    return give_up(&up, &mut sent, format!("upload_failed: {msg}")).await;
+                    return give_up(
+                        &up,
+                        &mut sent,
+                        &mut progress,
+                        format!("upload_failed: {msg}"),
+                    )
+                    .await;
                 }
+            }
+            Failure::SpoolGone(msg) => {
+                if up
+                    .store
+                    .get_recording(&up.id)
+                    .await
+                    .is_ok_and(|r| r.is_none())
+                {
+                    up.restart(&mut sent).await;
+                    return Outcome::Gone;
+                }
+                return give_up(
+                    &up,
+                    &mut sent,
+                    &mut progress,
+                    format!("upload_failed: {msg}"),
+                )
+                .await;
             }
             Failure::Storage(e @ (StorageError::NotFound(_) | StorageError::Mismatch(_))) => {
                 // The upload went away at the store (or holds other bytes): start over from
                 // the spool, which has every byte.
                 tracing::warn!(recording = %up.id, reason = %e, "upload: starting over");
-                if matches!(e, StorageError::Mismatch(_)) {
+                let permanent = matches!(e, StorageError::Mismatch(_));
+                let reason = format!("retrying from the start: {e}");
+                let attempts = up
+                    .store
+                    .note_upload_failure(&up.id, &reason, permanent)
+                    .await
+                    .unwrap_or(i64::MAX);
+                if permanent {
                     let _ = up.storage.delete(&up.key()).await;
-                    let attempts = up
-                        .store
-                        .note_upload_failure(&up.id, &e.to_string(), true)
-                        .await
-                        .unwrap_or(i64::MAX);
                     if attempts >= i64::from(up.storage.attempts) {
-                        return give_up(&up, &mut sent, format!("upload_failed: {e}")).await;
+                        return give_up(
+                            &up,
+                            &mut sent,
+                            &mut progress,
+                            format!("upload_failed: {e}"),
+                        )
+                        .await;
                     }
                 }
                 up.restart(&mut sent).await;
@@ -380,16 +489,20 @@ pub async fn run(up: Upload, mut progress: watch::Receiver<Progress>) -> Outcome
                     up.restart(&mut sent).await;
                     return Outcome::Gone;
                 }
-                transient_in_a_row += 1;
-                let reason = format!("retrying: {msg} (attempt {transient_in_a_row})");
+                let reason = format!("retrying: {msg}");
                 let _ = up.store.note_upload_failure(&up.id, &reason, false).await;
                 tracing::warn!(recording = %up.id, %reason, "upload: will retry");
-                // Some stores answer an upload id they lost with a server error: when the
-                // store itself answers, a step that keeps failing starts over.
-                if transient_in_a_row >= 3 && up.storage.probe().await.is_ok() {
+                // Some stores (moto) answer an upload id they lost with a server error
+                // instead of `NoSuchUpload`: when the store itself answers and the same
+                // upload keeps getting 500s, it starts over. Timeouts and 503s never do.
+                if msg.contains("500 Internal Server Error") {
+                    lost_upload_hints += 1;
+                }
+                if lost_upload_hints >= 3 && up.storage.probe().await.is_ok() {
                     tracing::warn!(recording = %up.id, "upload: the store answers but the upload keeps failing; starting over");
                     up.restart(&mut sent).await;
-                    transient_in_a_row = 0;
+                    lost_upload_hints = 0;
+                    backoff = Duration::from_millis(500);
                 }
             }
         }
@@ -398,12 +511,26 @@ pub async fn run(up: Upload, mut progress: watch::Receiver<Progress>) -> Outcome
     }
 }
 
-async fn give_up(up: &Upload, sent: &mut Sent, reason: String) -> Outcome {
+/// Gives the upload up: aborted at the store, the recording `failed` with `reason` (the
+/// spool is kept). A recording still being written is marked once its writer is done, so
+/// that the writer's own updates cannot bring the row back.
+async fn give_up(
+    up: &Upload,
+    sent: &mut Sent,
+    progress: &mut watch::Receiver<Progress>,
+    reason: String,
+) -> Outcome {
     if let Some(id) = sent.upload_id.take() {
         let _ = up.storage.abort(&up.key(), &id).await;
     }
     let _ = up.store.clear_recording_upload(&up.id).await;
     tracing::warn!(recording = %up.id, %reason, "upload: given up; the recording stays on local disk");
+    let _ = up.store.note_upload_failure(&up.id, &reason, false).await;
+    while progress.borrow().final_len.is_none() {
+        if progress.changed().await.is_err() {
+            break;
+        }
+    }
     match up.store.get_recording(&up.id).await {
         Ok(Some(row)) => match up
             .store

@@ -133,16 +133,23 @@ pub async fn locate(
     Err(HttpError::not_found("the recording file is gone"))
 }
 
-/// An object-storage failure as an HTTP answer (its message has no credentials).
+/// An object-storage failure as an HTTP answer: a short message (the details — endpoint,
+/// bucket, key — go to the log, not to viewers).
 pub fn storage_error(e: StorageError) -> HttpError {
+    tracing::warn!(error = %e, "recording: object storage request failed");
     match e {
         StorageError::NotFound(_) => HttpError::not_found("the recording's object is gone"),
-        StorageError::Unreachable(m) => {
-            let mut err = HttpError::unavailable(format!("object storage unreachable: {m}"));
+        StorageError::Unreachable(_) => {
+            let mut err =
+                HttpError::unavailable("object storage is unreachable; retry in a moment");
             err.retry_after = Some(5);
             err
         }
-        other => HttpError::new(StatusCode::BAD_GATEWAY, "storage_error", other.to_string()),
+        _ => HttpError::new(
+            StatusCode::BAD_GATEWAY,
+            "storage_error",
+            "object storage refused the request",
+        ),
     }
 }
 
@@ -166,9 +173,9 @@ pub async fn serve_object(
     }
     let (size, _) = storage.head(key).await.map_err(storage_error)?;
     let range = match range.map(|v| parse_range(v.as_bytes(), size)) {
-        None => None,
-        Some(Some(r)) => Some(r),
-        Some(None) => {
+        None | Some(RangeAsk::Whole) => None,
+        Some(RangeAsk::Part(r)) => Some(r),
+        Some(RangeAsk::Unsatisfiable) => {
             let mut res = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
                 res.headers_mut().insert(header::CONTENT_RANGE, v);
@@ -205,28 +212,49 @@ pub async fn serve_object(
     Ok(res)
 }
 
-/// One `bytes=` range of an object of `size` bytes (`a-b`, `a-`, `-n`); `None` when it
-/// cannot be satisfied or is not one range.
-pub fn parse_range(value: &[u8], size: u64) -> Option<std::ops::Range<u64>> {
-    let text = std::str::from_utf8(value).ok()?.trim();
-    let spec = text.strip_prefix("bytes=")?.trim();
-    if spec.contains(',') {
-        return None;
-    }
-    let (a, b) = spec.split_once('-')?;
-    let (a, b) = (a.trim(), b.trim());
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
-    let range = match (a.is_empty(), b.is_empty()) {
-        (false, true) if digits(a) => a.parse().ok()?..size,
-        (false, false) if digits(a) && digits(b) => {
-            let start: u64 = a.parse().ok()?;
-            let end: u64 = b.parse::<u64>().ok()?.saturating_add(1).min(size);
-            start..end
-        }
-        (true, false) if digits(b) => size.saturating_sub(b.parse().ok()?)..size,
-        _ => return None,
+/// What a `Range` header asks of an object.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RangeAsk {
+    /// The whole object: no range we serve (several ranges, another unit, bad syntax —
+    /// RFC 9110 §14.2 says to ignore those).
+    Whole,
+    /// One range, inside the object and not empty.
+    Part(std::ops::Range<u64>),
+    /// A range past the end (`416`).
+    Unsatisfiable,
+}
+
+/// One `bytes=` range of an object of `size` bytes (`a-b`, `a-`, `-n`).
+pub fn parse_range(value: &[u8], size: u64) -> RangeAsk {
+    let Some(spec) = std::str::from_utf8(value)
+        .ok()
+        .and_then(|t| t.trim().strip_prefix("bytes="))
+        .map(str::trim)
+        .filter(|s| !s.contains(','))
+    else {
+        return RangeAsk::Whole;
     };
-    (range.start < range.end).then_some(range)
+    let Some((a, b)) = spec.split_once('-').map(|(a, b)| (a.trim(), b.trim())) else {
+        return RangeAsk::Whole;
+    };
+    let number = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
+    let range = match (number(a), number(b), a.is_empty(), b.is_empty()) {
+        (Some(start), None, false, true) => start..size,
+        (Some(start), Some(last), false, false) if last >= start => {
+            start..last.saturating_add(1).min(size)
+        }
+        (None, Some(n), true, false) => size.saturating_sub(n)..size,
+        _ => return RangeAsk::Whole,
+    };
+    if range.start < range.end {
+        RangeAsk::Part(range)
+    } else {
+        RangeAsk::Unsatisfiable
+    }
 }
 
 /// Play tokens are `{digits}.{hex}`; accept the URL-safe alphabet and nothing else.
@@ -468,13 +496,15 @@ mod tests {
         assert!(text.contains("#EXT-X-TARGETDURATION:2\n"));
         assert!(text.ends_with("#EXT-X-ENDLIST\n"));
         assert!(vod_playlist(&scanned, "m", false).contains("PLAYLIST-TYPE:EVENT"));
-        assert_eq!(parse_range(b"bytes=0-9", 100), Some(0..10));
-        assert_eq!(parse_range(b"bytes=90-", 100), Some(90..100));
-        assert_eq!(parse_range(b"bytes=-10", 100), Some(90..100));
-        assert_eq!(parse_range(b"bytes=95-200", 100), Some(95..100));
+        assert_eq!(parse_range(b"bytes=0-9", 100), RangeAsk::Part(0..10));
+        assert_eq!(parse_range(b"bytes=90-", 100), RangeAsk::Part(90..100));
+        assert_eq!(parse_range(b"bytes=-10", 100), RangeAsk::Part(90..100));
+        assert_eq!(parse_range(b"bytes=95-200", 100), RangeAsk::Part(95..100));
+        assert_eq!(parse_range(b"bytes=100-", 100), RangeAsk::Unsatisfiable);
+        assert_eq!(parse_range(b"bytes=-0", 100), RangeAsk::Unsatisfiable);
+        // Not one range we serve: the whole object (RFC 9110 §14.2).
         for bad in [
-            &b"bytes=100-"[..],
-            b"bytes=5-1",
+            &b"bytes=5-1"[..],
             b"bytes=0-1,3-4",
             b"items=0-1",
             b"bytes=-",
@@ -482,7 +512,7 @@ mod tests {
         ] {
             assert_eq!(
                 parse_range(bad, 100),
-                None,
+                RangeAsk::Whole,
                 "{:?}",
                 String::from_utf8_lossy(bad)
             );

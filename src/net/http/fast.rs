@@ -76,8 +76,10 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     Ok(0) | Err(_) => return Phase::Closed,
                     Ok(_) => {}
                 },
-                _ = idle_sleep.as_mut() => {
-                    if waiting && activity.idle_since().elapsed() >= idle {
+                // Between requests only: a head being read is bounded by `head_by` (reading
+                // does not move the idle clock, so this timer would fire again at once).
+                _ = idle_sleep.as_mut(), if waiting => {
+                    if activity.idle_since().elapsed() >= idle {
                         tracing::debug!(%peer, "http: idle connection; closing");
                         return Phase::Closed;
                     }
@@ -158,7 +160,15 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             return Phase::Closed;
         }
         if close {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), io.shutdown()).await;
+            // Our side is done; what the client still sends is read and dropped for a
+            // moment, so that closing with unread bytes does not reset the connection (and
+            // lose the answer) before the client has read it.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+                let _ = io.shutdown().await;
+                let mut sink = [0u8; 1024];
+                while matches!(io.read(&mut sink).await, Ok(n) if n > 0) {}
+            })
+            .await;
             return Phase::Closed;
         }
     }
@@ -451,6 +461,24 @@ mod tests {
         s.read_to_string(&mut all).await.unwrap();
         assert!(all.starts_with("HTTP/1.0 200 OK\r\n"), "{all}");
         assert!(all.ends_with("fast /fast/old None None"), "{all}");
+    }
+
+    #[tokio::test]
+    async fn a_head_started_after_a_quiet_spell_is_cut_by_the_head_deadline() {
+        // Idle limit shorter than the head deadline: once the idle timer has run, a
+        // half-sent head must still be cut at its own deadline (not spin on the idle timer).
+        let (addr, _stop) = server(150, 400).await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /fast/x HTTP/1.1\r\n\r\n").await.unwrap();
+        responses(&mut s, 1).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        s.write_all(b"GET /fast/y HTTP/1.1\r\nHo").await.unwrap();
+        let t = std::time::Instant::now();
+        assert!(closed(&mut s, 3_000).await, "cut");
+        assert!(
+            t.elapsed() >= std::time::Duration::from_millis(300),
+            "at the head deadline"
+        );
     }
 
     #[tokio::test]
