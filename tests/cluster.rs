@@ -1,6 +1,7 @@
 //! Cluster mode (issue 17): nodes on one PostgreSQL database and one Redis (a fresh database
 //! and key prefix per test) take any publisher, serve any viewer, and act as one service
-//! through the API. Real PostgreSQL, Redis, ffmpeg/ffprobe; nodes are in-process servers.
+//! through the API; a recording made on one node is served and deleted by another (object
+//! storage on moto). Real PostgreSQL, Redis, ffmpeg/ffprobe; nodes are in-process servers.
 
 mod common;
 
@@ -1375,5 +1376,114 @@ async fn a_webhook_left_undelivered_by_a_node_that_stopped_is_delivered_by_anoth
         "{events:?}"
     );
     b.server.shutdown().await;
+    redis_cleanup(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_recording_made_on_one_node_is_listed_played_downloaded_and_deleted_on_another() {
+    use common::s3::{Moto, ACCESS_KEY, SECRET_KEY};
+    if !require_program("ffmpeg") {
+        return;
+    }
+    let Some(moto) = Moto::start(&[]).await else {
+        return;
+    };
+    moto.create_bucket("recs").await;
+    let storage = media_server::config::StorageConfig {
+        kind: "s3".into(),
+        endpoint: moto.endpoint(),
+        bucket: "recs".into(),
+        access_key_id: ACCESS_KEY.into(),
+        secret_access_key: SECRET_KEY.into(),
+        part_size_mb: 1,
+        ..Default::default()
+    };
+    let db = TestDb::create("cluster_s3");
+    let prefix = redis_prefix("s3");
+    let s = storage.clone();
+    let a = node_with(&db, &prefix, "a", None, move |c| c.recording.storage = s).await;
+    let b = node_with(&db, &prefix, "b", None, move |c| {
+        c.recording.storage = storage
+    })
+    .await;
+    let (status, v) = api(
+        &a.http(""),
+        reqwest::Method::POST,
+        "/api/v1/streams",
+        Some(serde_json::json!({ "name": "vod", "title": "VOD", "record": true })),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    let key = v["stream_key"].as_str().unwrap().to_owned();
+    // Recorded on a (the publisher's node), uploaded by a.
+    let mut ffmpeg = ffmpeg_publish(&a.rtmp(&format!("/live/{key}")), 5);
+    let _ = ffmpeg.wait();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let rec = loop {
+        let recs = recordings_of(&b.http(""), &id).await;
+        if let Some(r) = recs.first().filter(|r| r["status"] == "ready") {
+            break r.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ready, seen from b: {recs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(rec["storage"], "s3", "{rec}");
+    let rec_id = rec["id"].as_str().unwrap().to_owned();
+    let spool = a.dir.join(format!("data/recordings/{rec_id}.mp4"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while spool.exists() {
+        assert!(std::time::Instant::now() < deadline, "a kept its spool");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // b has no file: its VOD comes from the stored index and presigned URLs, and decodes.
+    let vod = b.http(&format!("/vod/{rec_id}/index.m3u8"));
+    let out = std::process::Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-http_persistent",
+            "0",
+            "-i",
+            &vod,
+            "-map",
+            "0",
+            "-f",
+            "null",
+            "-",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let resp = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(b.http(&format!("/api/v1/recordings/{rec_id}/download")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 302);
+    // b deletes it: the object goes with it.
+    let (status, _) = api(
+        &b.http(""),
+        reqwest::Method::DELETE,
+        &format!("/api/v1/recordings/{rec_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert!(moto.keys("recs", "recordings/").await.is_empty());
+    for ts in [a, b] {
+        ts.server.shutdown().await;
+    }
     redis_cleanup(&prefix).await;
 }
