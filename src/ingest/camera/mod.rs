@@ -114,6 +114,9 @@ struct Session {
     transcoder: Option<Transcoder>,
     jpeg_track: Option<Track>,
     started: Instant,
+    /// The last frame's timestamp: frames that arrive within the same millisecond still get
+    /// strictly increasing ones (muxers and RTMP destinations refuse equal DTS).
+    last_dts: Option<i64>,
     invalid_in_a_row: u32,
     invalid_total: u64,
     frames: u64,
@@ -148,6 +151,7 @@ impl Session {
             transcoder: None,
             jpeg_track: None,
             started: Instant::now(),
+            last_dts: None,
             invalid_in_a_row: 0,
             invalid_total: 0,
             frames: 0,
@@ -301,7 +305,9 @@ impl Session {
             }));
             self.jpeg_track = Some(track.clone());
         }
-        let dts = self.started.elapsed().as_millis() as i64;
+        let now = self.started.elapsed().as_millis() as i64;
+        let dts = self.last_dts.map_or(now, |last| now.max(last + 1));
+        self.last_dts = Some(dts);
         self.frames += 1;
         publisher.push(Frame {
             track: JPEG_TRACK,
