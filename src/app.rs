@@ -35,6 +35,9 @@ pub enum StartError {
     /// Object storage for recordings is configured but unusable.
     #[error("{0}")]
     Storage(String),
+    /// The RTMPS certificate or key cannot be used.
+    #[error("{0}")]
+    Tls(String),
     /// A listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -63,6 +66,8 @@ pub struct Server {
     pub http_addr: SocketAddr,
     /// Where RTMP listens.
     pub rtmp_addr: SocketAddr,
+    /// Where RTMPS listens, when `rtmp.tls_listen` is set.
+    pub rtmps_addr: Option<SocketAddr>,
     /// Set on the first start only.
     pub bootstrap: Option<Bootstrap>,
     /// The database handle.
@@ -141,6 +146,31 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             addr: config.rtmp.listen,
             source,
         })?;
+    // RTMPS: the certificate is checked before anything listens, so a wrong file fails the
+    // start with one line.
+    let rtmps = match config.rtmp.tls_addr() {
+        Some(addr) => {
+            let cert = crate::net::tls::ReloadingCert::load(
+                &config.rtmp.tls_cert,
+                &config.rtmp.tls_key,
+                "rtmp.tls_cert",
+            )
+            .map_err(StartError::Tls)?;
+            let tls_config = cert.server_config().map_err(StartError::Tls)?;
+            let listener = bind(addr).await?;
+            let bound = listener
+                .local_addr()
+                .map_err(|source| StartError::Bind { addr, source })?;
+            Some((
+                listener,
+                bound,
+                cert,
+                tokio_rustls::TlsAcceptor::from(tls_config),
+            ))
+        }
+        None => None,
+    };
+    let rtmps_addr = rtmps.as_ref().map(|r| r.1);
     let hub = Hub::default();
     let cluster = if config.cluster.enabled {
         // An advertised port 0 is the port HTTP was bound to (tests, ephemeral ports).
@@ -366,11 +396,22 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             config.rtmp.max_connections as usize,
         )),
     };
+    if let Some((listener, bound, cert, acceptor)) = rtmps {
+        cert.watch(shutdown_rx.clone());
+        tracing::info!(rtmps_addr = %bound, "rtmps listening");
+        tasks.push(tokio::spawn(rtmp::serve_tls(
+            listener,
+            ctx.clone(),
+            acceptor,
+            shutdown_rx.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(rtmp::serve(rtmp_listener, ctx, shutdown_rx)));
     tracing::info!(%http_addr, %rtmp_addr, "media-server listening");
     Ok(Server {
         http_addr,
         rtmp_addr,
+        rtmps_addr,
         bootstrap,
         store,
         hub,

@@ -395,6 +395,37 @@ pub struct RtmpConfig {
     /// Of `max_connections`, this many are kept for publishers: a player is refused when
     /// fewer are free, so viewers can never starve ingest.
     pub reserved_publisher_slots: u32,
+    /// Address of the RTMPS (RTMP over TLS) listener, e.g. `0.0.0.0:1936`; empty: off. It
+    /// shares `max_connections`, the per-client cap and the handshake timeout (which covers
+    /// the TLS handshake) with the plain listener.
+    pub tls_listen: String,
+    /// PEM certificate chain for RTMPS (reloaded on SIGHUP and when the file changes).
+    pub tls_cert: String,
+    /// PEM private key for RTMPS.
+    pub tls_key: String,
+    /// Base URL printed for RTMPS publishers (no trailing slash); empty: `public_url`'s host
+    /// with the `tls_listen` port.
+    pub tls_public_url: String,
+}
+
+impl RtmpConfig {
+    /// The RTMPS listen address, when configured (validated by [`Config::validate`]).
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_listen.parse().ok()
+    }
+
+    /// The base RTMPS URL publishers are told (`rtmps://host:port`), when RTMPS is on.
+    pub fn rtmps_url(&self) -> Option<String> {
+        let addr = self.tls_addr()?;
+        if !self.tls_public_url.is_empty() {
+            return Some(self.tls_public_url.clone());
+        }
+        let host = url::Url::parse(&self.public_url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_else(|| "localhost".into());
+        Some(format!("rtmps://{host}:{}", addr.port()))
+    }
 }
 
 /// `[hls]`
@@ -903,6 +934,10 @@ impl Default for RtmpConfig {
             out_chunk_size: 4096,
             max_connections_per_ip: 256,
             reserved_publisher_slots: 50,
+            tls_listen: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            tls_public_url: String::new(),
         }
     }
 }
@@ -1007,6 +1042,27 @@ impl Config {
         }
         if !(128..=0xFF_FFFF).contains(&self.rtmp.out_chunk_size) {
             return invalid("rtmp.out_chunk_size", "must be between 128 and 16777215");
+        }
+        if !self.rtmp.tls_listen.is_empty() {
+            if self.rtmp.tls_addr().is_none() {
+                return invalid(
+                    "rtmp.tls_listen",
+                    "must be empty or an address such as 0.0.0.0:1936",
+                );
+            }
+            if self.rtmp.tls_cert.is_empty() || self.rtmp.tls_key.is_empty() {
+                return invalid(
+                    "rtmp.tls_cert",
+                    "rtmp.tls_listen needs rtmp.tls_cert and rtmp.tls_key (PEM files)",
+                );
+            }
+            let url = &self.rtmp.tls_public_url;
+            if !url.is_empty() && (!url.starts_with("rtmps://") || url.ends_with('/')) {
+                return invalid(
+                    "rtmp.tls_public_url",
+                    "must be empty or an rtmps:// URL without a trailing slash",
+                );
+            }
         }
         if self.rtmp.handshake_timeout_ms == 0 || self.rtmp.idle_timeout_ms == 0 {
             return invalid("rtmp.*_timeout_ms", "timeouts must be greater than 0");

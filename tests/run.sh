@@ -56,6 +56,18 @@ if [ ! -x "$moto_venv/bin/moto_server" ]; then
 fi
 export MS_TEST_MOTO="$PWD/$moto_venv/bin/moto_server"
 
+# ffmpeg 9 (PyPI imageio-ffmpeg: a static build with libx265, SVT-AV1, libopus and an FLV muxer
+# that writes Enhanced RTMP) as an independent HEVC/AV1/VP9/Opus RTMP publisher and player for
+# tests/codecs.rs; Debian's ffmpeg 5.1 speaks legacy RTMP only.
+ffmpeg9_venv=target/ffmpeg9-venv
+if ! "$ffmpeg9_venv/bin/python" -c 'import imageio_ffmpeg' >/dev/null 2>&1; then
+  log "installing imageio-ffmpeg (ffmpeg 9) into $ffmpeg9_venv"
+  python3 -m venv "$ffmpeg9_venv"
+  "$ffmpeg9_venv/bin/pip" install -q --disable-pip-version-check "imageio-ffmpeg==0.8.1"
+fi
+MS_TEST_FFMPEG9="$("$ffmpeg9_venv/bin/python" -c 'import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())')"
+export MS_TEST_FFMPEG9
+
 # hls.js (npm) for the browser test that plays WHIP's H.264 + Opus HLS over MSE.
 if [ ! -f target/npm/node_modules/hls.js/dist/hls.min.js ] || [ ! -f target/npm/node_modules/playwright-core/package.json ]; then
   command -v npm >/dev/null 2>&1 || {

@@ -56,6 +56,9 @@ pub struct StreamView {
     ended_at: Option<String>,
     /// Server for OBS; append the key for ffmpeg.
     rtmp_url: String,
+    /// The same server over TLS (`rtmps://`), when `rtmp.tls_listen` is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rtmps_url: Option<String>,
     /// WHIP endpoint (WebRTC ingest).
     whip_url: String,
     /// WHEP endpoint (WebRTC playback, sub-second latency).
@@ -128,12 +131,62 @@ struct LiveView {
     is_recording: bool,
     /// Announced tracks.
     tracks: Vec<TrackView>,
+    /// An Enhanced RTMP multitrack publisher's tracks beyond the first video and audio track
+    /// (other renditions or languages): described here, not played out.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    sub_streams: Vec<SubStreamView>,
     /// RTP packet statistics of a WHIP publisher (loss, jitter, keyframe requests).
     #[serde(skip_serializing_if = "Option::is_none")]
     transport: Option<crate::hub::TransportStats>,
     /// What a WHEP viewer gets of this stream.
     #[serde(skip_serializing_if = "Option::is_none")]
     webrtc_playback: Option<WebRtcPlayback>,
+}
+
+/// A multitrack publisher's extra track.
+#[derive(Debug, Serialize, ToSchema)]
+struct SubStreamView {
+    /// The publisher's track id.
+    track_id: u8,
+    /// `video` or `audio`.
+    kind: String,
+    /// `h264`, `hevc`, `av1`, `vp9`, `aac`, `opus`; absent until its sequence start arrived.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    codec: Option<String>,
+    /// RFC 6381 codec string.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    codec_string: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    width: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    height: Option<u32>,
+    /// Average bitrate since the track's first frame.
+    bitrate_bps: u64,
+    /// Payload bytes received.
+    bytes_in: u64,
+}
+
+fn sub_stream_views(s: &StreamSnapshot) -> Vec<SubStreamView> {
+    s.sub_streams
+        .iter()
+        .map(|sub| {
+            let info = sub.codec.as_ref().and_then(|c| c.video_info());
+            SubStreamView {
+                track_id: sub.track_id,
+                kind: match sub.kind {
+                    crate::media::TrackKind::Video => "video",
+                    crate::media::TrackKind::Audio => "audio",
+                }
+                .into(),
+                codec: sub.codec.as_ref().map(|c| c.name().into()),
+                codec_string: sub.codec.as_ref().map(|c| c.codec_string()),
+                width: info.map(|i| i.width).filter(|w| *w > 0),
+                height: info.map(|i| i.height).filter(|h| *h > 0),
+                bitrate_bps: sub.bitrate_bps,
+                bytes_in: sub.bytes_in,
+            }
+        })
+        .collect()
 }
 
 /// What WebRTC playback carries of a live stream.
@@ -153,10 +206,13 @@ struct WebRtcPlayback {
 struct TrackView {
     /// `video` or `audio`.
     kind: String,
-    /// `h264`, `aac`.
+    /// `h264`, `hevc`, `av1`, `vp9`, `mjpeg`, `aac`, `opus`.
     codec: String,
     /// RFC 6381 codec string.
     codec_string: String,
+    /// The codec profile (`High`, `Main 10`, ...), video only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    profile: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     width: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -307,6 +363,9 @@ pub struct RotatedKey {
     stream_key: String,
     /// Server for OBS.
     rtmp_url: String,
+    /// The same server over TLS, when RTMPS is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rtmps_url: Option<String>,
 }
 
 fn track_views(s: &StreamSnapshot) -> Vec<TrackView> {
@@ -340,34 +399,11 @@ fn base_track_views(s: &StreamSnapshot, tracks: &crate::media::Tracks) -> Vec<Tr
         .list
         .iter()
         .map(|t| match &t.codec {
-            CodecConfig::H264(c) => TrackView {
-                kind: "video".into(),
-                codec: "h264".into(),
-                codec_string: c.codec_string(),
-                width: Some(c.info.width),
-                height: Some(c.info.height),
-                fps: c.info.fps.or(measured(t.id)),
-                sample_rate: None,
-                channels: None,
-                bitrate_bps: 0,
-                keyframe_interval_seconds: None,
-            },
-            CodecConfig::Jpeg { width, height } => TrackView {
-                kind: "video".into(),
-                codec: "mjpeg".into(),
-                codec_string: "jpeg".into(),
-                width: Some(u32::from(*width)),
-                height: Some(u32::from(*height)),
-                fps: measured(t.id),
-                sample_rate: None,
-                channels: None,
-                bitrate_bps: 0,
-                keyframe_interval_seconds: None,
-            },
             CodecConfig::Aac(c) => TrackView {
                 kind: "audio".into(),
                 codec: "aac".into(),
                 codec_string: c.codec_string(),
+                profile: None,
                 width: None,
                 height: None,
                 fps: None,
@@ -380,6 +416,7 @@ fn base_track_views(s: &StreamSnapshot, tracks: &crate::media::Tracks) -> Vec<Tr
                 kind: "audio".into(),
                 codec: "opus".into(),
                 codec_string: "opus".into(),
+                profile: None,
                 width: None,
                 height: None,
                 fps: None,
@@ -388,6 +425,22 @@ fn base_track_views(s: &StreamSnapshot, tracks: &crate::media::Tracks) -> Vec<Tr
                 bitrate_bps: 0,
                 keyframe_interval_seconds: None,
             },
+            video => {
+                let info = video.video_info();
+                TrackView {
+                    kind: "video".into(),
+                    codec: video.name().into(),
+                    codec_string: video.codec_string(),
+                    profile: info.map(|i| i.profile.to_string()),
+                    width: info.map(|i| i.width).filter(|w| *w > 0),
+                    height: info.map(|i| i.height).filter(|h| *h > 0),
+                    fps: info.and_then(|i| i.fps).or(measured(t.id)),
+                    sample_rate: None,
+                    channels: None,
+                    bitrate_bps: 0,
+                    keyframe_interval_seconds: None,
+                }
+            }
         })
         .collect()
 }
@@ -421,6 +474,7 @@ fn live_view(
             dropped_frames: 0,
             is_recording: false,
             tracks: vec![],
+            sub_streams: vec![],
             transport: None,
             webrtc_playback: None,
         };
@@ -443,6 +497,7 @@ fn live_view(
         dropped_frames: s.dropped_frames,
         is_recording,
         tracks: track_views(s),
+        sub_streams: sub_stream_views(s),
         transport: s.transport.clone(),
         webrtc_playback: s.tracks.as_ref().map(|t| {
             let p = crate::egress::whep::Playable::of(t, s.has_b_frames);
@@ -475,6 +530,11 @@ fn view(state: &ApiState, row: StreamRow) -> StreamView {
         embed_url,
         iframe,
         rtmp_url: format!("{}/{}", state.config.rtmp.public_url, row.app),
+        rtmps_url: state
+            .config
+            .rtmp
+            .rtmps_url()
+            .map(|u| format!("{u}/{}", row.app)),
         rtmp_play_url: format!("{}/{}/{}", state.config.rtmp.public_url, row.app, row.id),
         hls_url: format!("{http}/hls/{}/index.m3u8", row.id),
         whip_url: format!("{http}/whip/{}/{}", row.app, row.name),
@@ -926,6 +986,11 @@ pub async fn rotate_key(
         id,
         stream_key: key,
         rtmp_url: format!("{}/{}", state.config.rtmp.public_url, row.app),
+        rtmps_url: state
+            .config
+            .rtmp
+            .rtmps_url()
+            .map(|u| format!("{u}/{}", row.app)),
     }))
 }
 

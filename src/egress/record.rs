@@ -37,7 +37,7 @@ use crate::egress::upload::{self, Outcome, Progress, Upload};
 use crate::egress::vod::VodIndex;
 use crate::events::EventBus;
 use crate::hub::{Event, LiveStream, Subscription};
-use crate::media::{CodecConfig, Frame, TrackId, Tracks};
+use crate::media::{Frame, TrackId, Tracks};
 use crate::proto::mp4scan;
 use crate::store::{RecordingRow, Store};
 
@@ -602,10 +602,12 @@ impl Writer {
         tracks: Arc<Tracks>,
     ) -> Result<Writer, String> {
         let (driver, driver_timescale) = Self::driver_of(&tracks).ok_or("no tracks")?;
-        let video = tracks.list.iter().find_map(|t| match &t.codec {
-            CodecConfig::H264(c) => Some((c.info.width, c.info.height)),
-            _ => None,
-        });
+        let video = tracks
+            .list
+            .iter()
+            .filter(|t| t.codec.is_packaged())
+            .find_map(|t| t.codec.video_info())
+            .map(|i| (i.width, i.height));
         let codecs: Vec<String> = tracks.list.iter().map(|t| t.codec.codec_string()).collect();
         let mut segmenter = Segmenter::new(SegmenterConfig {
             part_target: recs.config.fragment_ms as f64 / 1000.0,

@@ -152,22 +152,51 @@ pub fn backoff(attempt: u32, initial: Duration, max: Duration, jitter: f64) -> D
 
 /// Whether RTMP can carry these tracks: `Ok(true)` to send, `Ok(false)` when nothing can be
 /// sent yet (a camera announces its JPEG track before the H.264 made from it), `Err` with the
-/// reason the destination fails.
+/// reason the destination fails. Which codecs the destination takes is [`check_destination`]'s.
 pub fn check_tracks(tracks: &Tracks) -> Result<bool, String> {
-    let mut carried = false;
+    // A camera's JPEG track is not sent; its H.264 track is.
+    Ok(tracks.list.iter().any(|t| t.codec.is_packaged()))
+}
+
+/// The Enhanced RTMP FourCC of a codec legacy FLV cannot carry.
+fn enhanced_fourcc(codec: &CodecConfig) -> Option<&'static str> {
+    match codec {
+        CodecConfig::Hevc(_) => Some("hvc1"),
+        CodecConfig::Av1(_) => Some("av01"),
+        CodecConfig::Vp9(_) => Some("vp09"),
+        CodecConfig::Opus(_) => Some("Opus"),
+        CodecConfig::H264(_) | CodecConfig::Aac(_) | CodecConfig::Jpeg { .. } => None,
+    }
+}
+
+/// Whether a destination that announced the FourCCs `accepts` says yes to can take these
+/// tracks: H.264 and AAC always; HEVC, AV1, VP9 and Opus only over Enhanced RTMP, which the
+/// destination announces in its `connect` reply. A legacy destination would receive video
+/// it cannot decode, so it fails with the reason instead.
+pub fn check_destination(tracks: &Tracks, accepts: impl Fn(&str) -> bool) -> Result<(), String> {
     for t in &tracks.list {
-        match &t.codec {
-            CodecConfig::Opus(_) => return Err("unsupported audio codec opus".into()),
-            CodecConfig::H264(_) | CodecConfig::Aac(_) => carried = true,
-            // A camera's JPEG track is not sent; its H.264 track is.
-            CodecConfig::Jpeg { .. } => {}
+        if let Some(fourcc) = enhanced_fourcc(&t.codec) {
+            if !accepts(fourcc) {
+                return Err(format!(
+                    "the destination does not announce Enhanced RTMP support for {} ({fourcc}) \
+                     in its connect reply; a legacy RTMP server takes H.264 and AAC only, so the \
+                     stream's {} {} is not sent",
+                    t.codec.name(),
+                    t.codec.name(),
+                    if t.kind() == TrackKind::Video {
+                        "video"
+                    } else {
+                        "audio"
+                    },
+                ));
+            }
         }
     }
-    Ok(carried)
+    Ok(())
 }
 
 /// Why a source without an RTMP-capable track fails.
-const NOTHING_TO_SEND: &str = "the stream has no track RTMP can carry (H.264 video or AAC audio)";
+const NOTHING_TO_SEND: &str = "the stream has no track RTMP can carry";
 
 /// Lifecycle state of a destination, as the API shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -706,6 +735,10 @@ impl Pusher {
             },
             _ = self.stop.changed() => return self.stopped(),
         };
+        if let Err(reason) = check_destination(&tracks, |f| session.server_accepts(f)) {
+            let _ = timeout(Duration::from_millis(500), io.shutdown()).await;
+            return Outcome::Unsupported(reason);
+        }
         tracing::info!(restream = %self.row.id, stream = %self.row.stream_id, url = %self.row.url_masked, "restream: publishing");
         self.shared.update(|s| {
             s.state = State::Active;
@@ -784,6 +817,9 @@ impl Pusher {
                             Ok(true) => {}
                             Ok(false) => return Outcome::Unsupported(NOTHING_TO_SEND.into()),
                             Err(reason) => return Outcome::Unsupported(reason),
+                        }
+                        if let Err(reason) = check_destination(&t, |f| session.server_accepts(f)) {
+                            return Outcome::Unsupported(reason);
                         }
                         has_video = t.list.iter().any(|t| t.kind() == TrackKind::Video);
                         current = t.clone();
@@ -1038,11 +1074,12 @@ mod tests {
     }
 
     #[test]
-    fn opus_and_jpeg_only_sources_are_refused() {
+    fn enhanced_codecs_need_an_enhanced_destination_and_jpeg_waits() {
         use crate::media::opus::OpusConfig;
         use crate::media::test_support::av_tracks;
         use crate::media::{Track, TrackId};
         assert_eq!(check_tracks(&av_tracks()), Ok(true));
+        assert_eq!(check_destination(&av_tracks(), |_| false), Ok(()));
         let opus = Tracks {
             list: vec![Track {
                 id: TrackId(1),
@@ -1050,10 +1087,13 @@ mod tests {
                 codec: CodecConfig::Opus(OpusConfig::webrtc()),
             }],
         };
-        assert_eq!(
-            check_tracks(&opus).unwrap_err(),
-            "unsupported audio codec opus"
+        assert_eq!(check_tracks(&opus), Ok(true));
+        let legacy = check_destination(&opus, |_| false).unwrap_err();
+        assert!(
+            legacy.contains("Enhanced RTMP") && legacy.contains("Opus"),
+            "{legacy}"
         );
+        assert_eq!(check_destination(&opus, |f| f == "Opus"), Ok(()));
         let jpeg = Tracks {
             list: vec![Track {
                 id: TrackId(0),

@@ -1,7 +1,8 @@
 //! RTMP play: hub events → FLV tag bodies for an RTMP player (ffplay, VLC, OBS media source).
 //!
-//! On new tracks it yields `onMetaData` values and the AVC/AAC sequence headers; each frame
-//! becomes one tag with a timestamp relative to the first frame the player got, so every
+//! On new tracks it yields `onMetaData` values and the sequence headers: legacy FLV for H.264
+//! and AAC, Enhanced RTMP (FourCC) for HEVC, AV1, VP9 and Opus, as OBS and ffmpeg 6.1+ send
+//! them and SRS serves them; each frame becomes one tag with a timestamp relative to the first frame the player got, so every
 //! player starts near zero. The connection driver writes the tags through the RTMP session.
 //! A tag is its few header bytes plus the frame's shared buffer: the payload is copied once,
 //! by the chunk writer into the socket's output.
@@ -47,17 +48,17 @@ impl PlayOutput {
     }
 }
 
-/// Up to 5 header bytes of an FLV audio/video tag body, kept inline.
+/// Up to 8 header bytes of an FLV audio/video tag body, kept inline.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TagHead {
-    bytes: [u8; 5],
+    bytes: [u8; 8],
     len: u8,
 }
 
 impl TagHead {
     fn new(head: &[u8]) -> Self {
-        let mut bytes = [0; 5];
-        let len = head.len().min(5);
+        let mut bytes = [0; 8];
+        let len = head.len().min(8);
         bytes[..len].copy_from_slice(&head[..len]);
         TagHead {
             bytes,
@@ -100,9 +101,37 @@ impl FlvMuxer {
                         body: flv::avc_sequence_header_tag(&c.raw),
                     });
                 }
-                // Camera JPEG tracks are not carried over RTMP (their H.264 track is); legacy
-                // FLV has no Opus (WHIP audio), so RTMP players get video only.
-                CodecConfig::Jpeg { .. } | CodecConfig::Opus(_) => {}
+                CodecConfig::Hevc(_) | CodecConfig::Av1(_) | CodecConfig::Vp9(_) => {
+                    let (fourcc, raw) = enhanced_video(&t.codec);
+                    let info = t.codec.video_info();
+                    meta.push(("videocodecid", Amf0Value::Number(fourcc_number(fourcc))));
+                    if let Some(i) = info.filter(|i| i.width > 0) {
+                        meta.push(("width", Amf0Value::Number(f64::from(i.width))));
+                        meta.push(("height", Amf0Value::Number(f64::from(i.height))));
+                    }
+                    if let Some(fps) = info.and_then(|i| i.fps) {
+                        meta.push(("framerate", Amf0Value::Number(fps)));
+                    }
+                    out.push(PlayOutput::Tag {
+                        type_id: TYPE_VIDEO,
+                        timestamp: self.last_ms,
+                        head: TagHead::default(),
+                        body: flv::enhanced_video_sequence_start(fourcc, raw),
+                    });
+                }
+                CodecConfig::Opus(c) => {
+                    meta.push(("audiocodecid", Amf0Value::Number(fourcc_number(b"Opus"))));
+                    meta.push(("audiosamplerate", Amf0Value::Number(48_000.0)));
+                    meta.push(("audiochannels", Amf0Value::Number(f64::from(c.channels))));
+                    out.push(PlayOutput::Tag {
+                        type_id: TYPE_AUDIO,
+                        timestamp: self.last_ms,
+                        head: TagHead::default(),
+                        body: flv::enhanced_audio_sequence_start(b"Opus", &c.head()),
+                    });
+                }
+                // Camera JPEG tracks are not carried over RTMP (their H.264 track is).
+                CodecConfig::Jpeg { .. } => {}
                 CodecConfig::Aac(c) => {
                     meta.push(("audiocodecid", Amf0Value::Number(10.0)));
                     meta.push((
@@ -143,7 +172,17 @@ impl FlvMuxer {
                 (TYPE_VIDEO, TagHead::new(&head))
             }
             CodecConfig::Aac(_) => (TYPE_AUDIO, TagHead::new(&flv::AAC_FRAME_TAG_HEADER)),
-            CodecConfig::Jpeg { .. } | CodecConfig::Opus(_) => return None,
+            CodecConfig::Hevc(_) | CodecConfig::Av1(_) | CodecConfig::Vp9(_) => {
+                let (fourcc, _) = enhanced_video(&track.codec);
+                let cts = i32::try_from(cts_ms).unwrap_or(0);
+                let (head, len) = flv::enhanced_video_frame_header(fourcc, frame.keyframe, cts);
+                (TYPE_VIDEO, TagHead::new(&head[..len]))
+            }
+            CodecConfig::Opus(_) => (
+                TYPE_AUDIO,
+                TagHead::new(&flv::enhanced_audio_frame_header(b"Opus")),
+            ),
+            CodecConfig::Jpeg { .. } => return None,
         };
         Some(PlayOutput::Tag {
             type_id,
@@ -152,6 +191,21 @@ impl FlvMuxer {
             body: frame.data.clone(),
         })
     }
+}
+
+/// The Enhanced RTMP FourCC and configuration record of an HEVC, AV1 or VP9 track.
+fn enhanced_video(codec: &CodecConfig) -> (&'static [u8; 4], &[u8]) {
+    match codec {
+        CodecConfig::Hevc(c) => (b"hvc1", &c.raw),
+        CodecConfig::Av1(c) => (b"av01", &c.raw),
+        CodecConfig::Vp9(c) => (b"vp09", &c.raw),
+        _ => (b"avc1", &[]),
+    }
+}
+
+/// A FourCC as the number Enhanced RTMP's `onMetaData` uses for `videocodecid`/`audiocodecid`.
+fn fourcc_number(fourcc: &[u8; 4]) -> f64 {
+    f64::from(u32::from_be_bytes(*fourcc))
 }
 
 #[cfg(test)]

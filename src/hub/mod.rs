@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 pub use queue::{Event, Subscription};
 pub use stats::{RateMeter, Rates, TrafficMeter, TransportStats};
-pub use stream::{LiveStream, Publisher, StreamSnapshot, ViewerGuard, VIEWER_PROTOCOLS};
+pub use stream::{LiveStream, Publisher, StreamSnapshot, SubStream, ViewerGuard, VIEWER_PROTOCOLS};
 
 /// Default per-subscriber queue length, in frames (~8 s of 30 fps video with audio).
 pub const DEFAULT_QUEUE_FRAMES: usize = 512;

@@ -80,6 +80,7 @@ struct StreamState {
     dropped_gone: u64,
     /// RTP statistics of a WHIP publisher.
     transport: Option<TransportStats>,
+    sub_streams: Vec<SubStream>,
     /// A video frame with pts ≠ dts was seen (B-frames).
     reordered: bool,
 }
@@ -95,6 +96,21 @@ fn protocol_index(protocol: &str) -> usize {
         .iter()
         .position(|p| *p == protocol)
         .unwrap_or(0)
+}
+
+/// A track of a multitrack publisher beyond the stream's main video and audio tracks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubStream {
+    /// The publisher's track id (Enhanced RTMP `trackId`).
+    pub track_id: u8,
+    /// The codec and its configuration, once its sequence start arrived.
+    pub codec: Option<crate::media::CodecConfig>,
+    /// `video` or `audio`.
+    pub kind: crate::media::TrackKind,
+    /// Payload bytes received on this track.
+    pub bytes_in: u64,
+    /// Average bitrate since the track's first frame, bits per second.
+    pub bitrate_bps: u64,
 }
 
 /// What the API shows about a live stream.
@@ -136,6 +152,9 @@ pub struct StreamSnapshot {
     pub frames_in: u64,
     /// Packet-level ingest statistics (WHIP).
     pub transport: Option<TransportStats>,
+    /// The tracks beyond the first video and audio track of an Enhanced RTMP multitrack
+    /// publisher (other renditions, other languages): described, not routed.
+    pub sub_streams: Vec<SubStream>,
     /// The video has B-frames (reordered frames), which WebRTC players decode badly.
     pub has_b_frames: bool,
 }
@@ -384,6 +403,7 @@ impl LiveStream {
             dropped_frames: external.dropped_frames,
             frames_in: st.frames_in,
             transport: st.transport.clone(),
+            sub_streams: st.sub_streams.clone(),
             has_b_frames: st.reordered,
         }
     }
@@ -393,10 +413,8 @@ impl LiveStream {
         let fps = tracks
             .primary_video()
             .and_then(|id| tracks.get(id))
-            .and_then(|t| match &t.codec {
-                crate::media::CodecConfig::H264(c) => c.info.fps,
-                _ => None,
-            });
+            .and_then(|t| t.codec.video_info())
+            .and_then(|i| i.fps);
         st.health.set_nominal_fps(fps);
         st.latest.retain(|(t, _)| tracks.get(*t).is_some());
         st.gop.clear();
@@ -562,6 +580,11 @@ impl Publisher {
     /// Replaces the packet-level ingest statistics shown for this stream.
     pub fn set_transport_stats(&self, stats: TransportStats) {
         self.stream.lock().transport = Some(stats);
+    }
+
+    /// The publisher's extra (multitrack) tracks, as they are now.
+    pub fn set_sub_streams(&self, subs: Vec<SubStream>) {
+        self.stream.lock().sub_streams = subs;
     }
 
     /// The stream being fed.

@@ -5,16 +5,25 @@
 //! publisher that lies in its metadata still goes live). Payloads are sliced, never copied.
 //! Timestamps are the publisher's 32-bit milliseconds, unwrapped to 64 bits. A changed
 //! sequence header mid-stream re-announces the tracks (subscribers see a discontinuity).
-//! H.264 and AAC reach the hub; other codecs are parsed and reported, then ignored.
+//!
+//! Video: H.264 (legacy or `avc1`), HEVC (`hvc1`, or the legacy codec id 12), AV1 (`av01`) and
+//! VP9 (`vp09`). Audio: AAC (legacy or `mp4a`) and Opus. An AV1 or VP9 record that does not
+//! give the picture size waits for the first keyframe's. Enhanced RTMP v2 multitrack: track 0
+//! (and the plain, non-multitrack packets) are the stream's main tracks; every other track is
+//! described as a sub-stream (codec, bytes, bitrate) and not routed.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::hub::Publisher;
+use crate::hub::{Publisher, SubStream};
 use crate::media::aac::AacConfig;
+use crate::media::av1::Av1Config;
 use crate::media::h264::AvcConfig;
-use crate::media::{CodecConfig, Frame, Track, TrackId, Tracks};
+use crate::media::hevc::HevcConfig;
+use crate::media::opus::OpusConfig;
+use crate::media::vp9::{self, Vp9Config};
+use crate::media::{CodecConfig, Frame, Track, TrackId, TrackKind, Tracks};
 use crate::proto::flv::{self, AudioCodec, AudioTag, VideoCodec, VideoTag};
 use crate::proto::rtmp::amf0::Amf0Value;
 
@@ -28,6 +37,10 @@ const MAX_PENDING: usize = 512;
 const MAX_PENDING_BYTES: usize = 16 * 1024 * 1024;
 /// Media time (ms) after which tracks are announced even if a promised one never came.
 const ANNOUNCE_WAIT_MS: i64 = 2000;
+/// Sub-streams described at most (a multitrack publisher's extra tracks).
+const MAX_SUB_STREAMS: usize = 16;
+/// Media time (ms) between updates of the sub-streams' counters in the hub.
+const SUB_STREAM_UPDATE_MS: i64 = 1000;
 
 /// A tag that cannot be used; the connection goes on unless the caller decides otherwise.
 #[derive(Debug, thiserror::Error)]
@@ -38,9 +51,21 @@ pub enum IngestError {
     /// The AVC sequence header is malformed.
     #[error("avc config: {0}")]
     Avc(#[from] crate::media::h264::H264Error),
+    /// The HEVC sequence start is malformed.
+    #[error("hevc config: {0}")]
+    Hevc(#[from] crate::media::hevc::HevcError),
+    /// The AV1 sequence start is malformed.
+    #[error("av1 config: {0}")]
+    Av1(#[from] crate::media::av1::Av1Error),
+    /// The VP9 sequence start is malformed.
+    #[error("vp9 config: {0}")]
+    Vp9(#[from] crate::media::vp9::Vp9Error),
     /// The AAC sequence header is malformed.
     #[error("aac config: {0}")]
     Aac(#[from] crate::media::aac::AacError),
+    /// The Opus sequence start is malformed.
+    #[error("opus config: {0}")]
+    Opus(#[from] crate::media::opus::OpusError),
 }
 
 /// Unwraps 32-bit RTMP timestamps into a monotonic-ish 64-bit timeline.
@@ -66,12 +91,58 @@ impl Unwrapper {
     }
 }
 
+/// Whether two configurations are the same record (a repeated sequence header changes
+/// nothing, even after a keyframe taught an AV1/VP9 record its picture size).
+fn same_record(a: &CodecConfig, b: &CodecConfig) -> bool {
+    match (a, b) {
+        (CodecConfig::H264(x), CodecConfig::H264(y)) => x.raw == y.raw,
+        (CodecConfig::Hevc(x), CodecConfig::Hevc(y)) => x.raw == y.raw,
+        (CodecConfig::Av1(x), CodecConfig::Av1(y)) => x.raw == y.raw,
+        (CodecConfig::Vp9(x), CodecConfig::Vp9(y)) => x.raw == y.raw,
+        (CodecConfig::Aac(x), CodecConfig::Aac(y)) => x.raw == y.raw,
+        (x, y) => x == y,
+    }
+}
+
+/// Whether a tag of `codec` belongs to a track configured as `config`.
+fn video_matches(config: &CodecConfig, codec: VideoCodec) -> bool {
+    matches!(
+        (config, codec),
+        (CodecConfig::H264(_), VideoCodec::H264)
+            | (CodecConfig::Hevc(_), VideoCodec::Hevc)
+            | (CodecConfig::Av1(_), VideoCodec::Av1)
+            | (CodecConfig::Vp9(_), VideoCodec::Vp9)
+    )
+}
+
+fn audio_matches(config: &CodecConfig, codec: AudioCodec) -> bool {
+    matches!(
+        (config, codec),
+        (CodecConfig::Aac(_), AudioCodec::Aac) | (CodecConfig::Opus(_), AudioCodec::Opus)
+    )
+}
+
+/// Whether the picture size is known (AV1/VP9 records may leave it to the first keyframe).
+fn has_size(config: &CodecConfig) -> bool {
+    config
+        .video_info()
+        .is_none_or(|i| i.width > 0 && i.height > 0)
+}
+
+/// Bookkeeping for one sub-stream.
+#[derive(Debug)]
+struct Sub {
+    info: SubStream,
+    first_dts: Option<i64>,
+    last_dts: i64,
+}
+
 /// Converts one publisher's tags into hub frames.
 #[derive(Debug)]
 pub struct RtmpIngest {
     publisher: Publisher,
-    video: Option<AvcConfig>,
-    audio: Option<AacConfig>,
+    video: Option<CodecConfig>,
+    audio: Option<CodecConfig>,
     expect_video: bool,
     expect_audio: bool,
     metadata_seen: bool,
@@ -80,6 +151,8 @@ pub struct RtmpIngest {
     pending_bytes: usize,
     clock: Unwrapper,
     warned_codec: bool,
+    subs: Vec<Sub>,
+    subs_published_at: Option<i64>,
 }
 
 impl RtmpIngest {
@@ -97,6 +170,8 @@ impl RtmpIngest {
             pending_bytes: 0,
             clock: Unwrapper::default(),
             warned_codec: false,
+            subs: Vec::new(),
+            subs_published_at: None,
         }
     }
 
@@ -124,37 +199,72 @@ impl RtmpIngest {
     pub fn on_video(&mut self, timestamp: u32, tag: Bytes) -> Result<(), IngestError> {
         let dts = self.clock.unwrap(timestamp);
         match flv::parse_video(tag)? {
-            VideoTag::SequenceHeader {
-                codec: VideoCodec::H264,
-                config,
-            } => {
-                let cfg = AvcConfig::parse(config)?;
-                if self.video.as_ref().is_none_or(|v| v.raw != cfg.raw) {
+            VideoTag::Multitrack(tracks) => {
+                for (id, tag) in tracks {
+                    if id == 0 {
+                        self.main_video(dts, tag)?;
+                    } else {
+                        self.sub_video(id, dts, tag);
+                    }
+                }
+                self.publish_subs(dts);
+                Ok(())
+            }
+            tag => self.main_video(dts, tag),
+        }
+    }
+
+    fn main_video(&mut self, dts: i64, tag: VideoTag) -> Result<(), IngestError> {
+        match tag {
+            VideoTag::SequenceHeader { codec, config } => {
+                let Some(cfg) = video_config(codec, config)? else {
+                    self.warn_codec(&format!("video {codec:?}"));
+                    return Ok(());
+                };
+                if self.video.as_ref().is_none_or(|v| !same_record(v, &cfg)) {
                     self.video = Some(cfg);
                     self.expect_video = true;
-                    self.config_changed();
+                    if self.video.as_ref().is_some_and(has_size) {
+                        self.config_changed();
+                    }
                 }
             }
             VideoTag::Frame {
-                codec: VideoCodec::H264,
+                codec,
                 keyframe,
                 composition_time,
                 data,
             } => {
-                if self.video.is_some() {
-                    self.frame(Frame {
-                        track: VIDEO_TRACK,
-                        dts,
-                        pts: dts + i64::from(composition_time),
-                        keyframe,
-                        data,
-                    });
+                let Some(config) = self.video.as_mut() else {
+                    if !matches!(
+                        codec,
+                        VideoCodec::H264 | VideoCodec::Hevc | VideoCodec::Av1 | VideoCodec::Vp9
+                    ) {
+                        self.warn_codec(&format!("video {codec:?}"));
+                    }
+                    return Ok(());
+                };
+                if !video_matches(config, codec) {
+                    return Ok(());
                 }
+                if !has_size(config) {
+                    if !keyframe || !learn_size(config, &data) {
+                        return Ok(());
+                    }
+                    self.config_changed();
+                }
+                self.frame(Frame {
+                    track: VIDEO_TRACK,
+                    dts,
+                    pts: dts + i64::from(composition_time),
+                    keyframe,
+                    data,
+                });
             }
-            VideoTag::SequenceHeader { codec, .. } | VideoTag::Frame { codec, .. } => {
-                self.warn_codec(&format!("video {codec:?}"));
-            }
-            VideoTag::EndOfSequence { .. } | VideoTag::Metadata | VideoTag::Command => {}
+            VideoTag::EndOfSequence { .. }
+            | VideoTag::Metadata
+            | VideoTag::Command
+            | VideoTag::Multitrack(_) => {}
         }
         Ok(())
     }
@@ -163,22 +273,36 @@ impl RtmpIngest {
     pub fn on_audio(&mut self, timestamp: u32, tag: Bytes) -> Result<(), IngestError> {
         let dts = self.clock.unwrap(timestamp);
         match flv::parse_audio(tag)? {
-            AudioTag::SequenceHeader {
-                codec: AudioCodec::Aac,
-                config,
-            } => {
-                let cfg = AacConfig::parse(config)?;
-                if self.audio.as_ref().is_none_or(|a| a.raw != cfg.raw) {
+            AudioTag::Multitrack(tracks) => {
+                for (id, tag) in tracks {
+                    if id == 0 {
+                        self.main_audio(dts, tag)?;
+                    } else {
+                        self.sub_audio(id, dts, tag);
+                    }
+                }
+                self.publish_subs(dts);
+                Ok(())
+            }
+            tag => self.main_audio(dts, tag),
+        }
+    }
+
+    fn main_audio(&mut self, dts: i64, tag: AudioTag) -> Result<(), IngestError> {
+        match tag {
+            AudioTag::SequenceHeader { codec, config } => {
+                let Some(cfg) = audio_config(codec, &config)? else {
+                    self.warn_codec(&format!("audio {codec:?}"));
+                    return Ok(());
+                };
+                if self.audio.as_ref().is_none_or(|a| !same_record(a, &cfg)) {
                     self.audio = Some(cfg);
                     self.expect_audio = true;
                     self.config_changed();
                 }
             }
-            AudioTag::Frame {
-                codec: AudioCodec::Aac,
-                data,
-            } => {
-                if self.audio.is_some() {
+            AudioTag::Frame { codec, data } => match &self.audio {
+                Some(config) if audio_matches(config, codec) => {
                     self.frame(Frame {
                         track: AUDIO_TRACK,
                         dts,
@@ -187,15 +311,93 @@ impl RtmpIngest {
                         data,
                     });
                 }
-            }
-            AudioTag::SequenceHeader { codec, .. } | AudioTag::Frame { codec, .. } => {
-                self.warn_codec(&format!("audio {codec:?}"));
-            }
+                Some(_) => {}
+                None => {
+                    if !matches!(codec, AudioCodec::Aac | AudioCodec::Opus) {
+                        self.warn_codec(&format!("audio {codec:?}"));
+                    }
+                }
+            },
             AudioTag::Other { sound_format } => {
-                self.warn_codec(&format!("audio format {sound_format}"));
+                if sound_format != 9 {
+                    self.warn_codec(&format!("audio format {sound_format}"));
+                }
             }
+            AudioTag::Multitrack(_) => {}
         }
         Ok(())
+    }
+
+    fn sub(&mut self, id: u8, kind: TrackKind) -> Option<&mut Sub> {
+        let at = match self
+            .subs
+            .iter()
+            .position(|s| s.info.track_id == id && s.info.kind == kind)
+        {
+            Some(at) => at,
+            None if self.subs.len() < MAX_SUB_STREAMS => {
+                self.subs.push(Sub {
+                    info: SubStream {
+                        track_id: id,
+                        codec: None,
+                        kind,
+                        bytes_in: 0,
+                        bitrate_bps: 0,
+                    },
+                    first_dts: None,
+                    last_dts: 0,
+                });
+                self.subs.len() - 1
+            }
+            None => return None,
+        };
+        self.subs.get_mut(at)
+    }
+
+    fn sub_video(&mut self, id: u8, dts: i64, tag: VideoTag) {
+        let Some(sub) = self.sub(id, TrackKind::Video) else {
+            return;
+        };
+        match tag {
+            VideoTag::SequenceHeader { codec, config } => {
+                sub.info.codec = video_config(codec, config).ok().flatten();
+            }
+            VideoTag::Frame { keyframe, data, .. } => {
+                if let Some(c) = sub.info.codec.as_mut().filter(|c| !has_size(c)) {
+                    if keyframe {
+                        learn_size(c, &data);
+                    }
+                }
+                sub.count(dts, data.len());
+            }
+            _ => {}
+        }
+    }
+
+    fn sub_audio(&mut self, id: u8, dts: i64, tag: AudioTag) {
+        let Some(sub) = self.sub(id, TrackKind::Audio) else {
+            return;
+        };
+        match tag {
+            AudioTag::SequenceHeader { codec, config } => {
+                sub.info.codec = audio_config(codec, &config).ok().flatten();
+            }
+            AudioTag::Frame { data, .. } => sub.count(dts, data.len()),
+            _ => {}
+        }
+    }
+
+    /// Hands the sub-streams' descriptions to the hub about once a second of media time.
+    fn publish_subs(&mut self, dts: i64) {
+        if self
+            .subs_published_at
+            .is_some_and(|at| (0..SUB_STREAM_UPDATE_MS).contains(&(dts - at)))
+        {
+            return;
+        }
+        self.subs_published_at = Some(dts);
+        let list = self.subs.iter().map(|s| s.info.clone()).collect();
+        self.publisher.set_sub_streams(list);
     }
 
     fn warn_codec(&mut self, what: &str) {
@@ -203,25 +405,25 @@ impl RtmpIngest {
             self.warned_codec = true;
             tracing::warn!(
                 stream = %self.publisher.stream().id,
-                "rtmp: {what} is not supported yet (H.264 and AAC are); those tags are ignored"
+                "rtmp: {what} is not supported (H.264, HEVC, AV1, VP9, AAC and Opus are); those tags are ignored"
             );
         }
     }
 
     fn tracks(&self) -> Tracks {
         let mut list = Vec::new();
-        if let Some(v) = &self.video {
+        if let Some(v) = self.video.as_ref().filter(|v| has_size(v)) {
             list.push(Track {
                 id: VIDEO_TRACK,
                 timescale: 1000,
-                codec: CodecConfig::H264(v.clone()),
+                codec: v.clone(),
             });
         }
         if let Some(a) = &self.audio {
             list.push(Track {
                 id: AUDIO_TRACK,
                 timescale: 1000,
-                codec: CodecConfig::Aac(a.clone()),
+                codec: a.clone(),
             });
         }
         Tracks { list }
@@ -241,9 +443,10 @@ impl RtmpIngest {
     /// Every track the metadata promised has its configuration. Without metadata, the
     /// sequence headers that came before the first frame are all there will be.
     fn ready(&self) -> bool {
-        (self.video.is_some() || !self.expect_video)
+        let video = self.video.as_ref().is_some_and(has_size);
+        (video || !self.expect_video)
             && (self.audio.is_some() || !self.expect_audio)
-            && (self.video.is_some() || self.audio.is_some())
+            && (video || self.audio.is_some())
     }
 
     fn announce(&mut self) {
@@ -281,6 +484,53 @@ impl RtmpIngest {
             self.flush_pending();
         }
     }
+}
+
+impl Sub {
+    fn count(&mut self, dts: i64, bytes: usize) {
+        self.info.bytes_in = self.info.bytes_in.saturating_add(bytes as u64);
+        let first = *self.first_dts.get_or_insert(dts);
+        self.last_dts = self.last_dts.max(dts);
+        let ms = self.last_dts - first;
+        if ms > 0 {
+            self.info.bitrate_bps = self.info.bytes_in.saturating_mul(8000) / ms as u64;
+        }
+    }
+}
+
+/// The configuration of a video sequence start; `None` for a codec the server does not take.
+fn video_config(codec: VideoCodec, config: Bytes) -> Result<Option<CodecConfig>, IngestError> {
+    Ok(Some(match codec {
+        VideoCodec::H264 => CodecConfig::H264(AvcConfig::parse(config)?),
+        VideoCodec::Hevc => CodecConfig::Hevc(HevcConfig::parse(config)?),
+        VideoCodec::Av1 => CodecConfig::Av1(Av1Config::parse(config)?),
+        VideoCodec::Vp9 => CodecConfig::Vp9(Vp9Config::parse(config)?),
+        VideoCodec::Other(_) => return Ok(None),
+    }))
+}
+
+/// The configuration of an audio sequence start; `None` for a codec the server does not take.
+fn audio_config(codec: AudioCodec, config: &Bytes) -> Result<Option<CodecConfig>, IngestError> {
+    Ok(Some(match codec {
+        AudioCodec::Aac => CodecConfig::Aac(AacConfig::parse(config.clone())?),
+        AudioCodec::Opus => CodecConfig::Opus(OpusConfig::parse_head(config)?),
+        AudioCodec::Mp3 | AudioCodec::Other(_) => return Ok(None),
+    }))
+}
+
+/// Learns an AV1/VP9 picture size from a keyframe; whether it is now known.
+fn learn_size(config: &mut CodecConfig, keyframe: &[u8]) -> bool {
+    match config {
+        CodecConfig::Av1(c) => c.learn_size(keyframe),
+        CodecConfig::Vp9(c) => {
+            if let Some((w, h)) = vp9::keyframe_size(keyframe) {
+                c.width = w;
+                c.height = h;
+            }
+        }
+        _ => {}
+    }
+    has_size(config)
 }
 
 #[cfg(test)]

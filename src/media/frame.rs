@@ -10,8 +10,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::aac::AacConfig;
+use super::av1::Av1Config;
 use super::h264::AvcConfig;
+use super::hevc::HevcConfig;
 use super::opus::OpusConfig;
+use super::vp9::Vp9Config;
 
 /// Index of a track within its stream's [`Tracks`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -31,6 +34,12 @@ pub enum TrackKind {
 pub enum CodecConfig {
     /// H.264 with its `avcC` record; samples are AVCC access units.
     H264(AvcConfig),
+    /// H.265 with its `hvcC` record; samples are length-prefixed access units.
+    Hevc(HevcConfig),
+    /// AV1 with its `av1C` record; samples are low-overhead OBU temporal units.
+    Av1(Av1Config),
+    /// VP9 with its `vpcC` record; samples are VP9 frames (or superframes).
+    Vp9(Vp9Config),
     /// AAC with its AudioSpecificConfig; samples are raw AAC frames.
     Aac(AacConfig),
     /// Opus (WebRTC audio); samples are Opus packets, timescale 48 kHz.
@@ -49,7 +58,11 @@ impl CodecConfig {
     /// Video or audio.
     pub fn kind(&self) -> TrackKind {
         match self {
-            CodecConfig::H264(_) | CodecConfig::Jpeg { .. } => TrackKind::Video,
+            CodecConfig::H264(_)
+            | CodecConfig::Hevc(_)
+            | CodecConfig::Av1(_)
+            | CodecConfig::Vp9(_)
+            | CodecConfig::Jpeg { .. } => TrackKind::Video,
             CodecConfig::Aac(_) | CodecConfig::Opus(_) => TrackKind::Audio,
         }
     }
@@ -58,6 +71,9 @@ impl CodecConfig {
     pub fn codec_string(&self) -> String {
         match self {
             CodecConfig::H264(c) => c.codec_string(),
+            CodecConfig::Hevc(c) => c.codec_string(),
+            CodecConfig::Av1(c) => c.codec_string(),
+            CodecConfig::Vp9(c) => c.codec_string(),
             CodecConfig::Aac(c) => c.codec_string(),
             CodecConfig::Opus(_) => "opus".into(),
             CodecConfig::Jpeg { .. } => "jpeg".into(),
@@ -68,6 +84,9 @@ impl CodecConfig {
     pub fn name(&self) -> &'static str {
         match self {
             CodecConfig::H264(_) => "h264",
+            CodecConfig::Hevc(_) => "hevc",
+            CodecConfig::Av1(_) => "av1",
+            CodecConfig::Vp9(_) => "vp9",
             CodecConfig::Aac(_) => "aac",
             CodecConfig::Opus(_) => "opus",
             CodecConfig::Jpeg { .. } => "mjpeg",
@@ -78,6 +97,53 @@ impl CodecConfig {
     pub fn is_packaged(&self) -> bool {
         !matches!(self, CodecConfig::Jpeg { .. })
     }
+
+    /// Whether legacy FLV (codec ids, no FourCC) can carry this codec: H.264 and AAC only.
+    /// The others need Enhanced RTMP.
+    pub fn is_legacy_flv(&self) -> bool {
+        matches!(self, CodecConfig::H264(_) | CodecConfig::Aac(_))
+    }
+
+    /// Picture size, frame rate and profile of a video track (`None` for audio).
+    pub fn video_info(&self) -> Option<VideoInfo> {
+        let info = |width, height, fps, profile| VideoInfo {
+            width,
+            height,
+            fps,
+            profile,
+        };
+        match self {
+            CodecConfig::H264(c) => Some(info(
+                c.info.width,
+                c.info.height,
+                c.info.fps,
+                super::h264::profile_name(c.info.profile_idc),
+            )),
+            CodecConfig::Hevc(c) => Some(info(c.width, c.height, c.fps, c.profile_name())),
+            CodecConfig::Av1(c) => Some(info(c.width, c.height, c.fps, c.profile_name())),
+            CodecConfig::Vp9(c) => Some(info(c.width, c.height, None, c.profile_name())),
+            CodecConfig::Jpeg { width, height } => Some(info(
+                u32::from(*width),
+                u32::from(*height),
+                None,
+                "Baseline",
+            )),
+            CodecConfig::Aac(_) | CodecConfig::Opus(_) => None,
+        }
+    }
+}
+
+/// What the API and HLS say about a video track.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VideoInfo {
+    /// Displayed width in pixels (0 when the bitstream has not said yet).
+    pub width: u32,
+    /// Displayed height in pixels.
+    pub height: u32,
+    /// Nominal frame rate, when the bitstream says.
+    pub fps: Option<f64>,
+    /// The codec profile's name (`High`, `Main 10`, ...).
+    pub profile: &'static str,
 }
 
 /// One elementary stream of a live stream.

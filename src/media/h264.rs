@@ -183,6 +183,21 @@ fn read_parameter_sets(
     Ok(sets)
 }
 
+/// The name of an H.264 `profile_idc`.
+pub fn profile_name(profile_idc: u8) -> &'static str {
+    match profile_idc {
+        66 => "Baseline",
+        77 => "Main",
+        88 => "Extended",
+        100 => "High",
+        110 => "High 10",
+        122 => "High 4:2:2",
+        244 => "High 4:4:4 Predictive",
+        44 => "CAVLC 4:4:4 Intra",
+        _ => "other",
+    }
+}
+
 /// Parses a sequence parameter set NAL unit (including its 1-byte header).
 ///
 /// Emulation-prevention bytes are removed first. The whole SPS, including
@@ -492,7 +507,7 @@ fn skip_bitstream_restriction(r: &mut BitReader<'_>) -> Result<(), H264Error> {
 }
 
 /// Removes emulation-prevention bytes: every `00 00 03` becomes `00 00`.
-fn remove_emulation_prevention(data: &[u8]) -> Vec<u8> {
+pub(crate) fn remove_emulation_prevention(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len());
     let mut zeros = 0usize;
     for &b in data {

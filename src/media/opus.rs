@@ -20,7 +20,53 @@ impl OpusConfig {
             pre_skip: 0,
         }
     }
+
+    /// Parses an `OpusHead` identification header (RFC 7845 §5.1), as Enhanced RTMP carries
+    /// it in an `Opus` SequenceStart. Channel mapping families other than 0 (mono/stereo) are
+    /// refused: nothing downstream can place more than two channels.
+    pub fn parse_head(head: &[u8]) -> Result<Self, OpusError> {
+        let body = head
+            .strip_prefix(b"OpusHead")
+            .ok_or(OpusError("no OpusHead magic"))?;
+        let field =
+            |range: std::ops::Range<usize>| body.get(range).ok_or(OpusError("truncated OpusHead"));
+        let version = field(0..1)?[0];
+        if version >> 4 != 0 {
+            return Err(OpusError("unsupported OpusHead version"));
+        }
+        let channels = field(1..2)?[0];
+        let pre_skip = u16::from_le_bytes([field(2..3)?[0], field(3..4)?[0]]);
+        let rate = field(4..8)?;
+        let input_sample_rate = u32::from_le_bytes([rate[0], rate[1], rate[2], rate[3]]);
+        let family = field(10..11)?[0];
+        if family != 0 || !(1..=2).contains(&channels) {
+            return Err(OpusError(
+                "only mono and stereo Opus (mapping family 0) is supported",
+            ));
+        }
+        Ok(OpusConfig {
+            channels,
+            input_sample_rate,
+            pre_skip,
+        })
+    }
+
+    /// The `OpusHead` for this configuration (mapping family 0).
+    pub fn head(&self) -> Vec<u8> {
+        let mut out = b"OpusHead".to_vec();
+        out.push(1);
+        out.push(self.channels);
+        out.extend_from_slice(&self.pre_skip.to_le_bytes());
+        out.extend_from_slice(&self.input_sample_rate.to_le_bytes());
+        out.extend_from_slice(&[0, 0, 0]);
+        out
+    }
 }
+
+/// A malformed or unsupported `OpusHead`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("OpusHead: {0}")]
+pub struct OpusError(&'static str);
 
 /// Duration of an Opus packet in 48 kHz samples from its TOC byte and frame count
 /// (RFC 6716 §3.1), or `None` when the packet is empty or malformed.
@@ -58,5 +104,23 @@ mod tests {
         assert_eq!(packet_samples(&[]), None);
         // 48 frames of 20 ms is over the 120 ms limit.
         assert_eq!(packet_samples(&[(31 << 3) | 3, 48]), None);
+    }
+
+    #[test]
+    fn opus_head_round_trips_and_truncations_are_errors() {
+        let c = OpusConfig {
+            channels: 1,
+            input_sample_rate: 44_100,
+            pre_skip: 312,
+        };
+        let head = c.head();
+        assert_eq!(head.len(), 19);
+        assert_eq!(OpusConfig::parse_head(&head), Ok(c));
+        for n in 0..head.len() {
+            assert!(OpusConfig::parse_head(&head[..n]).is_err(), "{n}");
+        }
+        let mut surround = head.clone();
+        surround[18] = 1;
+        assert!(OpusConfig::parse_head(&surround).is_err());
     }
 }

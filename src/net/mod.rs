@@ -4,5 +4,6 @@
 pub mod http;
 pub mod limits;
 pub mod rtmp;
+pub mod tls;
 pub mod webrtc;
 pub mod webrtc_http;

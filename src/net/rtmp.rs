@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::timeout;
 
@@ -52,6 +52,9 @@ pub enum ConnectionError {
     /// Store failure while checking a key.
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// The TLS handshake failed (RTMPS).
+    #[error("tls handshake: {0}")]
+    Tls(String),
 }
 
 /// Everything a connection needs.
@@ -74,7 +77,28 @@ pub struct RtmpContext {
 }
 
 /// Accepts connections until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, ctx: RtmpContext, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, ctx: RtmpContext, shutdown: watch::Receiver<bool>) {
+    serve_with(listener, ctx, shutdown, None).await
+}
+
+/// Accepts RTMPS connections until `shutdown` turns true. The connection caps apply before
+/// the TLS handshake, and the TLS handshake counts against the handshake timeout, so slow
+/// or half-open TLS clients hold nothing longer than a slow plain-RTMP client does.
+pub async fn serve_tls(
+    listener: TcpListener,
+    ctx: RtmpContext,
+    tls: tokio_rustls::TlsAcceptor,
+    shutdown: watch::Receiver<bool>,
+) {
+    serve_with(listener, ctx, shutdown, Some(tls)).await
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    ctx: RtmpContext,
+    mut shutdown: watch::Receiver<bool>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let permits = ctx.slots.clone();
     let mut tasks = tokio::task::JoinSet::new();
     loop {
@@ -102,11 +126,34 @@ pub async fn serve(listener: TcpListener, ctx: RtmpContext, mut shutdown: watch:
         };
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
+        let tls = tls.clone();
         tasks.spawn(async move {
             let _permit = permit;
             let _ip = ip_guard;
             let _ = socket.set_nodelay(true);
-            match Connection::new(socket, peer, ctx, shutdown).run().await {
+            let started = tokio::time::Instant::now();
+            let result = match tls {
+                None => {
+                    Connection::new(socket, peer, ctx, shutdown)
+                        .run(started)
+                        .await
+                }
+                Some(acceptor) => {
+                    let limit = Duration::from_millis(ctx.config.handshake_timeout_ms);
+                    match timeout(limit, acceptor.accept(socket)).await {
+                        Ok(Ok(stream)) => {
+                            Connection::new(stream, peer, ctx, shutdown)
+                                .run(started)
+                                .await
+                        }
+                        // A plain-RTMP client on the TLS port, a scanner, a bad certificate
+                        // on the client's side: one line, nothing else happens.
+                        Ok(Err(err)) => Err(ConnectionError::Tls(err.to_string())),
+                        Err(_) => Err(ConnectionError::Timeout("in the TLS handshake")),
+                    }
+                }
+            };
+            match result {
                 Ok(()) | Err(ConnectionError::Closed) => {
                     tracing::debug!(%peer, "rtmp: connection closed")
                 }
@@ -132,9 +179,9 @@ const PLAY_READ_BUFFER: usize = 4 * 1024;
 /// Read buffer of a publishing connection: media arrives in large reads.
 const PUBLISH_READ_BUFFER: usize = 64 * 1024;
 
-/// One RTMP connection.
-struct Connection {
-    socket: TcpStream,
+/// One RTMP connection over a TCP socket or a TLS stream.
+struct Connection<S> {
+    socket: S,
     peer: SocketAddr,
     ctx: RtmpContext,
     shutdown: watch::Receiver<bool>,
@@ -144,13 +191,8 @@ struct Connection {
     playing: Option<Arc<crate::hub::LiveStream>>,
 }
 
-impl Connection {
-    fn new(
-        socket: TcpStream,
-        peer: SocketAddr,
-        ctx: RtmpContext,
-        shutdown: watch::Receiver<bool>,
-    ) -> Self {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
+    fn new(socket: S, peer: SocketAddr, ctx: RtmpContext, shutdown: watch::Receiver<bool>) -> Self {
         let mut session =
             ServerSession::new(ctx.config.max_message_bytes, ctx.config.out_chunk_size);
         // Until a publisher is accepted, small messages only and few at once: a connection
@@ -170,8 +212,11 @@ impl Connection {
         }
     }
 
-    async fn run(mut self) -> Result<(), ConnectionError> {
-        let mut deadline = Duration::from_millis(self.ctx.config.handshake_timeout_ms);
+    /// Serves the connection; the handshake deadline runs from `started` (the accept, so a
+    /// TLS handshake uses it up too).
+    async fn run(mut self, started: tokio::time::Instant) -> Result<(), ConnectionError> {
+        let mut deadline = Duration::from_millis(self.ctx.config.handshake_timeout_ms)
+            .saturating_sub(started.elapsed());
         // Taken from the publishers' reserve: it must show what it wants quickly, so that
         // idle unauthenticated connections cannot sit on the reserve.
         if self.ctx.slots.available_permits() < self.ctx.config.reserved_publisher_slots as usize {

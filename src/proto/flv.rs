@@ -6,8 +6,8 @@
 //! composition time) and the control packets that the server ignores, plus
 //! building legacy AVC/AAC tag bodies for RTMP play and restreaming. Payloads
 //! are returned as zero-copy slices of the input [`Bytes`]. Enhanced RTMP
-//! `ModEx` prefixes are skipped; multitrack packets are reported as
-//! unsupported. It is sans-IO and never panics on malformed input. The RTMP
+//! `ModEx` prefixes are skipped; multitrack packets are split into their
+//! tracks. It is sans-IO and never panics on malformed input. The RTMP
 //! session layer calls [`parse_video`] / [`parse_audio`] for every media
 //! message and hands the results to the codec parsers in `crate::media` and
 //! the fMP4 packager; the RTMP play path uses the builders.
@@ -145,6 +145,8 @@ pub enum VideoTag {
     Metadata,
     /// Video info / command frame (frame type 5, ignored by the server).
     Command,
+    /// Enhanced RTMP v2 multitrack: each track's tag by track id, in the order sent.
+    Multitrack(Vec<(u8, VideoTag)>),
 }
 
 /// Audio codec of a tag.
@@ -185,6 +187,8 @@ pub enum AudioTag {
         /// The 4-bit sound format of the first byte (9 for enhanced).
         sound_format: u8,
     },
+    /// Enhanced RTMP v2 multitrack: each track's tag by track id, in the order sent.
+    Multitrack(Vec<(u8, AudioTag)>),
 }
 
 /// Parses a video tag body (legacy or Enhanced RTMP).
@@ -239,9 +243,6 @@ fn parse_legacy_video(tag: &Bytes, first: u8) -> Result<VideoTag, FlvError> {
 fn parse_enhanced_video(tag: &Bytes, first: u8) -> Result<VideoTag, FlvError> {
     let frame_type = (first >> 4) & 0x07;
     let (packet_type, pos) = skip_mod_ex(tag, first & 0x0f, 1)?;
-    if packet_type == EX_VIDEO_MULTITRACK {
-        return Err(FlvError::Unsupported("multitrack"));
-    }
     if packet_type == EX_VIDEO_METADATA {
         // frameType is ignored for metadata packets.
         return Ok(VideoTag::Metadata);
@@ -250,31 +251,126 @@ fn parse_enhanced_video(tag: &Bytes, first: u8) -> Result<VideoTag, FlvError> {
     if frame_type == FRAME_TYPE_COMMAND {
         return Ok(VideoTag::Command);
     }
-    let codec = video_codec_from_fourcc(read_fourcc(tag, pos)?);
-    let pos = pos.saturating_add(4);
     let keyframe = frame_type == FRAME_TYPE_KEY;
+    if packet_type == EX_VIDEO_MULTITRACK {
+        let tracks = multitrack(tag, pos, |fourcc, packet_type, body| {
+            if packet_type == EX_VIDEO_MULTITRACK || packet_type == EX_MOD_EX {
+                return Err(FlvError::Unsupported("nested multitrack or ModEx"));
+            }
+            video_body(
+                video_codec_from_fourcc(fourcc),
+                packet_type,
+                keyframe,
+                &body,
+            )
+        })?;
+        return Ok(VideoTag::Multitrack(tracks));
+    }
+    let codec = video_codec_from_fourcc(read_fourcc(tag, pos)?);
+    video_body(
+        codec,
+        packet_type,
+        keyframe,
+        &rest(tag, pos.saturating_add(4)),
+    )
+}
+
+/// One track's enhanced video body after its FourCC.
+fn video_body(
+    codec: VideoCodec,
+    packet_type: u8,
+    keyframe: bool,
+    body: &Bytes,
+) -> Result<VideoTag, FlvError> {
     match packet_type {
         EX_SEQUENCE_START => Ok(VideoTag::SequenceHeader {
             codec,
-            config: payload(tag, pos, "decoder configuration")?,
+            config: payload(body, 0, "decoder configuration")?,
         }),
         EX_CODED_FRAMES if matches!(codec, VideoCodec::H264 | VideoCodec::Hevc) => {
             Ok(VideoTag::Frame {
                 codec,
                 keyframe,
-                composition_time: read_si24(tag, pos)?,
-                data: payload(tag, pos.saturating_add(3), "video data")?,
+                composition_time: read_si24(body, 0)?,
+                data: payload(body, 3, "video data")?,
             })
         }
         EX_CODED_FRAMES | EX_VIDEO_CODED_FRAMES_X => Ok(VideoTag::Frame {
             codec,
             keyframe,
             composition_time: 0,
-            data: payload(tag, pos, "video data")?,
+            data: payload(body, 0, "video data")?,
         }),
         EX_SEQUENCE_END => Ok(VideoTag::EndOfSequence { codec }),
         EX_VIDEO_MPEG2TS_SEQUENCE_START => Err(FlvError::Unsupported("MPEG2TSSequenceStart")),
         other => Err(FlvError::InvalidPacketType(other)),
+    }
+}
+
+/// Multitrack type: one track in this tag (its body runs to the end).
+const MULTITRACK_ONE: u8 = 0;
+/// Multitrack type: several tracks of one codec, each sized.
+const MULTITRACK_MANY: u8 = 1;
+/// Multitrack type: several tracks, each with its own FourCC and size.
+const MULTITRACK_MANY_CODECS: u8 = 2;
+
+/// Walks an Enhanced RTMP v2 multitrack body starting at `pos` (the byte holding the
+/// multitrack type and the tracks' packet type) and parses each track's body with `one`
+/// (FourCC, packet type, body after the track id and size). Every track consumes at least
+/// one byte, so the walk is bounded by the tag's length.
+fn multitrack<T>(
+    tag: &Bytes,
+    pos: usize,
+    mut one: impl FnMut(u32, u8, Bytes) -> Result<T, FlvError>,
+) -> Result<Vec<(u8, T)>, FlvError> {
+    let b = byte_at(tag, pos, "multitrack type")?;
+    let (kind, packet_type) = (b >> 4, b & 0x0f);
+    if !matches!(
+        kind,
+        MULTITRACK_ONE | MULTITRACK_MANY | MULTITRACK_MANY_CODECS
+    ) {
+        return Err(FlvError::InvalidPacketType(kind));
+    }
+    let mut pos = pos.saturating_add(1);
+    let mut fourcc = 0;
+    if kind != MULTITRACK_MANY_CODECS {
+        fourcc = read_fourcc(tag, pos)?;
+        pos = pos.saturating_add(4);
+    }
+    let mut out = Vec::new();
+    loop {
+        if kind == MULTITRACK_MANY_CODECS {
+            fourcc = read_fourcc(tag, pos)?;
+            pos = pos.saturating_add(4);
+        }
+        let id = byte_at(tag, pos, "track id")?;
+        pos = pos.saturating_add(1);
+        let end = if kind == MULTITRACK_ONE {
+            tag.len()
+        } else {
+            let [a, b, c]: [u8; 3] = tag
+                .get(pos..pos.saturating_add(3))
+                .and_then(|b| b.try_into().ok())
+                .ok_or(FlvError::Truncated("track size"))?;
+            pos = pos.saturating_add(3);
+            pos.checked_add(usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c))
+                .filter(|end| *end <= tag.len())
+                .ok_or(FlvError::Truncated("track body"))?
+        };
+        out.push((id, one(fourcc, packet_type, tag.slice(pos..end))?));
+        pos = end;
+        if kind == MULTITRACK_ONE || pos >= tag.len() {
+            return Ok(out);
+        }
+    }
+}
+
+/// The rest of the tag from `pos` (empty past the end).
+fn rest(tag: &Bytes, pos: usize) -> Bytes {
+    if pos >= tag.len() {
+        Bytes::new()
+    } else {
+        tag.slice(pos..)
     }
 }
 
@@ -333,18 +429,28 @@ fn parse_legacy_aac(tag: &Bytes) -> Result<AudioTag, FlvError> {
 fn parse_enhanced_audio(tag: &Bytes, first: u8) -> Result<AudioTag, FlvError> {
     let (packet_type, pos) = skip_mod_ex(tag, first & 0x0f, 1)?;
     if packet_type == EX_AUDIO_MULTITRACK {
-        return Err(FlvError::Unsupported("multitrack"));
+        let tracks = multitrack(tag, pos, |fourcc, packet_type, body| {
+            if packet_type == EX_AUDIO_MULTITRACK || packet_type == EX_MOD_EX {
+                return Err(FlvError::Unsupported("nested multitrack or ModEx"));
+            }
+            audio_body(audio_codec_from_fourcc(fourcc), packet_type, &body)
+        })?;
+        return Ok(AudioTag::Multitrack(tracks));
     }
     let codec = audio_codec_from_fourcc(read_fourcc(tag, pos)?);
-    let pos = pos.saturating_add(4);
+    audio_body(codec, packet_type, &rest(tag, pos.saturating_add(4)))
+}
+
+/// One track's enhanced audio body after its FourCC.
+fn audio_body(codec: AudioCodec, packet_type: u8, body: &Bytes) -> Result<AudioTag, FlvError> {
     match packet_type {
         EX_SEQUENCE_START => Ok(AudioTag::SequenceHeader {
             codec,
-            config: payload(tag, pos, "audio configuration")?,
+            config: payload(body, 0, "audio configuration")?,
         }),
         EX_CODED_FRAMES => Ok(AudioTag::Frame {
             codec,
-            data: payload(tag, pos, "audio data")?,
+            data: payload(body, 0, "audio data")?,
         }),
         EX_SEQUENCE_END | EX_AUDIO_MULTICHANNEL_CONFIG => Ok(AudioTag::Other {
             sound_format: SOUND_FORMAT_EX_HEADER,
@@ -444,6 +550,61 @@ pub fn aac_sequence_header_tag(asc: &[u8]) -> Bytes {
     out.put_slice(&[0xAF, LEGACY_SEQUENCE_HEADER]);
     out.put_slice(asc);
     out.freeze()
+}
+
+/// An Enhanced RTMP video SequenceStart tag body for `fourcc` (`hvc1`, `av01`, `vp09`):
+/// the configuration record follows the FourCC.
+pub fn enhanced_video_sequence_start(fourcc: &[u8; 4], config: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(config.len().saturating_add(5));
+    out.put_u8(0x80 | (FRAME_TYPE_KEY << 4) | EX_SEQUENCE_START);
+    out.put_slice(fourcc);
+    out.put_slice(config);
+    out.freeze()
+}
+
+/// The header of an Enhanced RTMP coded-frames video tag (the frame follows): HEVC gets
+/// `CodedFrames` with its composition time (or `CodedFramesX` when it is zero), AV1 and VP9
+/// `CodedFrames` without one. Returns the bytes and how many of them are used.
+pub fn enhanced_video_frame_header(
+    fourcc: &[u8; 4],
+    keyframe: bool,
+    composition_time: i32,
+) -> ([u8; 8], usize) {
+    let frame_type = if keyframe { FRAME_TYPE_KEY } else { 2 };
+    let mut out = [0u8; 8];
+    out[1..5].copy_from_slice(fourcc);
+    let with_cts = fourcc == b"hvc1" || fourcc == b"avc1";
+    if with_cts && composition_time != 0 {
+        out[0] = 0x80 | (frame_type << 4) | EX_CODED_FRAMES;
+        let [_, a, b, c] = composition_time.clamp(SI24_MIN, SI24_MAX).to_be_bytes();
+        out[5..8].copy_from_slice(&[a, b, c]);
+        (out, 8)
+    } else {
+        let packet_type = if with_cts {
+            EX_VIDEO_CODED_FRAMES_X
+        } else {
+            EX_CODED_FRAMES
+        };
+        out[0] = 0x80 | (frame_type << 4) | packet_type;
+        (out, 5)
+    }
+}
+
+/// An Enhanced RTMP audio SequenceStart tag body (`Opus`: the `OpusHead` follows).
+pub fn enhanced_audio_sequence_start(fourcc: &[u8; 4], config: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(config.len().saturating_add(5));
+    out.put_u8((SOUND_FORMAT_EX_HEADER << 4) | EX_SEQUENCE_START);
+    out.put_slice(fourcc);
+    out.put_slice(config);
+    out.freeze()
+}
+
+/// The header of an Enhanced RTMP coded-frames audio tag (the frame follows).
+pub fn enhanced_audio_frame_header(fourcc: &[u8; 4]) -> [u8; 5] {
+    let mut out = [0u8; 5];
+    out[0] = (SOUND_FORMAT_EX_HEADER << 4) | EX_CODED_FRAMES;
+    out[1..5].copy_from_slice(fourcc);
+    out
 }
 
 #[cfg(test)]
@@ -629,10 +790,52 @@ mod tests {
             video(&cat(&[&[0xd1], b"avc1", &[0]])).unwrap(),
             VideoTag::Command
         );
+        // Multitrack, one track: track 1's AVC sequence start.
         assert_eq!(
-            video(&cat(&[&[0x96], &[0x00], b"avc1", &[0, 0, 0, 0]])),
-            Err(FlvError::Unsupported("multitrack"))
+            video(&cat(&[&[0x96], &[0x00], b"avc1", &[1, 9, 8, 7]])).unwrap(),
+            VideoTag::Multitrack(vec![(
+                1,
+                VideoTag::SequenceHeader {
+                    codec: VideoCodec::H264,
+                    config: Bytes::from_static(&[9, 8, 7])
+                }
+            )])
         );
+        // Many tracks of many codecs, each sized: HEVC frames with a CTS, then AV1.
+        assert_eq!(
+            video(&cat(&[
+                &[0x96, 0x21],
+                b"hvc1",
+                &[0, 0, 0, 5, 0, 0, 2, 0xAA, 0xBB],
+                b"av01",
+                &[3, 0, 0, 1, 0xCC],
+            ]))
+            .unwrap(),
+            VideoTag::Multitrack(vec![
+                (
+                    0,
+                    VideoTag::Frame {
+                        codec: VideoCodec::Hevc,
+                        keyframe: true,
+                        composition_time: 2,
+                        data: Bytes::from_static(&[0xAA, 0xBB])
+                    }
+                ),
+                (
+                    3,
+                    VideoTag::Frame {
+                        codec: VideoCodec::Av1,
+                        keyframe: true,
+                        composition_time: 0,
+                        data: Bytes::from_static(&[0xCC])
+                    }
+                ),
+            ])
+        );
+        // A size past the end, a bad multitrack type, nesting: errors.
+        assert!(video(&cat(&[&[0x96, 0x11], b"hvc1", &[0, 0, 0, 9, 1]])).is_err());
+        assert!(video(&cat(&[&[0x96, 0x31], b"hvc1", &[0, 1]])).is_err());
+        assert!(video(&cat(&[&[0x96, 0x06], b"hvc1", &[0, 1]])).is_err());
         assert_eq!(
             video(&cat(&[&[0x95], b"av01", &[1]])),
             Err(FlvError::Unsupported("MPEG2TSSequenceStart"))
@@ -753,9 +956,31 @@ mod tests {
         assert_eq!(audio(&cat(&[&[0x92], b"Opus"])).unwrap(), other);
         assert_eq!(audio(&cat(&[&[0x94], b"Opus", &[0, 2]])).unwrap(), other);
         assert_eq!(
-            audio(&cat(&[&[0x95], &[0x00], b"Opus"])),
-            Err(FlvError::Unsupported("multitrack"))
+            audio(&cat(&[
+                &[0x95],
+                &[0x11],
+                b"Opus",
+                &[0, 0, 0, 1, 7, 2, 0, 0, 1, 8]
+            ]))
+            .unwrap(),
+            AudioTag::Multitrack(vec![
+                (
+                    0,
+                    AudioTag::Frame {
+                        codec: AudioCodec::Opus,
+                        data: Bytes::from_static(&[7])
+                    }
+                ),
+                (
+                    2,
+                    AudioTag::Frame {
+                        codec: AudioCodec::Opus,
+                        data: Bytes::from_static(&[8])
+                    }
+                ),
+            ])
         );
+        assert!(audio(&cat(&[&[0x95], &[0x00], b"Opus"])).is_err());
         assert_eq!(
             audio(&cat(&[&[0x93], b"Opus", &[1]])),
             Err(FlvError::InvalidPacketType(3))

@@ -174,6 +174,20 @@ fn trak(track: &Track) -> Result<Trak, Fmp4Error> {
             };
             (tkhd, b"vide", MinfHeader::Video, avc1(avc)?.into())
         }
+        CodecConfig::Hevc(_) | CodecConfig::Av1(_) | CodecConfig::Vp9(_) => {
+            let info = track.codec.video_info().unwrap_or(crate::media::VideoInfo {
+                width: 0,
+                height: 0,
+                fps: None,
+                profile: "",
+            });
+            let tkhd = Tkhd {
+                width: (info.width.min(u32::from(u16::MAX)) as u16).into(),
+                height: (info.height.min(u32::from(u16::MAX)) as u16).into(),
+                ..Default::default()
+            };
+            (tkhd, b"vide", MinfHeader::Video, video_entry(&track.codec)?)
+        }
         CodecConfig::Aac(aac) => {
             let tkhd = Tkhd {
                 volume: 1.into(),
@@ -281,6 +295,63 @@ fn avc1(avc: &AvcConfig) -> Result<Avc1, Fmp4Error> {
         taic: None,
         fiel: None,
         spatial: None,
+    })
+}
+
+/// A visual sample entry's fields for a `width` × `height` picture.
+fn visual(width: u32, height: u32) -> Visual {
+    Visual {
+        data_reference_index: 1,
+        width: width.min(u32::from(u16::MAX)) as u16,
+        height: height.min(u32::from(u16::MAX)) as u16,
+        horizresolution: 72.into(),
+        vertresolution: 72.into(),
+        frame_count: 1,
+        compressor: "".into(),
+        depth: 24,
+    }
+}
+
+/// The `hvc1`, `av01` or `vp09` sample entry: the configuration record as the publisher sent
+/// it, decoded into `mp4-atom`'s box (which writes it back unchanged).
+fn video_entry(codec: &CodecConfig) -> Result<mp4_atom::Codec, Fmp4Error> {
+    let size = codec.video_info().map_or((0, 0), |i| (i.width, i.height));
+    let visual = visual(size.0, size.1);
+    Ok(match codec {
+        CodecConfig::Hevc(c) => mp4_atom::Hvc1 {
+            visual,
+            hvcc: mp4_atom::Hvcc::decode_body(&mut &c.raw[..])?,
+            lhvc: None,
+            btrt: None,
+            colr: None,
+            pasp: None,
+            taic: None,
+            fiel: None,
+            ccst: None,
+            spatial: None,
+        }
+        .into(),
+        CodecConfig::Av1(c) => mp4_atom::Av01 {
+            visual,
+            av1c: mp4_atom::Av1c::decode_body(&mut &c.raw[..])?,
+            btrt: None,
+            ccst: None,
+            colr: None,
+            pasp: None,
+            taic: None,
+            spatial: None,
+        }
+        .into(),
+        CodecConfig::Vp9(c) => mp4_atom::Vp09 {
+            visual,
+            vpcc: mp4_atom::VpcC::decode_body(&mut &c.raw[..])?,
+            btrt: None,
+            colr: None,
+            pasp: None,
+            spatial: None,
+        }
+        .into(),
+        _ => return Err(Fmp4Error::Unsupported("not an HEVC, AV1 or VP9 track")),
     })
 }
 

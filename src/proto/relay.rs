@@ -30,8 +30,11 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::media::aac::AacConfig;
+use crate::media::av1::Av1Config;
 use crate::media::h264::AvcConfig;
+use crate::media::hevc::HevcConfig;
 use crate::media::opus::OpusConfig;
+use crate::media::vp9::Vp9Config;
 use crate::media::{CodecConfig, Frame, Track, TrackId, Tracks};
 use crate::proto::playlist::{MediaPlaylist, Variant};
 
@@ -52,6 +55,9 @@ const H264: u8 = 1;
 const AAC: u8 = 2;
 const OPUS: u8 = 3;
 const JPEG: u8 = 4;
+const HEVC: u8 = 5;
+const AV1: u8 = 6;
+const VP9: u8 = 7;
 
 /// One relay message.
 #[derive(Debug, Clone, PartialEq)]
@@ -184,6 +190,23 @@ pub fn encode(msg: &Message, out: &mut BytesMut) {
                     CodecConfig::Aac(c) => {
                         out.put_u8(AAC);
                         put_short_bytes(out, &c.raw);
+                    }
+                    CodecConfig::Hevc(c) => {
+                        out.put_u8(HEVC);
+                        put_short_bytes(out, &c.raw);
+                    }
+                    // AV1 and VP9 records may lack the picture size a keyframe gave: send it.
+                    CodecConfig::Av1(c) => {
+                        out.put_u8(AV1);
+                        put_short_bytes(out, &c.raw);
+                        out.put_u32(c.width);
+                        out.put_u32(c.height);
+                    }
+                    CodecConfig::Vp9(c) => {
+                        out.put_u8(VP9);
+                        put_short_bytes(out, &c.raw);
+                        out.put_u32(c.width);
+                        out.put_u32(c.height);
                     }
                     CodecConfig::Opus(c) => {
                         out.put_u8(OPUS);
@@ -327,6 +350,24 @@ fn parse(kind: u8, mut b: Bytes) -> Result<Message, RelayError> {
                             AacConfig::parse(raw)
                                 .map_err(|e| RelayError::Codec(id, e.to_string()))?,
                         )
+                    }
+                    HEVC => CodecConfig::Hevc(
+                        HevcConfig::parse(take_short_bytes(&mut b)?)
+                            .map_err(|e| RelayError::Codec(id, e.to_string()))?,
+                    ),
+                    AV1 => {
+                        let mut c = Av1Config::parse(take_short_bytes(&mut b)?)
+                            .map_err(|e| RelayError::Codec(id, e.to_string()))?;
+                        c.width = take_u32(&mut b, "tracks")?;
+                        c.height = take_u32(&mut b, "tracks")?;
+                        CodecConfig::Av1(c)
+                    }
+                    VP9 => {
+                        let mut c = Vp9Config::parse(take_short_bytes(&mut b)?)
+                            .map_err(|e| RelayError::Codec(id, e.to_string()))?;
+                        c.width = take_u32(&mut b, "tracks")?;
+                        c.height = take_u32(&mut b, "tracks")?;
+                        CodecConfig::Vp9(c)
                     }
                     OPUS => CodecConfig::Opus(OpusConfig {
                         channels: take_u8(&mut b, "tracks")?,

@@ -680,14 +680,15 @@ impl Segmenter {
             bandwidth: 0,
             average_bandwidth: None,
             codecs: tracks.list.iter().map(|t| t.codec.codec_string()).collect(),
-            resolution: tracks.first(TrackKind::Video).and_then(|t| match &t.codec {
-                crate::media::CodecConfig::H264(c) => Some((c.info.width, c.info.height)),
-                _ => None,
-            }),
-            frame_rate: tracks.first(TrackKind::Video).and_then(|t| match &t.codec {
-                crate::media::CodecConfig::H264(c) => c.info.fps,
-                _ => None,
-            }),
+            resolution: tracks
+                .first(TrackKind::Video)
+                .and_then(|t| t.codec.video_info())
+                .filter(|i| i.width > 0 && i.height > 0)
+                .map(|i| (i.width, i.height)),
+            frame_rate: tracks
+                .first(TrackKind::Video)
+                .and_then(|t| t.codec.video_info())
+                .and_then(|i| i.fps),
             uri: "media.m3u8".into(),
         });
         Ok(())

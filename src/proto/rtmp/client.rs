@@ -70,6 +70,28 @@ pub struct ClientSession {
     stream_id: u32,
     housekeeping: Housekeeping,
     play: bool,
+    fourccs: Vec<String>,
+}
+
+/// The FourCCs this client offers in `connect` (Enhanced RTMP `fourCcList`).
+pub const ENHANCED_FOURCCS: [&str; 6] = ["hvc1", "av01", "vp09", "avc1", "Opus", "mp4a"];
+
+/// The FourCCs an Enhanced RTMP server announces in its `connect` reply: `fourCcList`, or
+/// the keys of `videoFourCcInfoMap`/`audioFourCcInfoMap` (`*` means every codec).
+fn announced_fourccs(values: &[Amf0Value]) -> Vec<String> {
+    let mut out = Vec::new();
+    for v in values {
+        if let Some(Amf0Value::StrictArray(list)) = v.get("fourCcList") {
+            out.extend(list.iter().filter_map(Amf0Value::as_str).map(str::to_owned));
+        }
+        for map in ["videoFourCcInfoMap", "audioFourCcInfoMap"] {
+            if let Some(Amf0Value::Object(pairs) | Amf0Value::EcmaArray(pairs)) = v.get(map) {
+                out.extend(pairs.iter().map(|(k, _)| k.clone()));
+            }
+        }
+    }
+    out.truncate(64);
+    out
 }
 
 impl ClientSession {
@@ -92,6 +114,7 @@ impl ClientSession {
             stream_id: 0,
             housekeeping: Housekeeping::default(),
             play: false,
+            fourccs: Vec::new(),
         };
         message::write_set_chunk_size(&mut session.writer, &mut session.out, out_chunk_size);
         let object = Amf0Value::object([
@@ -102,6 +125,15 @@ impl ClientSession {
                 Amf0Value::String("FMLE/3.0 (compatible; media-server)".into()),
             ),
             ("tcUrl", Amf0Value::String(tc_url.to_owned())),
+            (
+                "fourCcList",
+                Amf0Value::StrictArray(
+                    ENHANCED_FOURCCS
+                        .iter()
+                        .map(|f| Amf0Value::String((*f).to_owned()))
+                        .collect(),
+                ),
+            ),
         ]);
         message::write_command(
             &mut session.writer,
@@ -127,6 +159,12 @@ impl ClientSession {
         let mut session = Self::new(app, tc_url, stream_name, max_message_bytes, out_chunk_size);
         session.play = true;
         session
+    }
+
+    /// Whether the server announced Enhanced RTMP support for `fourcc` (`hvc1`, `Opus`...)
+    /// in its `connect` reply. Known once the session is publishing.
+    pub fn server_accepts(&self, fourcc: &str) -> bool {
+        self.fourccs.iter().any(|f| f == fourcc || f == "*")
     }
 
     /// Feeds bytes read from the socket.
@@ -167,9 +205,16 @@ impl ClientSession {
                 RtmpMessage::Command {
                     name,
                     transaction_id,
+                    object,
                     args,
-                    ..
-                } => self.command(&name, transaction_id, &args)?,
+                } => {
+                    if name == "_result" && transaction_id == TXN_CONNECT {
+                        let mut all = vec![object];
+                        all.extend(args.iter().cloned());
+                        self.fourccs = announced_fourccs(&all);
+                    }
+                    self.command(&name, transaction_id, &args)?
+                }
                 RtmpMessage::Audio(payload) if live => Some(ClientEvent::Media {
                     type_id: message::TYPE_AUDIO,
                     timestamp,

@@ -241,6 +241,16 @@ impl ServerSession {
             ("fmsVer", Amf0Value::String("FMS/3,5,7,7009".into())),
             ("capabilities", Amf0Value::Number(31.0)),
             ("mode", Amf0Value::Number(1.0)),
+            // Enhanced RTMP: the codecs we take and serve.
+            (
+                "fourCcList",
+                Amf0Value::StrictArray(
+                    super::client::ENHANCED_FOURCCS
+                        .iter()
+                        .map(|f| Amf0Value::String((*f).to_owned()))
+                        .collect(),
+                ),
+            ),
         ]);
         let info = status(
             "status",
