@@ -660,3 +660,112 @@ async fn a_wrong_rtmps_certificate_fails_the_start_with_one_line() {
         assert!(!err.contains('\n'), "{err}");
     }
 }
+
+/// Malformed Enhanced RTMP tags, truncated HEVC/AV1/VP9 records, bad `OpusHead`s and cut
+/// audio packets, each a video (9) or audio (8) tag body.
+fn malformed_enhanced_tags() -> Vec<(u8, Vec<u8>)> {
+    let cat = |parts: &[&[u8]]| parts.concat();
+    let hvcc: &[u8] = &[
+        0x01, 0x01, 0x60, 0x00, 0x00, 0x00, 0x90, 0x00, 0x00, 0x00, 0x00, 0x00, 0x78, 0xf0, 0x00,
+        0xfc, 0xfd, 0xf8, 0xf8, 0x00, 0x00, 0x0f, 0x03, 0xa0, 0x00, 0x01, 0x00, 0x18, 0x40,
+    ];
+    let mut cases = vec![
+        (9, cat(&[&[0x90], b"hvc1", hvcc])),
+        (9, cat(&[&[0x90], b"hvc1", &hvcc[..5]])),
+        (9, cat(&[&[0x90], b"av01", &[0x81, 0x01]])),
+        // An av1C whose sequence header OBU is cut (this one used to be taken as a record
+        // without a size, switching the stream's video to AV1).
+        (
+            9,
+            cat(&[
+                &[0x90],
+                b"av01",
+                &[0x81, 0x01, 0x0c, 0x00, 0x0a, 0x0c, 0x02],
+            ]),
+        ),
+        (9, cat(&[&[0x90], b"vp09", &[0x01, 0x00]])),
+        (
+            9,
+            cat(&[
+                &[0x90],
+                b"vp09",
+                &[0x07, 0, 0, 0, 9, 9, 0xff, 2, 2, 2, 0, 0],
+            ]),
+        ),
+        (9, cat(&[&[0x96, 0x10], b"hvc1", &[0, 0xff, 0xff, 0xff, 1]])),
+        (9, cat(&[&[0x96, 0x31], b"hvc1", &[0, 1]])),
+        (9, cat(&[&[0x96, 0x06], b"hvc1", &[0, 1]])),
+        (9, cat(&[&[0x96, 0x21], b"hv"])),
+        (9, vec![0x97, 0xff]),
+        (9, vec![0x97, 0x00, 0x00]),
+        (9, cat(&[&[0x91], b"hvc1", &[0]])),
+        (9, cat(&[&[0x91], b"zzzz", &[1, 2, 3]])),
+        (9, vec![0x90]),
+        (9, vec![0x80]),
+        (8, cat(&[&[0x90], b"Opus", b"OpusHe"])),
+        (
+            8,
+            cat(&[
+                &[0x90],
+                b"Opus",
+                b"OpusHead",
+                &[1, 6, 0, 0, 0x80, 0xbb, 0, 0, 0, 0, 1],
+            ]),
+        ),
+        (8, cat(&[&[0x95, 0x10], b"Opus", &[0, 0, 0, 9]])),
+        (8, cat(&[&[0x91], b"Opus"])),
+        (8, cat(&[&[0x90], b"mp4a", &[0xff]])),
+        (8, vec![0xAF, 0x00]),
+        (8, vec![0xAF]),
+        (8, vec![0x97, 0x05]),
+    ];
+    // Every truncation of a multitrack HEVC sequence start.
+    let whole = cat(&[&[0x96, 0x20], b"hvc1", &[1, 0, 0, hvcc.len() as u8], hvcc]);
+    for n in 1..whole.len() {
+        cases.push((9, whole[..n].to_vec()));
+    }
+    cases
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_enhanced_rtmp_tags_are_dropped_and_the_stream_carries_on() {
+    let ts = start_server("erts-malformed").await;
+    let (id, key) = ts.create_stream("malformed").await;
+    let mut bad = malformed_enhanced_tags().into_iter().cycle();
+    let mut tags = Vec::new();
+    for (i, tag) in read_flv("tests/fixtures/av_baseline.flv")
+        .into_iter()
+        .enumerate()
+    {
+        let timestamp = tag.timestamp;
+        tags.push(tag);
+        // Past the sequence headers, a malformed tag after every few good ones.
+        if i > 4 && i % 3 == 0 {
+            let (kind, body) = bad.next().unwrap();
+            tags.push(FlvTag {
+                kind,
+                timestamp,
+                body: body.into(),
+            });
+        }
+    }
+    let mut publisher = RtmpPublisher::connect(ts.server.rtmp_addr, "live", &key)
+        .await
+        .expect("publish accepted");
+    publisher.send_tags(&tags, true).await;
+    publisher.finish().await;
+    let text = wait_for_endlist(&ts, &id, 20).await;
+    let pl = parse_media_playlist(text.as_bytes());
+    let total: f32 = pl.segments.iter().map(|s| s.duration).sum();
+    assert!(
+        (total - 4.0).abs() < 0.1,
+        "the stream is whole: {total} s\n{text}"
+    );
+    assert!(
+        !text.contains("DISCONTINUITY"),
+        "no codec change was made up:\n{text}"
+    );
+    let (status, _, _) = get(&ts.http("/healthz")).await;
+    assert_eq!(status, 200);
+    ts.server.shutdown().await;
+}

@@ -275,4 +275,80 @@ mod tests {
             })
         ));
     }
+
+    #[test]
+    fn enhanced_codecs_go_out_as_enhanced_rtmp_tags() {
+        use crate::media::test_support::enhanced_tracks;
+        use crate::proto::flv::{parse_audio, AudioCodec, AudioTag, VideoCodec};
+        let mut m = FlvMuxer::default();
+        let out = m.on_tracks(std::sync::Arc::new(enhanced_tracks()));
+        let PlayOutput::Metadata(meta) = &out[0] else {
+            panic!("metadata first")
+        };
+        assert_eq!(
+            meta.get("videocodecid").and_then(Amf0Value::as_f64),
+            Some(f64::from(u32::from_be_bytes(*b"hvc1")))
+        );
+        let tag = |o: &PlayOutput| match o {
+            PlayOutput::Tag { head, body, .. } => {
+                Bytes::from([head.as_slice(), &body[..]].concat())
+            }
+            other => panic!("{other:?}"),
+        };
+        let starts: Vec<_> = out[1..].iter().map(tag).collect();
+        assert!(matches!(
+            parse_video(starts[0].clone()).unwrap(),
+            VideoTag::SequenceHeader { codec: VideoCodec::Hevc, config } if config[..] == *crate::media::test_support::HVCC_1080P_MAIN
+        ));
+        match parse_audio(starts[1].clone()).unwrap() {
+            AudioTag::SequenceHeader {
+                codec: AudioCodec::Opus,
+                config,
+            } => assert_eq!(
+                crate::media::opus::OpusConfig::parse_head(&config)
+                    .unwrap()
+                    .pre_skip,
+                312
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse_video(starts[2].clone()).unwrap(),
+            VideoTag::SequenceHeader {
+                codec: VideoCodec::Av1,
+                ..
+            }
+        ));
+        let frame = |track: u8, pts: i64| Frame {
+            track: TrackId(track),
+            dts: 1000,
+            pts,
+            keyframe: false,
+            data: Bytes::from_static(&[9, 9]),
+        };
+        // HEVC with a composition offset: CodedFrames with its CTS; without: CodedFramesX.
+        for (pts, cts) in [(1040, 40), (1000, 0)] {
+            let t = tag(&m.on_frame(&frame(0, pts)).unwrap());
+            match parse_video(t).unwrap() {
+                VideoTag::Frame {
+                    codec: VideoCodec::Hevc,
+                    keyframe: false,
+                    composition_time,
+                    data,
+                } => assert_eq!((composition_time, &data[..]), (cts, &[9u8, 9][..])),
+                other => panic!("{other:?}"),
+            }
+        }
+        for (track, codec) in [(2, VideoCodec::Av1), (3, VideoCodec::Vp9)] {
+            let t = tag(&m.on_frame(&frame(track, 1000)).unwrap());
+            assert!(
+                matches!(parse_video(t).unwrap(), VideoTag::Frame { codec: c, .. } if c == codec)
+            );
+        }
+        let t = tag(&m.on_frame(&frame(1, 1000)).unwrap());
+        assert!(matches!(
+            parse_audio(t).unwrap(),
+            AudioTag::Frame { codec: AudioCodec::Opus, data } if data[..] == [9, 9]
+        ));
+    }
 }

@@ -653,6 +653,118 @@ mod tests {
         assert_eq!(tracks.list.len(), 2);
     }
 
+    fn enhanced(packet: u8, frame_type: u8, fourcc: &[u8; 4], rest: &[u8]) -> Bytes {
+        let mut v = vec![0x80 | (frame_type << 4) | packet];
+        v.extend_from_slice(fourcc);
+        v.extend_from_slice(rest);
+        Bytes::from(v)
+    }
+
+    #[test]
+    fn hevc_and_opus_over_enhanced_rtmp_reach_the_hub() {
+        use crate::media::opus::OpusConfig;
+        use crate::media::test_support::HVCC_1080P_MAIN;
+        let hub = Hub::default();
+        let mut ingest = RtmpIngest::new(hub.publish("s", "rtmp").unwrap());
+        let mut sub = hub.subscribe("s", "rtmp").unwrap();
+        ingest.on_metadata(&Amf0Value::object([
+            ("videocodecid", Amf0Value::Number(1752589105.0)),
+            ("audiocodecid", Amf0Value::Number(1332770163.0)),
+        ]));
+        ingest
+            .on_video(0, enhanced(0, 1, b"hvc1", HVCC_1080P_MAIN))
+            .unwrap();
+        let head = OpusConfig {
+            channels: 2,
+            input_sample_rate: 48_000,
+            pre_skip: 312,
+        }
+        .head();
+        let mut audio = vec![0x90];
+        audio.extend_from_slice(b"Opus");
+        audio.extend_from_slice(&head);
+        ingest.on_audio(0, Bytes::from(audio)).unwrap();
+        // CodedFrames with a CTS of 40 ms, then CodedFramesX (no CTS).
+        ingest
+            .on_video(0, enhanced(1, 1, b"hvc1", &[0, 0, 40, 0, 0, 0, 1, 0x26]))
+            .unwrap();
+        ingest
+            .on_video(33, enhanced(3, 2, b"hvc1", &[0, 0, 0, 1, 0x02]))
+            .unwrap();
+        let mut opus = vec![0x91];
+        opus.extend_from_slice(b"Opus");
+        opus.push(0xfc);
+        ingest.on_audio(20, Bytes::from(opus)).unwrap();
+        let (tracks, frames) = drain(&mut sub);
+        assert_eq!(tracks, 1);
+        assert_eq!(frames, vec![(0, 0, 40), (0, 33, 33), (1, 20, 20)]);
+        let t = hub.get("s").unwrap().tracks().unwrap();
+        assert_eq!(t.list[0].codec.name(), "hevc");
+        assert_eq!(t.list[1].codec.name(), "opus");
+    }
+
+    #[test]
+    fn vp9_waits_for_a_keyframe_to_learn_its_size() {
+        use crate::media::test_support::VPCC_PROFILE0;
+        let hub = Hub::default();
+        let mut ingest = RtmpIngest::new(hub.publish("s", "rtmp").unwrap());
+        let mut sub = hub.subscribe("s", "rtmp").unwrap();
+        ingest
+            .on_video(0, enhanced(0, 1, b"vp09", VPCC_PROFILE0))
+            .unwrap();
+        // An inter frame first: useless without a keyframe, dropped.
+        ingest
+            .on_video(0, enhanced(1, 2, b"vp09", &[0x86, 0, 0]))
+            .unwrap();
+        assert_eq!(drain(&mut sub), (0, vec![]));
+        // A keyframe: frame marker, profile 0, key, sync code, BT.601, 640x360.
+        let key = [0x82, 0x49, 0x83, 0x42, 0x00, 0x27, 0xf0, 0x16, 0x70, 0x00];
+        ingest.on_video(33, enhanced(1, 1, b"vp09", &key)).unwrap();
+        let (tracks, frames) = drain(&mut sub);
+        assert_eq!((tracks, frames), (1, vec![(0, 33, 33)]));
+        let info = hub.get("s").unwrap().tracks().unwrap().list[0]
+            .codec
+            .video_info()
+            .unwrap();
+        assert_eq!((info.width, info.height), (640, 360));
+    }
+
+    #[test]
+    fn multitrack_keeps_track_zero_and_describes_the_rest() {
+        use crate::media::test_support::{AV1C_360P, AVCC_720P};
+        let hub = Hub::default();
+        let mut ingest = RtmpIngest::new(hub.publish("s", "rtmp").unwrap());
+        let mut sub = hub.subscribe("s", "rtmp").unwrap();
+        ingest
+            .on_video(0, avc_sequence_header_tag(AVCC_720P))
+            .unwrap();
+        // Track 1: AV1 in multitrack OneTrack packets.
+        let mut start = vec![0x96, 0x00];
+        start.extend_from_slice(b"av01");
+        start.push(1);
+        start.extend_from_slice(AV1C_360P);
+        ingest.on_video(0, Bytes::from(start)).unwrap();
+        ingest.on_video(0, video_frame(true, 0)).unwrap();
+        for i in 0..40u8 {
+            let mut f = vec![if i == 0 { 0x96 } else { 0xA6 }, 0x01];
+            f.extend_from_slice(b"av01");
+            f.push(1);
+            f.extend_from_slice(&[0x32, 0x00, i]);
+            ingest.on_video(u32::from(i) * 33, Bytes::from(f)).unwrap();
+        }
+        let (tracks, frames) = drain(&mut sub);
+        assert_eq!(tracks, 1);
+        assert_eq!(frames.len(), 1, "only track 0's frames reach the hub");
+        let snap = hub.get("s").unwrap().snapshot();
+        assert_eq!(snap.tracks.unwrap().list.len(), 1);
+        let sub = &snap.sub_streams[0];
+        assert_eq!(sub.track_id, 1);
+        assert_eq!(sub.codec.as_ref().map(|c| c.name()), Some("av1"));
+        // Published to the hub about once a second of media time.
+        assert!((3..=40 * 3).contains(&sub.bytes_in), "{}", sub.bytes_in);
+        assert!(sub.bitrate_bps > 0);
+    }
+
     #[test]
     fn bad_tags_are_errors_not_panics() {
         let hub = Hub::default();

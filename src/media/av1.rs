@@ -56,9 +56,11 @@ impl Av1Config {
             (true, false) => 10,
             (true, true) => 12,
         };
-        let header = match find_sequence_header(&record.config_obus) {
-            Some(obu) => Some(parse_sequence_header(obu)?),
-            None => None,
+        // configOBUs may be empty; when present they must be whole OBUs.
+        let header = match walk_obus(&record.config_obus) {
+            Ok(Some(obu)) => Some(parse_sequence_header(obu)?),
+            Ok(None) => None,
+            Err(()) => return Err(Av1Error::Record("configOBUs are not whole OBUs".into())),
         };
         Ok(Av1Config {
             profile: record.seq_profile,
@@ -119,26 +121,36 @@ pub struct SequenceHeader {
 
 /// Walks low-overhead OBUs (each with `obu_has_size_field`) and returns the payload of the
 /// first sequence header; `None` if there is none or the OBUs are malformed.
-pub fn find_sequence_header(mut obus: &[u8]) -> Option<&[u8]> {
+pub fn find_sequence_header(obus: &[u8]) -> Option<&[u8]> {
+    walk_obus(obus).ok().flatten()
+}
+
+/// The first sequence header's payload, `Ok(None)` when the OBUs hold none, `Err` when they
+/// are cut or malformed before one was found.
+fn walk_obus(mut obus: &[u8]) -> Result<Option<&[u8]>, ()> {
     while let Some((&header, rest)) = obus.split_first() {
         let obu_type = (header >> 3) & 0x0f;
         let has_extension = header & 0x04 != 0;
         let has_size = header & 0x02 != 0;
-        let rest = if has_extension { rest.get(1..)? } else { rest };
+        let rest = if has_extension {
+            rest.get(1..).ok_or(())?
+        } else {
+            rest
+        };
         let (payload, next) = if has_size {
-            let (size, used) = leb128(rest)?;
-            let body = rest.get(used..)?;
-            let size = usize::try_from(size).ok()?;
-            (body.get(..size)?, body.get(size..)?)
+            let (size, used) = leb128(rest).ok_or(())?;
+            let body = rest.get(used..).ok_or(())?;
+            let size = usize::try_from(size).map_err(|_| ())?;
+            (body.get(..size).ok_or(())?, body.get(size..).ok_or(())?)
         } else {
             (rest, &[][..])
         };
         if obu_type == OBU_SEQUENCE_HEADER {
-            return Some(payload);
+            return Ok(Some(payload));
         }
         obus = next;
     }
-    None
+    Ok(None)
 }
 
 /// Reads an unsigned LEB128 value (at most 8 bytes); returns it and the bytes used.
@@ -248,9 +260,10 @@ mod tests {
     #[test]
     fn truncated_input_is_an_error_or_unknown_size() {
         for n in 0..AV1C_360P.len() {
+            // Only the bare record (no configOBUs) parses: a cut OBU is an error.
             match Av1Config::parse(Bytes::copy_from_slice(&AV1C_360P[..n])) {
-                Ok(c) => assert!(n >= 4 && c.width == 0, "{n} bytes"),
-                Err(_) => {}
+                Ok(c) => assert!(n == 4 && c.width == 0, "{n} bytes"),
+                Err(_) => assert_ne!(n, 4),
             }
         }
         assert_eq!(find_sequence_header(&[0x0a, 0xff]), None);

@@ -67,3 +67,47 @@ pub const AV1C_360P: &[u8] = &[
 pub const VPCC_PROFILE0: &[u8] = &[
     0x01, 0x00, 0x00, 0x00, 0x00, 0x15, 0x82, 0x02, 0x02, 0x02, 0x00, 0x00,
 ];
+
+/// HEVC (track 0), AV1 (track 2) and VP9 (track 3, size from a keyframe) video and Opus audio
+/// (track 1), every configuration from a real encoder.
+pub fn enhanced_tracks() -> Tracks {
+    use super::av1::Av1Config;
+    use super::hevc::HevcConfig;
+    use super::opus::OpusConfig;
+    use super::vp9::Vp9Config;
+    let mut vp9 = Vp9Config::parse(Bytes::from_static(VPCC_PROFILE0)).expect("fixture vpcC");
+    vp9.width = 640;
+    vp9.height = 360;
+    Tracks {
+        list: vec![
+            Track {
+                id: TrackId(0),
+                timescale: 1000,
+                codec: CodecConfig::Hevc(
+                    HevcConfig::parse(Bytes::from_static(HVCC_1080P_MAIN)).expect("fixture hvcC"),
+                ),
+            },
+            Track {
+                id: TrackId(1),
+                timescale: 1000,
+                codec: CodecConfig::Opus(OpusConfig {
+                    channels: 2,
+                    input_sample_rate: 48_000,
+                    pre_skip: 312,
+                }),
+            },
+            Track {
+                id: TrackId(2),
+                timescale: 1000,
+                codec: CodecConfig::Av1(
+                    Av1Config::parse(Bytes::from_static(AV1C_360P)).expect("fixture av1C"),
+                ),
+            },
+            Track {
+                id: TrackId(3),
+                timescale: 1000,
+                codec: CodecConfig::Vp9(vp9),
+            },
+        ],
+    }
+}

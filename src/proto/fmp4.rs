@@ -508,6 +508,45 @@ fn traf(run: &TrackRun<'_>) -> Result<Traf, Fmp4Error> {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn hevc_av1_vp9_and_opus_init_segments_carry_the_records_unchanged() {
+        use mp4_atom::{Codec, Decode};
+        let tracks = crate::media::test_support::enhanced_tracks();
+        let init = super::init_segment(&tracks).unwrap();
+        let mut buf = &init[..];
+        let _ftyp = mp4_atom::Ftyp::decode(&mut buf).unwrap();
+        let moov = mp4_atom::Moov::decode(&mut buf).unwrap();
+        assert_eq!(moov.trak.len(), 4);
+        let entry = |i: usize| moov.trak[i].mdia.minf.stbl.stsd.codecs[0].clone();
+        match entry(0) {
+            Codec::Hvc1(h) => {
+                assert_eq!((h.visual.width, h.visual.height), (1920, 1080));
+                let mut raw = Vec::new();
+                mp4_atom::Encode::encode(&h.hvcc, &mut raw).unwrap();
+                assert!(
+                    raw.ends_with(crate::media::test_support::HVCC_1080P_MAIN),
+                    "hvcC written back as received"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(entry(1), Codec::Opus(o) if o.dops.pre_skip == 312));
+        match entry(2) {
+            Codec::Av01(a) => {
+                assert_eq!((a.visual.width, a.visual.height), (640, 360));
+                assert_eq!(a.av1c.seq_level_idx_0, 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        match entry(3) {
+            Codec::Vp09(v) => {
+                assert_eq!((v.visual.width, v.visual.height), (640, 360));
+                assert_eq!(v.vpcc.level, 21);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn joined_chunks_are_the_same_bytes_in_one_buffer() {
         let mut c = Chunks::default();
         for piece in [&b"moof"[..], b"mdat", b"sample-1", b""] {

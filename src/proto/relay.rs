@@ -501,6 +501,18 @@ mod tests {
                 height: 480,
             },
         });
+        // HEVC, AV1 and VP9 (with the size a keyframe taught it) cross the wire too.
+        for (i, t) in crate::media::test_support::enhanced_tracks()
+            .list
+            .into_iter()
+            .filter(|t| t.kind() == crate::media::TrackKind::Video)
+            .enumerate()
+        {
+            tracks.list.push(Track {
+                id: TrackId(4 + i as u8),
+                ..t
+            });
+        }
         let frame = Frame {
             track: TrackId(0),
             pts: (1 << 40) + 66,
