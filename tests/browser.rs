@@ -334,3 +334,99 @@ async fn chromium_plays_an_rtmp_stream_over_whep() {
     pusher.abort();
     ts.server.shutdown().await;
 }
+
+/// ffmpeg 9 publishes `codec_args` over Enhanced RTMP (testsrc2 640x360, a sine) until
+/// aborted; Chromium plays the stream over WHEP and decodes frames of it.
+async fn chromium_plays_an_enhanced_rtmp_stream_over_whep(tag: &str, codec_args: &[&str]) {
+    let Some(ff) = ffmpeg9() else {
+        return;
+    };
+    if !require_program("chromium") {
+        return;
+    }
+    let ts = start_server(tag).await;
+    let (id, key) = ts.create_stream(tag).await;
+    let mut publisher = std::process::Command::new(ff)
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args(["-t", "40"])
+        .args(codec_args)
+        .args(["-c:a", "libopus", "-f", "flv"])
+        .arg(ts.rtmp(&format!("/live/{key}")))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ffmpeg 9");
+    wait_for_200(&ts.http(&format!("/hls/{id}/index.m3u8")), 15).await;
+    let (_, detail) = api(
+        &ts.http(""),
+        reqwest::Method::GET,
+        &format!("/api/v1/streams/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(detail["live"]["webrtc_playback"]["video"], true, "{detail}");
+    let reports = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let report_url = format!("http://{}/report", reports.local_addr().unwrap());
+    let page = ts.dir.join("whep.html");
+    std::fs::write(
+        &page,
+        whep_page(&ts.http(&format!("/whep/{id}")), &report_url, 8000),
+    )
+    .unwrap();
+    let query = run_page(&ts, &page, reports, tag).await;
+    let field = |name: &str| field(&query, name);
+    let frames: u64 = field("frames").parse().unwrap_or(0);
+    let width: u64 = field("width").parse().unwrap_or(0);
+    let _ = publisher.kill();
+    let _ = publisher.wait();
+    assert!(
+        frames > 10 && width == 640,
+        "Chromium decoded {frames} frames at width {width}; page error: {}",
+        field("error")
+    );
+    ts.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_plays_av1_from_enhanced_rtmp_over_whep() {
+    chromium_plays_an_enhanced_rtmp_stream_over_whep(
+        "whep-av1",
+        &[
+            "-c:v",
+            "libsvtav1",
+            "-preset",
+            "12",
+            "-g",
+            "30",
+            "-pix_fmt",
+            "yuv420p",
+            "-svtav1-params",
+            "lp=1:pred-struct=1",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_plays_vp9_from_enhanced_rtmp_over_whep() {
+    chromium_plays_an_enhanced_rtmp_stream_over_whep(
+        "whep-vp9",
+        &[
+            "-c:v",
+            "libvpx-vp9",
+            "-deadline",
+            "realtime",
+            "-cpu-used",
+            "8",
+            "-g",
+            "30",
+            "-lag-in-frames",
+            "0",
+            "-pix_fmt",
+            "yuv420p",
+        ],
+    )
+    .await;
+}

@@ -15,36 +15,6 @@ use common::*;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-/// The ffmpeg 9 binary: `MS_TEST_FFMPEG9` (tests/run.sh exports it) or the venv's.
-fn ffmpeg9() -> Option<PathBuf> {
-    let path = std::env::var_os("MS_TEST_FFMPEG9")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let py = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("target/ffmpeg9-venv/bin/python");
-            let out = Command::new(py)
-                .args([
-                    "-c",
-                    "import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())",
-                ])
-                .output()
-                .ok()?;
-            out.status
-                .success()
-                .then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-        })
-        .filter(|p| p.exists());
-    if path.is_none() {
-        if std::env::var_os("CI").is_some() {
-            panic!(
-                "ffmpeg 9 (imageio-ffmpeg) is required under CI (bash tests/run.sh installs it)"
-            );
-        }
-        eprintln!("SKIPPED LOCALLY: no ffmpeg 9 (imageio-ffmpeg); run bash tests/run.sh");
-    }
-    path.filter(|_| require_program("ffmpeg") && require_program("ffprobe"))
-}
-
 /// `ffmpeg9 -re` publishing testsrc2 640x360 (1 s GOP) and a sine for `secs` seconds with
 /// the given codec arguments.
 fn publish9(ff: &PathBuf, url: &str, secs: u32, codec_args: &[&str]) -> Command {

@@ -192,7 +192,7 @@ fn sub_stream_views(s: &StreamSnapshot) -> Vec<SubStreamView> {
 /// What WebRTC playback carries of a live stream.
 #[derive(Debug, Serialize, ToSchema)]
 struct WebRtcPlayback {
-    /// H.264 video is played.
+    /// Video (H.264, VP9 or AV1) is played.
     video: bool,
     /// Opus audio is played.
     audio: bool,

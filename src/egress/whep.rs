@@ -15,8 +15,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS};
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_AV1, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP9,
+};
+use rtc::rtp::codec::av1::Av1Payloader;
 use rtc::rtp::codec::h264::H264Payloader;
+use rtc::rtp::codec::vp9::Vp9Payloader;
 use rtc::rtp::packetizer::Payloader;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
@@ -31,7 +35,7 @@ use webrtc::rtp_transceiver::RtpSender;
 use crate::error::HttpError;
 use crate::hub::{Event, LiveStream};
 use crate::media::{CodecConfig, Frame, Track, Tracks};
-use crate::net::webrtc::{PeerEvent, Session, SessionKind};
+use crate::net::webrtc::{PeerEvent, Session, SessionKind, WebVideo};
 use crate::net::webrtc_http::{bearer, created_response, require_sdp, sdp_error, WebRtcContext};
 use crate::proto::rtp::avcc_to_annexb;
 use crate::proto::sdp;
@@ -50,7 +54,7 @@ pub struct TokenQuery {
 /// What WebRTC can carry of a stream's tracks.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Playable {
-    /// The H.264 track.
+    /// The video track browsers decode over WebRTC: H.264, VP9 or AV1.
     pub video: Option<Track>,
     /// The Opus track.
     pub audio: Option<Track>,
@@ -65,7 +69,7 @@ impl Playable {
         let video = tracks
             .list
             .iter()
-            .find(|t| matches!(t.codec, CodecConfig::H264(_)))
+            .find(|t| web_video(&t.codec).is_some())
             .cloned();
         let audio = tracks
             .list
@@ -81,7 +85,20 @@ impl Playable {
         {
             notes.push("AAC audio is not transcoded to Opus: WebRTC (WHEP) plays video only");
         }
-        if b_frames && video.is_some() {
+        if tracks
+            .list
+            .iter()
+            .any(|t| matches!(t.codec, CodecConfig::Hevc(_)))
+        {
+            notes.push(
+                "HEVC is not played over WebRTC (browsers decode it there only with some \
+                 hardware): WHEP plays audio only; use HLS, or publish H.264, VP9 or AV1",
+            );
+        }
+        let h264 = video
+            .as_ref()
+            .is_some_and(|v| matches!(v.codec, CodecConfig::H264(_)));
+        if b_frames && h264 {
             notes.push(
                 "the video has B-frames, which browsers' WebRTC decoders do not support: \
                  publish with B-frames off (x264 -bf 0, OBS profile baseline) for WHEP",
@@ -89,6 +106,16 @@ impl Playable {
         }
         let note = (!notes.is_empty()).then(|| notes.join("; "));
         Playable { video, audio, note }
+    }
+}
+
+/// The WebRTC codec a track's video goes out as, if browsers take it over WebRTC.
+fn web_video(codec: &CodecConfig) -> Option<WebVideo> {
+    match codec {
+        CodecConfig::H264(_) => Some(WebVideo::H264),
+        CodecConfig::Vp9(c) if c.profile == 0 => Some(WebVideo::Vp9),
+        CodecConfig::Av1(_) => Some(WebVideo::Av1),
+        _ => None,
     }
 }
 
@@ -121,28 +148,42 @@ pub async fn play(
         return Err(HttpError::new(
             axum::http::StatusCode::BAD_REQUEST,
             "unsupported_codec",
-            "the stream has no track WebRTC can carry (H.264 video or Opus audio)",
+            "the stream has no track WebRTC can carry (H.264, VP9 or AV1 video, Opus audio)",
         ));
     }
-    if playable.video.is_some() && !offer.has_video() {
-        return Err(sdp_error(sdp::SdpError::UnsupportedCodec(
-            "the stream is H.264 but the offer has no H.264 (packetization-mode=1) video section"
-                .into(),
-        )));
+    let video = playable
+        .video
+        .as_ref()
+        .and_then(|t| web_video(&t.codec))
+        .unwrap_or(WebVideo::H264);
+    if playable.video.is_some() {
+        let (offered, name) = match video {
+            WebVideo::H264 => (offer.has_video(), "H.264 (packetization-mode=1)"),
+            WebVideo::Vp9 => (
+                offer.has_video_codec(sdp::OfferedCodec::is_vp9_profile0),
+                "VP9 (profile 0)",
+            ),
+            WebVideo::Av1 => (offer.has_video_codec(sdp::OfferedCodec::is_av1), "AV1"),
+        };
+        if !offered {
+            return Err(sdp_error(sdp::SdpError::UnsupportedCodec(format!(
+                "the stream's video is {name} but the offer has no such video section"
+            ))));
+        }
     }
     let peer = ctx
         .webrtc
-        .new_peer(crate::net::webrtc::PeerFor::Viewer(peer_addr.ip()))
+        .new_peer(crate::net::webrtc::PeerFor::Viewer(peer_addr.ip(), video))
         .await?;
     let offer_text = String::from_utf8_lossy(&body).into_owned();
     let setup = async {
         ctx.webrtc.apply_offer(&peer, offer_text).await?;
         let mut senders = Vec::new();
         if playable.video.is_some() {
-            senders.push(add_track(&peer.pc, RtpCodecKind::Video).await?);
+            senders.push(add_track(&peer.pc, RtpCodecKind::Video, video).await?);
         }
         if playable.audio.is_some() && offer.has_audio() {
-            senders.push(add_track(&peer.pc, RtpCodecKind::Audio).await?);
+            senders.push(add_track(&peer.pc, RtpCodecKind::Audio, video).await?);
         }
         let answer = ctx.webrtc.answer(&peer).await?;
         Ok::<_, crate::net::webrtc::PeerError>((senders, answer))
@@ -193,24 +234,30 @@ struct Outgoing {
 async fn add_track(
     pc: &Arc<dyn webrtc::peer_connection::PeerConnection>,
     kind: RtpCodecKind,
+    video: WebVideo,
 ) -> Result<Outgoing, crate::net::webrtc::PeerError> {
     let ssrc = rand::random::<u32>();
-    let codec = match kind {
-        RtpCodecKind::Audio => RTCRtpCodec {
+    let video_codec = |mime: &str, fmtp: &str| RTCRtpCodec {
+        mime_type: mime.to_owned(),
+        clock_rate: 90_000,
+        channels: 0,
+        sdp_fmtp_line: fmtp.to_owned(),
+        rtcp_feedback: vec![],
+    };
+    let codec = match (kind, video) {
+        (RtpCodecKind::Audio, _) => RTCRtpCodec {
             mime_type: MIME_TYPE_OPUS.to_owned(),
             clock_rate: 48_000,
             channels: 2,
             sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
             rtcp_feedback: vec![],
         },
-        _ => RTCRtpCodec {
-            mime_type: MIME_TYPE_H264.to_owned(),
-            clock_rate: 90_000,
-            channels: 0,
-            sdp_fmtp_line: "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f"
-                .to_owned(),
-            rtcp_feedback: vec![],
-        },
+        (_, WebVideo::H264) => video_codec(
+            MIME_TYPE_H264,
+            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+        ),
+        (_, WebVideo::Vp9) => video_codec(MIME_TYPE_VP9, "profile-id=0"),
+        (_, WebVideo::Av1) => video_codec(MIME_TYPE_AV1, "level-idx=5;profile=0;tier=0"),
     };
     let label = if kind == RtpCodecKind::Audio {
         "audio"
@@ -325,7 +372,9 @@ async fn run(
     }
     let mut sub = stream.subscribe("whep");
     let mut tracks: Option<Arc<Tracks>> = None;
-    let mut payloader = H264Payloader::default();
+    let mut h264 = H264Payloader::default();
+    let mut vp9 = Vp9Payloader::default();
+    let mut av1 = Av1Payloader {};
     let mut waiting_for_keyframe = true;
     loop {
         let event = tokio::select! {
@@ -347,14 +396,35 @@ async fn run(
                     continue;
                 };
                 stream.add_bytes_out(frame.data.len() as u64);
+                let is_video = web_video(&t.codec).is_some();
+                if is_video && video.is_some() {
+                    if waiting_for_keyframe && !frame.keyframe {
+                        continue;
+                    }
+                    waiting_for_keyframe = false;
+                }
                 let ok = match &t.codec {
                     CodecConfig::H264(avc) => match video.as_mut() {
+                        Some(v) => send_video(v, &mut h264, avc, &frame, t.timescale).await,
+                        None => true,
+                    },
+                    CodecConfig::Vp9(_) => match video.as_mut() {
                         Some(v) => {
-                            if waiting_for_keyframe && !frame.keyframe {
-                                continue;
+                            let ts = v.timestamp(frame.pts, t.timescale, 90_000);
+                            match vp9.payload(RTP_MTU, &frame.data) {
+                                Ok(payloads) => v.send(payloads, ts).await,
+                                Err(_) => true,
                             }
-                            waiting_for_keyframe = false;
-                            send_video(v, &mut payloader, avc, &frame, t.timescale).await
+                        }
+                        None => true,
+                    },
+                    CodecConfig::Av1(c) => match video.as_mut() {
+                        Some(v) => {
+                            let ts = v.timestamp(frame.pts, t.timescale, 90_000);
+                            match av1.payload(RTP_MTU, &av1_sample(c, &frame)) {
+                                Ok(payloads) => v.send(payloads, ts).await,
+                                Err(_) => true,
+                            }
                         }
                         None => true,
                     },
@@ -374,6 +444,19 @@ async fn run(
         }
     }
     session.close();
+}
+
+/// An AV1 temporal unit for RTP: temporal delimiters dropped (the RTP payload format says
+/// so), and a keyframe without a sequence header gets the one from the `av1C` record.
+fn av1_sample(config: &crate::media::av1::Av1Config, frame: &Frame) -> Bytes {
+    let data = crate::media::av1::strip_temporal_delimiters(&frame.data);
+    if frame.keyframe && crate::media::av1::find_sequence_header(&data).is_none() {
+        let obus = config.config_obus();
+        if !obus.is_empty() {
+            return Bytes::from([obus, &data[..]].concat());
+        }
+    }
+    data
 }
 
 async fn send_video(

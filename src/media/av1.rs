@@ -95,6 +95,11 @@ impl Av1Config {
         }
     }
 
+    /// The record's configOBUs (the sequence header, when the encoder put it there).
+    pub fn config_obus(&self) -> &[u8] {
+        self.raw.get(4..).unwrap_or_default()
+    }
+
     /// Fills in the picture size from a keyframe's sequence header when the record had none.
     pub fn learn_size(&mut self, sample: &[u8]) {
         if self.width != 0 {
@@ -151,6 +156,53 @@ fn walk_obus(mut obus: &[u8]) -> Result<Option<&[u8]>, ()> {
         obus = next;
     }
     Ok(None)
+}
+
+/// OBU type of a temporal delimiter.
+const OBU_TEMPORAL_DELIMITER: u8 = 2;
+
+/// The sample without its temporal delimiter OBUs (shared, not copied, when it has none).
+/// Malformed OBUs are left as they are.
+pub fn strip_temporal_delimiters(sample: &Bytes) -> Bytes {
+    let mut keep: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut pos = 0;
+    while pos < sample.len() {
+        let Some(len) = obu_len(&sample[pos..]) else {
+            return sample.clone();
+        };
+        let obu_type = (sample[pos] >> 3) & 0x0f;
+        if obu_type != OBU_TEMPORAL_DELIMITER {
+            keep.push(pos..pos + len);
+        }
+        pos += len;
+    }
+    match keep.as_slice() {
+        [only] if only.start == 0 && only.end == sample.len() => sample.clone(),
+        [] => Bytes::new(),
+        [only] => sample.slice(only.clone()),
+        many => {
+            let mut out = Vec::with_capacity(sample.len());
+            for r in many {
+                out.extend_from_slice(&sample[r.clone()]);
+            }
+            Bytes::from(out)
+        }
+    }
+}
+
+/// The whole length (header included) of the OBU at the start of `data`; `None` when it has
+/// no size field or is cut.
+fn obu_len(data: &[u8]) -> Option<usize> {
+    let header = *data.first()?;
+    if header & 0x02 == 0 {
+        return None;
+    }
+    let head = if header & 0x04 != 0 { 2 } else { 1 };
+    let (size, used) = leb128(data.get(head..)?)?;
+    let total = head
+        .checked_add(used)?
+        .checked_add(usize::try_from(size).ok()?)?;
+    (total <= data.len()).then_some(total)
 }
 
 /// Reads an unsigned LEB128 value (at most 8 bytes); returns it and the bytes used.
@@ -255,6 +307,17 @@ mod tests {
         key.extend_from_slice(&AV1C_360P[4..]);
         c.learn_size(&key);
         assert_eq!((c.width, c.height), (640, 360));
+    }
+
+    #[test]
+    fn temporal_delimiters_are_stripped_without_copying_otherwise() {
+        let seq = &AV1C_360P[4..];
+        let with_td = Bytes::from([&[0x12, 0x00][..], seq].concat());
+        assert_eq!(&strip_temporal_delimiters(&with_td)[..], seq);
+        let plain = Bytes::copy_from_slice(seq);
+        assert_eq!(strip_temporal_delimiters(&plain).as_ptr(), plain.as_ptr());
+        let cut = Bytes::from_static(&[0x12, 0x05, 0x00]);
+        assert_eq!(strip_temporal_delimiters(&cut), cut);
     }
 
     #[test]

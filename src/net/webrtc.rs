@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS};
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_AV1, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP9,
+};
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind,
 };
@@ -114,9 +116,27 @@ pub struct NewPeer {
 pub enum PeerFor {
     /// A WHIP publisher (authenticated by its stream key).
     Publisher,
-    /// A WHEP viewer from this address.
-    Viewer(std::net::IpAddr),
+    /// A WHEP viewer from this address, of a stream whose video is this codec.
+    Viewer(std::net::IpAddr, WebVideo),
 }
+
+/// The video codec a WebRTC peer negotiates. A publisher sends H.264; a viewer receives the
+/// stream's own codec, and only that one is offered in its answer (the browser picks the
+/// first codec both sides know, and the server cannot change a stream's codec).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebVideo {
+    /// H.264, packetization mode 1 (every profile variant).
+    H264,
+    /// VP9 profile 0.
+    Vp9,
+    /// AV1 main profile.
+    Av1,
+}
+
+/// RTP payload type announced for VP9.
+const VP9_PT: u8 = 98;
+/// RTP payload type announced for AV1.
+const AV1_PT: u8 = 45;
 
 /// A UDP port taken from the configured range; returned when dropped.
 struct PortLease {
@@ -380,13 +400,48 @@ impl WebRtc {
         Err(PeerError::NoPort)
     }
 
-    fn media_engine(&self) -> Result<MediaEngine, PeerError> {
+    fn media_engine(&self, video: WebVideo) -> Result<MediaEngine, PeerError> {
         let mut engine = MediaEngine::default();
         let feedback = |typ: &str, parameter: &str| RTCPFeedback {
             typ: typ.into(),
             parameter: parameter.into(),
         };
-        for (pt, profile) in H264_VARIANTS {
+        let video_feedback = || {
+            vec![
+                feedback("nack", ""),
+                feedback("nack", "pli"),
+                feedback("ccm", "fir"),
+                feedback("goog-remb", ""),
+            ]
+        };
+        let other = match video {
+            WebVideo::H264 => None,
+            WebVideo::Vp9 => Some((MIME_TYPE_VP9, VP9_PT, "profile-id=0")),
+            WebVideo::Av1 => Some((MIME_TYPE_AV1, AV1_PT, "level-idx=5;profile=0;tier=0")),
+        };
+        if let Some((mime, pt, fmtp)) = other {
+            engine
+                .register_codec(
+                    RTCRtpCodecParameters {
+                        rtp_codec: RTCRtpCodec {
+                            mime_type: mime.to_owned(),
+                            clock_rate: 90_000,
+                            channels: 0,
+                            sdp_fmtp_line: fmtp.to_owned(),
+                            rtcp_feedback: video_feedback(),
+                        },
+                        payload_type: pt,
+                    },
+                    RtpCodecKind::Video,
+                )
+                .map_err(webrtc_err)?;
+        }
+        let h264 = if other.is_some() {
+            &[][..]
+        } else {
+            &H264_VARIANTS[..]
+        };
+        for &(pt, profile) in h264 {
             engine
                 .register_codec(
                     RTCRtpCodecParameters {
@@ -397,12 +452,7 @@ impl WebRtc {
                             sdp_fmtp_line: format!(
                                 "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={profile}"
                             ),
-                            rtcp_feedback: vec![
-                                feedback("nack", ""),
-                                feedback("nack", "pli"),
-                                feedback("ccm", "fir"),
-                                feedback("goog-remb", ""),
-                            ],
+                            rtcp_feedback: video_feedback(),
                         },
                         payload_type: pt,
                     },
@@ -440,7 +490,7 @@ impl WebRtc {
                 }
                 None
             }
-            PeerFor::Viewer(ip) => {
+            PeerFor::Viewer(ip, _) => {
                 let viewer_cap = self
                     .config
                     .max_sessions
@@ -456,7 +506,11 @@ impl WebRtc {
             }
         };
         let port = self.lease_port()?;
-        let mut engine = self.media_engine()?;
+        let video = match who {
+            PeerFor::Publisher => WebVideo::H264,
+            PeerFor::Viewer(_, video) => video,
+        };
+        let mut engine = self.media_engine(video)?;
         let registry =
             register_default_interceptors(Registry::new(), &mut engine).map_err(webrtc_err)?;
         let ice_servers = if self.config.ice_servers.is_empty() {

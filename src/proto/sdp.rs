@@ -58,6 +58,20 @@ impl OfferedCodec {
                 .any(|p| p.trim().eq_ignore_ascii_case("packetization-mode=1"))
     }
 
+    /// VP9 profile 0 (no `profile-id`, or `profile-id=0`).
+    pub fn is_vp9_profile0(&self) -> bool {
+        self.name == "vp9"
+            && self.fmtp.split(';').all(|p| {
+                let p = p.trim();
+                !p.starts_with("profile-id=") || p == "profile-id=0"
+            })
+    }
+
+    /// AV1 (any profile the browser offers decodes main-profile streams).
+    pub fn is_av1(&self) -> bool {
+        self.name == "av1"
+    }
+
     /// Opus at 48 kHz.
     pub fn is_opus(&self) -> bool {
         self.name == "opus" && self.clock_rate == 48_000
@@ -116,6 +130,14 @@ impl Offer {
         self.media
             .iter()
             .any(|m| m.kind == MediaKind::Video && m.active() && m.has_supported_codec())
+    }
+
+    /// Whether an active video section offers a codec `accept` takes (for a viewer: the
+    /// stream's own codec).
+    pub fn has_video_codec(&self, accept: impl Fn(&OfferedCodec) -> bool) -> bool {
+        self.media
+            .iter()
+            .any(|m| m.kind == MediaKind::Video && m.active() && m.codecs.iter().any(&accept))
     }
 
     /// Whether an active audio section offers Opus.

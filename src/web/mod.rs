@@ -260,14 +260,20 @@ async fn info(
     };
     let camera = has(&|c| matches!(c, CodecConfig::Jpeg { .. }));
     let h264 = has(&|c| matches!(c, CodecConfig::H264(_)));
-    let b_frames = snapshot.as_ref().is_some_and(|s| s.has_b_frames);
+    let web_video = h264
+        || has(&|c| matches!(c, CodecConfig::Av1(_)))
+        || has(&|c| matches!(c, CodecConfig::Vp9(v) if v.profile == 0));
+    let b_frames = h264 && snapshot.as_ref().is_some_and(|s| s.has_b_frames);
     let (whep_url, webrtc_note) = if !ctx.config.webrtc.enabled {
         (
             None,
             Some("WebRTC playback is turned off on this server".to_owned()),
         )
-    } else if !h264 {
-        (None, Some("no H.264 video to play over WebRTC".to_owned()))
+    } else if !web_video {
+        (
+            None,
+            Some("no H.264, VP9 or AV1 video to play over WebRTC".to_owned()),
+        )
     } else if b_frames {
         (
             None,
