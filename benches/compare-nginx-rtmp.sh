@@ -21,6 +21,7 @@
 #        SECTIONS="memory memory_active hls" ...        (some sections only)
 #        SERVERS=ms MS_BIN=/path/to/media-server ...    (another build of media-server alone,
 #                                                        e.g. the previous commit's, for before/after)
+#        SERVERS=ms CODEC=hevc ...                      (the stream as HEVC over Enhanced RTMP)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -59,8 +60,15 @@ cleanup() {
 trap cleanup EXIT
 
 flv=$work/600k.flv
-log "making a 600 kbit/s FLV"
-bash "$root/benches/support/make-600k-flv.sh" "$flv"
+if [ "${CODEC:-h264}" = hevc ]; then
+  # CODEC=hevc: the same stream as HEVC over Enhanced RTMP (media-server only; nginx-rtmp
+  # does not speak Enhanced RTMP).
+  log "making a 600 kbit/s HEVC FLV"
+  bash "$root/benches/support/make-600k-hevc-flv.sh" "$flv"
+else
+  log "making a 600 kbit/s FLV"
+  bash "$root/benches/support/make-600k-flv.sh" "$flv"
+fi
 
 token=compare-admin-token-0123456789
 ms_http=127.0.0.1:18480

@@ -75,7 +75,7 @@ async fn assert_decodes(input: &str) {
 
 /// Plays the stream over RTMP with ffmpeg 9 for two seconds into a Matroska file and returns
 /// what ffprobe finds in it.
-async fn play_rtmp9(ff: &PathBuf, url: &str, dir: &std::path::Path) -> String {
+async fn play_rtmp9(ff: &PathBuf, url: &str, dir: &std::path::Path, input: &[&str]) -> String {
     let file = dir.join(format!("played-{}.mkv", free_port()));
     let mut cmd = Command::new(ff);
     cmd.args([
@@ -85,9 +85,9 @@ async fn play_rtmp9(ff: &PathBuf, url: &str, dir: &std::path::Path) -> String {
         "-nostdin",
         "-rw_timeout",
         "5000000",
-        "-i",
-        url,
     ])
+    .args(input)
+    .args(["-i", url])
     .args(["-t", "2", "-c", "copy", "-y"])
     .arg(&file)
     .stdout(Stdio::null())
@@ -197,7 +197,7 @@ async fn publish_and_check(tag: &str, codec_args: &[&str], want: Expect<'_>) {
 
     // An Enhanced RTMP player (ffmpeg 9) receives the codec.
     wait_for_200(&ts.http(&format!("/hls/{id}/index.m3u8")), 15).await;
-    let played = play_rtmp9(&ff, &ts.rtmp(&format!("/live/{id}")), &ts.dir).await;
+    let played = play_rtmp9(&ff, &ts.rtmp(&format!("/live/{id}")), &ts.dir, &[]).await;
     assert!(
         played.contains(&format!("{},640,360", want.video)),
         "RTMP play: {played}"
@@ -569,10 +569,10 @@ async fn rtmps_ingest_with_a_test_ca_and_plain_rtmp_on_the_tls_port_is_refused()
 
     // ffmpeg 9 publishes over RTMPS, verifying our certificate against the test CA.
     let url = format!("rtmps://localhost:{}/live/{key}", tls_addr.port());
-    let out = run(publish9(
+    let publisher = spawn_run(publish9(
         &ff,
         &url,
-        5,
+        7,
         &[
             "-c:v",
             "libx264",
@@ -589,8 +589,21 @@ async fn rtmps_ingest_with_a_test_ca_and_plain_rtmp_on_the_tls_port_is_refused()
             "-ca_file",
             ca.to_str().unwrap(),
         ],
-    ))
+    ));
+    // And an RTMPS player (ffmpeg 9) gets the stream.
+    wait_for_200(&ts.http(&format!("/hls/{id}/index.m3u8")), 15).await;
+    let played = play_rtmp9(
+        &ff,
+        &format!("rtmps://localhost:{}/live/{id}", tls_addr.port()),
+        &ts.dir,
+        &["-tls_verify", "1", "-ca_file", ca.to_str().unwrap()],
+    )
     .await;
+    assert!(
+        played.contains("h264,640,360") && played.contains("aac"),
+        "RTMPS play: {played}"
+    );
+    let out = publisher.await.unwrap();
     assert!(
         out.status.success(),
         "rtmps publish: {}",
@@ -737,5 +750,69 @@ async fn malformed_enhanced_rtmp_tags_are_dropped_and_the_stream_carries_on() {
     );
     let (status, _, _) = get(&ts.http("/healthz")).await;
     assert_eq!(status, 200);
+    ts.server.shutdown().await;
+}
+
+/// Whether a TLS handshake with `addr` succeeds when only `ca` is trusted (server name
+/// `localhost`).
+async fn tls_trusts(addr: std::net::SocketAddr, ca: &std::path::Path) -> bool {
+    use rustls_pki_types::pem::PemObject;
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    connector.connect(name, tcp).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_rtmps_certificate_is_served_without_a_restart() {
+    let dir = temp_dir("rtmps-renew");
+    let (ca_old, cert_old, key_old) = test_pki(&dir.join("old"));
+    let (ca_new, cert_new, key_new) = test_pki(&dir.join("new"));
+    let (cert, key) = (dir.join("live.crt"), dir.join("live.key"));
+    std::fs::copy(&cert_old, &cert).unwrap();
+    std::fs::copy(&key_old, &key).unwrap();
+    let (c, k) = (cert.display().to_string(), key.display().to_string());
+    let ts = start_with("rtmps-renew-srv", move |cfg| {
+        cfg.rtmp.tls_listen = "127.0.0.1:0".into();
+        cfg.rtmp.tls_cert = c;
+        cfg.rtmp.tls_key = k;
+    })
+    .await;
+    let addr = ts.server.rtmps_addr.unwrap();
+    assert!(
+        tls_trusts(addr, &ca_old).await,
+        "the configured certificate is served"
+    );
+    assert!(!tls_trusts(addr, &ca_new).await);
+    // A renewal writes the new pair over the files (the key first, as certbot's deploy
+    // hooks do): a half-renewed pair that does not fit is not taken, the whole pair is.
+    std::fs::copy(&key_new, &key).unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        tls_trusts(addr, &ca_old).await,
+        "a key that does not fit keeps the old pair"
+    );
+    std::fs::copy(&cert_new, &cert).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !tls_trusts(addr, &ca_new).await {
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(!tls_trusts(addr, &ca_old).await);
     ts.server.shutdown().await;
 }

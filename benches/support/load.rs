@@ -79,16 +79,26 @@ pub struct Tag {
 }
 
 impl Tag {
-    /// A codec configuration (AVC sequence header / AAC AudioSpecificConfig).
+    /// A codec configuration (AVC sequence header / AAC AudioSpecificConfig, or an Enhanced
+    /// RTMP SequenceStart).
     pub fn is_config(&self) -> bool {
+        let Some(&b0) = self.data.first() else {
+            return false;
+        };
+        let enhanced = (self.type_id == 9 && b0 & 0x80 != 0) || (self.type_id == 8 && b0 >> 4 == 9);
+        if enhanced {
+            return b0 & 0x0F == 0;
+        }
         self.data.len() > 1
             && self.data[1] == 0
-            && ((self.type_id == 9 && self.data[0] & 0x0F == 7)
-                || (self.type_id == 8 && self.data[0] >> 4 == 10))
+            && ((self.type_id == 9 && b0 & 0x0F == 7) || (self.type_id == 8 && b0 >> 4 == 10))
     }
 
+    /// A video keyframe (frame type 1, legacy or Enhanced RTMP).
     pub fn is_keyframe(&self) -> bool {
-        self.type_id == 9 && self.data.first().is_some_and(|b| b >> 4 == 1) && !self.is_config()
+        self.type_id == 9
+            && self.data.first().is_some_and(|b| (b >> 4) & 0x07 == 1)
+            && !self.is_config()
     }
 }
 
@@ -146,23 +156,62 @@ fn decode_stamp(b: &[u8]) -> Option<u64> {
     Some(b.iter().fold(0u64, |v, x| v << 7 | u64::from(x & 0x7F)))
 }
 
-/// An AVC NALU tag with the stamp SEI put first; any other tag unchanged.
-pub fn stamp_video(tag: &Tag, micros: u64) -> Bytes {
-    if tag.type_id != 9 || tag.data.len() < 5 || tag.data[0] & 0x0F != 7 || tag.data[1] != 1 {
-        return tag.data.clone();
+/// Where the NAL units of an H.264 or HEVC coded-frames tag start (legacy AVC, or Enhanced
+/// RTMP `avc1`/`hvc1` CodedFrames / CodedFramesX), and whether it is HEVC.
+fn nal_offset(data: &[u8]) -> Option<(usize, bool)> {
+    let b0 = *data.first()?;
+    if b0 & 0x80 == 0 {
+        return (data.len() >= 5 && b0 & 0x0F == 7 && data[1] == 1).then_some((5, false));
     }
-    let mut out = BytesMut::with_capacity(tag.data.len() + 32);
-    out.put_slice(&tag.data[..5]);
-    out.put_slice(&stamp_nal(micros));
-    out.put_slice(&tag.data[5..]);
+    let offset = match (b0 & 0x0F, data.get(1..5)?) {
+        (1, b"avc1") => (8, false),
+        (3, b"avc1") => (5, false),
+        (1, b"hvc1") => (8, true),
+        (3, b"hvc1") => (5, true),
+        _ => return None,
+    };
+    (data.len() >= offset.0).then_some(offset)
+}
+
+/// The stamp as an HEVC prefix SEI NAL unit (type 39, two-byte header), length-prefixed.
+fn stamp_nal_hevc(micros: u64) -> [u8; 33] {
+    let h264 = stamp_nal(micros);
+    let mut nal = [0u8; 33];
+    nal[..4].copy_from_slice(&29u32.to_be_bytes());
+    nal[4] = 39 << 1; // prefix SEI
+    nal[5] = 1; // nuh_temporal_id_plus1
+    nal[6..].copy_from_slice(&h264[5..]);
+    nal
+}
+
+/// An H.264 or HEVC coded-frames tag with the stamp SEI put first; any other tag unchanged.
+pub fn stamp_video(tag: &Tag, micros: u64) -> Bytes {
+    let Some((offset, hevc)) = (tag.type_id == 9).then(|| nal_offset(&tag.data)).flatten() else {
+        return tag.data.clone();
+    };
+    let mut out = BytesMut::with_capacity(tag.data.len() + 33);
+    out.put_slice(&tag.data[..offset]);
+    if hevc {
+        out.put_slice(&stamp_nal_hevc(micros));
+    } else {
+        out.put_slice(&stamp_nal(micros));
+    }
+    out.put_slice(&tag.data[offset..]);
     out.freeze()
 }
 
 /// The stamp of an FLV video tag body made by [`stamp_video`].
 pub fn stamp_of_tag(data: &[u8]) -> Option<u64> {
-    let sei = data.get(5..5 + 32)?;
-    (sei[4] == 0x06 && sei[7..23] == STAMP_UUID)
-        .then(|| decode_stamp(&sei[23..]))
+    let (offset, hevc) = nal_offset(data)?;
+    let header = if hevc { 2 } else { 1 };
+    let sei = data.get(offset..offset + 31 + header)?;
+    let is_sei = if hevc {
+        sei[4] == 39 << 1
+    } else {
+        sei[4] == 0x06
+    };
+    (is_sei && sei[6 + header..22 + header] == STAMP_UUID)
+        .then(|| decode_stamp(&sei[22 + header..]))
         .flatten()
 }
 

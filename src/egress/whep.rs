@@ -114,9 +114,14 @@ fn web_video(codec: &CodecConfig) -> Option<WebVideo> {
     match codec {
         CodecConfig::H264(_) => Some(WebVideo::H264),
         CodecConfig::Vp9(c) if c.profile == 0 => Some(WebVideo::Vp9),
-        CodecConfig::Av1(_) => Some(WebVideo::Av1),
+        CodecConfig::Av1(c) if c.profile == 0 => Some(WebVideo::Av1),
         _ => None,
     }
+}
+
+/// The WebRTC codec of the stream's first playable video track.
+fn first_web_video(tracks: &Tracks) -> Option<WebVideo> {
+    tracks.list.iter().find_map(|t| web_video(&t.codec))
 }
 
 /// `POST /whep/{stream_id}`.
@@ -388,6 +393,14 @@ async fn run(
         };
         match event {
             Event::Tracks(t) => {
+                // The answer named one video codec; a publisher that switches codecs
+                // mid-stream cannot continue on it: the viewer reconnects and negotiates anew.
+                let before = tracks.as_ref().and_then(|t| first_web_video(t));
+                let after = first_web_video(&t);
+                if video.is_some() && tracks.is_some() && before != after {
+                    tracing::info!(session = %session.id, "whep: the stream changed its video codec; closing");
+                    break;
+                }
                 tracks = Some(t);
                 waiting_for_keyframe = true;
             }

@@ -142,6 +142,8 @@ struct Sub {
 pub struct RtmpIngest {
     publisher: Publisher,
     video: Option<CodecConfig>,
+    /// An AV1/VP9 record waiting for a keyframe to give its picture size.
+    size_pending: Option<CodecConfig>,
     audio: Option<CodecConfig>,
     expect_video: bool,
     expect_audio: bool,
@@ -161,6 +163,7 @@ impl RtmpIngest {
         RtmpIngest {
             publisher,
             video: None,
+            size_pending: None,
             audio: None,
             expect_video: false,
             expect_audio: false,
@@ -200,15 +203,18 @@ impl RtmpIngest {
         let dts = self.clock.unwrap(timestamp);
         match flv::parse_video(tag)? {
             VideoTag::Multitrack(tracks) => {
+                // Track ids are unique within a tag (the parser checks), so track 0 comes
+                // once; its error is reported after the other tracks are counted.
+                let mut result = Ok(());
                 for (id, tag) in tracks {
                     if id == 0 {
-                        self.main_video(dts, tag)?;
+                        result = self.main_video(dts, tag);
                     } else {
                         self.sub_video(id, dts, tag);
                     }
                 }
                 self.publish_subs(dts);
-                Ok(())
+                result
             }
             tag => self.main_video(dts, tag),
         }
@@ -221,12 +227,23 @@ impl RtmpIngest {
                     self.warn_codec(&format!("video {codec:?}"));
                     return Ok(());
                 };
-                if self.video.as_ref().is_none_or(|v| !same_record(v, &cfg)) {
+                if self.video.as_ref().is_some_and(|v| same_record(v, &cfg))
+                    || self
+                        .size_pending
+                        .as_ref()
+                        .is_some_and(|v| same_record(v, &cfg))
+                {
+                    return Ok(());
+                }
+                self.expect_video = true;
+                if has_size(&cfg) {
+                    self.size_pending = None;
                     self.video = Some(cfg);
-                    self.expect_video = true;
-                    if self.video.as_ref().is_some_and(has_size) {
-                        self.config_changed();
-                    }
+                    self.config_changed();
+                } else {
+                    // An AV1/VP9 record without the picture size: the current video goes on
+                    // until a keyframe of the new codec gives the size.
+                    self.size_pending = Some(cfg);
                 }
             }
             VideoTag::Frame {
@@ -235,7 +252,16 @@ impl RtmpIngest {
                 composition_time,
                 data,
             } => {
-                let Some(config) = self.video.as_mut() else {
+                if let Some(pending) = self.size_pending.as_mut() {
+                    if video_matches(pending, codec) {
+                        if !keyframe || !learn_size(pending, &data) {
+                            return Ok(());
+                        }
+                        self.video = self.size_pending.take();
+                        self.config_changed();
+                    }
+                }
+                let Some(config) = self.video.as_ref() else {
                     if !matches!(
                         codec,
                         VideoCodec::H264 | VideoCodec::Hevc | VideoCodec::Av1 | VideoCodec::Vp9
@@ -246,12 +272,6 @@ impl RtmpIngest {
                 };
                 if !video_matches(config, codec) {
                     return Ok(());
-                }
-                if !has_size(config) {
-                    if !keyframe || !learn_size(config, &data) {
-                        return Ok(());
-                    }
-                    self.config_changed();
                 }
                 self.frame(Frame {
                     track: VIDEO_TRACK,
@@ -274,15 +294,16 @@ impl RtmpIngest {
         let dts = self.clock.unwrap(timestamp);
         match flv::parse_audio(tag)? {
             AudioTag::Multitrack(tracks) => {
+                let mut result = Ok(());
                 for (id, tag) in tracks {
                     if id == 0 {
-                        self.main_audio(dts, tag)?;
+                        result = self.main_audio(dts, tag);
                     } else {
                         self.sub_audio(id, dts, tag);
                     }
                 }
                 self.publish_subs(dts);
-                Ok(())
+                result
             }
             tag => self.main_audio(dts, tag),
         }
@@ -727,6 +748,34 @@ mod tests {
             .video_info()
             .unwrap();
         assert_eq!((info.width, info.height), (640, 360));
+    }
+
+    #[test]
+    fn a_size_less_record_does_not_stop_the_current_video_until_its_keyframe() {
+        use crate::media::test_support::{AVCC_720P, VPCC_PROFILE0};
+        let hub = Hub::default();
+        let mut ingest = RtmpIngest::new(hub.publish("s", "rtmp").unwrap());
+        let mut sub = hub.subscribe("s", "rtmp").unwrap();
+        ingest
+            .on_video(0, avc_sequence_header_tag(AVCC_720P))
+            .unwrap();
+        ingest.on_video(0, video_frame(true, 0)).unwrap();
+        ingest
+            .on_video(0, enhanced(0, 1, b"vp09", VPCC_PROFILE0))
+            .unwrap();
+        ingest.on_video(33, video_frame(false, 0)).unwrap();
+        ingest
+            .on_video(40, enhanced(1, 2, b"vp09", &[0x86, 0, 0]))
+            .unwrap();
+        assert_eq!(drain(&mut sub), (1, vec![(0, 0, 0), (0, 33, 33)]));
+        let key = [0x82, 0x49, 0x83, 0x42, 0x00, 0x27, 0xf0, 0x16, 0x70, 0x00];
+        ingest.on_video(66, enhanced(1, 1, b"vp09", &key)).unwrap();
+        ingest.on_video(70, video_frame(false, 0)).unwrap();
+        assert_eq!(
+            drain(&mut sub),
+            (1, vec![(0, 66, 66)]),
+            "switched to VP9 at its keyframe; H.264 frames after it are dropped"
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub const NAL_VPS: u8 = 32;
 pub const NAL_SPS: u8 = 33;
 /// NAL unit type of a picture parameter set.
 pub const NAL_PPS: u8 = 34;
-/// Largest picture dimension accepted (HEVC level 6.2 allows 8,444 × 8,444 at most).
+/// Largest picture dimension accepted: √(8 × MaxLumaPs) of level 6.2, the most HEVC allows.
 const MAX_DIMENSION: u32 = 16_888;
 
 /// Errors produced while parsing HEVC structures.

@@ -139,7 +139,13 @@ async fn serve_with(
                         .await
                 }
                 Some(acceptor) => {
-                    let limit = Duration::from_millis(ctx.config.handshake_timeout_ms);
+                    // The same deadline the RTMP handshake gets, shortened for a connection
+                    // holding one of the publishers' reserved slots.
+                    let mut limit = Duration::from_millis(ctx.config.handshake_timeout_ms);
+                    if ctx.slots.available_permits() < ctx.config.reserved_publisher_slots as usize
+                    {
+                        limit = limit.min(RESERVE_DEADLINE);
+                    }
                     match timeout(limit, acceptor.accept(socket)).await {
                         Ok(Ok(stream)) => {
                             Connection::new(stream, peer, ctx, shutdown)
@@ -165,6 +171,9 @@ async fn serve_with(
     // Shutdown: connections see the same signal and finish on their own.
     while tasks.join_next().await.is_some() {}
 }
+
+/// How long a publisher that said it is done may take to close its connection.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// Time a connection accepted into the publishers' reserve has to ask to publish.
 const RESERVE_DEADLINE: Duration = Duration::from_secs(2);
@@ -215,13 +224,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// Serves the connection; the handshake deadline runs from `started` (the accept, so a
     /// TLS handshake uses it up too).
     async fn run(mut self, started: tokio::time::Instant) -> Result<(), ConnectionError> {
-        let mut deadline = Duration::from_millis(self.ctx.config.handshake_timeout_ms)
-            .saturating_sub(started.elapsed());
+        let mut deadline = Duration::from_millis(self.ctx.config.handshake_timeout_ms);
         // Taken from the publishers' reserve: it must show what it wants quickly, so that
         // idle unauthenticated connections cannot sit on the reserve.
         if self.ctx.slots.available_permits() < self.ctx.config.reserved_publisher_slots as usize {
             deadline = deadline.min(RESERVE_DEADLINE);
         }
+        let deadline = deadline.saturating_sub(started.elapsed());
         let request = timeout(deadline, async {
             self.handshake().await?;
             self.next_request().await
@@ -252,9 +261,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 None => self.ctx.hub.add_bytes_out(out.len() as u64),
             }
             let idle = Duration::from_millis(self.ctx.config.idle_timeout_ms);
-            timeout(idle, self.socket.write_all(&out))
-                .await
-                .map_err(|_| ConnectionError::Timeout("writing"))??;
+            // flush: a TLS stream may keep encrypted bytes buffered after write_all (a
+            // no-op on plain TCP).
+            timeout(idle, async {
+                self.socket.write_all(&out).await?;
+                self.socket.flush().await
+            })
+            .await
+            .map_err(|_| ConnectionError::Timeout("writing"))??;
         }
         Ok(())
     }
@@ -269,12 +283,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             {
                 HandshakeProcessResult::InProgress { response_bytes } => {
                     self.socket.write_all(&response_bytes).await?;
+                    self.socket.flush().await?;
                 }
                 HandshakeProcessResult::Completed {
                     response_bytes,
                     remaining_bytes,
                 } => {
                     self.socket.write_all(&response_bytes).await?;
+                    self.socket.flush().await?;
                     self.session.push(&remaining_bytes);
                     return Ok(());
                 }
@@ -295,6 +311,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             self.read_some().await?;
             self.session.push(&self.buf);
         }
+    }
+
+    /// Reads and discards until the peer closes, for at most [`LINGER`].
+    async fn linger(&mut self) {
+        let _ = self.flush().await;
+        let _ = timeout(LINGER, async {
+            while self.read_some().await.is_ok() {
+                self.session.push(&self.buf);
+                while let Ok(Some(_)) = self.session.poll_event() {}
+            }
+        })
+        .await;
     }
 
     async fn refuse(&mut self, code: &str, description: &str) -> Result<(), ConnectionError> {
@@ -380,6 +408,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     }
                     SessionEvent::Unpublish => {
                         tracing::info!(stream = %stream.id, "rtmp: publisher finished");
+                        // The stream ends now; the connection is left to the publisher to
+                        // close, so the commands it still sends (deleteStream after
+                        // FCUnpublish) are not met with a reset.
+                        drop(ingest);
+                        self.linger().await;
                         return Ok(());
                     }
                     SessionEvent::Publish { .. } | SessionEvent::Play { .. } => {

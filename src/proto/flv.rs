@@ -307,6 +307,8 @@ fn video_body(
     }
 }
 
+/// Tracks one multitrack tag may carry (track ids are a byte; real publishers send a few).
+pub const MAX_MULTITRACK_TRACKS: usize = 16;
 /// Multitrack type: one track in this tag (its body runs to the end).
 const MULTITRACK_ONE: u8 = 0;
 /// Multitrack type: several tracks of one codec, each sized.
@@ -357,6 +359,16 @@ fn multitrack<T>(
                 .filter(|end| *end <= tag.len())
                 .ok_or(FlvError::Truncated("track body"))?
         };
+        if out.iter().any(|(seen, _)| *seen == id) {
+            return Err(FlvError::Unsupported(
+                "a track id repeated in one multitrack tag",
+            ));
+        }
+        if out.len() >= MAX_MULTITRACK_TRACKS {
+            return Err(FlvError::Unsupported(
+                "more than 16 tracks in one multitrack tag",
+            ));
+        }
         out.push((id, one(fourcc, packet_type, tag.slice(pos..end))?));
         pos = end;
         if kind == MULTITRACK_ONE || pos >= tag.len() {
@@ -832,7 +844,23 @@ mod tests {
                 ),
             ])
         );
-        // A size past the end, a bad multitrack type, nesting: errors.
+        // A repeated track id, 17 tracks, a size past the end, a bad multitrack type,
+        // nesting: errors.
+        assert!(video(&cat(&[
+            &[0x96, 0x13],
+            b"hvc1",
+            &[0, 0, 0, 1, 7, 0, 0, 0, 1, 8]
+        ]))
+        .is_err());
+        assert!(video(&cat(&[
+            &[0x96, 0x13],
+            b"hvc1",
+            &[0, 0, 0, 1, 7, 1, 0, 0, 1, 8]
+        ]))
+        .is_ok());
+        let many: Vec<u8> = (0..17u8).flat_map(|id| [id, 0, 0, 1, 7]).collect();
+        assert!(video(&cat(&[&[0x96, 0x13], b"hvc1", &many])).is_err());
+        assert!(video(&cat(&[&[0x96, 0x13], b"hvc1", &many[..80]])).is_ok());
         assert!(video(&cat(&[&[0x96, 0x11], b"hvc1", &[0, 0, 0, 9, 1]])).is_err());
         assert!(video(&cat(&[&[0x96, 0x31], b"hvc1", &[0, 1]])).is_err());
         assert!(video(&cat(&[&[0x96, 0x06], b"hvc1", &[0, 1]])).is_err());
