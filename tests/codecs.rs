@@ -130,20 +130,6 @@ async fn live_video_track(ts: &TestServer, id: &str) -> Value {
     }
 }
 
-async fn set_record(ts: &TestServer, id: &str) {
-    ts.server
-        .store
-        .update_stream(
-            id,
-            media_server::store::StreamPatch {
-                record: Some(true),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-}
-
 async fn finished_recording(ts: &TestServer, id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

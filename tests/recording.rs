@@ -45,20 +45,6 @@ async fn finished_recordings(
     }
 }
 
-async fn set_record(ts: &TestServer, id: &str) {
-    ts.server
-        .store
-        .update_stream(
-            id,
-            media_server::store::StreamPatch {
-                record: Some(true),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ffmpeg_stream_is_recorded_plays_while_growing_and_as_vod() {
     if !require_program("ffmpeg") {

@@ -423,21 +423,14 @@ async fn run(
                     },
                     CodecConfig::Vp9(_) => match video.as_mut() {
                         Some(v) => {
-                            let ts = v.timestamp(frame.pts, t.timescale, 90_000);
-                            match vp9.payload(RTP_MTU, &frame.data) {
-                                Ok(payloads) => v.send(payloads, ts).await,
-                                Err(_) => true,
-                            }
+                            send_payloaded(v, &mut vp9, &frame.data, &frame, t.timescale).await
                         }
                         None => true,
                     },
                     CodecConfig::Av1(c) => match video.as_mut() {
                         Some(v) => {
-                            let ts = v.timestamp(frame.pts, t.timescale, 90_000);
-                            match av1.payload(RTP_MTU, &av1_sample(c, &frame)) {
-                                Ok(payloads) => v.send(payloads, ts).await,
-                                Err(_) => true,
-                            }
+                            let sample = av1_sample(c, &frame);
+                            send_payloaded(v, &mut av1, &sample, &frame, t.timescale).await
                         }
                         None => true,
                     },
@@ -457,6 +450,22 @@ async fn run(
         }
     }
     session.close();
+}
+
+/// Packetizes `data` (the frame's sample as the codec's payloader takes it) and sends it at
+/// the frame's time on the 90 kHz video clock; a sample the payloader refuses is skipped.
+async fn send_payloaded(
+    v: &mut RtpOut,
+    payloader: &mut impl Payloader,
+    data: &Bytes,
+    frame: &Frame,
+    timescale: u32,
+) -> bool {
+    let ts = v.timestamp(frame.pts, timescale, 90_000);
+    match payloader.payload(RTP_MTU, data) {
+        Ok(payloads) => v.send(payloads, ts).await,
+        Err(_) => true,
+    }
 }
 
 /// An AV1 temporal unit for RTP: temporal delimiters dropped (the RTP payload format says

@@ -793,3 +793,18 @@ pub fn ffmpeg9() -> Option<PathBuf> {
     }
     path.filter(|_| require_program("ffmpeg") && require_program("ffprobe"))
 }
+
+/// Turns recording on for a stream (straight in the store, as an admin PATCH would).
+pub async fn set_record(ts: &TestServer, id: &str) {
+    ts.server
+        .store
+        .update_stream(
+            id,
+            media_server::store::StreamPatch {
+                record: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+}
