@@ -172,7 +172,11 @@ pub fn strip_temporal_delimiters(sample: &Bytes) -> Bytes {
         };
         let obu_type = (sample[pos] >> 3) & 0x0f;
         if obu_type != OBU_TEMPORAL_DELIMITER {
-            keep.push(pos..pos + len);
+            // Neighbouring OBUs stay one range, so a leading delimiter costs no copy.
+            match keep.last_mut() {
+                Some(last) if last.end == pos => last.end = pos + len,
+                _ => keep.push(pos..pos + len),
+            }
         }
         pos += len;
     }
