@@ -220,7 +220,12 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             "recordings left open by an unclean stop were recovered"
         );
     }
+    let transcoders = crate::egress::transcode::AudioTranscoders::new(
+        config.transcode.audio,
+        config.transcode.quality(),
+    );
     let restreamer = crate::egress::restream::Restreamer::new(
+        transcoders.clone(),
         store.clone(),
         config.restream.clone(),
         events.clone(),
@@ -233,6 +238,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         shutdown_rx.clone(),
         hub.clone(),
         gate.clone(),
+        (config.transcode.audio && config.transcode.hls_aac).then(|| config.transcode.quality()),
     );
     let mut tasks = vec![
         wire_hub(
@@ -287,6 +293,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             shutdown: shutdown_rx.clone(),
             cors_origins: config.api.cors_allowed_origins.clone(),
             external: external.clone(),
+            transcoders: transcoders.clone(),
         })
     } else {
         Router::new()

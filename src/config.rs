@@ -68,6 +68,8 @@ pub struct Config {
     pub camera: CameraConfig,
     /// WHIP ingest and WHEP playback.
     pub webrtc: WebRtcConfig,
+    /// Audio transcoding between AAC and Opus.
+    pub transcode: TranscodeConfig,
     /// Recording to fragmented MP4.
     pub recording: RecordingConfig,
     /// Pushing live streams to other RTMP(S) servers.
@@ -537,6 +539,44 @@ impl Default for CameraConfig {
             ping_interval_ms: 5_000,
             transcode: true,
             h264_bitrate_kbps: 1500,
+        }
+    }
+}
+
+/// `[transcode]`: audio that crosses protocols. AAC (RTMP, cameras) becomes Opus for WebRTC
+/// viewers and Opus (WHIP, Enhanced RTMP) becomes AAC for legacy RTMP destinations, once per
+/// stream and only while someone needs it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TranscodeConfig {
+    /// Transcode audio at all (pure-Rust codecs, always compiled in).
+    pub audio: bool,
+    /// Opus bitrate for stereo in kbit/s (mono gets two thirds).
+    pub opus_bitrate_kbps: u32,
+    /// AAC-LC bitrate for stereo in kbit/s (mono gets half).
+    pub aac_bitrate_kbps: u32,
+    /// Package Opus sources (WHIP, Enhanced RTMP) for HLS as AAC, which Safari, AVPlayer
+    /// and every other HLS player take (Opus in fMP4 plays in Chromium and Firefox only).
+    pub hls_aac: bool,
+}
+
+impl Default for TranscodeConfig {
+    fn default() -> Self {
+        Self {
+            audio: true,
+            opus_bitrate_kbps: 96,
+            aac_bitrate_kbps: 128,
+            hls_aac: true,
+        }
+    }
+}
+
+impl TranscodeConfig {
+    /// The codec settings these name.
+    pub fn quality(&self) -> crate::media::audio::AudioQuality {
+        crate::media::audio::AudioQuality {
+            opus_bitrate: self.opus_bitrate_kbps * 1000,
+            aac_bitrate: self.aac_bitrate_kbps * 1000,
         }
     }
 }
@@ -1145,6 +1185,12 @@ impl Config {
                 "limits and intervals must be greater than 0",
             );
         }
+        if !(16..=256).contains(&self.transcode.opus_bitrate_kbps) {
+            return invalid("transcode.opus_bitrate_kbps", "must be between 16 and 256");
+        }
+        if !(32..=320).contains(&self.transcode.aac_bitrate_kbps) {
+            return invalid("transcode.aac_bitrate_kbps", "must be between 32 and 320");
+        }
         if !(50..=50_000).contains(&self.camera.h264_bitrate_kbps) {
             return invalid("camera.h264_bitrate_kbps", "must be between 50 and 50000");
         }
@@ -1264,6 +1310,7 @@ fn apply_env(
             "api",
             "webhooks",
             "camera",
+            "transcode",
             "webrtc",
             "recording_storage",
             "recording",

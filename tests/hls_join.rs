@@ -184,7 +184,8 @@ async fn an_aiortc_publisher_joins_at_the_first_200_and_its_segments_keep_their_
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    join_at_first_200(&ts, &id, &["h264", "opus"]).await;
+    // Opus is packaged as AAC for HLS (`[transcode] hls_aac`, the default).
+    join_at_first_200(&ts, &id, &["h264", "aac"]).await;
     // aiortc's encoder (libx264 with its default 250-frame GOP) sends a keyframe only when
     // asked: the server asked whenever a segment was due.
     tokio::time::sleep(Duration::from_secs(4)).await;

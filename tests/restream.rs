@@ -89,6 +89,8 @@ struct Received {
     height: u64,
     codecs: Vec<String>,
     errors: String,
+    /// The audio's mean volume in dBFS (ffmpeg `volumedetect`), if it has audio.
+    audio_db: Option<f64>,
 }
 
 /// Reads `secs` s of `url` with ffmpeg (stream copy into a file), then decodes the file with
@@ -121,10 +123,12 @@ async fn read_from_nginx(url: String, dir: &Path, secs: u32) -> Received {
         "ffmpeg reading from nginx: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Frames keep their own timestamps (`-fps_mode passthrough`): the null muxer's guessed
+    // frame rate would otherwise round a WebRTC source's timestamps onto each other.
     let decode = Command::new("ffmpeg")
         .args(["-hide_banner", "-v", "error", "-nostdin", "-i"])
         .arg(&file)
-        .args(["-f", "null", "-"])
+        .args(["-fps_mode", "passthrough", "-f", "null", "-"])
         .output()
         .unwrap();
     let probe = Command::new("ffprobe")
@@ -140,6 +144,16 @@ async fn read_from_nginx(url: String, dir: &Path, secs: u32) -> Received {
         .arg(&file)
         .output()
         .unwrap();
+    let volume = Command::new("ffmpeg")
+        .args(["-hide_banner", "-nostdin", "-i"])
+        .arg(&file)
+        .args(["-map", "0:a:0", "-af", "volumedetect", "-f", "null", "-"])
+        .output()
+        .unwrap();
+    let audio_db = String::from_utf8_lossy(&volume.stderr)
+        .lines()
+        .find_map(|l| l.split_once("mean_volume: "))
+        .and_then(|(_, v)| v.trim_end_matches(" dB").trim().parse().ok());
     let v: Value = serde_json::from_slice(&probe.stdout).unwrap_or(Value::Null);
     let streams = v["streams"].as_array().cloned().unwrap_or_default();
     let video = streams
@@ -159,6 +173,7 @@ async fn read_from_nginx(url: String, dir: &Path, secs: u32) -> Received {
             .filter_map(|s| s["codec_name"].as_str().map(str::to_owned))
             .collect(),
         errors: String::from_utf8_lossy(&decode.stderr).into_owned(),
+        audio_db,
     }
 }
 
@@ -632,14 +647,19 @@ async fn an_unreachable_destination_fails_after_the_configured_attempts_with_a_w
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_whip_stream_with_opus_fails_clearly_on_a_legacy_destination() {
+async fn a_whip_stream_with_opus_fails_clearly_on_a_legacy_destination_without_transcoding() {
     if !require_nginx() {
         return;
     }
-    let ts = start_with("rs-opus", fast_retries).await;
+    let ts = start_with("rs-opus", |c| {
+        fast_retries(c);
+        c.transcode.audio = false;
+    })
+    .await;
     let http = base(&ts);
     // nginx-rtmp speaks legacy RTMP only: it does not announce Enhanced RTMP (Opus) in its
-    // connect reply, so the destination fails with the reason and no media is sent.
+    // connect reply; with audio transcoding off the destination fails with the reason and no
+    // media is sent.
     let nginx = Nginx::start(&ts.dir.join("nginx"), None);
     let (id, key) = ts.create_stream("opus").await;
     let rid = add_id(
@@ -663,6 +683,134 @@ async fn a_whip_stream_with_opus_fails_clearly_on_a_legacy_destination() {
     let _ = publishing.sender.await;
     let _ = publishing.peer.pc.close().await;
     ts.server.shutdown().await;
+}
+
+/// Publishes over WHIP with `publisher` (a child process told the WHIP URL and key) to a
+/// stream with two legacy destinations (nginx-rtmp does not announce Enhanced RTMP): both
+/// receive H.264 + AAC transcoded from the Opus, which decodes and carries the tone; the
+/// stream's audio is transcoded once (`/metrics`).
+async fn whip_opus_reaches_legacy_destinations_as_aac(
+    name: &str,
+    publisher: impl FnOnce(&str, &str) -> tokio::process::Command,
+    size: (u64, u64),
+) {
+    let ts = start_with(name, fast_retries).await;
+    let http = base(&ts);
+    let nginx = Nginx::start(&ts.dir.join("nginx"), None);
+    let (id, key) = ts.create_stream(name).await;
+    let mut rids = Vec::new();
+    for dest in ["one", "two"] {
+        rids.push(
+            add_id(
+                &http,
+                &id,
+                json!({"platform": "custom", "url": nginx.url(), "key": format!("{name}-{dest}")}),
+            )
+            .await,
+        );
+    }
+    let mut child = publisher(&ts.http(&format!("/whip/live/{name}")), &key)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the WHIP publisher");
+    for rid in &rids {
+        wait_state(&http, &id, rid, "active", 30).await;
+    }
+    let metrics = transcoder_metrics(&http).await;
+    assert!(
+        metrics.contains("media_server_audio_transcoders 1"),
+        "one transcoder for two destinations: {}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("transcod"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let got = read_from_nginx(format!("{}/{name}-one", nginx.url()), &ts.dir, 4).await;
+    assert_decodes(&got, 30, size, true);
+    let db = got.audio_db.expect("the AAC decodes to a level");
+    assert!(db > -30.0, "the tone is heard in the AAC: mean volume {db} dB");
+    // Nobody needs AAC once the destinations are gone: the transcoder stops while the
+    // stream stays live.
+    for rid in &rids {
+        let path = format!("/api/v1/streams/{id}/restreams/{rid}");
+        let (status, _) = api(&http, Method::DELETE, &path, None).await;
+        assert_eq!(status, 204);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !transcoder_metrics(&http)
+        .await
+        .contains("media_server_audio_transcoders 0")
+    {
+        assert!(Instant::now() < deadline, "the transcoder stops");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the publisher is still publishing"
+    );
+    let _ = child.kill().await;
+    ts.server.shutdown().await;
+}
+
+async fn transcoder_metrics(http: &str) -> String {
+    reqwest::Client::new()
+        .get(format!("{http}/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aiortc_whip_opus_reaches_legacy_destinations_as_aac() {
+    if !require_nginx() || !require_program("ffmpeg") {
+        return;
+    }
+    let Some(python) = common::test_python() else {
+        return;
+    };
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/whip_aiortc.py");
+    whip_opus_reaches_legacy_destinations_as_aac(
+        "aiortc",
+        |url, key| {
+            let mut c = tokio::process::Command::new(&python);
+            c.arg(script).arg(url).arg(key).arg("30");
+            c
+        },
+        (640, 360),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg9_whip_opus_reaches_legacy_destinations_as_aac() {
+    if !require_nginx() || !require_program("ffmpeg") {
+        return;
+    }
+    let Some(ffmpeg9) = common::ffmpeg9() else {
+        return;
+    };
+    whip_opus_reaches_legacy_destinations_as_aac(
+        "ffwhip",
+        |url, key| {
+            let mut c = tokio::process::Command::new(&ffmpeg9);
+            c.args(["-hide_banner", "-v", "error", "-nostdin", "-re"])
+                .args(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25"])
+                .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+                .args(["-t", "30", "-c:v", "libx264", "-profile:v", "baseline", "-bf", "0"])
+                .args(["-g", "25", "-pix_fmt", "yuv420p", "-c:a", "libopus", "-ac", "2"])
+                .args(["-f", "whip", "-authorization", key, url]);
+            c
+        },
+        (320, 240),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -89,6 +89,14 @@ pub async fn get(auth: Result<Auth, HttpError>, State(state): State<ApiState>) -
         "Bytes sent to viewers and outputs.",
         bytes_out as f64,
     );
+    if let Some(r) = state.restreamer.as_ref() {
+        o.single(
+            "media_server_audio_transcoders",
+            "gauge",
+            "Audio transcoders running (one per stream and direction while someone needs it).",
+            r.transcoders().running() as f64,
+        );
+    }
     let live = state.hub.live_streams();
     let mut by_protocol = std::collections::BTreeMap::<&str, u64>::new();
     for s in &live {

@@ -196,6 +196,8 @@ struct WebRtcPlayback {
     video: bool,
     /// Opus audio is played.
     audio: bool,
+    /// The Opus is transcoded from the stream's AAC (once per stream, while viewers need it).
+    audio_transcoded: bool,
     /// Why a track is left out.
     #[serde(skip_serializing_if = "Option::is_none")]
     note: Option<String>,
@@ -452,6 +454,7 @@ fn live_view(
     status: &str,
     is_recording: bool,
     clustered: bool,
+    transcode: Option<crate::media::audio::AudioQuality>,
 ) -> LiveView {
     let Some(s) = snap else {
         return LiveView {
@@ -500,10 +503,18 @@ fn live_view(
         sub_streams: sub_stream_views(s),
         transport: s.transport.clone(),
         webrtc_playback: s.tracks.as_ref().map(|t| {
-            let p = crate::egress::whep::Playable::of(t, s.has_b_frames);
+            let opus = transcode.and_then(|q| {
+                crate::media::audio::converted_track(
+                    t,
+                    crate::media::audio::Direction::AacToOpus,
+                    q,
+                )
+            });
+            let p = crate::egress::whep::Playable::of(t, s.has_b_frames, opus);
             WebRtcPlayback {
                 video: p.video.is_some(),
                 audio: p.audio.is_some(),
+                audio_transcoded: p.audio_transcoded,
                 note: p.note,
             }
         }),
@@ -517,7 +528,18 @@ fn view(state: &ApiState, row: StreamRow) -> StreamView {
         .recorders
         .as_ref()
         .is_some_and(|r| r.is_recording(&row.id));
-    let mut live = live_view(snap.as_ref(), status, is_recording, state.cluster.is_some());
+    let transcode = state
+        .config
+        .transcode
+        .audio
+        .then(|| state.config.transcode.quality());
+    let mut live = live_view(
+        snap.as_ref(),
+        status,
+        is_recording,
+        state.cluster.is_some(),
+        transcode,
+    );
     // Relayed here from its owner: the ingest protocol is the owner's.
     if live.protocol.as_deref() == Some(crate::hub::RELAY_PROTOCOL) {
         live.protocol = row.protocol.clone();

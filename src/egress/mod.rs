@@ -7,6 +7,7 @@ pub mod record;
 pub mod restream;
 pub mod rtmp_play;
 pub mod storage;
+pub mod transcode;
 pub mod upload;
 pub mod vod;
 pub mod whep;

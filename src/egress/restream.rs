@@ -10,8 +10,10 @@
 //! `max_attempts` consecutive failures the destination goes `failed` and a `restream.failed`
 //! webhook is sent. Timestamps run on one timeline per live session, so a destination sees
 //! them continue across reconnects (after a reconnect we resume at the next keyframe newer
-//! than the last frame sent). Sources RTMP cannot carry fail clearly: Opus audio (WHIP) gives
-//! `unsupported audio codec opus` instead of silently sending video only.
+//! than the last frame sent). Opus audio (WHIP, Enhanced RTMP) goes to a destination that
+//! announces Enhanced RTMP as it is, and to a legacy one as AAC from the stream's shared
+//! transcoder ([`crate::egress::transcode`]); with `[transcode] audio = false` the legacy
+//! destination fails with a clear `last_error` instead of silently sending video only.
 //!
 //! Destination URLs and keys are secrets: logs and the API only ever see [`mask_url`] and
 //! [`key_hint`].
@@ -30,10 +32,12 @@ use tokio::sync::watch;
 use tokio::time::timeout;
 
 use crate::config::RestreamConfig;
-use crate::egress::rtmp_play::FlvMuxer;
+use crate::egress::rtmp_play::{FlvMuxer, PlayOutput};
+use crate::egress::transcode::{next_frame, AudioTranscoders};
 use crate::events::EventBus;
 use crate::hub::{Event, Hub, LiveStream, Subscription};
-use crate::media::{CodecConfig, TrackKind, Tracks};
+use crate::media::audio::Direction;
+use crate::media::{CodecConfig, Frame, TrackKind, Tracks};
 use crate::proto::rtmp::client::{ClientEvent, ClientSession};
 use crate::store::{RestreamRow, Store};
 
@@ -316,6 +320,8 @@ struct Entry {
 /// Every destination's pusher.
 #[derive(Debug)]
 pub struct Restreamer {
+    /// Opus → AAC for destinations that take legacy FLV only.
+    transcoders: Arc<AudioTranscoders>,
     store: Store,
     config: RestreamConfig,
     events: EventBus,
@@ -330,6 +336,7 @@ pub struct Restreamer {
 impl Restreamer {
     /// A restreamer; pushers end when `shutdown` turns true.
     pub fn new(
+        transcoders: Arc<AudioTranscoders>,
         store: Store,
         config: RestreamConfig,
         events: EventBus,
@@ -338,6 +345,7 @@ impl Restreamer {
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Self> {
         Arc::new(Restreamer {
+            transcoders,
             store,
             config,
             events,
@@ -347,6 +355,11 @@ impl Restreamer {
             tls: OnceLock::new(),
             entries: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The audio transcoders this server shares between restream and WHEP.
+    pub fn transcoders(&self) -> &Arc<AudioTranscoders> {
+        &self.transcoders
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
@@ -735,7 +748,7 @@ impl Pusher {
             },
             _ = self.stop.changed() => return self.stopped(),
         };
-        if let Err(reason) = check_destination(&tracks, |f| session.server_accepts(f)) {
+        if let Err(reason) = self.destination_tracks(&tracks, &session) {
             let _ = timeout(Duration::from_millis(500), io.shutdown()).await;
             return Outcome::Unsupported(reason);
         }
@@ -760,6 +773,34 @@ impl Pusher {
         result
     }
 
+    /// The tracks this destination gets: the stream's, with Opus transcoded to AAC when the
+    /// destination does not announce Enhanced RTMP Opus (and transcoding is on); whether that
+    /// transcoding is needed. An error names a codec the destination cannot take.
+    fn destination_tracks(
+        &self,
+        tracks: &Arc<Tracks>,
+        session: &ClientSession,
+    ) -> Result<(Arc<Tracks>, bool), String> {
+        if !session.server_accepts("Opus") {
+            let aac = self
+                .restreamer
+                .transcoders
+                .output_track(tracks, Direction::OpusToAac);
+            if let Some(aac) = aac {
+                let list = tracks
+                    .list
+                    .iter()
+                    .map(|t| if t.id == aac.id { aac.clone() } else { t.clone() })
+                    .collect();
+                let converted = Arc::new(Tracks { list });
+                check_destination(&converted, |f| session.server_accepts(f))?;
+                return Ok((converted, true));
+            }
+        }
+        check_destination(tracks, |f| session.server_accepts(f))?;
+        Ok((tracks.clone(), false))
+    }
+
     fn stopped(&self) -> Outcome {
         match *self.stop.borrow() {
             Stop::Ended => Outcome::StreamEnded,
@@ -781,8 +822,22 @@ impl Pusher {
         let shared = self.shared.clone();
         let mut has_video = tracks.list.iter().any(|t| t.kind() == TrackKind::Video);
         let mut waiting_keyframe = true;
-        let mut current = tracks.clone();
-        let mut pending = self.muxer.on_tracks(tracks);
+        let (mut current, mut transcode) = match self.destination_tracks(&tracks, session) {
+            Ok(v) => v,
+            Err(reason) => return Outcome::Unsupported(reason),
+        };
+        // Opus arrives as AAC from the stream's shared transcoder, joined with the hub.
+        let mut feed = if transcode {
+            self.restreamer
+                .transcoders
+                .feed(live, Direction::OpusToAac)
+        } else {
+            None
+        };
+        self.muxer.set_independent_kinds(transcode);
+        let mut pending = self.muxer.on_tracks(current.clone());
+        // Frames waiting for the transcoded audio to catch up (in hub order).
+        let mut held: std::collections::VecDeque<Frame> = std::collections::VecDeque::new();
         let mut read_buf = BytesMut::with_capacity(4096);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let (mut last_bytes, mut last_tick) =
@@ -818,37 +873,65 @@ impl Pusher {
                             Ok(false) => return Outcome::Unsupported(NOTHING_TO_SEND.into()),
                             Err(reason) => return Outcome::Unsupported(reason),
                         }
-                        if let Err(reason) = check_destination(&t, |f| session.server_accepts(f)) {
-                            return Outcome::Unsupported(reason);
+                        let (converted, needs) = match self.destination_tracks(&t, session) {
+                            Ok(v) => v,
+                            Err(reason) => return Outcome::Unsupported(reason),
+                        };
+                        if needs && feed.is_none() {
+                            feed = self.restreamer.transcoders.feed(live, Direction::OpusToAac);
+                        } else if !needs {
+                            feed = None;
+                            for v in held.drain(..) {
+                                pending.extend(self.take_frame(&current, has_video, &mut waiting_keyframe, &v));
+                            }
                         }
+                        transcode = needs;
+                        self.muxer.set_independent_kinds(needs);
                         has_video = t.list.iter().any(|t| t.kind() == TrackKind::Video);
-                        current = t.clone();
-                        pending = self.muxer.on_tracks(t);
+                        current = converted.clone();
+                        pending = self.muxer.on_tracks(converted);
                     }
                     Some(Event::Frame(f)) => {
-                        let Some(track) = current.get(f.track) else { continue };
-                        let scale = i64::from(track.timescale.max(1));
-                        let dts_ms = f.dts * 1000 / scale;
-                        let is_video = track.kind() == TrackKind::Video;
-                        if waiting_keyframe {
-                            // Start (and resume after a reconnect) on a keyframe newer than
-                            // anything sent, so the destination decodes from the first frame
-                            // and its timestamps keep going forward.
-                            let newer = self.last_sent_ms.is_none_or(|last| dts_ms > last);
-                            let start = newer
-                                && (!has_video || (is_video && f.keyframe))
-                                && !matches!(track.codec, CodecConfig::Jpeg { .. });
-                            if !start {
-                                continue;
+                        if !transcode {
+                            if let Some(tag) = self.take_frame(&current, has_video, &mut waiting_keyframe, &f) {
+                                pending.push(tag);
                             }
-                            waiting_keyframe = false;
+                            continue;
                         }
-                        if let Some(tag) = self.muxer.on_frame(&f) {
-                            self.last_sent_ms = Some(self.last_sent_ms.map_or(dts_ms, |l| l.max(dts_ms)));
-                            pending.push(tag);
+                        // The source Opus; its AAC comes from the feed.
+                        if current.get(f.track).is_some_and(|t| matches!(t.codec, CodecConfig::Aac(_))) {
+                            continue;
+                        }
+                        // The AAC runs ~100 ms behind: video waits for it, so the tags go
+                        // out in time order (a lone video waits at most HOLD_MS).
+                        held.push_back(f);
+                        while let (Some(first), Some(last)) = (held.front(), held.back()) {
+                            let span = dts_ms(&current, last).unwrap_or(0) - dts_ms(&current, first).unwrap_or(0);
+                            if span <= HOLD_MS {
+                                break;
+                            }
+                            if let Some(v) = held.pop_front() {
+                                pending.extend(self.take_frame(&current, has_video, &mut waiting_keyframe, &v));
+                            }
                         }
                     }
                 },
+                aac = next_frame(&mut feed) => {
+                    let Some(a) = aac else {
+                        // The transcoder ended: what waits goes out.
+                        for v in held.drain(..) {
+                            pending.extend(self.take_frame(&current, has_video, &mut waiting_keyframe, &v));
+                        }
+                        continue;
+                    };
+                    let at = dts_ms(&current, &a).unwrap_or(i64::MAX);
+                    while held.front().is_some_and(|v| dts_ms(&current, v).unwrap_or(0) <= at) {
+                        if let Some(v) = held.pop_front() {
+                            pending.extend(self.take_frame(&current, has_video, &mut waiting_keyframe, &v));
+                        }
+                    }
+                    pending.extend(self.take_frame(&current, has_video, &mut waiting_keyframe, &a));
+                }
                 r = io.read_buf(&mut read_buf) => {
                     match r {
                         Ok(0) => return broken("closed by the destination".into()),
@@ -877,6 +960,46 @@ impl Pusher {
                 _ = self.stop.changed() => return self.stopped(),
             }
         }
+    }
+}
+
+/// Longest a frame waits for transcoded audio before it goes out anyway, in ms.
+const HOLD_MS: i64 = 1000;
+
+/// A frame's decode time in milliseconds, from its track's timescale.
+fn dts_ms(tracks: &Tracks, f: &Frame) -> Option<i64> {
+    let t = tracks.get(f.track)?;
+    Some(f.dts * 1000 / i64::from(t.timescale.max(1)))
+}
+
+impl Pusher {
+    /// The tag for one frame of `current`'s tracks, once the destination can start: on a
+    /// keyframe newer than anything sent (at the start and after a reconnect), so it decodes
+    /// from the first frame and its timestamps keep going forward.
+    fn take_frame(
+        &mut self,
+        current: &Tracks,
+        has_video: bool,
+        waiting_keyframe: &mut bool,
+        f: &Frame,
+    ) -> Option<PlayOutput> {
+        let track = current.get(f.track)?;
+        let scale = i64::from(track.timescale.max(1));
+        let dts_ms = f.dts * 1000 / scale;
+        let is_video = track.kind() == TrackKind::Video;
+        if *waiting_keyframe {
+            let newer = self.last_sent_ms.is_none_or(|last| dts_ms > last);
+            let start = newer
+                && (!has_video || (is_video && f.keyframe))
+                && !matches!(track.codec, CodecConfig::Jpeg { .. });
+            if !start {
+                return None;
+            }
+            *waiting_keyframe = false;
+        }
+        let tag = self.muxer.on_frame(f)?;
+        self.last_sent_ms = Some(self.last_sent_ms.map_or(dts_ms, |l| l.max(dts_ms)));
+        Some(tag)
     }
 }
 

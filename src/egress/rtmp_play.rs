@@ -77,10 +77,21 @@ impl TagHead {
 pub struct FlvMuxer {
     tracks: Option<std::sync::Arc<Tracks>>,
     base_ms: Option<i64>,
+    /// The latest timestamp sent (sequence headers go out at it).
     last_ms: u32,
+    /// Latest timestamp per kind (video, audio), for [`FlvMuxer::set_independent_kinds`].
+    last_by_kind: [u32; 2],
+    independent_kinds: bool,
 }
 
 impl FlvMuxer {
+    /// Timestamps never go back within a kind (video, audio) instead of across both: for
+    /// audio that runs behind its video (transcoded), which a global clamp would squash onto
+    /// the video's timestamps.
+    pub fn set_independent_kinds(&mut self, on: bool) {
+        self.independent_kinds = on;
+    }
+
     /// New tracks: metadata and sequence headers.
     pub fn on_tracks(&mut self, tracks: std::sync::Arc<Tracks>) -> Vec<PlayOutput> {
         let mut meta = Vec::new();
@@ -161,10 +172,17 @@ impl FlvMuxer {
         let dts_ms = frame.dts * 1000 / scale;
         let cts_ms = (frame.pts - frame.dts) * 1000 / scale;
         let base = *self.base_ms.get_or_insert(dts_ms);
+        let kind = usize::from(track.kind() == crate::media::TrackKind::Audio);
+        let floor = if self.independent_kinds {
+            self.last_by_kind[kind]
+        } else {
+            self.last_ms
+        };
         let timestamp = u32::try_from((dts_ms - base).max(0))
             .unwrap_or(u32::MAX)
-            .max(self.last_ms);
-        self.last_ms = timestamp;
+            .max(floor);
+        self.last_by_kind[kind] = timestamp;
+        self.last_ms = self.last_ms.max(timestamp);
         let (type_id, head) = match &track.codec {
             CodecConfig::H264(_) => {
                 let cts = i32::try_from(cts_ms).unwrap_or(0);

@@ -1,7 +1,9 @@
 //! WHEP playback: `POST /whep/{stream_id}` with a recvonly SDP offer → `201 Created` with the
-//! answer; the peer then receives the stream's H.264 (from RTMP, WHIP or the camera encoder)
-//! and its Opus audio (WHIP), starting at the GOP cache's keyframe. AAC audio (RTMP) is not
-//! transcoded: such a stream plays video-only over WHEP, which the stream's detail says.
+//! answer; the peer then receives the stream's video (H.264 from RTMP, WHIP or the camera
+//! encoder; VP9 and AV1 from Enhanced RTMP) and its Opus audio, starting at the GOP cache's
+//! keyframe. AAC audio (RTMP, cameras) is transcoded to Opus once per stream while any WebRTC
+//! viewer needs it ([`crate::egress::transcode`]); with `[transcode] audio = false` such a
+//! stream plays video-only over WHEP, which the stream's detail says.
 //!
 //! Private streams need a play token (`?token=` or `Authorization: Bearer`). Every WHEP peer
 //! holds a hub subscription, so it is counted as a viewer while connected; a slow peer drops
@@ -32,8 +34,10 @@ use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::peer_connection::RTCPeerConnectionState;
 use webrtc::rtp_transceiver::RtpSender;
 
+use crate::egress::transcode::{next_frame, AudioTranscoders};
 use crate::error::HttpError;
 use crate::hub::{Event, LiveStream};
+use crate::media::audio::{Direction, OPUS_RATE};
 use crate::media::{CodecConfig, Frame, Track, Tracks};
 use crate::net::webrtc::{PeerEvent, Session, SessionKind, WebVideo};
 use crate::net::webrtc_http::{bearer, created_response, require_sdp, sdp_error, WebRtcContext};
@@ -56,26 +60,33 @@ pub struct TokenQuery {
 pub struct Playable {
     /// The video track browsers decode over WebRTC: H.264, VP9 or AV1.
     pub video: Option<Track>,
-    /// The Opus track.
+    /// The Opus track (the stream's own, or the one transcoded from its AAC).
     pub audio: Option<Track>,
+    /// The audio is Opus transcoded from the stream's AAC.
+    pub audio_transcoded: bool,
     /// Why something is left out (AAC audio), for the API.
     pub note: Option<String>,
 }
 
 impl Playable {
     /// What of `tracks` a WHEP viewer gets; `b_frames` when the video has been seen to
-    /// reorder frames (browsers' WebRTC decoders assume it does not).
-    pub fn of(tracks: &Tracks, b_frames: bool) -> Playable {
+    /// reorder frames (browsers' WebRTC decoders assume it does not); `transcoded` is the Opus
+    /// track AAC becomes when audio transcoding is on.
+    pub fn of(tracks: &Tracks, b_frames: bool, transcoded: Option<Track>) -> Playable {
         let video = tracks
             .list
             .iter()
             .find(|t| web_video(&t.codec).is_some())
             .cloned();
-        let audio = tracks
+        let mut audio = tracks
             .list
             .iter()
             .find(|t| matches!(t.codec, CodecConfig::Opus(_)))
             .cloned();
+        let audio_transcoded = audio.is_none() && transcoded.is_some();
+        if audio_transcoded {
+            audio = transcoded;
+        }
         let mut notes = Vec::new();
         if audio.is_none()
             && tracks
@@ -83,7 +94,10 @@ impl Playable {
                 .iter()
                 .any(|t| matches!(t.codec, CodecConfig::Aac(_)))
         {
-            notes.push("AAC audio is not transcoded to Opus: WebRTC (WHEP) plays video only");
+            notes.push(
+                "AAC audio is not transcoded to Opus ([transcode] audio = false): WebRTC (WHEP) \
+                 plays video only",
+            );
         }
         if tracks
             .list
@@ -105,7 +119,12 @@ impl Playable {
             );
         }
         let note = (!notes.is_empty()).then(|| notes.join("; "));
-        Playable { video, audio, note }
+        Playable {
+            video,
+            audio,
+            audio_transcoded,
+            note,
+        }
     }
 }
 
@@ -148,7 +167,10 @@ pub async fn play(
         .get(&stream_id)
         .ok_or_else(|| HttpError::not_found("the stream is not live"))?;
     let tracks = wait_for_tracks(&stream).await?;
-    let playable = Playable::of(&tracks, stream.snapshot().has_b_frames);
+    let transcoded = ctx
+        .transcoders
+        .output_track(&tracks, Direction::AacToOpus);
+    let playable = Playable::of(&tracks, stream.snapshot().has_b_frames, transcoded);
     if playable.video.is_none() && playable.audio.is_none() {
         return Err(HttpError::new(
             axum::http::StatusCode::BAD_REQUEST,
@@ -209,7 +231,10 @@ pub async fn play(
         ctx.shutdown.clone(),
     );
     tracing::info!(stream = %stream_id, session = %session.id, "whep: viewer joined");
-    tokio::spawn(run(session.clone(), stream, events, senders));
+    let transcoders = playable
+        .audio_transcoded
+        .then(|| ctx.transcoders.clone());
+    tokio::spawn(run(session.clone(), stream, events, senders, transcoders));
     Ok(created_response(&session, "whep", answer))
 }
 
@@ -353,6 +378,7 @@ async fn run(
     stream: Arc<LiveStream>,
     mut events: mpsc::UnboundedReceiver<PeerEvent>,
     senders: Vec<Outgoing>,
+    transcoders: Option<Arc<AudioTranscoders>>,
 ) {
     // Media starts once ICE and DTLS are up.
     loop {
@@ -376,6 +402,12 @@ async fn run(
         }
     }
     let mut sub = stream.subscribe("whep");
+    // AAC audio arrives as Opus from the stream's shared transcoder, subscribed to with the
+    // hub at the same moment so both start from the GOP cache.
+    let mut feed = match (&transcoders, &audio) {
+        (Some(t), Some(_)) => t.feed(&stream, Direction::AacToOpus),
+        _ => None,
+    };
     let mut tracks: Option<Arc<Tracks>> = None;
     let mut h264 = H264Payloader::default();
     let mut vp9 = Vp9Payloader::default();
@@ -384,6 +416,16 @@ async fn run(
     loop {
         let event = tokio::select! {
             e = sub.recv() => e,
+            opus = next_frame(&mut feed) => {
+                if let (Some(frame), Some(a)) = (opus, audio.as_mut()) {
+                    stream.add_bytes_out(frame.data.len() as u64);
+                    let ts = a.timestamp(frame.pts, OPUS_RATE, 48_000);
+                    if !a.send(vec![frame.data.clone()], ts).await {
+                        break;
+                    }
+                }
+                continue;
+            }
             _ = session.closed() => break,
             ev = events.recv() => { if ev.is_none() { break; } continue; }
         };

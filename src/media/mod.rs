@@ -5,6 +5,7 @@
 
 pub mod aac;
 pub mod annexb;
+pub mod audio;
 pub mod av1;
 pub mod bits;
 mod frame;

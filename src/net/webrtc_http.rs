@@ -46,6 +46,8 @@ pub struct WebRtcContext {
     pub cors_origins: Vec<String>,
     /// The platform's authoriser, for WHIP bearers that are no key of ours.
     pub external: Option<Arc<crate::extauth::ExternalAuth>>,
+    /// Audio transcoders (AAC → Opus for WHEP viewers).
+    pub transcoders: Arc<crate::egress::transcode::AudioTranscoders>,
 }
 
 impl std::fmt::Debug for WebRtcContext {

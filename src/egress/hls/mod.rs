@@ -26,6 +26,8 @@ pub mod http;
 pub mod segmenter;
 pub mod sessions;
 
+use crate::egress::transcode::InlineAac;
+use crate::media::audio::AudioQuality;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -168,6 +170,8 @@ pub struct HlsRegistry {
     pending_seeds: Mutex<HashMap<String, (std::time::Instant, HlsSeed)>>,
     /// See [`HlsRegistry::set_failover_allowance`].
     failover_ms: AtomicU64,
+    /// Opus sources are packaged as AAC (transcoded here), which every HLS player takes.
+    opus_as_aac: Option<AudioQuality>,
 }
 
 impl std::fmt::Debug for HlsRegistry {
@@ -184,8 +188,10 @@ impl HlsRegistry {
         shutdown: watch::Receiver<bool>,
         hub: Hub,
         gate: Arc<dyn PlaybackGate>,
+        opus_as_aac: Option<AudioQuality>,
     ) -> Arc<Self> {
         Arc::new(HlsRegistry {
+            opus_as_aac,
             streams: Mutex::new(HashMap::new()),
             sessions: sessions::HlsSessions::new(Duration::from_millis(cfg.session_timeout_ms)),
             cfg,
@@ -514,19 +520,25 @@ impl HlsRegistry {
     ) {
         let mut shutdown = self.shutdown.clone();
         let session = stream.session.lock().await;
+        let mut aac = self.opus_as_aac.map(InlineAac::new);
         loop {
             let event = tokio::select! {
                 ev = sub.recv() => ev,
                 _ = crate::shutdown::requested(&mut shutdown) => None,
             };
             let Some(event) = event else { break };
+            let events = match aac.as_mut() {
+                Some(a) => a.map(event),
+                None => vec![event],
+            };
             let (result, changed, keyframe) = {
                 let mut seg = stream.lock();
                 let before = seg.revision();
-                let result = match event {
+                let now = SystemTime::now();
+                let result = events.into_iter().try_for_each(|event| match event {
                     Event::Tracks(tracks) => seg.push_tracks(tracks),
-                    Event::Frame(frame) => seg.push_frame(frame, SystemTime::now()),
-                };
+                    Event::Frame(frame) => seg.push_frame(frame, now),
+                });
                 (
                     result,
                     seg.revision() != before,
