@@ -145,3 +145,30 @@ vid = rec(0, avc_seq_tag) + b"".join(rec(0 | (1 << 2), idr_frame if i % 10 == 0 
 w("ingest_rtmp", "video_only_wrap", vid)
 pend = rec(2, metadata_vals) + rec(0, avc_seq_tag) + b"".join(rec(0 | (20 << 2), idr_frame if i == 0 else p_frame) for i in range(5)) + rec(3, b"")
 w("ingest_rtmp", "missing_audio_wait", pend)
+
+# ---- audio_transcode: real AAC frames (from the FLV fixture) and Opus packets (the Ogg fixture) ----
+fixtures = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
+def flv_aac_frames(path, n):
+    d = open(path, "rb").read(); pos = 13; out = []
+    while pos + 11 <= len(d) and len(out) < n:
+        t = d[pos]; size = int.from_bytes(d[pos+1:pos+4], "big"); body = d[pos+11:pos+11+size]
+        if t == 8 and len(body) > 2 and body[0] >> 4 == 10 and body[1] == 1: out.append(body[2:])
+        pos += 11 + size + 4
+    return out
+def ogg_packets(path, n):
+    d = open(path, "rb").read(); pos = 0; out = []; cur = b""
+    while pos + 27 <= len(d) and len(out) < n + 2:
+        segs = d[pos+26]; lace = d[pos+27:pos+27+segs]; p = pos + 27 + segs
+        for l in lace:
+            cur += d[p:p+l]; p += l
+            if l < 255: out.append(cur); cur = b""
+        pos = p
+    return out[2:]  # OpusHead and OpusTags are not audio
+def packets(frames, step_ms):
+    return b"".join(struct.pack(">Hh", len(f), step_ms) + f for f in frames)
+aac = flv_aac_frames(os.path.join(fixtures, "av_baseline.flv"), 24)
+opus = ogg_packets(os.path.join(fixtures, "whip_opus.ogg"), 24)
+w("audio_transcode", "aac_44k_stereo", bytes([0]) + packets(aac, 23))
+w("audio_transcode", "aac_jump", bytes([0]) + packets(aac[:8], 23) + packets(aac[8:9], -2000) + packets(aac[9:], 23))
+w("audio_transcode", "opus_stereo", bytes([1]) + packets(opus, 20))
+w("audio_transcode", "opus_mono_preskip", bytes([1 | 2 | 8]) + packets(opus, 20))

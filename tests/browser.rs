@@ -15,6 +15,10 @@ use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
+/// Browser tests share the machine; the A/V sync measurement has it to itself (a loaded
+/// machine delays a browser's audio and video by different amounts).
+static BROWSERS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// Takes a screenshot of `page` with a fresh profile; returns the decoded RGBA pixels.
 fn screenshot(dir: &std::path::Path, page: &std::path::Path, name: &str) -> Vec<u8> {
     let png_path = dir.join(format!("{name}.png"));
@@ -67,6 +71,7 @@ async fn chromium_shows_the_camera_in_an_img_tag() {
     if !require_program("chromium") {
         return;
     }
+    let _turn = BROWSERS.read().await;
     let ts = start_server("browser").await;
     let (id, key) = ts.create_stream("cam").await;
     let mut request = format!("ws://{}/ingest/ws", ts.server.http_addr)
@@ -249,6 +254,7 @@ async fn hlsjs_in_chromium_plays_a_whip_stream_with_its_opus_as_aac() {
     let Some(hls) = hlsjs() else {
         return;
     };
+    let _turn = BROWSERS.read().await;
     let ts = start_server("browser-hlsjs").await;
     let (id, key) = ts.create_stream("whiphls").await;
     let publishing = common::webrtc::whip_publish(&ts.http("/whip/live/whiphls"), &key, 4).await;
@@ -309,6 +315,7 @@ async fn chromium_plays_an_rtmp_stream_over_whep() {
     if !require_program("chromium") {
         return;
     }
+    let _turn = BROWSERS.read().await;
     let ts = start_server("browser-whep").await;
     let (id, key) = ts.create_stream("whep").await;
     // WebRTC decoders in browsers do not take B-frames: an RTMP source made for WebRTC
@@ -357,6 +364,7 @@ async fn chromium_plays_an_enhanced_rtmp_stream_over_whep(tag: &str, codec_args:
     if !require_program("chromium") {
         return;
     }
+    let _turn = BROWSERS.read().await;
     let ts = start_server(tag).await;
     let (id, key) = ts.create_stream(tag).await;
     let mut publisher = std::process::Command::new(ff)
@@ -572,7 +580,12 @@ struct Perceived {
 /// Publishes a beep-and-flash source over RTMP with ffmpeg 9 (every second the picture
 /// turns white for 100 ms while a 1 kHz tone sounds; stereo at 44.1 kHz) with `audio_codec`,
 /// plays it in Chromium over WHEP and measures what the viewer perceived.
-async fn perceived_over_whep(ts: &TestServer, ff: &std::path::Path, name: &str, audio_codec: &str) -> Perceived {
+async fn perceived_over_whep(
+    ts: &TestServer,
+    ff: &std::path::Path,
+    name: &str,
+    audio_codec: &str,
+) -> Perceived {
     let (id, key) = ts.create_stream(name).await;
     let mut publisher = std::process::Command::new(ff)
         .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
@@ -589,7 +602,16 @@ async fn perceived_over_whep(ts: &TestServer, ff: &std::path::Path, name: &str, 
             "-i",
             "aevalsrc='if(lt(mod(t,1),0.1),0.6*sin(2*PI*1000*t),0)':s=44100:c=stereo",
         ])
-        .args(["-t", "40", "-c:v", "libx264", "-profile:v", "baseline", "-bf", "0"])
+        .args([
+            "-t",
+            "40",
+            "-c:v",
+            "libx264",
+            "-profile:v",
+            "baseline",
+            "-bf",
+            "0",
+        ])
         .args(["-g", "30", "-tune", "zerolatency", "-pix_fmt", "yuv420p"])
         .args(["-c:a", audio_codec, "-b:a", "128k", "-f", "flv"])
         .arg(ts.rtmp(&format!("/live/{key}")))
@@ -607,7 +629,11 @@ async fn perceived_over_whep(ts: &TestServer, ff: &std::path::Path, name: &str, 
     .await;
     let playback = &detail["live"]["webrtc_playback"];
     assert_eq!(playback["audio"], true, "{detail}");
-    assert_eq!(playback["audio_transcoded"], audio_codec == "aac", "{detail}");
+    assert_eq!(
+        playback["audio_transcoded"],
+        audio_codec == "aac",
+        "{detail}"
+    );
     let reports = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let report_url = format!("http://{}/report", reports.local_addr().unwrap());
     let page = ts.dir.join(format!("{name}.html"));
@@ -621,7 +647,11 @@ async fn perceived_over_whep(ts: &TestServer, ff: &std::path::Path, name: &str, 
     let _ = publisher.kill();
     let _ = publisher.wait();
     let frames: u64 = field("frames").parse().unwrap_or(0);
-    assert!(frames > 10, "{name}: Chromium decoded {frames} frames; error: {}", field("error"));
+    assert!(
+        frames > 10,
+        "{name}: Chromium decoded {frames} frames; error: {}",
+        field("error")
+    );
     let flashes = times(&field("flashes"));
     let beeps = times(&field("beeps"));
     // A player that joins catches up over its first seconds (NetEq shortens the GOP cache's
@@ -634,7 +664,9 @@ async fn perceived_over_whep(ts: &TestServer, ff: &std::path::Path, name: &str, 
     );
     offsets.sort_by(f64::total_cmp);
     let offset_ms = offsets[offsets.len() / 2];
-    eprintln!("{name}: A/V offsets (audio - video, ms) once settled: {offsets:?}; median {offset_ms:.1}");
+    eprintln!(
+        "{name}: A/V offsets (audio - video, ms) once settled: {offsets:?}; median {offset_ms:.1}"
+    );
     Perceived {
         offset_ms,
         energy: field("energy").parse().unwrap_or(0.0),
@@ -655,6 +687,7 @@ async fn chromium_hears_rtmp_aac_over_whep_in_sync_with_the_picture() {
     if !require_program("chromium") {
         return;
     }
+    let _alone = BROWSERS.write().await;
     let ts = start_server("browser-av").await;
     let native = perceived_over_whep(&ts, &ff, "avopus", "libopus").await;
     let transcoded = perceived_over_whep(&ts, &ff, "avaac", "aac").await;

@@ -731,7 +731,10 @@ async fn whip_opus_reaches_legacy_destinations_as_aac(
     let got = read_from_nginx(format!("{}/{name}-one", nginx.url()), &ts.dir, 4).await;
     assert_decodes(&got, 30, size, true);
     let db = got.audio_db.expect("the AAC decodes to a level");
-    assert!(db > -30.0, "the tone is heard in the AAC: mean volume {db} dB");
+    assert!(
+        db > -30.0,
+        "the tone is heard in the AAC: mean volume {db} dB"
+    );
     // Nobody needs AAC once the destinations are gone: the transcoder stops while the
     // stream stays live.
     for rid in &rids {
@@ -803,8 +806,19 @@ async fn ffmpeg9_whip_opus_reaches_legacy_destinations_as_aac() {
             c.args(["-hide_banner", "-v", "error", "-nostdin", "-re"])
                 .args(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25"])
                 .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
-                .args(["-t", "30", "-c:v", "libx264", "-profile:v", "baseline", "-bf", "0"])
-                .args(["-g", "25", "-pix_fmt", "yuv420p", "-c:a", "libopus", "-ac", "2"])
+                .args([
+                    "-t",
+                    "30",
+                    "-c:v",
+                    "libx264",
+                    "-profile:v",
+                    "baseline",
+                    "-bf",
+                    "0",
+                ])
+                .args([
+                    "-g", "25", "-pix_fmt", "yuv420p", "-c:a", "libopus", "-ac", "2",
+                ])
                 .args(["-f", "whip", "-authorization", key, url]);
             c
         },

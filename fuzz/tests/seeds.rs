@@ -150,3 +150,41 @@ fn ingest_seeds_reach_the_hub() {
         assert!(tracks > 0 && frames > 0, "{name}: {tracks} tracks, {frames} frames");
     }
 }
+
+/// The audio seeds are real AAC and Opus packets: each transcodes into frames of the other
+/// codec (a seed the decoders refused would start the fuzzer nowhere).
+#[test]
+fn audio_transcode_seeds_come_out_as_the_other_codec() {
+    use media_server::media::audio::{AudioQuality, Direction, Transcoder};
+    use media_server::media::opus::OpusConfig;
+    use media_server::media::{CodecConfig, Frame, Track, TrackId};
+    for (name, data) in seeds("audio_transcode") {
+        let head = data[0];
+        let (codec, direction) = if head & 1 == 0 {
+            let asc = AacConfig::parse(Bytes::from_static(&[0x12, 0x10])).unwrap();
+            (CodecConfig::Aac(asc), Direction::AacToOpus)
+        } else {
+            let c = OpusConfig {
+                channels: 1 + (head >> 1) % 2,
+                input_sample_rate: 48_000,
+                pre_skip: u16::from(head >> 2) * 13,
+            };
+            (CodecConfig::Opus(c), Direction::OpusToAac)
+        };
+        let source = Track { id: TrackId(1), timescale: 1000, codec };
+        let mut t = Transcoder::new(&source, direction, AudioQuality::default()).unwrap().unwrap();
+        let (mut rest, mut pts, mut out, mut errors) = (&data[1..], 0i64, 0usize, 0usize);
+        while rest.len() >= 4 {
+            let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+            pts += i64::from(i16::from_be_bytes([rest[2], rest[3]]));
+            let (packet, tail) = rest[4..].split_at(len.min(rest.len() - 4));
+            rest = tail;
+            let frame = Frame { track: TrackId(1), pts, dts: pts, keyframe: true, data: Bytes::copy_from_slice(packet) };
+            match t.push(&frame) {
+                Ok(f) => out += f.len(),
+                Err(_) => errors += 1,
+            }
+        }
+        assert!(out >= 8 && errors == 0, "{name}: {out} frames out, {errors} refused");
+    }
+}

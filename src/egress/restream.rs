@@ -790,7 +790,13 @@ impl Pusher {
                 let list = tracks
                     .list
                     .iter()
-                    .map(|t| if t.id == aac.id { aac.clone() } else { t.clone() })
+                    .map(|t| {
+                        if t.id == aac.id {
+                            aac.clone()
+                        } else {
+                            t.clone()
+                        }
+                    })
                     .collect();
                 let converted = Arc::new(Tracks { list });
                 check_destination(&converted, |f| session.server_accepts(f))?;
@@ -828,9 +834,7 @@ impl Pusher {
         };
         // Opus arrives as AAC from the stream's shared transcoder, joined with the hub.
         let mut feed = if transcode {
-            self.restreamer
-                .transcoders
-                .feed(live, Direction::OpusToAac)
+            self.restreamer.transcoders.feed(live, Direction::OpusToAac)
         } else {
             None
         };

@@ -90,10 +90,7 @@ impl AudioTranscoders {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         running.retain(|_, w| w.strong_count() > 0);
         if let Some(r) = running.get(&key).and_then(Weak::upgrade) {
-            let same_stream = r
-                .stream
-                .upgrade()
-                .is_some_and(|s| Arc::ptr_eq(&s, stream));
+            let same_stream = r.stream.upgrade().is_some_and(|s| Arc::ptr_eq(&s, stream));
             if let Some(tx) = r.tx.upgrade().filter(|_| same_stream) {
                 let rx = tx.subscribe();
                 return Some(AudioFeed { _running: r, rx });
@@ -232,7 +229,10 @@ impl InlineAac {
                         _ => None,
                     };
                 }
-                let output = self.current.as_ref().and_then(|(_, _, t)| t.output_track().ok());
+                let output = self
+                    .current
+                    .as_ref()
+                    .and_then(|(_, _, t)| t.output_track().ok());
                 let Some(aac) = output else {
                     self.current = None;
                     return vec![Event::Tracks(tracks)];
@@ -240,7 +240,13 @@ impl InlineAac {
                 let list = tracks
                     .list
                     .iter()
-                    .map(|t| if t.id == aac.id { aac.clone() } else { t.clone() })
+                    .map(|t| {
+                        if t.id == aac.id {
+                            aac.clone()
+                        } else {
+                            t.clone()
+                        }
+                    })
                     .collect();
                 vec![Event::Tracks(Arc::new(Tracks { list }))]
             }

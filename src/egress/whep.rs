@@ -167,9 +167,7 @@ pub async fn play(
         .get(&stream_id)
         .ok_or_else(|| HttpError::not_found("the stream is not live"))?;
     let tracks = wait_for_tracks(&stream).await?;
-    let transcoded = ctx
-        .transcoders
-        .output_track(&tracks, Direction::AacToOpus);
+    let transcoded = ctx.transcoders.output_track(&tracks, Direction::AacToOpus);
     let playable = Playable::of(&tracks, stream.snapshot().has_b_frames, transcoded);
     if playable.video.is_none() && playable.audio.is_none() {
         return Err(HttpError::new(
@@ -231,9 +229,7 @@ pub async fn play(
         ctx.shutdown.clone(),
     );
     tracing::info!(stream = %stream_id, session = %session.id, "whep: viewer joined");
-    let transcoders = playable
-        .audio_transcoded
-        .then(|| ctx.transcoders.clone());
+    let transcoders = playable.audio_transcoded.then(|| ctx.transcoders.clone());
     tokio::spawn(run(session.clone(), stream, events, senders, transcoders));
     Ok(created_response(&session, "whep", answer))
 }
@@ -541,4 +537,27 @@ async fn send_video(
     };
     let ts = v.timestamp(frame.pts, timescale, 90_000);
     v.send(payloads, ts).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::audio::{converted_track, AudioQuality};
+    use crate::media::test_support::av_tracks;
+
+    #[test]
+    fn aac_plays_as_transcoded_opus_or_says_why_not() {
+        let tracks = av_tracks();
+        let opus = converted_track(&tracks, Direction::AacToOpus, AudioQuality::default());
+        let on = Playable::of(&tracks, false, opus);
+        let audio = on.audio.expect("the AAC plays as Opus");
+        assert!(matches!(audio.codec, CodecConfig::Opus(_)));
+        assert_eq!(audio.timescale, OPUS_RATE);
+        assert!(on.audio_transcoded && on.note.is_none(), "{:?}", on.note);
+        let off = Playable::of(&tracks, false, None);
+        assert!(off.audio.is_none() && !off.audio_transcoded);
+        assert!(off
+            .note
+            .is_some_and(|n| n.contains("AAC audio is not transcoded")));
+    }
 }

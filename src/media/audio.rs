@@ -112,8 +112,8 @@ impl Timeline {
         let restart = match self.anchor {
             None => true,
             Some(a) => {
-                let expected = i128::from(a.pts)
-                    + i128::from(a.samples_in) * ts / i128::from(rate.max(1));
+                let expected =
+                    i128::from(a.pts) + i128::from(a.samples_in) * ts / i128::from(rate.max(1));
                 let drift = (i128::from(pts) - expected).abs();
                 drift * 1000 > i128::from(MAX_DRIFT_MS) * ts
             }
@@ -178,11 +178,10 @@ impl Resample {
             }
             let frames_out = self.inner.output_frames_next();
             self.scratch.resize(frames_out * ch, 0.0);
-            let inp = InterleavedSlice::new(&self.pending[..need * ch], ch, need)
+            let inp =
+                InterleavedSlice::new(&self.pending[..need * ch], ch, need).map_err(|e| err(&e))?;
+            let mut outp = InterleavedSlice::new_mut(&mut self.scratch[..], ch, frames_out)
                 .map_err(|e| err(&e))?;
-            let mut outp =
-                InterleavedSlice::new_mut(&mut self.scratch[..], ch, frames_out)
-                    .map_err(|e| err(&e))?;
             let (used, written) = self
                 .inner
                 .process_into_buffer(&inp, &mut outp, None)
@@ -219,7 +218,8 @@ impl Direction {
     pub fn takes(self, codec: &CodecConfig) -> bool {
         matches!(
             (self, codec),
-            (Direction::AacToOpus, CodecConfig::Aac(_)) | (Direction::OpusToAac, CodecConfig::Opus(_))
+            (Direction::AacToOpus, CodecConfig::Aac(_))
+                | (Direction::OpusToAac, CodecConfig::Opus(_))
         )
     }
 }
@@ -326,7 +326,11 @@ impl AacToOpus {
         };
         let decoder = rusty_aac::AacDecoder::with_config_bytes(&config.raw).map_err(aac_err)?;
         // HE-AAC v2 (parametric stereo) has one core channel but decodes to two.
-        let channels = if config.object_type == 29 { 2 } else { channels };
+        let channels = if config.object_type == 29 {
+            2
+        } else {
+            channels
+        };
         let mut encoder =
             opus_rs::OpusEncoder::new(OPUS_RATE as i32, channels, opus_rs::Application::Audio)
                 .map_err(TranscodeError::Opus)?;
@@ -505,8 +509,7 @@ impl OpusToAac {
             self.restart();
         }
         let ch = self.channels;
-        self.pcm
-            .extend_from_slice(&self.decoded[skip * ch..n * ch]);
+        self.pcm.extend_from_slice(&self.decoded[skip * ch..n * ch]);
         self.encode_ready()
     }
 
@@ -590,7 +593,11 @@ mod tests {
             };
             out.extend(t.push(&f).unwrap());
         }
-        assert!(out.len() >= 90, "about 100 Opus frames for 1 s, got {}", out.len());
+        assert!(
+            out.len() >= 90,
+            "about 100 Opus frames for 1 s, got {}",
+            out.len()
+        );
         assert_eq!(out[0].pts, 5_000 * 48);
         assert!(out.windows(2).all(|w| w[1].pts - w[0].pts == 480));
         assert!(out.iter().all(|f| f.track == TrackId(7)));
@@ -637,7 +644,11 @@ mod tests {
                 .unwrap(),
             );
         }
-        assert!(out.len() >= 40, "about 46 AAC frames for 1 s, got {}", out.len());
+        assert!(
+            out.len() >= 40,
+            "about 46 AAC frames for 1 s, got {}",
+            out.len()
+        );
         assert_eq!(out[0].pts, 1_000);
         assert!(out.windows(2).all(|w| w[1].pts - w[0].pts == 1024));
         // Our own decoder hears the tone: the windowed frames join without clicks.
@@ -651,9 +662,18 @@ mod tests {
         }
         // Past the first frames, compare with a 1 kHz sine fitted in phase (the codecs'
         // delays shift it): the residual is small.
-        let left: Vec<f32> = decoded.iter().step_by(2).copied().skip(4096).take(30_000).collect();
+        let left: Vec<f32> = decoded
+            .iter()
+            .step_by(2)
+            .copied()
+            .skip(4096)
+            .take(30_000)
+            .collect();
         let snr = fitted_snr(&left, 1000.0, 48_000.0);
-        assert!(snr > 15.0, "AAC from windowed encoding: {snr:.1} dB against the tone");
+        assert!(
+            snr > 15.0,
+            "AAC from windowed encoding: {snr:.1} dB against the tone"
+        );
     }
 
     /// SNR of `x` against the best-fitting sine of frequency `hz` (least squares).
