@@ -48,18 +48,29 @@ fn ffmpeg(args: &[&str]) -> f64 {
     children_cpu() - before
 }
 
-/// User + system CPU seconds of finished children.
-fn children_cpu() -> f64 {
-    let u = rustix::process::getrusage(rustix::process::RUsageWho::Children);
-    let t = |tv: rustix::process::Timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    t(u.ru_utime) + t(u.ru_stime)
+/// CPU seconds from `/proc/self/stat`: this process (`children = false`) or its finished
+/// children (clock ticks of 10 ms).
+fn stat_cpu(children: bool) -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let at = if children { 13 } else { 11 };
+    let ticks: f64 = fields.get(at).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + fields
+            .get(at + 1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+    ticks / 100.0
 }
 
-/// CPU seconds of this process so far.
+fn children_cpu() -> f64 {
+    stat_cpu(true)
+}
+
 fn self_cpu() -> f64 {
-    let u = rustix::process::getrusage(rustix::process::RUsageWho::Self_);
-    let t = |tv: rustix::process::Timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    t(u.ru_utime) + t(u.ru_stime)
+    stat_cpu(false)
 }
 
 fn pcm_of(file: &Path, dir: &Path) -> Vec<f32> {

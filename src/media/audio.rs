@@ -241,9 +241,9 @@ pub fn converted_track(
 /// A transcoder of either direction.
 pub enum Transcoder {
     /// AAC → Opus.
-    AacToOpus(AacToOpus),
+    AacToOpus(Box<AacToOpus>),
     /// Opus → AAC.
-    OpusToAac(OpusToAac),
+    OpusToAac(Box<OpusToAac>),
 }
 
 impl Transcoder {
@@ -255,12 +255,12 @@ impl Transcoder {
         quality: AudioQuality,
     ) -> Result<Option<Self>, TranscodeError> {
         Ok(match (&source.codec, direction) {
-            (CodecConfig::Aac(c), Direction::AacToOpus) => Some(Transcoder::AacToOpus(
+            (CodecConfig::Aac(c), Direction::AacToOpus) => Some(Transcoder::AacToOpus(Box::new(
                 AacToOpus::new(c, source.timescale, source.id, quality)?,
-            )),
-            (CodecConfig::Opus(c), Direction::OpusToAac) => Some(Transcoder::OpusToAac(
+            ))),
+            (CodecConfig::Opus(c), Direction::OpusToAac) => Some(Transcoder::OpusToAac(Box::new(
                 OpusToAac::new(c, source.timescale, source.id, quality)?,
-            )),
+            ))),
             _ => None,
         })
     }
