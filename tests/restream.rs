@@ -720,7 +720,7 @@ async fn whip_opus_reaches_legacy_destinations_as_aac(
     }
     let metrics = transcoder_metrics(&http).await;
     assert!(
-        metrics.contains("media_server_audio_transcoders 1"),
+        metrics.contains("media_server_audio_transcoders 1\n"),
         "one transcoder for two destinations: {}",
         metrics
             .lines()
@@ -745,7 +745,7 @@ async fn whip_opus_reaches_legacy_destinations_as_aac(
     let deadline = Instant::now() + Duration::from_secs(10);
     while !transcoder_metrics(&http)
         .await
-        .contains("media_server_audio_transcoders 0")
+        .contains("media_server_audio_transcoders 0\n")
     {
         assert!(Instant::now() < deadline, "the transcoder stops");
         tokio::time::sleep(Duration::from_millis(200)).await;

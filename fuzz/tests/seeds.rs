@@ -158,7 +158,8 @@ fn audio_transcode_seeds_come_out_as_the_other_codec() {
     use media_server::media::audio::{AudioQuality, Direction, Transcoder};
     use media_server::media::opus::OpusConfig;
     use media_server::media::{CodecConfig, Frame, Track, TrackId};
-    for (name, data) in seeds("audio_transcode") {
+    // crash-*: inputs that once crashed the target (they need only not crash).
+    for (name, data) in seeds("audio_transcode").into_iter().filter(|(n, _)| !n.starts_with("crash-")) {
         let head = data[0];
         let (codec, direction) = if head & 1 == 0 {
             let asc = AacConfig::parse(Bytes::from_static(&[0x12, 0x10])).unwrap();

@@ -454,7 +454,7 @@ fn live_view(
     status: &str,
     is_recording: bool,
     clustered: bool,
-    transcode: Option<crate::media::audio::AudioQuality>,
+    transcode: bool,
 ) -> LiveView {
     let Some(s) = snap else {
         return LiveView {
@@ -503,13 +503,14 @@ fn live_view(
         sub_streams: sub_stream_views(s),
         transport: s.transport.clone(),
         webrtc_playback: s.tracks.as_ref().map(|t| {
-            let opus = transcode.and_then(|q| {
-                crate::media::audio::converted_track(
-                    t,
-                    crate::media::audio::Direction::AacToOpus,
-                    q,
-                )
-            });
+            let opus = transcode
+                .then(|| {
+                    crate::media::audio::converted_track(
+                        t,
+                        crate::media::audio::Direction::AacToOpus,
+                    )
+                })
+                .flatten();
             let p = crate::egress::whep::Playable::of(t, s.has_b_frames, opus);
             WebRtcPlayback {
                 video: p.video.is_some(),
@@ -528,11 +529,7 @@ fn view(state: &ApiState, row: StreamRow) -> StreamView {
         .recorders
         .as_ref()
         .is_some_and(|r| r.is_recording(&row.id));
-    let transcode = state
-        .config
-        .transcode
-        .audio
-        .then(|| state.config.transcode.quality());
+    let transcode = state.config.transcode.audio;
     let mut live = live_view(
         snap.as_ref(),
         status,

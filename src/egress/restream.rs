@@ -893,7 +893,7 @@ impl Pusher {
                         self.muxer.set_independent_kinds(needs);
                         has_video = t.list.iter().any(|t| t.kind() == TrackKind::Video);
                         current = converted.clone();
-                        pending = self.muxer.on_tracks(converted);
+                        pending.extend(self.muxer.on_tracks(converted));
                     }
                     Some(Event::Frame(f)) => {
                         if !transcode {
@@ -903,15 +903,28 @@ impl Pusher {
                             continue;
                         }
                         // The source Opus; its AAC comes from the feed.
-                        if current.get(f.track).is_some_and(|t| matches!(t.codec, CodecConfig::Aac(_))) {
+                        let Some(track) = current.get(f.track) else { continue };
+                        if matches!(track.codec, CodecConfig::Aac(_)) {
                             continue;
                         }
+                        // A transcoder that ended (its stream's session, a codec failure)
+                        // is joined again: a new one starts.
+                        if feed.is_none() {
+                            feed = self.restreamer.transcoders.feed(live, Direction::OpusToAac);
+                        }
                         // The AAC runs ~100 ms behind: video waits for it, so the tags go
-                        // out in time order (a lone video waits at most HOLD_MS).
+                        // out in time order (a lone video waits at most HOLD_MS). A timeline
+                        // that goes back sends out what waits first.
+                        let at = dts_ms(&current, &f).unwrap_or(0);
+                        if held.back().is_some_and(|b| dts_ms(&current, b).unwrap_or(0) > at) {
+                            for v in held.drain(..) {
+                                pending.extend(self.take_frame(&current, has_video, &mut waiting_keyframe, &v));
+                            }
+                        }
                         held.push_back(f);
-                        while let (Some(first), Some(last)) = (held.front(), held.back()) {
-                            let span = dts_ms(&current, last).unwrap_or(0) - dts_ms(&current, first).unwrap_or(0);
-                            if span <= HOLD_MS {
+                        while let Some(first) = held.front() {
+                            let span = at - dts_ms(&current, first).unwrap_or(at);
+                            if span <= HOLD_MS && held.len() <= MAX_HELD {
                                 break;
                             }
                             if let Some(v) = held.pop_front() {
@@ -922,7 +935,8 @@ impl Pusher {
                 },
                 aac = next_frame(&mut feed) => {
                     let Some(a) = aac else {
-                        // The transcoder ended: what waits goes out.
+                        // The transcoder ended: what waits goes out (the next frame joins
+                        // a new one).
                         for v in held.drain(..) {
                             pending.extend(self.take_frame(&current, has_video, &mut waiting_keyframe, &v));
                         }
@@ -969,6 +983,8 @@ impl Pusher {
 
 /// Longest a frame waits for transcoded audio before it goes out anyway, in ms.
 const HOLD_MS: i64 = 1000;
+/// Most frames waiting for transcoded audio (a bound whatever the timestamps say).
+const MAX_HELD: usize = 256;
 
 /// A frame's decode time in milliseconds, from its track's timescale.
 fn dts_ms(tracks: &Tracks, f: &Frame) -> Option<i64> {

@@ -16,8 +16,9 @@ use crate::hub::{Event, LiveStream};
 use crate::media::audio::{AudioQuality, Direction, Transcoder};
 use crate::media::{CodecConfig, Frame, Track, TrackId, Tracks};
 
-/// Converted frames buffered per consumer (about 2.5 s of 20 ms Opus packets).
-const FEED_CAPACITY: usize = 128;
+/// Converted frames buffered per consumer: about 5 s of 10 ms Opus packets (a new
+/// transcoder converts the GOP cache in one burst) or 10 s of AAC frames.
+const FEED_CAPACITY: usize = 512;
 
 /// The transcoders of every live stream.
 pub struct AudioTranscoders {
@@ -77,7 +78,7 @@ impl AudioTranscoders {
         if !self.enabled {
             return None;
         }
-        crate::media::audio::converted_track(tracks, direction, self.quality)
+        crate::media::audio::converted_track(tracks, direction)
     }
 
     /// Joins (or starts) the stream's transcoder in `direction`. The feed carries converted

@@ -542,13 +542,13 @@ async fn send_video(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::audio::{converted_track, AudioQuality};
+    use crate::media::audio::converted_track;
     use crate::media::test_support::av_tracks;
 
     #[test]
     fn aac_plays_as_transcoded_opus_or_says_why_not() {
         let tracks = av_tracks();
-        let opus = converted_track(&tracks, Direction::AacToOpus, AudioQuality::default());
+        let opus = converted_track(&tracks, Direction::AacToOpus);
         let on = Playable::of(&tracks, false, opus);
         let audio = on.audio.expect("the AAC plays as Opus");
         assert!(matches!(audio.codec, CodecConfig::Opus(_)));

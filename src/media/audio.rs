@@ -76,6 +76,9 @@ pub enum TranscodeError {
     /// Something the transcoder does not do (more than two channels).
     #[error("{0}")]
     Unsupported(&'static str),
+    /// A codec crate panicked on this packet; the codecs were rebuilt.
+    #[error("the codec failed on a malformed packet")]
+    CodecPanicked,
 }
 
 fn aac_err(e: rusty_aac::Error) -> TranscodeError {
@@ -106,25 +109,35 @@ impl Timeline {
         }
     }
 
-    /// Accounts `samples` at `rate` starting at `pts`; true when the timeline (re)starts here.
-    fn take(&mut self, pts: i64, samples: usize, rate: u32) -> bool {
+    /// Accounts `samples` at `rate` starting at `pts`: the timeline (re)starts here, or goes
+    /// on after `gap` samples of silence (a lost or undecodable frame, up to
+    /// [`MAX_DRIFT_MS`]), so later audio keeps its time.
+    fn take(&mut self, pts: i64, samples: usize, rate: u32) -> Placed {
         let ts = i128::from(self.timescale);
-        let restart = match self.anchor {
-            None => true,
-            Some(a) => {
-                let expected =
-                    i128::from(a.pts) + i128::from(a.samples_in) * ts / i128::from(rate.max(1));
-                let drift = (i128::from(pts) - expected).abs();
-                drift * 1000 > i128::from(MAX_DRIFT_MS) * ts
+        let rate = i128::from(rate.max(1));
+        let mut placed = Placed::Restart;
+        if let Some(a) = self.anchor {
+            let expected = i128::from(a.pts) + i128::from(a.samples_in) * ts / rate;
+            let early = i128::from(pts) - expected;
+            if early.abs() * 1000 <= i128::from(MAX_DRIFT_MS) * ts {
+                let gap = early * rate / ts;
+                // Less than 5 ms is timestamp rounding (RTMP has milliseconds), not a loss.
+                let gap = if gap * 200 >= rate { gap as usize } else { 0 };
+                placed = Placed::Continue { gap };
             }
-        };
-        if restart {
-            self.anchor = Some(Anchor { pts, samples_in: 0 });
+        }
+        match placed {
+            Placed::Restart => self.anchor = Some(Anchor { pts, samples_in: 0 }),
+            Placed::Continue { gap } => {
+                if let Some(a) = self.anchor.as_mut() {
+                    a.samples_in += gap as i64;
+                }
+            }
         }
         if let Some(a) = self.anchor.as_mut() {
             a.samples_in += samples as i64;
         }
-        restart
+        placed
     }
 
     /// The anchor's pts on a `rate` clock (the output timescale).
@@ -132,6 +145,15 @@ impl Timeline {
         let pts = self.anchor.map_or(0, |a| a.pts);
         (i128::from(pts) * i128::from(rate) / i128::from(self.timescale)) as i64
     }
+}
+
+/// Where an input frame goes on the timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placed {
+    /// A new timeline starts at this frame (the first, or after a jump).
+    Restart,
+    /// It follows the samples so far after `gap` samples of silence.
+    Continue { gap: usize },
 }
 
 /// Interleaved f32 resampling to a fixed output rate, its start-up delay removed.
@@ -225,25 +247,87 @@ impl Direction {
 }
 
 /// The track a consumer of `tracks` gets in `direction`: the first audio track the direction
-/// takes, converted (same id); `None` when there is none or it cannot be converted.
-pub fn converted_track(
-    tracks: &super::Tracks,
-    direction: Direction,
-    quality: AudioQuality,
-) -> Option<Track> {
+/// takes, converted (same id); `None` when there is none or it cannot be converted. Builds no
+/// codec (cheap enough for every API view).
+pub fn converted_track(tracks: &super::Tracks, direction: Direction) -> Option<Track> {
     let source = tracks.list.iter().find(|t| direction.takes(&t.codec))?;
-    Transcoder::new(source, direction, quality)
-        .ok()
-        .flatten()
-        .and_then(|t| t.output_track().ok())
+    let codec = match (&source.codec, direction) {
+        (CodecConfig::Aac(c), Direction::AacToOpus) => opus_output(aac_channels(c).ok()?),
+        (CodecConfig::Opus(c), Direction::OpusToAac) => {
+            aac_output(usize::from(c.channels.clamp(1, 2))).ok()?
+        }
+        _ => return None,
+    };
+    Some(Track {
+        id: source.id,
+        timescale: OPUS_RATE,
+        codec,
+    })
 }
 
-/// A transcoder of either direction.
-pub enum Transcoder {
-    /// AAC → Opus.
+/// The channels an AAC source decodes to, if we transcode it (mono or stereo).
+fn aac_channels(config: &AacConfig) -> Result<usize, TranscodeError> {
+    match (config.object_type, config.channels) {
+        // HE-AAC v2 (parametric stereo) has one core channel but decodes to two.
+        (29, _) => Ok(2),
+        (_, 1) => Ok(1),
+        (_, 2) => Ok(2),
+        // 0 means a program config element: more than two, or unknown.
+        _ => Err(TranscodeError::Unsupported(
+            "AAC with more than two channels is not transcoded",
+        )),
+    }
+}
+
+/// The Opus track made from `channels` of audio.
+fn opus_output(channels: usize) -> CodecConfig {
+    CodecConfig::Opus(OpusConfig {
+        channels: channels as u8,
+        input_sample_rate: OPUS_RATE,
+        pre_skip: OPUS_PRE_SKIP,
+    })
+}
+
+/// The AAC-LC (48 kHz) track made from `channels` of audio.
+fn aac_output(channels: usize) -> Result<CodecConfig, TranscodeError> {
+    let asc = rusty_aac::audio_specific_config_bytes(OPUS_RATE, channels as u16);
+    AacConfig::parse(Bytes::from(asc))
+        .map(CodecConfig::Aac)
+        .map_err(|e| TranscodeError::Aac(e.to_string()))
+}
+
+/// The codec pair of a [`Transcoder`].
+enum Codecs {
     AacToOpus(Box<AacToOpus>),
-    /// Opus → AAC.
     OpusToAac(Box<OpusToAac>),
+}
+
+impl Codecs {
+    fn new(
+        source: &Track,
+        direction: Direction,
+        quality: AudioQuality,
+    ) -> Result<Option<Self>, TranscodeError> {
+        Ok(match (&source.codec, direction) {
+            (CodecConfig::Aac(c), Direction::AacToOpus) => Some(Codecs::AacToOpus(Box::new(
+                AacToOpus::new(c, source.timescale, source.id, quality)?,
+            ))),
+            (CodecConfig::Opus(c), Direction::OpusToAac) => Some(Codecs::OpusToAac(Box::new(
+                OpusToAac::new(c, source.timescale, source.id, quality)?,
+            ))),
+            _ => None,
+        })
+    }
+}
+
+/// A transcoder of either direction. A codec crate that panics on a malformed packet (opus-rs
+/// 0.1.40 does, on some corrupt SILK frames) loses that packet and the audio buffered with it:
+/// the codecs are built anew and the stream goes on.
+pub struct Transcoder {
+    source: Track,
+    direction: Direction,
+    quality: AudioQuality,
+    codecs: Codecs,
 }
 
 impl Transcoder {
@@ -254,22 +338,21 @@ impl Transcoder {
         direction: Direction,
         quality: AudioQuality,
     ) -> Result<Option<Self>, TranscodeError> {
-        Ok(match (&source.codec, direction) {
-            (CodecConfig::Aac(c), Direction::AacToOpus) => Some(Transcoder::AacToOpus(Box::new(
-                AacToOpus::new(c, source.timescale, source.id, quality)?,
-            ))),
-            (CodecConfig::Opus(c), Direction::OpusToAac) => Some(Transcoder::OpusToAac(Box::new(
-                OpusToAac::new(c, source.timescale, source.id, quality)?,
-            ))),
-            _ => None,
-        })
+        Ok(
+            Codecs::new(source, direction, quality)?.map(|codecs| Transcoder {
+                source: source.clone(),
+                direction,
+                quality,
+                codecs,
+            }),
+        )
     }
 
     /// The track the output frames belong to (the source's id, the other codec, 48 kHz).
     pub fn output_track(&self) -> Result<Track, TranscodeError> {
-        let (id, codec) = match self {
-            Transcoder::AacToOpus(t) => (t.out_track, t.output_config()),
-            Transcoder::OpusToAac(t) => (t.out_track, t.output_config()?),
+        let (id, codec) = match &self.codecs {
+            Codecs::AacToOpus(t) => (t.out_track, t.output_config()),
+            Codecs::OpusToAac(t) => (t.out_track, t.output_config()?),
         };
         Ok(Track {
             id,
@@ -280,14 +363,25 @@ impl Transcoder {
 
     /// Converts one source frame; returns the output frames now complete.
     pub fn push(&mut self, frame: &Frame) -> Result<Vec<Frame>, TranscodeError> {
-        match self {
-            Transcoder::AacToOpus(t) => t.push(frame),
-            Transcoder::OpusToAac(t) => t.push(frame),
+        let codecs = &mut self.codecs;
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match codecs {
+            Codecs::AacToOpus(t) => t.push(frame),
+            Codecs::OpusToAac(t) => t.push(frame),
+        }));
+        match result {
+            Ok(r) => r,
+            Err(_) => {
+                // The codec's state is unknown after a panic: start over.
+                if let Ok(Some(c)) = Codecs::new(&self.source, self.direction, self.quality) {
+                    self.codecs = c;
+                }
+                Err(TranscodeError::CodecPanicked)
+            }
         }
     }
 }
 
-/// AAC (any rate, mono or stereo) → Opus (48 kHz, 20 ms packets).
+/// AAC (any rate, mono or stereo) → Opus (48 kHz, 10 ms packets).
 pub struct AacToOpus {
     decoder: rusty_aac::AacDecoder,
     encoder: opus_rs::OpusEncoder,
@@ -297,7 +391,7 @@ pub struct AacToOpus {
     rate: u32,
     resampler: Option<Resample>,
     timeline: Timeline,
-    /// 48 kHz PCM waiting to fill a 20 ms frame.
+    /// 48 kHz PCM waiting to fill a 10 ms frame.
     pcm: Vec<f32>,
     /// Output samples emitted since the anchor.
     emitted: i64,
@@ -314,23 +408,8 @@ impl AacToOpus {
         out_track: TrackId,
         quality: AudioQuality,
     ) -> Result<Self, TranscodeError> {
-        let channels = match config.channels {
-            1 => 1,
-            2 => 2,
-            // HE-AAC v2 signals one core channel and decodes to stereo; 0 means a PCE.
-            _ => {
-                return Err(TranscodeError::Unsupported(
-                    "AAC with more than two channels is not transcoded",
-                ))
-            }
-        };
+        let channels = aac_channels(config)?;
         let decoder = rusty_aac::AacDecoder::with_config_bytes(&config.raw).map_err(aac_err)?;
-        // HE-AAC v2 (parametric stereo) has one core channel but decodes to two.
-        let channels = if config.object_type == 29 {
-            2
-        } else {
-            channels
-        };
         let mut encoder =
             opus_rs::OpusEncoder::new(OPUS_RATE as i32, channels, opus_rs::Application::Audio)
                 .map_err(TranscodeError::Opus)?;
@@ -355,11 +434,7 @@ impl AacToOpus {
 
     /// The configuration of the Opus track this produces.
     pub fn output_config(&self) -> CodecConfig {
-        CodecConfig::Opus(OpusConfig {
-            channels: self.channels as u8,
-            input_sample_rate: OPUS_RATE,
-            pre_skip: OPUS_PRE_SKIP,
-        })
+        opus_output(self.channels)
     }
 
     /// Decodes one AAC frame and returns the Opus frames (timescale 48 kHz) now complete.
@@ -380,14 +455,28 @@ impl AacToOpus {
             self.resampler = None;
             self.timeline.anchor = None;
         }
-        if self.timeline.take(frame.pts, frames, self.rate) {
-            self.pcm.clear();
-            self.emitted = 0;
-            self.resampler = if self.rate == OPUS_RATE {
-                None
-            } else {
-                Some(Resample::new(self.rate, OPUS_RATE, self.channels)?)
-            };
+        match self.timeline.take(frame.pts, frames, self.rate) {
+            Placed::Restart => {
+                self.pcm.clear();
+                self.emitted = 0;
+                self.resampler = None;
+                if self.rate != OPUS_RATE {
+                    match Resample::new(self.rate, OPUS_RATE, self.channels) {
+                        Ok(r) => self.resampler = Some(r),
+                        Err(e) => {
+                            // No PCM at the wrong rate: the next frame tries again.
+                            self.timeline.anchor = None;
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+            Placed::Continue { gap } if gap > 0 => {
+                let mut padded = vec![0.0; gap * self.channels];
+                padded.extend_from_slice(&samples);
+                samples = padded;
+            }
+            Placed::Continue { .. } => {}
         }
         match self.resampler.as_mut() {
             Some(r) => r.push(&samples, &mut self.pcm)?,
@@ -480,10 +569,7 @@ impl OpusToAac {
 
     /// The configuration of the AAC track this produces (AAC-LC, 48 kHz).
     pub fn output_config(&self) -> Result<CodecConfig, TranscodeError> {
-        let asc = rusty_aac::audio_specific_config_bytes(OPUS_RATE, self.channels as u16);
-        AacConfig::parse(Bytes::from(asc))
-            .map(CodecConfig::Aac)
-            .map_err(|e| TranscodeError::Aac(e.to_string()))
+        aac_output(self.channels)
     }
 
     /// Starts a new output timeline: silence before global block 0, packet 1 next.
@@ -498,6 +584,11 @@ impl OpusToAac {
 
     /// Decodes one Opus packet and returns the AAC frames (timescale 48 kHz) now complete.
     pub fn push(&mut self, frame: &Frame) -> Result<Vec<Frame>, TranscodeError> {
+        // An empty packet (DTX, or nothing) would be concealed as 120 ms: the next packet's
+        // timestamp tells the gap instead.
+        if frame.data.len() <= 1 {
+            return Ok(Vec::new());
+        }
         let n = self
             .decoder
             .decode(&frame.data, OPUS_MAX_FRAME, &mut self.decoded)
@@ -505,8 +596,18 @@ impl OpusToAac {
         let n = n.min(OPUS_MAX_FRAME);
         let skip = self.pre_skip.min(n);
         self.pre_skip -= skip;
-        if self.timeline.take(frame.pts, n - skip, OPUS_RATE) {
-            self.restart();
+        if skip == n {
+            return Ok(Vec::new());
+        }
+        // The kept samples start `skip` samples after the packet's time.
+        let pts =
+            frame.pts + (skip as i64 * i64::from(self.timeline.timescale)) / i64::from(OPUS_RATE);
+        match self.timeline.take(pts, n - skip, OPUS_RATE) {
+            Placed::Restart => self.restart(),
+            Placed::Continue { gap } => {
+                let len = self.pcm.len() + gap * self.channels;
+                self.pcm.resize(len, 0.0);
+            }
         }
         let ch = self.channels;
         self.pcm.extend_from_slice(&self.decoded[skip * ch..n * ch]);
@@ -520,8 +621,13 @@ impl OpusToAac {
         let anchor = self.timeline.anchor_at(OPUS_RATE);
         let mut out = Vec::new();
         while self.pcm.len() >= window * block {
+            // Only settings whose per-frame decisions depend on nearby PCM alone: the relative
+            // transient detector and the automatic window shape look at the whole buffer,
+            // which would make neighbouring windows disagree at their edges.
             let mut enc = rusty_aac::AacEncoder::new(rusty_aac::AacEncoderConfig {
                 bitrate_bps: self.bitrate,
+                relative_transients: false,
+                window_shape: rusty_aac::WindowShape::Sine,
                 ..Default::default()
             });
             enc.push_pcm(&self.pcm[..window * block], self.channels as u16, OPUS_RATE)
@@ -674,6 +780,154 @@ mod tests {
             snr > 15.0,
             "AAC from windowed encoding: {snr:.1} dB against the tone"
         );
+    }
+
+    fn opus_packets(secs: f32) -> Vec<Bytes> {
+        let pcm = tone(48_000, 2, secs, 1000.0);
+        let mut enc = opus_rs::OpusEncoder::new(48_000, 2, opus_rs::Application::Audio).unwrap();
+        let mut buf = vec![0u8; 4000];
+        pcm.chunks_exact(960 * 2)
+            .map(|c| {
+                let n = enc.encode(c, 960, &mut buf).unwrap();
+                Bytes::copy_from_slice(&buf[..n])
+            })
+            .collect()
+    }
+
+    fn run_opus(config: OpusConfig, packets: &[Bytes], skip: Option<usize>) -> Vec<Frame> {
+        let mut t = OpusToAac::new(&config, 48_000, TrackId(3), AudioQuality::default()).unwrap();
+        let mut out = Vec::new();
+        for (i, p) in packets.iter().enumerate() {
+            if Some(i) == skip {
+                continue;
+            }
+            let pts = 1_000 + i as i64 * 960;
+            let f = Frame {
+                track: TrackId(2),
+                pts,
+                dts: pts,
+                keyframe: true,
+                data: p.clone(),
+            };
+            out.extend(t.push(&f).unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn a_lost_opus_packet_becomes_silence_and_later_audio_keeps_its_time() {
+        let packets = opus_packets(1.0);
+        let whole = run_opus(OpusConfig::webrtc(), &packets, None);
+        let lossy = run_opus(OpusConfig::webrtc(), &packets, Some(10));
+        assert_eq!(lossy.len(), whole.len());
+        let pts = |v: &[Frame]| v.iter().map(|f| f.pts).collect::<Vec<_>>();
+        assert_eq!(pts(&lossy), pts(&whole));
+        // An empty packet (DTX) is not 120 ms of concealment either.
+        let mut with_empty = packets.clone();
+        with_empty[20] = Bytes::from_static(&[0xfc]);
+        assert_eq!(
+            run_opus(OpusConfig::webrtc(), &with_empty, None).len(),
+            whole.len()
+        );
+    }
+
+    #[test]
+    fn opus_pre_skip_moves_the_first_sample_not_the_timeline() {
+        let packets = opus_packets(0.5);
+        let config = OpusConfig {
+            pre_skip: 312,
+            ..OpusConfig::webrtc()
+        };
+        let out = run_opus(config, &packets, None);
+        assert_eq!(out[0].pts, 1_000 + 312);
+        // A pre-skip longer than a packet drops whole packets without restarting.
+        let config = OpusConfig {
+            pre_skip: 3000,
+            ..OpusConfig::webrtc()
+        };
+        let out = run_opus(config, &packets, None);
+        assert_eq!(out[0].pts, 1_000 + 3000);
+        assert!(out.windows(2).all(|w| w[1].pts - w[0].pts == 1024));
+    }
+
+    #[test]
+    fn a_lost_aac_frame_becomes_silence_and_later_audio_keeps_its_time() {
+        let (config, packets) = aac_frames(&tone(48_000, 2, 1.0, 440.0), 48_000, 2);
+        let run = |skip: Option<usize>| {
+            let mut t =
+                AacToOpus::new(&config, 48_000, TrackId(7), AudioQuality::default()).unwrap();
+            let mut out = Vec::new();
+            for (i, p) in packets.iter().enumerate() {
+                if Some(i) == skip {
+                    continue;
+                }
+                let pts = i as i64 * 1024;
+                let f = Frame {
+                    track: TrackId(1),
+                    pts,
+                    dts: pts,
+                    keyframe: true,
+                    data: Bytes::from(p.clone()),
+                };
+                out.extend(t.push(&f).unwrap());
+            }
+            out.iter().map(|f| f.pts).collect::<Vec<_>>()
+        };
+        assert_eq!(run(Some(12)), run(None));
+    }
+
+    /// A fuzzer-found Opus packet on which opus-rs 0.1.40 panics (a subtraction overflow in
+    /// its SILK redundancy code): the transcoder reports an error and goes on.
+    #[test]
+    fn a_packet_that_panics_the_codec_is_an_error_and_the_stream_goes_on() {
+        let seed = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fuzz/seeds/audio_transcode/crash-e877f91245e311a28a1e854bbcbfd227a241aa2e"
+        ))
+        .unwrap();
+        let source = Track {
+            id: TrackId(1),
+            timescale: 1000,
+            codec: CodecConfig::Opus(OpusConfig {
+                channels: 1,
+                ..OpusConfig::webrtc()
+            }),
+        };
+        let mut t = Transcoder::new(&source, Direction::OpusToAac, AudioQuality::default())
+            .unwrap()
+            .unwrap();
+        let (mut rest, mut pts, mut panicked) = (&seed[1..], 0i64, 0);
+        while rest.len() >= 4 {
+            let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+            pts += i64::from(i16::from_be_bytes([rest[2], rest[3]]));
+            let (packet, tail) = rest[4..].split_at(len.min(rest.len() - 4));
+            rest = tail;
+            let f = Frame {
+                track: TrackId(1),
+                pts,
+                dts: pts,
+                keyframe: true,
+                data: Bytes::copy_from_slice(packet),
+            };
+            if t.push(&f) == Err(TranscodeError::CodecPanicked) {
+                panicked += 1;
+            }
+        }
+        assert!(panicked >= 1, "the seed still reaches the codec's panic");
+        // Good packets after it transcode again.
+        let mut out = 0;
+        for (i, p) in opus_packets(0.5).iter().enumerate() {
+            let pts = 100_000 + i as i64 * 20;
+            let f = Frame {
+                track: TrackId(1),
+                pts,
+                dts: pts,
+                keyframe: true,
+                data: p.clone(),
+            };
+            out += t.push(&f).unwrap().len();
+        }
+        assert!(out >= 10, "{out} AAC frames after the bad packet");
     }
 
     /// SNR of `x` against the best-fitting sine of frequency `hz` (least squares).

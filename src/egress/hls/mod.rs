@@ -535,10 +535,17 @@ impl HlsRegistry {
                 let mut seg = stream.lock();
                 let before = seg.revision();
                 let now = SystemTime::now();
-                let result = events.into_iter().try_for_each(|event| match event {
-                    Event::Tracks(tracks) => seg.push_tracks(tracks),
-                    Event::Frame(frame) => seg.push_frame(frame, now),
-                });
+                // Every event is offered; the first error is reported.
+                let mut result = Ok(());
+                for event in events {
+                    let r = match event {
+                        Event::Tracks(tracks) => seg.push_tracks(tracks),
+                        Event::Frame(frame) => seg.push_frame(frame, now),
+                    };
+                    if result.is_ok() {
+                        result = r;
+                    }
+                }
                 (
                     result,
                     seg.revision() != before,
