@@ -288,7 +288,7 @@ async fn main() {
         format!(
             "[server]\ndata_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n\
              [rtmp]\nlisten = \"127.0.0.1:{rtmp_port}\"\n[auth]\nadmin_token = \"{TOKEN}\"\n\
-             [api]\nrate_limit_per_token = 1000000\n[webrtc]\nbind_ip = \"127.0.0.1\"\n",
+             [api]\nrate_limit_per_token = 1000000\n[webrtc]\nudp_listen = \"127.0.0.1:0\"\n",
             dir.join("data").display()
         ),
     )

@@ -272,7 +272,20 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         tasks.extend(node.spawn(events.clone()));
     }
 
-    let webrtc = crate::net::webrtc::WebRtc::with_exempt(config.webrtc.clone(), exempt.clone());
+    // With WebRTC off the media port is a loopback one nobody is told about.
+    let mut webrtc_config = config.webrtc.clone();
+    if !webrtc_config.enabled {
+        webrtc_config.udp_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        webrtc_config.tcp_listen.clear();
+    }
+    let webrtc_udp = webrtc_config.udp_listen;
+    let webrtc =
+        crate::net::webrtc::WebRtc::start(webrtc_config, exempt.clone(), shutdown_rx.clone())
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: webrtc_udp,
+                source,
+            })?;
     let api_state = ApiState::new(
         config.clone(),
         store.clone(),

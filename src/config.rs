@@ -587,22 +587,20 @@ impl TranscodeConfig {
 pub struct WebRtcConfig {
     /// Serve `/whip` and `/whep`.
     pub enabled: bool,
-    /// Address the media sockets bind: `0.0.0.0` means one socket per non-loopback interface
-    /// (each a host candidate); a concrete address binds just that one.
-    pub bind_ip: std::net::IpAddr,
-    /// Public addresses announced instead of the bound ones (1:1 NAT, e.g. a cloud VM's
-    /// public IP); empty announces the interface addresses.
+    /// The one UDP socket every WHIP and WHEP session shares (ICE-lite). A wildcard address
+    /// announces a host candidate per non-loopback interface address (the loopback one when
+    /// there is no other); a concrete address announces just that one.
+    pub udp_listen: std::net::SocketAddr,
+    /// ICE-TCP (RFC 6544, passive) for clients whose networks block UDP: the TCP address to
+    /// listen on, e.g. `0.0.0.0:8189`; empty = off.
+    pub tcp_listen: String,
+    /// Public addresses announced besides the interface ones (1:1 NAT, e.g. a cloud VM's
+    /// public IP).
     pub public_ips: Vec<String>,
-    /// Lowest UDP port for media; with `udp_port_max` a range, 0 = any free port.
-    pub udp_port_min: u16,
-    /// Highest UDP port for media (inclusive); 0 = any free port.
-    pub udp_port_max: u16,
-    /// STUN/TURN servers (`stun:host:port`, `turn:host:port?transport=udp`).
+    /// STUN servers (`stun:host:port`) asked at startup for the public address of the UDP
+    /// port, which is then announced too (a server behind NAT that does not know its public
+    /// IP); empty = none.
     pub ice_servers: Vec<String>,
-    /// TURN username, if a TURN server is listed.
-    pub ice_username: String,
-    /// TURN credential.
-    pub ice_credential: String,
     /// A peer not connected within this many milliseconds is closed.
     pub connect_timeout_ms: u64,
     /// A connected peer whose ICE is lost (no STUN for this long) is closed, in milliseconds.
@@ -621,13 +619,10 @@ impl Default for WebRtcConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            bind_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            udp_listen: std::net::SocketAddr::from(([0, 0, 0, 0], 8189)),
+            tcp_listen: String::new(),
             public_ips: Vec::new(),
-            udp_port_min: 0,
-            udp_port_max: 0,
             ice_servers: Vec::new(),
-            ice_username: String::new(),
-            ice_credential: String::new(),
             connect_timeout_ms: 8_000,
             disconnect_timeout_ms: 5_000,
             max_sessions: 500,
@@ -1195,18 +1190,19 @@ impl Config {
             return invalid("camera.h264_bitrate_kbps", "must be between 50 and 50000");
         }
         let w = &self.webrtc;
-        if (w.udp_port_min == 0) != (w.udp_port_max == 0) || w.udp_port_min > w.udp_port_max {
+        if !w.tcp_listen.is_empty() && w.tcp_listen.parse::<std::net::SocketAddr>().is_err() {
             return invalid(
-                "webrtc.udp_port_min",
-                "set both udp_port_min and udp_port_max (min <= max), or neither",
+                "webrtc.tcp_listen",
+                &format!("{:?} is not an address like 0.0.0.0:8189", w.tcp_listen),
             );
         }
-        if let Some(bad) = w.ice_servers.iter().find(|u| {
-            !(u.starts_with("stun:") || u.starts_with("turn:") || u.starts_with("turns:"))
-        }) {
+        if let Some(bad) = w.ice_servers.iter().find(|u| !u.starts_with("stun:")) {
             return invalid(
                 "webrtc.ice_servers",
-                &format!("{bad:?} must start with stun:, turn: or turns:"),
+                &format!(
+                    "{bad:?} must start with stun: (the server is ICE-lite: it needs no TURN; \
+                     clients bring their own)"
+                ),
             );
         }
         if let Some(bad) = w

@@ -476,49 +476,101 @@ async fn aiortc_publishes_over_whip_and_the_hls_decodes() {
     ts.server.shutdown().await;
 }
 
+/// Every candidate port of an answer, by transport.
+fn candidate_ports(answer: &str) -> Vec<(String, u16)> {
+    answer
+        .lines()
+        .filter_map(|l| l.strip_prefix("a=candidate:"))
+        .filter_map(|c| {
+            let f: Vec<&str> = c.split(' ').collect();
+            Some((f.get(2)?.to_lowercase(), f.get(5)?.parse().ok()?))
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn udp_port_range_and_public_ips_shape_the_answer() {
-    // Two ports: two sessions fit, a third is refused with 503 until one ends.
-    let base = 40_000 + (std::process::id() % 20_000) as u16;
-    let ts = start_with("whip-ports", |c| {
-        c.webrtc.udp_port_min = base;
-        c.webrtc.udp_port_max = base + 1;
+async fn one_udp_port_serves_5_whip_publishers_and_50_whep_viewers() {
+    let ts = start_with("one-port", |c| {
         c.webrtc.public_ips = vec!["203.0.113.9".into()];
+        c.webrtc.tcp_listen = "127.0.0.1:0".into();
     })
     .await;
-    let mut peers = Vec::new();
-    for name in ["p1", "p2"] {
-        let (_, key) = ts.create_stream(name).await;
-        let (peer, offer) = publisher_offer().await;
-        let (status, _, answer) =
-            post_sdp(&ts.http(&format!("/whip/live/{name}")), Some(&key), &offer).await;
-        assert_eq!(status, 201, "{answer}");
-        let ports: Vec<u16> = answer
-            .lines()
-            .filter_map(|l| l.strip_prefix("a=candidate:"))
-            .filter_map(|c| c.split(' ').nth(5)?.parse().ok())
-            .collect();
-        assert!(!ports.is_empty(), "{answer}");
-        assert!(
-            ports.iter().all(|p| (base..=base + 1).contains(p)),
-            "candidate ports {ports:?} outside {base}-{}",
-            base + 1
-        );
-        assert!(
-            answer.contains(" 203.0.113.9 "),
-            "public IP not announced: {answer}"
-        );
-        peers.push((peer, key));
+    let udp = ts.server.webrtc.endpoint().udp_addr();
+    let tcp = ts.server.webrtc.endpoint().tcp_addr().expect("ICE-TCP port");
+    let mut publishers = Vec::new();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let name = format!("p{i}");
+        let (id, key) = ts.create_stream(&name).await;
+        publishers.push(whip_publish(&ts.http(&format!("/whip/live/{name}")), &key, 4).await);
+        ids.push(id);
     }
-    let (_, key) = ts.create_stream("p3").await;
-    let (third, offer) = publisher_offer().await;
-    let (status, _, body) = post_sdp(&ts.http("/whip/live/p3"), Some(&key), &offer).await;
-    assert_eq!(status, 503, "{body}");
-    assert!(body.contains("UDP port"), "{body}");
-    for (p, _) in peers {
-        let _ = p.pc.close().await;
+    for id in &ids {
+        detail_when(&ts, id, 10, has_two_tracks).await;
     }
-    let _ = third.pc.close().await;
+    // Ten viewers per stream, all joining at once.
+    let joins = (0..50).map(|i| {
+        let url = ts.http(&format!("/whep/{}", ids[i % 5]));
+        async move {
+            let (peer, offer) = viewer_offer().await;
+            let (status, _, answer) = post_sdp(&url, None, &offer).await;
+            assert_eq!(status, 201, "{answer}");
+            peer.accept(answer.clone()).await;
+            (peer, answer)
+        }
+    });
+    let viewers = futures_util::future::join_all(joins).await;
+    wait_sessions(&ts, 55).await;
+    assert_eq!(ts.server.webrtc.endpoint().routed_sessions(), 55);
+    for (_, answer) in &viewers {
+        let ports = candidate_ports(answer);
+        assert!(ports.contains(&("udp".into(), udp.port())), "{answer}");
+        assert!(ports.contains(&("tcp".into(), tcp.port())), "{answer}");
+        assert!(
+            ports
+                .iter()
+                .all(|(t, p)| (t == "udp" && *p == udp.port()) || (t == "tcp" && *p == tcp.port())),
+            "a candidate off the shared ports: {ports:?}"
+        );
+        assert!(answer.contains(" 203.0.113.9 "), "public IP not announced: {answer}");
+        assert!(answer.contains("a=ice-lite"), "{answer}");
+    }
+    // Every viewer receives decodable H.264.
+    let receives = viewers.into_iter().enumerate().map(|(i, (mut peer, _))| {
+        let file = ts.dir.join(format!("viewer{i}.h264"));
+        async move {
+            peer.connected(15).await;
+            let packets = receive_video(&mut peer, &file, 4).await;
+            let _ = peer.pc.close().await;
+            (file, packets)
+        }
+    });
+    let received = futures_util::future::join_all(receives).await;
+    require_program("ffprobe");
+    for (file, packets) in &received {
+        assert!(*packets > 20, "{}: {packets} RTP packets", file.display());
+        let (frames, text) = ffprobe_frames(file);
+        assert!(frames >= 15, "{}: decoded {frames} frames: {text}", file.display());
+    }
+    // One server UDP socket on the port, whatever the number of sessions.
+    let ss = std::process::Command::new("ss").args(["-uan"]).output().expect("ss");
+    let ss = String::from_utf8_lossy(&ss.stdout);
+    let on_port = ss
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(3)
+                .is_some_and(|local| local.ends_with(&format!(":{}", udp.port())))
+        })
+        .count();
+    assert_eq!(on_port, 1, "{ss}");
+    assert_eq!(ts.server.webrtc.endpoint().routed_sessions(), 5, "viewers' routes left behind");
+    for p in publishers {
+        p.sender.abort();
+        let _ = p.peer.pc.close().await;
+    }
+    wait_sessions(&ts, 0).await;
+    assert_eq!(ts.server.webrtc.endpoint().routed_sessions(), 0, "routes left behind");
     ts.server.shutdown().await;
 }
 

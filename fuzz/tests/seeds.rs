@@ -189,3 +189,18 @@ fn audio_transcode_seeds_come_out_as_the_other_codec() {
         assert!(out >= 8 && errors == 0, "{name}: {out} frames out, {errors} refused");
     }
 }
+
+#[test]
+fn ice_stun_seeds_reach_routing_and_framing() {
+    use media_server::proto::ice;
+    let req = seed("ice_stun", "binding_request");
+    assert_eq!(ice::local_ufrag(&req), Some("srvUfrag"));
+    let resp = seed("ice_stun", "binding_response");
+    let mut tx = [0u8; 12];
+    tx.copy_from_slice(&resp[8..20]);
+    assert!(ice::mapped_address(&resp, tx).is_some());
+    let mut r = ice::FrameReader::default();
+    r.push(&seed("ice_stun", "tcp_frames"));
+    assert_eq!(r.next_frame(), Some(req));
+    assert_eq!(r.next_frame().map(|f| f.len()), Some(3));
+}

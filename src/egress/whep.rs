@@ -10,42 +10,29 @@
 //! to the next keyframe like any subscriber.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::media_engine::{
-    MIME_TYPE_AV1, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP9,
-};
-use rtc::rtp::codec::av1::Av1Payloader;
-use rtc::rtp::codec::h264::H264Payloader;
-use rtc::rtp::codec::vp9::Vp9Payloader;
-use rtc::rtp::packetizer::Payloader;
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
 use serde::Deserialize;
-use tokio::sync::mpsc;
-use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
-use webrtc::media_stream::track_local::TrackLocal;
-use webrtc::peer_connection::RTCPeerConnectionState;
-use webrtc::rtp_transceiver::RtpSender;
+use str0m::media::{Frequency, MediaKind, MediaTime, Mid, Pt};
+use str0m::bwe::{Bitrate, BweKind};
+use str0m::Event as StrEvent;
 
 use crate::egress::transcode::{next_frame, AudioTranscoders};
 use crate::error::HttpError;
 use crate::hub::{Event, LiveStream};
 use crate::media::audio::{Direction, OPUS_RATE};
 use crate::media::{CodecConfig, Frame, Track, Tracks};
-use crate::net::webrtc::{PeerEvent, Session, SessionKind, WebVideo};
+use crate::net::webrtc::{Driver, SessionKind, WebVideo};
 use crate::net::webrtc_http::{bearer, created_response, require_sdp, sdp_error, WebRtcContext};
 use crate::proto::rtp::avcc_to_annexb;
 use crate::proto::sdp;
 
-/// RTP payload size we packetize to (fits a 1280-byte path MTU with SRTP overhead).
-const RTP_MTU: usize = 1200;
+/// Least time between two keyframe requests one viewer passes on to the publisher.
+const KEYFRAME_ASK_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a WHEP request waits for a just-started stream to announce its tracks.
 const TRACKS_WAIT: Duration = Duration::from_secs(5);
 
@@ -196,42 +183,21 @@ pub async fn play(
             ))));
         }
     }
-    let peer = ctx
-        .webrtc
-        .new_peer(crate::net::webrtc::PeerFor::Viewer(peer_addr.ip(), video))
-        .await?;
     let offer_text = String::from_utf8_lossy(&body).into_owned();
-    let setup = async {
-        ctx.webrtc.apply_offer(&peer, offer_text).await?;
-        let mut senders = Vec::new();
-        if playable.video.is_some() {
-            senders.push(add_track(&peer.pc, RtpCodecKind::Video, video).await?);
-        }
-        if playable.audio.is_some() && offer.has_audio() {
-            senders.push(add_track(&peer.pc, RtpCodecKind::Audio, video).await?);
-        }
-        let answer = ctx.webrtc.answer(&peer).await?;
-        Ok::<_, crate::net::webrtc::PeerError>((senders, answer))
-    }
-    .await;
-    let (senders, answer) = match setup {
-        Ok(v) => v,
-        Err(e) => {
-            ctx.webrtc.discard(peer).await;
-            return Err(e.into());
-        }
-    };
-    let (session, events) = ctx.webrtc.register(
-        peer,
+    let accepted = ctx.webrtc.accept(
+        crate::net::webrtc::PeerFor::Viewer(peer_addr.ip(), video),
         SessionKind::Whep,
         &stream_id,
         None,
+        &offer_text,
         ctx.shutdown.clone(),
-    );
+    )?;
+    let session = accepted.session.clone();
     tracing::info!(stream = %stream_id, session = %session.id, "whep: viewer joined");
     let transcoders = playable.audio_transcoded.then(|| ctx.transcoders.clone());
-    tokio::spawn(run(session.clone(), stream, events, senders, transcoders));
-    Ok(created_response(&session, "whep", answer))
+    let audio = playable.audio.is_some() && offer.has_audio();
+    tokio::spawn(run(accepted.driver, stream, audio, transcoders));
+    Ok(created_response(&session, "whep", accepted.answer))
 }
 
 async fn wait_for_tracks(stream: &LiveStream) -> Result<Arc<Tracks>, HttpError> {
@@ -249,260 +215,301 @@ async fn wait_for_tracks(stream: &LiveStream) -> Result<Arc<Tracks>, HttpError> 
     }
 }
 
-/// One outgoing track: its RTP state and the sender it was negotiated on.
+/// Where a track's frames go: the negotiated m-line, payload type and clock, and the RTP
+/// time of the frame that started it.
 struct Outgoing {
-    kind: RtpCodecKind,
-    track: Arc<TrackLocalStaticRTP>,
-    sender: Arc<dyn RtpSender>,
-    ssrc: u32,
-}
-
-async fn add_track(
-    pc: &Arc<dyn webrtc::peer_connection::PeerConnection>,
-    kind: RtpCodecKind,
-    video: WebVideo,
-) -> Result<Outgoing, crate::net::webrtc::PeerError> {
-    let ssrc = rand::random::<u32>();
-    let video_codec = |mime: &str, fmtp: &str| RTCRtpCodec {
-        mime_type: mime.to_owned(),
-        clock_rate: 90_000,
-        channels: 0,
-        sdp_fmtp_line: fmtp.to_owned(),
-        rtcp_feedback: vec![],
-    };
-    let codec = match (kind, video) {
-        (RtpCodecKind::Audio, _) => RTCRtpCodec {
-            mime_type: MIME_TYPE_OPUS.to_owned(),
-            clock_rate: 48_000,
-            channels: 2,
-            sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
-            rtcp_feedback: vec![],
-        },
-        (_, WebVideo::H264) => video_codec(
-            MIME_TYPE_H264,
-            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
-        ),
-        (_, WebVideo::Vp9) => video_codec(MIME_TYPE_VP9, "profile-id=0"),
-        (_, WebVideo::Av1) => video_codec(MIME_TYPE_AV1, "level-idx=5;profile=0;tier=0"),
-    };
-    let label = if kind == RtpCodecKind::Audio {
-        "audio"
-    } else {
-        "video"
-    };
-    let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
-        "media-server".to_owned(),
-        label.to_owned(),
-        label.to_owned(),
-        kind,
-        vec![RTCRtpEncodingParameters {
-            rtp_coding_parameters: RTCRtpCodingParameters {
-                ssrc: Some(ssrc),
-                ..Default::default()
-            },
-            codec,
-            ..Default::default()
-        }],
-    )));
-    let sender = pc
-        .add_track(track.clone() as Arc<dyn TrackLocal>)
-        .await
-        .map_err(|e| crate::net::webrtc::PeerError::WebRtc(e.to_string()))?;
-    Ok(Outgoing {
-        kind,
-        track,
-        sender,
-        ssrc,
-    })
-}
-
-/// RTP state of one outgoing track.
-struct RtpOut {
-    out: Outgoing,
-    payload_type: u8,
-    seq: u16,
-    ts_base: u32,
+    mid: Mid,
+    pt: Pt,
+    clock: Frequency,
     first_pts: Option<(i64, u32)>,
 }
 
-impl RtpOut {
-    /// RTP timestamp of a frame: its pts on the codec clock, from a random base.
-    fn timestamp(&mut self, pts: i64, timescale: u32, clock: u32) -> u32 {
-        let (first, _) = *self.first_pts.get_or_insert((pts, timescale));
-        let ticks = (i128::from(pts - first) * i128::from(clock)) / i128::from(timescale.max(1));
-        self.ts_base.wrapping_add(ticks as u32)
+impl Outgoing {
+    fn new(driver: &mut Driver, mid: Mid, clock: Frequency) -> Option<Outgoing> {
+        let pt = driver.rtc().writer(mid)?.payload_params().next()?.pt();
+        Some(Outgoing {
+            mid,
+            pt,
+            clock,
+            first_pts: None,
+        })
     }
 
-    async fn send(&mut self, payloads: Vec<Bytes>, timestamp: u32) -> bool {
-        let n = payloads.len();
-        for (i, payload) in payloads.into_iter().enumerate() {
-            let packet = rtc::rtp::Packet {
-                header: rtc::rtp::header::Header {
-                    version: 2,
-                    marker: i + 1 == n,
-                    payload_type: self.payload_type,
-                    sequence_number: self.seq,
-                    timestamp,
-                    ssrc: self.out.ssrc,
-                    ..Default::default()
-                },
-                payload,
-            };
-            self.seq = self.seq.wrapping_add(1);
-            if self.out.track.write_rtp(packet).await.is_err() {
-                return false;
-            }
-        }
-        true
+    /// RTP time of a frame: its pts on the codec clock, counted from the track's first
+    /// frame (str0m adds the random offset RTP wants).
+    fn media_time(&mut self, pts: i64, timescale: u32) -> MediaTime {
+        let (first, _) = *self.first_pts.get_or_insert((pts, timescale));
+        let clock = i128::from(self.clock.get());
+        let ticks = (i128::from(pts - first) * clock) / i128::from(timescale.max(1));
+        // A frame before the first (B-frame reordering, audio ahead of video) stays positive.
+        MediaTime::new((ticks + 10 * clock).max(0) as u64, self.clock)
     }
 }
 
-async fn negotiated(out: Outgoing) -> Option<RtpOut> {
-    let params = out.sender.get_parameters().await.ok()?;
-    let payload_type = params.rtp_parameters.codecs.first()?.payload_type;
-    Some(RtpOut {
-        out,
-        payload_type,
-        seq: rand::random(),
-        ts_base: rand::random(),
-        first_pts: None,
-    })
+/// The session clock: a frame's wallclock (for sender reports, which browsers sync audio
+/// and video with) is the arrival of the first frame plus its pts distance from it.
+#[derive(Default)]
+struct Wallclock {
+    anchor: Option<(Instant, f64)>,
+}
+
+impl Wallclock {
+    fn of(&mut self, pts: i64, timescale: u32) -> Instant {
+        let secs = pts as f64 / f64::from(timescale.max(1));
+        let (at, base) = *self.anchor.get_or_insert((Instant::now(), secs));
+        let d = secs - base;
+        if d >= 0.0 {
+            at + Duration::from_secs_f64(d.min(86_400.0))
+        } else {
+            at.checked_sub(Duration::from_secs_f64((-d).min(86_400.0)))
+                .unwrap_or(at)
+        }
+    }
+}
+
+/// Writes one frame to the engine (one mutation); false if the engine refused it for good.
+fn write(
+    driver: &mut Driver,
+    out: &mut Outgoing,
+    clock: &mut Wallclock,
+    frame: &Frame,
+    timescale: u32,
+    data: Bytes,
+) {
+    let time = out.media_time(frame.pts, timescale);
+    let wallclock = clock.of(frame.pts, timescale);
+    let Some(writer) = driver.rtc().writer(out.mid) else {
+        return;
+    };
+    if let Err(err) = writer.write(out.pt, wallclock, time, data.to_vec()) {
+        tracing::debug!(%err, "whep: frame not sent");
+    }
+}
+
+/// The sample a video frame goes out as: Annex B H.264 (parameter sets before a keyframe),
+/// a VP9 frame as it is, an AV1 temporal unit for RTP.
+fn video_sample(codec: &CodecConfig, frame: &Frame) -> Option<Bytes> {
+    match codec {
+        CodecConfig::H264(avc) => {
+            let prefix: Vec<Bytes> = if frame.keyframe {
+                avc.sps.iter().chain(avc.pps.iter()).cloned().collect()
+            } else {
+                Vec::new()
+            };
+            Some(Bytes::from(avcc_to_annexb(&frame.data, avc.nal_length_size, &prefix)))
+        }
+        CodecConfig::Vp9(_) => Some(frame.data.clone()),
+        CodecConfig::Av1(c) => Some(av1_sample(c, frame)),
+        _ => None,
+    }
 }
 
 async fn run(
-    session: Arc<Session>,
+    mut driver: Driver,
     stream: Arc<LiveStream>,
-    mut events: mpsc::UnboundedReceiver<PeerEvent>,
-    senders: Vec<Outgoing>,
+    wants_audio: bool,
     transcoders: Option<Arc<AudioTranscoders>>,
 ) {
-    // Media starts once ICE and DTLS are up.
-    loop {
-        tokio::select! {
-            ev = events.recv() => match ev {
-                Some(PeerEvent::State(RTCPeerConnectionState::Connected)) => break,
-                Some(_) => {}
-                None => return,
-            },
-            _ = session.closed() => return,
-        }
-    }
-    let mut video = None;
-    let mut audio = None;
-    for s in senders {
-        let kind = s.kind;
-        match negotiated(s).await {
-            Some(o) if kind == RtpCodecKind::Video => video = Some(o),
-            Some(o) => audio = Some(o),
-            None => tracing::warn!(session = %session.id, "whep: a track was not negotiated"),
-        }
-    }
-    let mut sub = stream.subscribe("whep");
-    // AAC audio arrives as Opus from the stream's shared transcoder, subscribed to with the
-    // hub at the same moment so both start from the GOP cache.
-    let mut feed = match (&transcoders, &audio) {
-        (Some(t), Some(_)) => t.feed(&stream, Direction::AacToOpus),
-        _ => None,
-    };
+    let mut events = Vec::new();
+    let mut mids: Vec<(Mid, MediaKind)> = Vec::new();
+    let mut video: Option<Outgoing> = None;
+    let mut audio: Option<Outgoing> = None;
+    let mut clock = Wallclock::default();
+    let mut sub = None;
+    let mut feed = None;
     let mut tracks: Option<Arc<Tracks>> = None;
-    let mut h264 = H264Payloader::default();
-    let mut vp9 = Vp9Payloader::default();
-    let mut av1 = Av1Payloader {};
     let mut waiting_for_keyframe = true;
-    loop {
-        let event = tokio::select! {
-            e = sub.recv() => e,
+    let mut last_keyframe_ask: Option<Instant> = None;
+    let mut congestion = Congestion::default();
+    let mut connected = false;
+    let reason = loop {
+        if let Err(reason) = driver.drain(&mut events) {
+            break reason;
+        }
+        for event in events.drain(..) {
+            match event {
+                StrEvent::MediaAdded(m) => mids.push((m.mid, m.kind)),
+                StrEvent::Connected => connected = true,
+                StrEvent::EgressBitrateEstimate(
+                    BweKind::Twcc { estimate, .. } | BweKind::Remb { estimate, .. },
+                ) => {
+                    if congestion.on_estimate(estimate.as_u64(), Instant::now()) {
+                        waiting_for_keyframe = true;
+                    }
+                    // Lets the estimator probe up to what the stream needs.
+                    let stream_bps = congestion.stream_bps();
+                    if stream_bps > 0 {
+                        driver
+                            .rtc()
+                            .bwe()
+                            .set_desired_bitrate(Bitrate::bps(stream_bps * 11 / 10));
+                    }
+                }
+                StrEvent::KeyframeRequest(_) => {
+                    // The viewer lost video: the publisher is asked for a keyframe (at most
+                    // once a second per viewer); until one comes the viewer keeps decoding
+                    // what it gets, as browsers conceal.
+                    if last_keyframe_ask.is_none_or(|t| t.elapsed() >= KEYFRAME_ASK_INTERVAL) {
+                        stream.request_keyframe();
+                        last_keyframe_ask = Some(Instant::now());
+                    }
+                }
+                _ => {}
+            }
+        }
+        if connected && sub.is_none() && !mids.is_empty() {
+            // Media starts once ICE and DTLS are up (str0m reports the m-lines after that),
+            // from the GOP cache's keyframe; AAC audio arrives as Opus from the stream's
+            // shared transcoder, subscribed to at the same moment.
+            for (mid, kind) in mids.clone() {
+                if kind == MediaKind::Video && video.is_none() {
+                    video = Outgoing::new(&mut driver, mid, Frequency::NINETY_KHZ);
+                } else if kind == MediaKind::Audio && audio.is_none() && wants_audio {
+                    audio = Outgoing::new(&mut driver, mid, Frequency::FORTY_EIGHT_KHZ);
+                }
+            }
+            sub = Some(stream.subscribe("whep"));
+            feed = match (&transcoders, &audio) {
+                (Some(t), Some(_)) => t.feed(&stream, Direction::AacToOpus),
+                _ => None,
+            };
+        }
+        tokio::select! {
+            wake = driver.wait() => if let Err(reason) = driver.handle(wake) {
+                break reason;
+            },
             opus = next_frame(&mut feed) => {
                 if let (Some(frame), Some(a)) = (opus, audio.as_mut()) {
                     stream.add_bytes_out(frame.data.len() as u64);
-                    let ts = a.timestamp(frame.pts, OPUS_RATE, 48_000);
-                    if !a.send(vec![frame.data.clone()], ts).await {
-                        break;
-                    }
+                    let data = frame.data.clone();
+                    write(&mut driver, a, &mut clock, &frame, OPUS_RATE, data);
                 }
-                continue;
             }
-            _ = session.closed() => break,
-            ev = events.recv() => { if ev.is_none() { break; } continue; }
-        };
-        let Some(event) = event else {
-            tracing::info!(session = %session.id, "whep: the stream ended");
-            break;
-        };
-        match event {
-            Event::Tracks(t) => {
-                // The answer named one video codec; a publisher that switches codecs
-                // mid-stream cannot continue on it: the viewer reconnects and negotiates anew.
-                let before = tracks.as_ref().and_then(|t| first_web_video(t));
-                let after = first_web_video(&t);
-                if video.is_some() && tracks.is_some() && before != after {
-                    tracing::info!(session = %session.id, "whep: the stream changed its video codec; closing");
-                    break;
-                }
-                tracks = Some(t);
-                waiting_for_keyframe = true;
-            }
-            Event::Frame(frame) => {
-                let Some(t) = tracks.as_ref().and_then(|t| t.get(frame.track)) else {
-                    continue;
+            event = recv(&mut sub) => {
+                let Some(event) = event else {
+                    break "the stream ended";
                 };
-                stream.add_bytes_out(frame.data.len() as u64);
-                let is_video = web_video(&t.codec).is_some();
-                if is_video && video.is_some() {
-                    if waiting_for_keyframe && !frame.keyframe {
-                        continue;
+                match event {
+                    Event::Tracks(t) => {
+                        // The answer named one video codec; a publisher that switches codecs
+                        // mid-stream cannot continue on it: the viewer reconnects and
+                        // negotiates anew.
+                        let before = tracks.as_ref().and_then(|t| first_web_video(t));
+                        let after = first_web_video(&t);
+                        if video.is_some() && tracks.is_some() && before != after {
+                            break "the stream changed its video codec";
+                        }
+                        tracks = Some(t);
+                        waiting_for_keyframe = true;
                     }
-                    waiting_for_keyframe = false;
-                }
-                let ok = match &t.codec {
-                    CodecConfig::H264(avc) => match video.as_mut() {
-                        Some(v) => send_video(v, &mut h264, avc, &frame, t.timescale).await,
-                        None => true,
-                    },
-                    CodecConfig::Vp9(_) => match video.as_mut() {
-                        Some(v) => {
-                            send_payloaded(v, &mut vp9, &frame.data, &frame, t.timescale).await
+                    Event::Frame(frame) => {
+                        let Some(t) = tracks.as_ref().and_then(|t| t.get(frame.track)) else {
+                            continue;
+                        };
+                        let timescale = t.timescale;
+                        if web_video(&t.codec).is_some() {
+                            let Some(v) = video.as_mut() else { continue };
+                            congestion.on_video(frame.data.len(), Instant::now());
+                            if (waiting_for_keyframe || congestion.keyframes_only()) && !frame.keyframe {
+                                continue;
+                            }
+                            waiting_for_keyframe = false;
+                            let Some(sample) = video_sample(&t.codec, &frame) else { continue };
+                            stream.add_bytes_out(frame.data.len() as u64);
+                            write(&mut driver, v, &mut clock, &frame, timescale, sample);
+                        } else if matches!(t.codec, CodecConfig::Opus(_)) {
+                            let Some(a) = audio.as_mut() else { continue };
+                            stream.add_bytes_out(frame.data.len() as u64);
+                            let data = frame.data.clone();
+                            write(&mut driver, a, &mut clock, &frame, timescale, data);
                         }
-                        None => true,
-                    },
-                    CodecConfig::Av1(c) => match video.as_mut() {
-                        Some(v) => {
-                            let sample = av1_sample(c, &frame);
-                            send_payloaded(v, &mut av1, &sample, &frame, t.timescale).await
-                        }
-                        None => true,
-                    },
-                    CodecConfig::Opus(_) => match audio.as_mut() {
-                        Some(a) => {
-                            let ts = a.timestamp(frame.pts, t.timescale, 48_000);
-                            a.send(vec![frame.data.clone()], ts).await
-                        }
-                        None => true,
-                    },
-                    _ => true,
-                };
-                if !ok {
-                    break;
+                    }
                 }
             }
         }
-    }
-    session.close();
+    };
+    driver.finish(reason);
 }
 
-/// Packetizes `data` (the frame's sample as the codec's payloader takes it) and sends it at
-/// the frame's time on the 90 kHz video clock; a sample the payloader refuses is skipped.
-async fn send_payloaded(
-    v: &mut RtpOut,
-    payloader: &mut impl Payloader,
-    data: &Bytes,
-    frame: &Frame,
-    timescale: u32,
-) -> bool {
-    let ts = v.timestamp(frame.pts, timescale, 90_000);
-    match payloader.payload(RTP_MTU, data) {
-        Ok(payloads) => v.send(payloads, ts).await,
-        Err(_) => true,
+/// How long the estimator gets to find the viewer's bandwidth before it is acted on.
+const SETTLE: Duration = Duration::from_secs(5);
+/// How far back the stream's video bitrate is measured.
+const RATE_WINDOW: Duration = Duration::from_secs(2);
+
+/// Per-viewer congestion response. The viewer's engine estimates its bandwidth from TWCC
+/// feedback; when the estimate falls below 80 % of the stream's video bitrate, the viewer
+/// gets keyframes only (a picture every GOP and full audio) instead of a send queue that
+/// grows by seconds; above 120 % it gets every frame again from the next keyframe. With the
+/// ABR issue's renditions this is where a viewer would switch down instead.
+#[derive(Debug, Default)]
+pub struct Congestion {
+    offered: std::collections::VecDeque<(Instant, usize)>,
+    offered_bytes: usize,
+    estimate_bps: Option<u64>,
+    keyframes_only: bool,
+    first: Option<Instant>,
+    /// Times the viewer was switched to keyframes only.
+    pub downgrades: u64,
+}
+
+impl Congestion {
+    /// Counts a video frame of the stream (sent or not) at `now`.
+    pub fn on_video(&mut self, bytes: usize, now: Instant) {
+        self.first.get_or_insert(now);
+        self.offered.push_back((now, bytes));
+        self.offered_bytes += bytes;
+        while let Some(&(t, b)) = self.offered.front() {
+            if now.duration_since(t) <= RATE_WINDOW {
+                break;
+            }
+            self.offered.pop_front();
+            self.offered_bytes -= b;
+        }
+    }
+
+    /// The stream's video bitrate over the window, in bit/s.
+    pub fn stream_bps(&self) -> u64 {
+        let secs = RATE_WINDOW.as_secs_f64();
+        (self.offered_bytes as f64 * 8.0 / secs) as u64
+    }
+
+    /// A new bandwidth estimate for the viewer; returns true when the viewer should resume
+    /// every frame (from the next keyframe).
+    pub fn on_estimate(&mut self, bps: u64, now: Instant) -> bool {
+        self.estimate_bps = Some(bps);
+        let stream = self.stream_bps();
+        // Too little data to judge (the estimator's first seconds, an audio-only moment).
+        let settled = self
+            .first
+            .is_some_and(|t| now.saturating_duration_since(t) >= SETTLE);
+        if !settled || self.offered.len() < 10 || stream == 0 {
+            return false;
+        }
+        if !self.keyframes_only && bps.saturating_mul(10) < stream.saturating_mul(8) {
+            self.keyframes_only = true;
+            self.downgrades += 1;
+            tracing::info!(estimate_bps = bps, stream_bps = stream, "whep: viewer congested; keyframes only");
+            false
+        } else if self.keyframes_only && bps.saturating_mul(10) > stream.saturating_mul(12) {
+            self.keyframes_only = false;
+            tracing::info!(estimate_bps = bps, stream_bps = stream, "whep: viewer recovered; every frame");
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether only keyframes go to the viewer now.
+    pub fn keyframes_only(&self) -> bool {
+        self.keyframes_only
+    }
+}
+
+/// The next hub event once subscribed; pending before.
+async fn recv(sub: &mut Option<crate::hub::Subscription>) -> Option<Event> {
+    match sub {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -519,31 +526,36 @@ fn av1_sample(config: &crate::media::av1::Av1Config, frame: &Frame) -> Bytes {
     data
 }
 
-async fn send_video(
-    v: &mut RtpOut,
-    payloader: &mut H264Payloader,
-    avc: &crate::media::h264::AvcConfig,
-    frame: &Frame,
-    timescale: u32,
-) -> bool {
-    let prefix: Vec<Bytes> = if frame.keyframe {
-        avc.sps.iter().chain(avc.pps.iter()).cloned().collect()
-    } else {
-        Vec::new()
-    };
-    let annexb = avcc_to_annexb(&frame.data, avc.nal_length_size, &prefix);
-    let Ok(payloads) = payloader.payload(RTP_MTU, &annexb) else {
-        return true;
-    };
-    let ts = v.timestamp(frame.pts, timescale, 90_000);
-    v.send(payloads, ts).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::media::audio::converted_track;
     use crate::media::test_support::av_tracks;
+
+    #[test]
+    fn a_congested_viewer_gets_keyframes_only_until_it_recovers() {
+        let t0 = Instant::now();
+        let mut c = Congestion::default();
+        // 30 fps of 2,500-byte frames: 600 kbit/s, for 6 s.
+        for i in 0..180 {
+            c.on_video(2_500, t0 + Duration::from_millis(i * 33));
+        }
+        let stream = c.stream_bps();
+        assert!((550_000..=650_000).contains(&stream), "{stream}");
+        // The estimator's first seconds are not acted on.
+        assert!(!c.on_estimate(100_000, t0 + Duration::from_secs(1)));
+        assert!(!c.keyframes_only());
+        let now = t0 + Duration::from_secs(6);
+        assert!(!c.on_estimate(1_000_000, now));
+        assert!(!c.keyframes_only());
+        assert!(!c.on_estimate(400_000, now));
+        assert!(c.keyframes_only() && c.downgrades == 1);
+        // Between the two thresholds nothing changes.
+        assert!(!c.on_estimate(650_000, now));
+        assert!(c.keyframes_only());
+        assert!(c.on_estimate(800_000, now), "recovered: resume from the next keyframe");
+        assert!(!c.keyframes_only());
+    }
 
     #[test]
     fn aac_plays_as_transcoded_opus_or_says_why_not() {

@@ -10,6 +10,7 @@
 //! their first packet; after that RTP timestamps rule (no drift from network jitter).
 //! Without a jitter buffer, reordered or retransmitted packets count as loss.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,18 +18,16 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use rtc::rtcp::payload_feedbacks::full_intra_request::{FirEntry, FullIntraRequest};
-use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
-use tokio::sync::mpsc;
-use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
+use str0m::rtp::Ssrc;
+use str0m::Event;
 
 use crate::error::HttpError;
 use crate::hub::{HubError, Publisher, TransportStats};
 use crate::media::h264::AvcConfig;
 use crate::media::opus::OpusConfig;
 use crate::media::{annexb, CodecConfig, Frame, Track, TrackId, Tracks};
-use crate::net::webrtc::{PeerEvent, Session, SessionKind};
+use crate::net::webrtc::{Driver, SessionKind};
 use crate::net::webrtc_http::{bearer, created_response, require_sdp, sdp_error, WebRtcContext};
 use crate::proto::rtp::{H264Depacketizer, ReceiveStats, TimestampUnwrapper};
 use crate::proto::sdp;
@@ -37,8 +36,6 @@ use crate::proto::sdp;
 pub const VIDEO_TRACK: TrackId = TrackId(0);
 /// Hub track id of WHIP audio.
 pub const AUDIO_TRACK: TrackId = TrackId(1);
-/// RTP packets queued between the track readers and the session task.
-const PACKET_QUEUE: usize = 4096;
 /// Least time between two keyframe requests.
 const PLI_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -331,157 +328,104 @@ pub async fn publish(
     if ctx.hub.published(&stream.id).is_some() {
         return Err(HttpError::conflict("the stream already has a publisher"));
     }
-    let peer = ctx
-        .webrtc
-        .new_peer(crate::net::webrtc::PeerFor::Publisher)
-        .await?;
     let offer_text = String::from_utf8_lossy(&body).into_owned();
-    // FIR (RFC 5104) besides PLI when the publisher offered `ccm fir` (we always answer it).
+    // FIR (RFC 5104) besides PLI when the publisher offered `ccm fir`.
     let fir = offer_text.contains(" ccm fir");
-    let answer = async {
-        ctx.webrtc.apply_offer(&peer, offer_text).await?;
-        ctx.webrtc.answer(&peer).await
-    }
-    .await;
-    let answer = match answer {
-        Ok(a) => a,
-        Err(e) => {
-            ctx.webrtc.discard(peer).await;
-            return Err(e.into());
-        }
-    };
-    // Claimed only now, so a failed negotiation never shows the stream live.
+    let accepted = ctx.webrtc.accept(
+        crate::net::webrtc::PeerFor::Publisher,
+        SessionKind::Whip,
+        &stream.id,
+        Some(&key),
+        &offer_text,
+        ctx.shutdown.clone(),
+    )?;
+    // Claimed only now, so a failed negotiation never shows the stream live (dropping the
+    // driver ends the session).
     let publisher = match ctx.hub.publish_owned(&stream.id, "whip").await {
         Ok(p) => p,
         Err(HubError::AlreadyPublishing(_) | HubError::OwnedElsewhere(_)) => {
-            ctx.webrtc.discard(peer).await;
             return Err(HttpError::conflict("the stream already has a publisher"));
         }
         Err(HubError::Unavailable(reason)) => {
-            ctx.webrtc.discard(peer).await;
             return Err(HttpError::unavailable(format!(
                 "the server cannot take the stream now ({reason}); try again later"
             )));
         }
     };
-    let (session, events) = ctx.webrtc.register(
-        peer,
-        SessionKind::Whip,
-        &stream.id,
-        Some(&key),
-        ctx.shutdown.clone(),
-    );
+    let session = accepted.session.clone();
     tracing::info!(stream = %stream.id, session = %session.id, "whip: publishing");
     let media = WhipMedia::new(offer.has_video(), offer.has_audio(), Instant::now());
-    tokio::spawn(run(session.clone(), publisher, events, media, fir));
-    Ok(created_response(&session, "whip", answer))
+    tokio::spawn(run(accepted.driver, publisher, media, fir));
+    Ok(created_response(&session, "whip", accepted.answer))
 }
 
-struct Packet {
-    video: bool,
-    packet: rtc::rtp::Packet,
-    at: Instant,
-}
-
-/// Reads a remote track's RTP into the session's queue until the peer closes.
-async fn read_track(track: Arc<dyn TrackRemote>, video: bool, tx: mpsc::Sender<Packet>) {
-    while let Some(event) = track.poll().await {
-        match event {
-            TrackRemoteEvent::OnRtpPacket(packet) => {
-                let p = Packet {
-                    video,
-                    packet,
-                    at: Instant::now(),
-                };
-                if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(p) {
-                    return;
-                }
-            }
-            TrackRemoteEvent::OnEnded => return,
-            _ => {}
-        }
-    }
-}
-
-async fn run(
-    session: Arc<Session>,
-    publisher: Publisher,
-    mut events: mpsc::UnboundedReceiver<PeerEvent>,
-    mut media: WhipMedia,
-    fir: bool,
-) {
-    let (tx, mut rx) = mpsc::channel::<Packet>(PACKET_QUEUE);
-    let mut video_track: Option<(Arc<dyn TrackRemote>, u32)> = None;
-    let mut last_pli: Option<Instant> = None;
-    let mut fir_seq: u8 = 0;
+/// The session's loop: RTP from the engine into [`WhipMedia`], frames into the hub,
+/// keyframe requests (PLI, and FIR when offered) back to the publisher.
+async fn run(mut driver: Driver, publisher: Publisher, mut media: WhipMedia, fir: bool) {
+    let mut events = Vec::new();
     let mut out = Vec::new();
+    let mut video_mid: Option<Mid> = None;
+    let mut kinds: HashMap<Ssrc, bool> = HashMap::new();
+    let mut last_pli: Option<Instant> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        tokio::select! {
-            ev = events.recv() => match ev {
-                None => break,
-                Some(PeerEvent::Track(track)) => {
-                    let kind = track.kind().await;
-                    let video = kind == RtpCodecKind::Video;
+    let reason = loop {
+        if let Err(reason) = driver.drain(&mut events) {
+            break reason;
+        }
+        for event in events.drain(..) {
+            match event {
+                Event::MediaAdded(m) if m.kind == MediaKind::Video => video_mid = Some(m.mid),
+                Event::RtpPacket(p) => {
+                    let ssrc = p.header.ssrc;
+                    let video = *kinds.entry(ssrc).or_insert_with(|| {
+                        let mid = driver.rtc().direct_api().stream_rx(&ssrc).map(|s| s.mid());
+                        mid.is_some() && mid == video_mid
+                    });
+                    let h = &p.header;
+                    let (seq, ts, marker) = (h.sequence_number, h.timestamp, h.marker);
+                    let payload = Bytes::from_owner(p.payload);
                     if video {
-                        let ssrc = track.ssrcs().await.first().copied().unwrap_or(0);
-                        video_track = Some((track.clone(), ssrc));
+                        media.on_video(seq, ts, marker, &payload, p.timestamp, &mut out);
+                    } else {
+                        media.on_audio(seq, ts, &payload, p.timestamp, &mut out);
                     }
-                    tokio::spawn(read_track(track, video, tx.clone()));
-                }
-                Some(PeerEvent::State(_)) => {}
-            },
-            Some(p) = rx.recv() => {
-                let h = &p.packet.header;
-                if p.video {
-                    media.on_video(h.sequence_number, h.timestamp, h.marker, &p.packet.payload, p.at, &mut out);
-                } else {
-                    media.on_audio(h.sequence_number, h.timestamp, &p.packet.payload, p.at, &mut out);
-                }
-                for o in out.drain(..) {
-                    match o {
-                        Output::Tracks(t) => publisher.set_tracks(t),
-                        Output::Frame(f) => publisher.push(f),
+                    for o in out.drain(..) {
+                        match o {
+                            Output::Tracks(t) => publisher.set_tracks(t),
+                            Output::Frame(f) => publisher.push(f),
+                        }
                     }
                 }
+                _ => {}
             }
-            _ = tick.tick() => {
-                publisher.set_transport_stats(media.stats());
-            }
-            _ = publisher.stopped() => {
-                tracing::info!(stream = %session.stream_id, "whip: publisher disconnected by the API");
-                break;
-            }
-            _ = publisher.keyframe_requested() => media.want_keyframe(),
         }
         if media.needs_keyframe() && last_pli.is_none_or(|t| t.elapsed() >= PLI_INTERVAL) {
-            if let Some((track, ssrc)) = &video_track {
-                let pli = PictureLossIndication {
-                    sender_ssrc: 0,
-                    media_ssrc: *ssrc,
-                };
-                let mut packets: Vec<Box<dyn rtc::rtcp::Packet>> = vec![Box::new(pli)];
-                if fir {
-                    fir_seq = fir_seq.wrapping_add(1);
-                    packets.push(Box::new(FullIntraRequest {
-                        sender_ssrc: 0,
-                        media_ssrc: *ssrc,
-                        fir: vec![FirEntry {
-                            ssrc: *ssrc,
-                            sequence_number: fir_seq,
-                        }],
-                    }));
-                }
-                if track.write_rtcp(packets).await.is_ok() {
+            if let Some(mid) = video_mid {
+                let mut api = driver.rtc().direct_api();
+                if let Some(rx) = api.stream_rx_by_mid(mid, None) {
+                    rx.request_keyframe(KeyframeRequestKind::Pli);
+                    if fir {
+                        rx.request_keyframe(KeyframeRequestKind::Fir);
+                    }
                     media.keyframe_requested();
                     last_pli = Some(Instant::now());
+                    continue;
                 }
             }
         }
-    }
-    session.close();
+        tokio::select! {
+            wake = driver.wait() => if let Err(reason) = driver.handle(wake) {
+                break reason;
+            },
+            _ = tick.tick() => publisher.set_transport_stats(media.stats()),
+            _ = publisher.stopped() => break "publisher disconnected by the API",
+            _ = publisher.keyframe_requested() => media.want_keyframe(),
+        }
+    };
+    let stream = driver.session().stream_id.clone();
+    driver.finish(reason);
     drop(publisher);
-    tracing::info!(stream = %session.stream_id, "whip: publisher finished");
+    tracing::info!(%stream, "whip: publisher finished");
 }
 
 #[cfg(test)]

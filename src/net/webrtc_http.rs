@@ -279,7 +279,7 @@ async fn patch_session(
     let fragment = sdp::parse_trickle_fragment(&body).map_err(sdp_error)?;
     if let (Some(ufrag), Some(current)) = (
         fragment.ufrag.as_deref(),
-        crate::net::webrtc::remote_ufrag(&session).await,
+        session.remote_ufrag(),
     ) {
         if ufrag != current {
             return Err(HttpError::new(
@@ -291,7 +291,6 @@ async fn patch_session(
     }
     ctx.webrtc
         .trickle(&session, &fragment)
-        .await
         .map_err(HttpError::from)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -3,6 +3,7 @@
 
 pub mod flv;
 pub mod fmp4;
+pub mod ice;
 pub mod jpeg;
 pub mod mp4scan;
 pub mod multipart;

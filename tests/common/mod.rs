@@ -97,7 +97,7 @@ pub fn test_config(dir: &Path) -> Config {
     c.hls.on_demand = false;
     c.rtmp.handshake_timeout_ms = 3000;
     c.rtmp.idle_timeout_ms = 5000;
-    c.webrtc.bind_ip = "127.0.0.1".parse().unwrap();
+    c.webrtc.udp_listen = "127.0.0.1:0".parse().unwrap();
     // Webhook receivers and restream destinations in tests are loopback listeners, which
     // the outbound policy refuses by default (tests/hardening.rs tests the default).
     c.security.outbound_allow = vec!["127.0.0.0/8".into(), "::1/128".into()];

@@ -1,0 +1,525 @@
+//! WebRTC plumbing shared by WHIP ingest and WHEP playback, on one UDP port for every session
+//! (and an optional ICE-TCP port, RFC 6544), the way MediaMTX, SRS and LiveKit serve it.
+//!
+//! - [`WebRtc`] holds the `[webrtc]` settings, the session registry behind the `Location` URLs
+//!   and the limits (`max_sessions`, the slots kept for publishers, WHEP sessions per client).
+//!   [`WebRtc::accept`] turns an offer into a session: a `str0m` engine (sans-IO, ICE-lite,
+//!   our UDP/TCP addresses as its only candidates), the answer SDP, and the [`Driver`] that the
+//!   WHIP or WHEP task runs the engine with.
+//! - [`endpoint`] owns the sockets: it reads every datagram, finds its session (a STUN binding
+//!   request names our ICE ufrag; after that the remote address does) and sends what the
+//!   engines produce.
+//! - [`driver`] is one session's run loop: network input, the engine's timers, trickle
+//!   candidates, and the end of a session (DELETE, stream end, shutdown, no connection in
+//!   `connect_timeout_ms`, ICE lost for `disconnect_timeout_ms`), which releases everything.
+//!
+//! Why str0m (measured in BENCHMARKS.md): the `webrtc` crate 0.21 binds a socket per peer and
+//! runs several tasks per peer; str0m is a state machine we feed, so one socket and one task
+//! per session serve every peer, and a viewer's packets go from the hub to the socket without
+//! another task in between.
+
+mod driver;
+pub mod endpoint;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use str0m::change::SdpOffer;
+use str0m::{Candidate, IceCreds, Rtc};
+use tokio::sync::{mpsc, Notify};
+
+pub use driver::{Driver, End};
+pub use endpoint::Endpoint;
+
+use crate::config::WebRtcConfig;
+use crate::error::HttpError;
+
+/// Whether a session publishes into the hub or plays out of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionKind {
+    /// WHIP ingest.
+    Whip,
+    /// WHEP playback.
+    Whep,
+}
+
+impl SessionKind {
+    /// `whip` or `whep`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionKind::Whip => "whip",
+            SessionKind::Whep => "whep",
+        }
+    }
+}
+
+/// Who asks for a session: a publisher may use every slot, a viewer leaves
+/// `reserved_whip_sessions` free and is held to `max_whep_sessions_per_ip`.
+#[derive(Debug, Clone, Copy)]
+pub enum PeerFor {
+    /// A WHIP publisher (authenticated by its stream key).
+    Publisher,
+    /// A WHEP viewer from this address, of a stream whose video is this codec.
+    Viewer(std::net::IpAddr, WebVideo),
+}
+
+/// The video codec a WebRTC peer negotiates. A publisher sends H.264; a viewer receives the
+/// stream's own codec, and only that one is offered in its answer (the browser picks the
+/// first codec both sides know, and the server cannot change a stream's codec).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebVideo {
+    /// H.264, packetization mode 1 (every profile variant).
+    H264,
+    /// VP9 profile 0.
+    Vp9,
+    /// AV1 main profile.
+    Av1,
+}
+
+/// Sent to a session's driver from outside its task.
+#[derive(Debug)]
+pub enum Command {
+    /// A trickled remote candidate (RFC 8840).
+    Candidate(Candidate),
+}
+
+/// One WHIP or WHEP session, addressed by its `Location`.
+pub struct Session {
+    /// Random, unguessable id (the `Location` path segment).
+    pub id: String,
+    /// WHIP or WHEP.
+    pub kind: SessionKind,
+    /// The stream published or played.
+    pub stream_id: String,
+    /// Entity tag of the ICE session (RFC 9725 §4.3.1), quoted.
+    pub etag: String,
+    /// SHA-256 of the bearer that created it, if any; DELETE/PATCH must present the same.
+    pub bearer_hash: Option<String>,
+    /// When it was created.
+    pub created: Instant,
+    /// Our ICE username fragment (the STUN USERNAME that routes datagrams to this session).
+    local_ufrag: String,
+    /// The peer's ICE username fragment from its offer.
+    remote_ufrag: Option<String>,
+    close: Notify,
+    closing: AtomicBool,
+    connected: AtomicBool,
+    commands: mpsc::UnboundedSender<Command>,
+    _client: Option<crate::net::limits::IpGuard>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("stream_id", &self.stream_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// Asks the session task to close the peer and release everything.
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        self.close.notify_waiters();
+    }
+
+    /// Resolves once [`Session::close`] was called.
+    pub async fn closed(&self) {
+        loop {
+            let notified = self.close.notified();
+            if self.closing.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Whether ICE and DTLS are up (media flows).
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::SeqCst)
+    }
+
+    /// The peer's ICE username fragment (to tell a trickle from an ICE restart).
+    pub fn remote_ufrag(&self) -> Option<&str> {
+        self.remote_ufrag.as_deref()
+    }
+
+    /// Whether `bearer` is the one that created the session (or none was needed).
+    pub fn authorizes(&self, bearer: Option<&str>) -> bool {
+        match (&self.bearer_hash, bearer) {
+            (None, _) => true,
+            (Some(h), Some(b)) => *h == crate::store::hash_secret(b),
+            (Some(_), None) => false,
+        }
+    }
+}
+
+/// Why a session could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// The engine refused the offer or a candidate.
+    #[error("{0}")]
+    WebRtc(String),
+    /// `max_sessions` reached.
+    #[error("too many WebRTC sessions")]
+    Full,
+    /// This viewer's client has `max_whep_sessions_per_ip` sessions already.
+    #[error("too many WHEP sessions from this client")]
+    TooManyFromClient,
+}
+
+impl From<PeerError> for HttpError {
+    fn from(e: PeerError) -> Self {
+        match e {
+            PeerError::WebRtc(msg) => {
+                tracing::warn!(error = %msg, "webrtc: peer setup failed");
+                HttpError::bad_request(format!("WebRTC negotiation failed: {msg}"))
+            }
+            PeerError::Full => HttpError::unavailable(e.to_string()),
+            PeerError::TooManyFromClient => HttpError::rate_limited(5),
+        }
+    }
+}
+
+fn webrtc_err(e: impl std::fmt::Display) -> PeerError {
+    PeerError::WebRtc(e.to_string())
+}
+
+/// A negotiated session: the answer to send and the driver to run.
+pub struct Accepted {
+    /// The session (already registered; dropping `driver` ends it).
+    pub session: Arc<Session>,
+    /// Its run loop.
+    pub driver: Driver,
+    /// The answer SDP, with our candidates (and the configured public addresses).
+    pub answer: String,
+}
+
+/// The WebRTC side of the server: configuration, sockets and live sessions.
+pub struct WebRtc {
+    config: WebRtcConfig,
+    endpoint: Arc<Endpoint>,
+    /// `public_ips` and what STUN discovered: announced besides the interface addresses.
+    announced: Vec<String>,
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    viewers: Arc<crate::net::limits::PerIpLimiter>,
+    /// Sessions that ended lately (id, kind, bearer hash, when): a client's DELETE of a
+    /// session the server already closed (stream ended, ICE timeout) is answered as done.
+    ended: Mutex<std::collections::VecDeque<Ended>>,
+}
+
+/// A session that ended: id, kind, bearer hash, when.
+type Ended = (String, SessionKind, Option<String>, Instant);
+
+/// How long an ended session's DELETE is still answered as done, and how many are kept.
+const ENDED_KEPT: Duration = Duration::from_secs(120);
+const ENDED_MAX: usize = 4096;
+
+impl std::fmt::Debug for WebRtc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebRtc").finish_non_exhaustive()
+    }
+}
+
+impl WebRtc {
+    /// Binds the media port(s) from `[webrtc]` and starts reading them until `shutdown`;
+    /// clients in `exempt` are never held to the per-client WHEP cap.
+    pub async fn start(
+        config: WebRtcConfig,
+        exempt: Vec<ipnet::IpNet>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> std::io::Result<Arc<Self>> {
+        str0m::crypto::from_feature_flags().install_process_default();
+        let endpoint = Endpoint::bind(&config, shutdown).await?;
+        let viewers =
+            crate::net::limits::PerIpLimiter::new(config.max_whep_sessions_per_ip, exempt);
+        let mut announced = config.public_ips.clone();
+        for ip in endpoint.discovered_ips() {
+            let ip = ip.to_string();
+            if !announced.contains(&ip) {
+                announced.push(ip);
+            }
+        }
+        Ok(Arc::new(WebRtc {
+            announced,
+            viewers,
+            ended: Mutex::new(std::collections::VecDeque::new()),
+            config,
+            endpoint,
+            sessions: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &WebRtcConfig {
+        &self.config
+    }
+
+    /// The sockets every session shares.
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.endpoint
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The session with this id and kind.
+    pub fn get(&self, id: &str, kind: SessionKind) -> Option<Arc<Session>> {
+        self.sessions().get(id).filter(|s| s.kind == kind).cloned()
+    }
+
+    /// Whether a session with this id and kind ended lately, and `bearer` would have been
+    /// allowed to end it: `Some(true)` allowed, `Some(false)` not, `None` unknown.
+    pub fn recently_ended(
+        &self,
+        id: &str,
+        kind: SessionKind,
+        bearer: Option<&str>,
+    ) -> Option<bool> {
+        let ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        let (_, _, hash, _) = ended
+            .iter()
+            .find(|(i, k, _, at)| i == id && *k == kind && at.elapsed() < ENDED_KEPT)?;
+        Some(match (hash, bearer) {
+            (None, _) => true,
+            (Some(h), Some(b)) => *h == crate::store::hash_secret(b),
+            (Some(_), None) => false,
+        })
+    }
+
+    /// Forgets a session whose driver ended, and remembers it as ended.
+    fn remove(&self, session: &Session) {
+        self.endpoint.unregister(&session.id);
+        self.sessions().remove(&session.id);
+        let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        while ended.len() >= ENDED_MAX
+            || ended
+                .front()
+                .is_some_and(|(_, _, _, at)| at.elapsed() >= ENDED_KEPT)
+        {
+            ended.pop_front();
+        }
+        ended.push_back((
+            session.id.clone(),
+            session.kind,
+            session.bearer_hash.clone(),
+            Instant::now(),
+        ));
+    }
+
+    /// Live sessions (for the API and tests).
+    pub fn list(&self) -> Vec<Arc<Session>> {
+        let mut v: Vec<_> = self.sessions().values().cloned().collect();
+        v.sort_by_key(|s| s.created);
+        v
+    }
+
+    /// Number of live sessions.
+    pub fn count(&self) -> usize {
+        self.sessions().len()
+    }
+
+    /// Closes every session of a stream (the stream was stopped or deleted).
+    pub fn close_stream(&self, stream_id: &str) {
+        for s in self
+            .sessions()
+            .values()
+            .filter(|s| s.stream_id == stream_id)
+        {
+            s.close();
+        }
+    }
+
+    /// Takes a slot for `who`: refused when `max_sessions` is reached; for a viewer also
+    /// when only the slots reserved for publishers are left, or when its client has
+    /// `max_whep_sessions_per_ip` sessions.
+    fn admit(&self, who: PeerFor) -> Result<Option<crate::net::limits::IpGuard>, PeerError> {
+        let count = self.count();
+        match who {
+            PeerFor::Publisher => {
+                if count >= self.config.max_sessions {
+                    return Err(PeerError::Full);
+                }
+                Ok(None)
+            }
+            PeerFor::Viewer(ip, _) => {
+                let viewer_cap = self
+                    .config
+                    .max_sessions
+                    .saturating_sub(self.config.reserved_whip_sessions);
+                if count >= viewer_cap {
+                    return Err(PeerError::Full);
+                }
+                Ok(Some(
+                    self.viewers
+                        .try_acquire(ip)
+                        .ok_or(PeerError::TooManyFromClient)?,
+                ))
+            }
+        }
+    }
+
+    /// The engine for one session: ICE-lite on our candidates, the codecs `who` may use.
+    /// A publisher's engine hands us RTP packets (our depacketizer makes the frames); a
+    /// viewer's takes whole frames and packetizes, paces, retransmits on NACK and estimates
+    /// the viewer's bandwidth itself.
+    fn engine(&self, who: PeerFor, creds: IceCreds) -> Rtc {
+        let builder = Rtc::builder()
+            .set_ice_lite(true)
+            .set_local_ice_credentials(creds)
+            .clear_codecs()
+            .enable_opus(true, false);
+        let mut builder = match who {
+            PeerFor::Publisher => builder.set_rtp_mode(true).enable_h264(true),
+            PeerFor::Viewer(_, video) => {
+                let b = builder.enable_bwe(Some(str0m::bwe::Bitrate::mbps(5)));
+                match video {
+                    WebVideo::H264 => b.enable_h264(true),
+                    WebVideo::Vp9 => b.enable_vp9(true),
+                    WebVideo::Av1 => b.enable_av1(true),
+                }
+            }
+        };
+        if matches!(who, PeerFor::Publisher | PeerFor::Viewer(_, WebVideo::H264)) {
+            // Constrained High (Chromium offers it; str0m's defaults stop at High).
+            builder
+                .codec_config()
+                .add_h264(112.into(), Some(113.into()), true, 0x640c1f);
+        }
+        builder.build(Instant::now())
+    }
+
+    /// Negotiates a session from an offer (already checked by [`crate::proto::sdp`]): the
+    /// engine accepts it with our host candidates, the session is registered (so the peer's
+    /// first STUN finds it), and the answer carries copies of the candidates on each
+    /// configured public IP.
+    pub fn accept(
+        self: &Arc<Self>,
+        who: PeerFor,
+        kind: SessionKind,
+        stream_id: &str,
+        bearer: Option<&str>,
+        offer: &str,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Accepted, PeerError> {
+        let client = self.admit(who)?;
+        let creds = IceCreds {
+            ufrag: crate::store::random_id("", 16),
+            pass: crate::store::random_id("", 24),
+        };
+        let mut rtc = self.engine(who, creds.clone());
+        for c in self.endpoint.candidates() {
+            rtc.add_local_candidate(c);
+        }
+        let offer_sdp = SdpOffer::from_sdp_string(offer).map_err(webrtc_err)?;
+        // str0m fails fast on states it does not expect: an offer that gets one there is
+        // refused like any other it cannot take, and the server carries on.
+        let negotiated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rtc.sdp_api().accept_offer(offer_sdp)
+        }))
+        .map_err(|_| PeerError::WebRtc("the offer could not be negotiated".into()))?;
+        let answer = negotiated.map_err(webrtc_err)?.to_sdp_string();
+        let remote_ufrag = offer
+            .lines()
+            .find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:").map(str::to_owned));
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let id = crate::store::random_id("", 16);
+        let session = Arc::new(Session {
+            etag: format!("\"{}\"", crate::store::random_id("", 8)),
+            id: id.clone(),
+            kind,
+            stream_id: stream_id.to_owned(),
+            bearer_hash: bearer.map(crate::store::hash_secret),
+            created: Instant::now(),
+            local_ufrag: creds.ufrag,
+            remote_ufrag,
+            close: Notify::new(),
+            closing: AtomicBool::new(false),
+            connected: AtomicBool::new(false),
+            commands,
+            _client: client,
+        });
+        let inbox = self.endpoint.register(&session.id, &session.local_ufrag);
+        self.sessions().insert(id, session.clone());
+        let driver = Driver::new(
+            rtc,
+            self.clone(),
+            session.clone(),
+            inbox,
+            command_rx,
+            shutdown,
+        );
+        Ok(Accepted {
+            session,
+            driver,
+            answer: announce_public_ips(&answer, &self.announced),
+        })
+    }
+
+    /// Applies a trickle-ICE fragment (RFC 8840) to a session.
+    pub fn trickle(
+        &self,
+        session: &Session,
+        fragment: &crate::proto::sdp::TrickleFragment,
+    ) -> Result<(), PeerError> {
+        for (candidate, _mid) in &fragment.candidates {
+            let line = candidate.strip_prefix("candidate:").unwrap_or(candidate);
+            let c = Candidate::from_sdp_string(&format!("candidate:{line}"))
+                .or_else(|_| Candidate::from_sdp_string(line))
+                .map_err(webrtc_err)?;
+            // A closed session's driver is gone: nothing to apply, nothing to report.
+            let _ = session.commands.send(Command::Candidate(c));
+        }
+        Ok(())
+    }
+}
+
+/// Adds, for every host candidate line, one copy per public IP (1:1 NAT): the peer then
+/// also tries the public address, which the NAT forwards to the same socket.
+pub fn announce_public_ips(sdp: &str, public_ips: &[String]) -> String {
+    if public_ips.is_empty() {
+        return sdp.to_owned();
+    }
+    let mut out = String::with_capacity(sdp.len() * 2);
+    for line in sdp.split_inclusive('\n') {
+        out.push_str(line);
+        let body = line.trim_end();
+        let Some(cand) = body.strip_prefix("a=candidate:") else {
+            continue;
+        };
+        let fields: Vec<&str> = cand.split(' ').collect();
+        // foundation component transport priority address port typ host ...
+        if fields.len() < 8 || fields[6] != "typ" || fields[7] != "host" {
+            continue;
+        }
+        for (i, ip) in public_ips.iter().enumerate() {
+            let mut f = fields.clone();
+            let foundation = format!("{}{}", fields[0], 90 + i);
+            f[0] = &foundation;
+            f[4] = ip;
+            out.push_str("a=candidate:");
+            out.push_str(&f.join(" "));
+            out.push_str("\r\n");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_ips_duplicate_host_candidates() {
+        let sdp = "v=0\r\na=candidate:1 1 udp 2130706431 10.0.0.5 50000 typ host\r\na=candidate:2 1 udp 1694498815 1.2.3.4 50000 typ srflx raddr 0.0.0.0 rport 0\r\n";
+        let out = announce_public_ips(sdp, &["203.0.113.7".into()]);
+        assert!(out.contains("a=candidate:190 1 udp 2130706431 203.0.113.7 50000 typ host\r\n"));
+        assert_eq!(out.matches("a=candidate").count(), 3);
+        assert_eq!(announce_public_ips(sdp, &[]), sdp);
+    }
+}
