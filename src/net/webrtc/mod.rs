@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use str0m::change::SdpOffer;
+use str0m::rtp::Extension;
 use str0m::{Candidate, IceCreds, Rtc};
 use tokio::sync::{mpsc, Notify};
 
@@ -377,7 +378,14 @@ impl WebRtc {
         let mut builder = match who {
             PeerFor::Publisher => builder.set_rtp_mode(true).enable_h264(true),
             PeerFor::Viewer(_, video) => {
-                let b = builder.enable_bwe(Some(str0m::bwe::Bitrate::mbps(5)));
+                // No ssrc-audio-level: we do not decode the audio to know its level, and a
+                // negotiated extension without values makes Chromium report silence.
+                let b = builder
+                    .clear_extension_map()
+                    .set_extension(2, Extension::AbsoluteSendTime)
+                    .set_extension(3, Extension::TransportSequenceNumber)
+                    .set_extension(4, Extension::RtpMid)
+                    .enable_bwe(Some(str0m::bwe::Bitrate::mbps(5)));
                 match video {
                     WebVideo::H264 => b.enable_h264(true),
                     WebVideo::Vp9 => b.enable_vp9(true),
@@ -423,7 +431,7 @@ impl WebRtc {
             rtc.sdp_api().accept_offer(offer_sdp)
         }))
         .map_err(|_| PeerError::WebRtc("the offer could not be negotiated".into()))?;
-        let answer = negotiated.map_err(webrtc_err)?.to_sdp_string();
+        let answer = one_media_stream(&negotiated.map_err(webrtc_err)?.to_sdp_string());
         let remote_ufrag = offer
             .lines()
             .find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:").map(str::to_owned));
@@ -479,6 +487,33 @@ impl WebRtc {
     }
 }
 
+/// The answer with every track we send in one MediaStream. str0m gives each answered m-line
+/// its own random msid stream id when the offer names none (a recvonly offer never does);
+/// browsers synchronise audio with video only within one stream, and a player that attaches
+/// the video's stream to a `<video>` element would play it silent.
+pub fn one_media_stream(sdp: &str) -> String {
+    let ids: Vec<&str> = sdp
+        .lines()
+        .filter_map(|l| l.trim_end().strip_prefix("a=msid:"))
+        .filter_map(|v| v.split(' ').next())
+        .filter(|id| !id.is_empty() && *id != "-")
+        .collect();
+    let Some(first) = ids.first() else {
+        return sdp.to_owned();
+    };
+    let mut out = sdp.to_owned();
+    for id in ids.iter().skip(1).filter(|id| *id != first) {
+        out = out.replace(id, first);
+    }
+    // `a=msid-semantic: WMS a a` → one id.
+    out.split_inclusive('\n')
+        .map(|line| match line.trim_end().strip_prefix("a=msid-semantic:") {
+            Some(_) => format!("a=msid-semantic: WMS {first}\r\n"),
+            None => line.to_owned(),
+        })
+        .collect()
+}
+
 /// Adds, for every host candidate line, one copy per public IP (1:1 NAT): the peer then
 /// also tries the public address, which the NAT forwards to the same socket.
 pub fn announce_public_ips(sdp: &str, public_ips: &[String]) -> String {
@@ -513,6 +548,16 @@ pub fn announce_public_ips(sdp: &str, public_ips: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answered_tracks_share_one_media_stream() {
+        let sdp = "v=0\r\na=msid-semantic: WMS AAA BBB\r\nm=video 9 x\r\na=msid:AAA t1\r\na=ssrc:1 msid:AAA t1\r\nm=audio 9 x\r\na=msid:BBB t2\r\na=ssrc:2 msid:BBB t2\r\n";
+        let out = one_media_stream(sdp);
+        assert!(!out.contains("BBB"), "{out}");
+        assert!(out.contains("a=msid:AAA t2\r\n") && out.contains("a=ssrc:2 msid:AAA t2\r\n"));
+        assert!(out.contains("a=msid-semantic: WMS AAA\r\n"), "{out}");
+        assert_eq!(one_media_stream("v=0\r\n"), "v=0\r\n");
+    }
 
     #[test]
     fn public_ips_duplicate_host_candidates() {
