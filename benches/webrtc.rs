@@ -11,7 +11,8 @@
 //!    blocking playlist reload reads it from each part's samples. Latency = arrival - send.
 //!
 //! Run: `cargo bench --bench webrtc` (numbers: BENCHMARKS.md). Env: `PUBLISHERS` (4),
-//! `VIEWERS` (8), `SECONDS` (10). Under `cargo test` it makes a 1+1 smoke run of 2 s.
+//! `VIEWERS` (8), `SECONDS` (10), `KBPS` (2000, the synthetic video's bitrate). Under
+//! `cargo test` it makes a 1+1 smoke run of 2 s.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -78,7 +79,7 @@ async fn negotiate(p: &mut Peer, url: &str, bearer: Option<&str>) -> Vec<Arc<dyn
     p.connected(10).await
 }
 
-async fn publish(base: &str, name: &str, key: &str, stop: Arc<AtomicU64>) -> Peer {
+async fn publish(base: &str, name: &str, key: &str, stop: Arc<AtomicU64>, kbps: usize) -> Peer {
     let mut p = new_peer().await;
     let video = local_track(RtpCodecKind::Video, h264_codec());
     let audio = local_track(RtpCodecKind::Audio, opus_codec());
@@ -93,7 +94,8 @@ async fn publish(base: &str, name: &str, key: &str, stop: Arc<AtomicU64>) -> Pee
     negotiate(&mut p, &format!("{base}/whip/live/{name}"), Some(key)).await;
     let vpt = vs.get_parameters().await.unwrap().rtp_parameters.codecs[0].payload_type;
     let apt = as_.get_parameters().await.unwrap().rtp_parameters.codecs[0].payload_type;
-    // 2 Mbit/s at 30 fps: 8,333 bytes per frame on average.
+    // KBPS at 30 fps (2 Mbit/s: 8,333 bytes per frame on average, an IDR of 40 kB a second
+    // and 7.8 kB P-frames).
     let s1 = stop.clone();
     tokio::spawn(async move {
         let ssrc = video.ssrcs().await[0];
@@ -103,7 +105,7 @@ async fn publish(base: &str, name: &str, key: &str, stop: Arc<AtomicU64>) -> Pee
             if s1.load(Ordering::Relaxed) != 0 {
                 return;
             }
-            let size = if n % 60 == 0 { 40_000 } else { 7_800 };
+            let size = if n % 60 == 0 { 40_000 } else { 7_800 } * kbps / 2000;
             let _ = video
                 .sample_writer(ssrc, vpt)
                 .write_sample(&Sample {
@@ -138,7 +140,12 @@ async fn publish(base: &str, name: &str, key: &str, stop: Arc<AtomicU64>) -> Pee
 }
 
 /// A WHEP viewer; latency samples (µs) of frames whose first packet carries the stamp.
-async fn view(base: &str, id: &str, latencies: Option<mpsc::UnboundedSender<u64>>) -> Peer {
+async fn view(
+    base: &str,
+    id: &str,
+    latencies: Option<mpsc::UnboundedSender<u64>>,
+    bytes: Arc<AtomicU64>,
+) -> Peer {
     let mut p = new_peer().await;
     for kind in [RtpCodecKind::Video, RtpCodecKind::Audio] {
         p.pc.add_transceiver_from_kind(
@@ -152,9 +159,14 @@ async fn view(base: &str, id: &str, latencies: Option<mpsc::UnboundedSender<u64>
         .unwrap();
     }
     let tracks = negotiate(&mut p, &format!("{base}/whep/{id}"), None).await;
-    let spawn_reader = |t: Arc<dyn TrackRemote>, latencies: Option<mpsc::UnboundedSender<u64>>| {
+    let spawn_reader = move |t: Arc<dyn TrackRemote>,
+                             latencies: Option<mpsc::UnboundedSender<u64>>,
+                             bytes: Option<Arc<AtomicU64>>| {
         tokio::spawn(async move {
             while let Some(ev) = t.poll().await {
+                if let (TrackRemoteEvent::OnRtpPacket(pkt), Some(b)) = (&ev, &bytes) {
+                    b.fetch_add(pkt.payload.len() as u64, Ordering::Relaxed);
+                }
                 if let (TrackRemoteEvent::OnRtpPacket(pkt), Some(l)) = (ev, &latencies) {
                     let p = &pkt.payload;
                     let body = match p.first().map(|b| b & 0x1f) {
@@ -171,7 +183,8 @@ async fn view(base: &str, id: &str, latencies: Option<mpsc::UnboundedSender<u64>
     };
     for t in tracks {
         let is_video = t.kind().await == RtpCodecKind::Video;
-        spawn_reader(t, if is_video { latencies.clone() } else { None });
+        let counter = is_video.then(|| bytes.clone());
+        spawn_reader(t, if is_video { latencies.clone() } else { None }, counter);
     }
     // Tracks that arrive after Connected.
     let (_, placeholder) = mpsc::unbounded_channel();
@@ -180,7 +193,8 @@ async fn view(base: &str, id: &str, latencies: Option<mpsc::UnboundedSender<u64>
         while let Some(ev) = late.recv().await {
             let Ev::Track(t) = ev else { continue };
             let is_video = t.kind().await == RtpCodecKind::Video;
-            spawn_reader(t, if is_video { latencies.clone() } else { None });
+            let counter = is_video.then(|| bytes.clone());
+            spawn_reader(t, if is_video { latencies.clone() } else { None }, counter);
         }
     });
     p
@@ -278,22 +292,31 @@ async fn main() {
     let publishers = env("PUBLISHERS", if full { 4 } else { 1 });
     let viewers = env("VIEWERS", if full { 8 } else { 1 });
     let secs = env("SECONDS", if full { 10 } else { 2 }) as u64;
+    let kbps = env("KBPS", 2000);
     now_us();
     let dir = std::env::temp_dir().join(format!("ms-bench-webrtc-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (http_port, rtmp_port) = (free_port(), free_port());
+    // Before/after runs: `MS_BENCH_SERVER` points at another build of the server (a build
+    // from before the single-port WebRTC takes `bind_ip`: set `MS_BENCH_LEGACY_WEBRTC=1`).
+    let server_binary = std::env::var("MS_BENCH_SERVER").ok();
+    let webrtc = if std::env::var_os("MS_BENCH_LEGACY_WEBRTC").is_some() {
+        "bind_ip = \"127.0.0.1\""
+    } else {
+        "udp_listen = \"127.0.0.1:0\""
+    };
     let config = dir.join("media-server.toml");
     std::fs::write(
         &config,
         format!(
             "[server]\ndata_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n\
              [rtmp]\nlisten = \"127.0.0.1:{rtmp_port}\"\n[auth]\nadmin_token = \"{TOKEN}\"\n\
-             [api]\nrate_limit_per_token = 1000000\n[webrtc]\nudp_listen = \"127.0.0.1:0\"\n",
+             [api]\nrate_limit_per_token = 1000000\n[webrtc]\n{webrtc}\n",
             dir.join("data").display()
         ),
     )
     .unwrap();
-    let exe = env!("CARGO_BIN_EXE_media-server");
+    let exe = server_binary.unwrap_or_else(|| env!("CARGO_BIN_EXE_media-server").to_owned());
     let mut server = std::process::Command::new(exe)
         .arg("--config")
         .arg(&config)
@@ -332,13 +355,13 @@ async fn main() {
     let stop = Arc::new(AtomicU64::new(0));
     let mut peers = Vec::new();
     for (i, (_, key)) in streams.iter().enumerate() {
-        peers.push(publish(&base, &format!("bench{i}"), key, stop.clone()).await);
+        peers.push(publish(&base, &format!("bench{i}"), key, stop.clone(), kbps).await);
     }
     tokio::time::sleep(Duration::from_secs(secs.min(3))).await;
     let with_publishers = cpu_over(pid, secs).await;
     let rss_publishers = rss_mib(pid);
     println!(
-        "WHIP: {publishers} publishers at 2 Mbit/s + Opus: server {with_publishers:.1} % of one core \
+        "WHIP: {publishers} publishers at {kbps} kbit/s + Opus: server {with_publishers:.1} % of one core \
          (idle {idle:.1} %) -> {:.2} % per publisher; RSS {rss_publishers:.0} MiB",
         (with_publishers - idle) / publishers as f64
     );
@@ -346,22 +369,37 @@ async fn main() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let target = streams[0].0.clone();
     let mut viewer_peers = Vec::new();
-    viewer_peers.push(view(&base, &target, Some(tx)).await);
-    for _ in 1..viewers {
-        viewer_peers.push(view(&base, &target, None).await);
+    let counters: Vec<Arc<AtomicU64>> = (0..viewers).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    for (i, c) in counters.iter().enumerate() {
+        let latencies = (i == 0).then(|| tx.clone());
+        viewer_peers.push(view(&base, &target, latencies, c.clone()).await);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     while rx.try_recv().is_ok() {}
     let hls = tokio::spawn(hls_latency(base.clone(), target.clone(), secs));
+    let before: Vec<u64> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
     let with_viewers = cpu_over(pid, secs).await;
+    // Every viewer keeping up: its received video bitrate against the source's.
+    let mut rates: Vec<f64> = counters
+        .iter()
+        .zip(&before)
+        .map(|(c, b)| (c.load(Ordering::Relaxed) - b) as f64 * 8.0 / secs as f64 / 1000.0)
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    let keeping_up = rates.iter().filter(|r| **r >= 0.95 * kbps as f64).count();
     let mut whep: Vec<u64> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
     let hls = hls.await.unwrap();
     let mut hls_newest: Vec<u64> = hls.iter().map(|h| h.0).collect();
     let mut hls_oldest: Vec<u64> = hls.iter().map(|h| h.1).collect();
     println!(
-        "WHEP: {viewers} viewers of one 2 Mbit/s stream: server {with_viewers:.1} % -> {:.2} % per viewer; RSS {:.0} MiB",
+        "WHEP: {viewers} viewers of one {kbps} kbit/s stream: server {with_viewers:.1} % -> {:.3} % per viewer \
+         (~{:.0} viewers per core); RSS {:.0} MiB; received video kbit/s min {:.0}, median {:.0}; \
+         {keeping_up}/{viewers} viewers at >= 95 % of the source",
         (with_viewers - with_publishers) / viewers as f64,
-        rss_mib(pid)
+        100.0 * viewers as f64 / (with_viewers - with_publishers).max(0.01),
+        rss_mib(pid),
+        rates.first().copied().unwrap_or(0.0),
+        rates.get(rates.len() / 2).copied().unwrap_or(0.0),
     );
     println!(
         "glass-to-glass on loopback (send -> first RTP packet at the WHEP viewer): p50 {:.1} ms, p95 {:.1} ms ({} frames)",

@@ -129,8 +129,9 @@ fn whep_page(whep: &str, report: &str, ms: u32) -> String {
   let frames = 0, error = '';
   const count = () => {{ frames++; v.requestVideoFrameCallback(count); }};
   v.requestVideoFrameCallback(count);
+  let pc = null;
   try {{
-    const pc = new RTCPeerConnection();
+    pc = new RTCPeerConnection();
     pc.addTransceiver('video', {{ direction: 'recvonly' }});
     pc.addTransceiver('audio', {{ direction: 'recvonly' }});
     pc.ontrack = (e) => {{ if (e.track.kind === 'video') v.srcObject = e.streams[0] || new MediaStream([e.track]); }};
@@ -144,8 +145,26 @@ fn whep_page(whep: &str, report: &str, ms: u32) -> String {
     if (r.status !== 201) throw new Error('WHEP ' + r.status + ' ' + await r.text());
     await pc.setRemoteDescription({{ type: 'answer', sdp: await r.text() }});
   }} catch (e) {{ error = String(e); }}
-  setTimeout(() => {{
-    const q = 'frames=' + frames + '&width=' + v.videoWidth + '&error=' + encodeURIComponent(error);
+  setTimeout(async () => {{
+    // The transport of the pair in use (udp, or tcp for ICE-TCP) and the video's repair
+    // counters.
+    let proto = '', video = {{}};
+    try {{
+      const stats = await pc.getStats();
+      stats.forEach((t) => {{
+        if (t.type === 'inbound-rtp' && t.kind === 'video') video = t;
+        if (t.type !== 'transport' || !t.selectedCandidatePairId) return;
+        const pair = stats.get(t.selectedCandidatePairId);
+        const local = pair && stats.get(pair.localCandidateId);
+        if (local) proto = local.protocol;
+      }});
+    }} catch (e) {{ error += String(e); }}
+    const q = 'frames=' + frames + '&width=' + v.videoWidth + '&proto=' + proto
+      + '&nacks=' + (video.nackCount || 0) + '&plis=' + (video.pliCount || 0)
+      + '&lost=' + (video.packetsLost || 0) + '&received=' + (video.packetsReceived || 0)
+      + '&rtx=' + (video.retransmittedPacketsReceived || 0)
+      + '&decoded=' + (video.framesDecoded || 0) + '&freezes=' + (video.freezeCount || 0)
+      + '&error=' + encodeURIComponent(error);
     fetch('{report}?' + q, {{ mode: 'no-cors' }});
   }}, {ms});
 }})();
@@ -161,7 +180,26 @@ async fn run_page(
     listener: tokio::net::TcpListener,
     name: &str,
 ) -> String {
-    let mut chromium = tokio::process::Command::new("chromium")
+    run_page_in(ts, page, listener, name, None).await
+}
+
+/// [`run_page`] with Chromium inside a network namespace.
+async fn run_page_in(
+    ts: &TestServer,
+    page: &std::path::Path,
+    listener: tokio::net::TcpListener,
+    name: &str,
+    netns: Option<&str>,
+) -> String {
+    let mut command = match netns {
+        Some(ns) => {
+            let mut c = tokio::process::Command::new("ip");
+            c.args(["netns", "exec", ns, "chromium"]);
+            c
+        }
+        None => tokio::process::Command::new("chromium"),
+    };
+    let mut chromium = command
         .args([
             "--headless",
             "--no-sandbox",
@@ -711,5 +749,204 @@ async fn chromium_hears_rtmp_aac_over_whep_in_sync_with_the_picture() {
         native.offset_ms,
         transcoded.offset_ms
     );
+    ts.server.shutdown().await;
+}
+
+/// A network namespace with a veth link to this one (`{root_ip}/30` here, `{ns_ip}/30`
+/// there), deleted with its link when dropped.
+struct Netns {
+    name: String,
+    root_ip: std::net::Ipv4Addr,
+}
+
+impl Netns {
+    fn create(tag: &str) -> Netns {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let id = (std::process::id() % 200) as u8;
+        let name = format!("ms{tag}{}{n}", std::process::id());
+        let (root, inside) = (format!("vr{id}x{n}"), format!("vn{id}x{n}"));
+        let root_ip = std::net::Ipv4Addr::new(10, 213, id, (n as u8) * 4 + 1);
+        let ns_ip = std::net::Ipv4Addr::new(10, 213, id, (n as u8) * 4 + 2);
+        let sh = |cmd: &str| {
+            let out = std::process::Command::new("sh")
+                .args(["-c", cmd])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{cmd}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        sh(&format!("ip netns add {name}"));
+        let ns = Netns {
+            name: name.clone(),
+            root_ip,
+        };
+        sh(&format!(
+            "ip link add {root} type veth peer name {inside} netns {name}"
+        ));
+        sh(&format!(
+            "ip addr add {root_ip}/30 dev {root} && ip link set {root} up"
+        ));
+        sh(&format!(
+            "ip netns exec {name} sh -c 'ip link set lo up && ip addr add {ns_ip}/30 dev {inside} && ip link set {inside} up'"
+        ));
+        ns
+    }
+
+    fn exec(&self, cmd: &str) {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.name, "sh", "-c", cmd])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A viewer whose network drops every UDP packet (iptables inside a namespace the test
+/// makes) still plays: Chromium reaches the server's ICE-TCP port (RFC 6544) and the media
+/// flows over that TCP connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_behind_a_udp_blocker_plays_over_ice_tcp() {
+    if !require_program("chromium") || !require_program("iptables") {
+        return;
+    }
+    let _turn = BROWSERS.read().await;
+    let ns = Netns::create("tcp");
+    ns.exec("iptables -A OUTPUT -p udp -j DROP && iptables -A INPUT -p udp -j DROP");
+    let ip = ns.root_ip;
+    let ts = start_with("browser-ice-tcp", |c| {
+        c.http.listen = std::net::SocketAddr::from((ip, 0));
+        c.webrtc.udp_listen = std::net::SocketAddr::from((ip, 0));
+        c.webrtc.tcp_listen = format!("{ip}:0");
+    })
+    .await;
+    let (id, key) = ts.create_stream("tcp").await;
+    let tags = read_flv(BASELINE_FIXTURE);
+    let mut publisher = RtmpPublisher::connect(ts.server.rtmp_addr, "live", &key)
+        .await
+        .expect("publish accepted");
+    let pusher = tokio::spawn(async move {
+        loop {
+            publisher.send_tags(&tags, true).await;
+        }
+    });
+    wait_for_200(&ts.http(&format!("/hls/{id}/index.m3u8")), 10).await;
+    let reports = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let report_url = format!("http://{}/report", reports.local_addr().unwrap());
+    let page = ts.dir.join("whep-tcp.html");
+    std::fs::write(
+        &page,
+        whep_page(&ts.http(&format!("/whep/{id}")), &report_url, 10_000),
+    )
+    .unwrap();
+    let query = run_page_in(&ts, &page, reports, "tcp", Some(&ns.name)).await;
+    let field = |name: &str| field(&query, name);
+    let frames: u64 = field("frames").parse().unwrap_or(0);
+    assert!(
+        frames > 10 && field("width") == "320",
+        "Chromium decoded {frames} frames over {:?}; page error: {}",
+        field("proto"),
+        field("error")
+    );
+    assert_eq!(field("proto"), "tcp", "the media did not flow over ICE-TCP");
+    pusher.abort();
+    ts.server.shutdown().await;
+}
+
+/// Loss on one viewer's path: 5 % of the UDP packets reaching a Chromium viewer are
+/// dropped (iptables inside its own namespace). It asks again (NACK) and the server's
+/// engine resends from its send buffer over RTX; a viewer on a clean path beside it asks for
+/// nothing and decodes as much as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lossy_viewer_recovers_by_nack_and_rtx_and_costs_the_others_nothing() {
+    if !require_program("chromium") || !require_program("iptables") {
+        return;
+    }
+    let _alone = BROWSERS.write().await;
+    let ns = Netns::create("loss");
+    ns.exec("iptables -A INPUT -p udp -m statistic --mode random --probability 0.05 -j DROP");
+    let ip = ns.root_ip;
+    let ts = start_with("browser-loss", |c| {
+        c.http.listen = std::net::SocketAddr::from((ip, 0));
+        c.webrtc.udp_listen = std::net::SocketAddr::from((ip, 0));
+    })
+    .await;
+    let (id, key) = ts.create_stream("loss").await;
+    let tags = read_flv(BASELINE_FIXTURE);
+    let mut publisher = RtmpPublisher::connect(ts.server.rtmp_addr, "live", &key)
+        .await
+        .expect("publish accepted");
+    let pusher = tokio::spawn(async move {
+        loop {
+            publisher.send_tags(&tags, true).await;
+        }
+    });
+    wait_for_200(&ts.http(&format!("/hls/{id}/index.m3u8")), 10).await;
+    let mut pages = Vec::new();
+    for name in ["lossy", "clean"] {
+        let reports = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+        let report_url = format!("http://{}/report", reports.local_addr().unwrap());
+        let page = ts.dir.join(format!("whep-{name}.html"));
+        std::fs::write(
+            &page,
+            whep_page(&ts.http(&format!("/whep/{id}")), &report_url, 12_000),
+        )
+        .unwrap();
+        pages.push((page, reports));
+    }
+    let (clean_page, clean_reports) = pages.pop().unwrap();
+    let (lossy_page, lossy_reports) = pages.pop().unwrap();
+    let (lossy, clean) = tokio::join!(
+        run_page_in(&ts, &lossy_page, lossy_reports, "lossy", Some(&ns.name)),
+        run_page_in(&ts, &clean_page, clean_reports, "clean", None),
+    );
+    let num = |q: &str, name: &str| field(q, name).parse::<u64>().unwrap_or(0);
+    eprintln!("lossy viewer: {lossy}");
+    eprintln!("clean viewer: {clean}");
+    // The loss happened, and was repaired: NACKs answered by retransmissions, few packets
+    // left lost, the picture kept decoding.
+    assert!(
+        num(&lossy, "nacks") > 0,
+        "the lossy viewer never NACKed: {lossy}"
+    );
+    assert!(
+        num(&lossy, "rtx") > 0,
+        "no retransmission reached the lossy viewer: {lossy}"
+    );
+    // `packetsLost` counts what the network dropped; the retransmissions that came back
+    // over RTX cover (nearly) all of it.
+    let (lost, rtx) = (num(&lossy, "lost"), num(&lossy, "rtx"));
+    assert!(
+        lost > 0,
+        "nothing was lost: is the iptables rule in place? {lossy}"
+    );
+    assert!(
+        rtx * 10 >= lost * 9,
+        "{rtx} retransmissions for {lost} lost packets: {lossy}"
+    );
+    assert!(
+        num(&lossy, "decoded") * 10 >= num(&clean, "decoded") * 6,
+        "the lossy viewer decoded far less than the clean one: {lossy} / {clean}"
+    );
+    // The viewer beside it: nothing to repair, a picture as good.
+    assert_eq!(num(&clean, "nacks"), 0, "{clean}");
+    assert_eq!(num(&clean, "lost"), 0, "{clean}");
+    assert!(num(&clean, "decoded") > 10, "{clean}");
+    pusher.abort();
     ts.server.shutdown().await;
 }

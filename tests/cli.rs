@@ -60,7 +60,7 @@ fn first_start_prints_the_welcome_once_and_sigterm_exits_cleanly() {
     let config = write_config(
         &dir,
         &format!(
-            "[server]\ndata_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n[rtmp]\nlisten = \"127.0.0.1:{rtmp}\"\n",
+            "[server]\ndata_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n[webrtc]\nudp_listen = \"127.0.0.1:0\"\n[rtmp]\nlisten = \"127.0.0.1:{rtmp}\"\n",
             dir.join("data").display()
         ),
     );

@@ -672,7 +672,7 @@ impl ProcNode {
         let (hp, rp) = (free_port(), free_port());
         let config = format!(
             "[server]\ndata_dir = \"{data}\"\nshutdown_timeout_ms = 2000\n\
-             [http]\nlisten = \"127.0.0.1:{hp}\"\n\
+             [http]\nlisten = \"127.0.0.1:{hp}\"\n[webrtc]\nudp_listen = \"127.0.0.1:0\"\n\
              [rtmp]\nlisten = \"127.0.0.1:{rp}\"\n\
              [auth]\nadmin_token = \"{ADMIN_TOKEN}\"\n\
              [store]\nurl = \"{db}\"\n\

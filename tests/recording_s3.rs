@@ -447,7 +447,7 @@ async fn kill_9_mid_recording_resumes_the_upload_and_never_logs_the_secret() {
     std::fs::write(
         &config,
         format!(
-            "[server]\ndata_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n\
+            "[server]\ndata_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n[webrtc]\nudp_listen = \"127.0.0.1:0\"\n\
              [rtmp]\nlisten = \"127.0.0.1:{rtmp_port}\"\n[auth]\nadmin_token = \"{ADMIN_TOKEN}\"\n\
              [recording.storage]\nkind = \"s3\"\nendpoint = \"{}\"\nbucket = \"{BUCKET}\"\n\
              part_size_mb = 1\n",

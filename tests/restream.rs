@@ -1032,7 +1032,7 @@ async fn keys_never_reach_the_logs_and_destinations_survive_a_restart() {
     std::fs::write(
         &config,
         format!(
-            "[server]\ndata_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n\
+            "[server]\ndata_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n[webrtc]\nudp_listen = \"127.0.0.1:0\"\n\
              [rtmp]\nlisten = \"127.0.0.1:{rtmp_port}\"\n[auth]\nadmin_token = \"{ADMIN_TOKEN}\"\n\
              [restream]\nbackoff_initial_ms = 200\nbackoff_max_ms = 1000\n\
              [security]\noutbound_allow = [\"127.0.0.0/8\", \"::1/128\"]\n",

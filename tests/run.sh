@@ -3,7 +3,8 @@
 # packages: ffmpeg for interop, nasm for the camera encoder's fast path, curl, chromium,
 # varnish as the shared cache in front of HLS (tests/hls_cache.rs), PostgreSQL and Redis
 # for the cluster tests (started under /tmp when the machine has none running),
-# nginx with libnginx-mod-rtmp/-stream as the restream target;
+# nginx with libnginx-mod-rtmp/-stream as the restream target; iptables and iproute2 for
+# the WebRTC tests that put a browser in a network namespace (UDP blocked, packet loss);
 # aiortc, moto (an S3-compatible server) and schemathesis from PyPI into venvs under
 # target/), checks formatting and lints, runs every test, then schemathesis against the live
 # server. Interop tests fail (not skip) under CI=true when a program is missing.
@@ -14,7 +15,7 @@ cd "$(dirname "$0")/.."
 log() { printf '\n==> %s\n' "$*"; }
 
 need_apt=()
-for pair in ffmpeg:ffmpeg ffprobe:ffmpeg nasm:nasm curl:curl python3:python3 chromium:chromium varnishd:varnish psql:postgresql-client pg_isready:postgresql-client haproxy:haproxy; do
+for pair in ffmpeg:ffmpeg ffprobe:ffmpeg nasm:nasm curl:curl python3:python3 chromium:chromium varnishd:varnish psql:postgresql-client pg_isready:postgresql-client haproxy:haproxy iptables:iptables ss:iproute2 ip:iproute2; do
   program=${pair%%:*}; package=${pair##*:}
   command -v "$program" >/dev/null 2>&1 || need_apt+=("$package")
 done

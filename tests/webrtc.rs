@@ -496,7 +496,12 @@ async fn one_udp_port_serves_5_whip_publishers_and_50_whep_viewers() {
     })
     .await;
     let udp = ts.server.webrtc.endpoint().udp_addr();
-    let tcp = ts.server.webrtc.endpoint().tcp_addr().expect("ICE-TCP port");
+    let tcp = ts
+        .server
+        .webrtc
+        .endpoint()
+        .tcp_addr()
+        .expect("ICE-TCP port");
     let mut publishers = Vec::new();
     let mut ids = Vec::new();
     for i in 0..5 {
@@ -532,7 +537,10 @@ async fn one_udp_port_serves_5_whip_publishers_and_50_whep_viewers() {
                 .all(|(t, p)| (t == "udp" && *p == udp.port()) || (t == "tcp" && *p == tcp.port())),
             "a candidate off the shared ports: {ports:?}"
         );
-        assert!(answer.contains(" 203.0.113.9 "), "public IP not announced: {answer}");
+        assert!(
+            answer.contains(" 203.0.113.9 "),
+            "public IP not announced: {answer}"
+        );
         assert!(answer.contains("a=ice-lite"), "{answer}");
     }
     // Every viewer receives decodable H.264.
@@ -550,10 +558,17 @@ async fn one_udp_port_serves_5_whip_publishers_and_50_whep_viewers() {
     for (file, packets) in &received {
         assert!(*packets > 20, "{}: {packets} RTP packets", file.display());
         let (frames, text) = ffprobe_frames(file);
-        assert!(frames >= 15, "{}: decoded {frames} frames: {text}", file.display());
+        assert!(
+            frames >= 15,
+            "{}: decoded {frames} frames: {text}",
+            file.display()
+        );
     }
     // One server UDP socket on the port, whatever the number of sessions.
-    let ss = std::process::Command::new("ss").args(["-uan"]).output().expect("ss");
+    let ss = std::process::Command::new("ss")
+        .args(["-uan"])
+        .output()
+        .expect("ss");
     let ss = String::from_utf8_lossy(&ss.stdout);
     let on_port = ss
         .lines()
@@ -564,13 +579,21 @@ async fn one_udp_port_serves_5_whip_publishers_and_50_whep_viewers() {
         })
         .count();
     assert_eq!(on_port, 1, "{ss}");
-    assert_eq!(ts.server.webrtc.endpoint().routed_sessions(), 5, "viewers' routes left behind");
+    assert_eq!(
+        ts.server.webrtc.endpoint().routed_sessions(),
+        5,
+        "viewers' routes left behind"
+    );
     for p in publishers {
         p.sender.abort();
         let _ = p.peer.pc.close().await;
     }
     wait_sessions(&ts, 0).await;
-    assert_eq!(ts.server.webrtc.endpoint().routed_sessions(), 0, "routes left behind");
+    assert_eq!(
+        ts.server.webrtc.endpoint().routed_sessions(),
+        0,
+        "routes left behind"
+    );
     ts.server.shutdown().await;
 }
 

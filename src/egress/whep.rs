@@ -17,8 +17,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Deserialize;
-use str0m::media::{Frequency, MediaKind, MediaTime, Mid, Pt};
 use str0m::bwe::{Bitrate, BweKind};
+use str0m::media::{Frequency, MediaKind, MediaTime, Mid, Pt};
 use str0m::Event as StrEvent;
 
 use crate::egress::transcode::{next_frame, AudioTranscoders};
@@ -320,7 +320,11 @@ fn video_sample(codec: &CodecConfig, frame: &Frame) -> Option<Bytes> {
             } else {
                 Vec::new()
             };
-            Some(Bytes::from(avcc_to_annexb(&frame.data, avc.nal_length_size, &prefix)))
+            Some(Bytes::from(avcc_to_annexb(
+                &frame.data,
+                avc.nal_length_size,
+                &prefix,
+            )))
         }
         CodecConfig::Vp9(_) => Some(frame.data.clone()),
         CodecConfig::Av1(c) => Some(av1_sample(c, frame)),
@@ -512,11 +516,19 @@ impl Congestion {
         if !self.keyframes_only && bps.saturating_mul(10) < stream.saturating_mul(8) {
             self.keyframes_only = true;
             self.downgrades += 1;
-            tracing::info!(estimate_bps = bps, stream_bps = stream, "whep: viewer congested; keyframes only");
+            tracing::info!(
+                estimate_bps = bps,
+                stream_bps = stream,
+                "whep: viewer congested; keyframes only"
+            );
             false
         } else if self.keyframes_only && bps.saturating_mul(10) > stream.saturating_mul(12) {
             self.keyframes_only = false;
-            tracing::info!(estimate_bps = bps, stream_bps = stream, "whep: viewer recovered; every frame");
+            tracing::info!(
+                estimate_bps = bps,
+                stream_bps = stream,
+                "whep: viewer recovered; every frame"
+            );
             true
         } else {
             false
@@ -595,7 +607,10 @@ mod tests {
         // Between the two thresholds nothing changes.
         assert!(!c.on_estimate(650_000, now));
         assert!(c.keyframes_only());
-        assert!(c.on_estimate(800_000, now), "recovered: resume from the next keyframe");
+        assert!(
+            c.on_estimate(800_000, now),
+            "recovered: resume from the next keyframe"
+        );
         assert!(!c.keyframes_only());
     }
 

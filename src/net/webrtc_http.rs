@@ -277,10 +277,7 @@ async fn patch_session(
         }
     }
     let fragment = sdp::parse_trickle_fragment(&body).map_err(sdp_error)?;
-    if let (Some(ufrag), Some(current)) = (
-        fragment.ufrag.as_deref(),
-        session.remote_ufrag(),
-    ) {
+    if let (Some(ufrag), Some(current)) = (fragment.ufrag.as_deref(), session.remote_ufrag()) {
         if ufrag != current {
             return Err(HttpError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,

@@ -84,7 +84,8 @@ pub fn mapped_address(packet: &[u8], transaction: [u8; 12]) -> Option<std::net::
                     let mut o = [0u8; 16];
                     o.copy_from_slice(&v[4..20]);
                     if xor {
-                        let key: Vec<u8> = MAGIC_COOKIE.iter().chain(&transaction).copied().collect();
+                        let key: Vec<u8> =
+                            MAGIC_COOKIE.iter().chain(&transaction).copied().collect();
                         o.iter_mut().zip(key).for_each(|(b, k)| *b ^= k);
                     }
                     IpAddr::V6(Ipv6Addr::from(o))
@@ -208,8 +209,13 @@ mod tests {
         let mut p = vec![0x01, 0x01, 0x00, 0x0c];
         p.extend_from_slice(&MAGIC_COOKIE);
         p.extend_from_slice(&tx);
-        p.extend_from_slice(&[0x00, 0x20, 0x00, 0x08, 0x00, 0x01, 0xa1, 0x47, 0xe1, 0x12, 0xa6, 0x43]);
-        assert_eq!(mapped_address(&p, tx), Some("192.0.2.1:32853".parse().unwrap()));
+        p.extend_from_slice(&[
+            0x00, 0x20, 0x00, 0x08, 0x00, 0x01, 0xa1, 0x47, 0xe1, 0x12, 0xa6, 0x43,
+        ]);
+        assert_eq!(
+            mapped_address(&p, tx),
+            Some("192.0.2.1:32853".parse().unwrap())
+        );
         assert_eq!(mapped_address(&p, [0; 12]), None, "another transaction");
         assert_eq!(mapped_address(&p[..p.len() - 2], tx), None);
     }

@@ -121,6 +121,12 @@ impl Driver {
 
     /// Waits for the next input: a datagram, a timer, a command or the end.
     pub async fn wait(&mut self) -> Wake {
+        // A timer that is due goes first: a busy inbox must not starve RTCP, retransmits or
+        // the ICE checks.
+        if self.deadline() <= Instant::now() {
+            tokio::task::yield_now().await;
+            return Wake::Timeout;
+        }
         let deadline = tokio::time::Instant::from_std(self.deadline());
         tokio::select! {
             biased;
@@ -185,8 +191,9 @@ impl Driver {
                                 IceConnectionState::Disconnected => {
                                     self.lost_since.get_or_insert_with(Instant::now);
                                 }
-                                IceConnectionState::Connected
-                                | IceConnectionState::Completed => self.lost_since = None,
+                                IceConnectionState::Connected | IceConnectionState::Completed => {
+                                    self.lost_since = None
+                                }
                                 _ => {}
                             }
                         }

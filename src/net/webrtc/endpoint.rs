@@ -296,8 +296,10 @@ impl Endpoint {
                 },
                 _ = crate::shutdown::requested(&mut shutdown) => return,
             }
-            let mut iovs: Vec<IoSliceMut<'_>> =
-                bufs.iter_mut().map(|b| IoSliceMut::new(&mut b[..])).collect();
+            let mut iovs: Vec<IoSliceMut<'_>> = bufs
+                .iter_mut()
+                .map(|b| IoSliceMut::new(&mut b[..]))
+                .collect();
             let got = self.udp.try_io(tokio::io::Interest::READABLE, || {
                 self.udp_state
                     .recv((&*self.udp).into(), &mut iovs, &mut metas)
@@ -504,7 +506,10 @@ const STUN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Asks a `stun:host[:port]` server which address our UDP socket has on its side.
 async fn discover(udp: &UdpSocket, server: &str) -> Option<IpAddr> {
     let hostport = server.strip_prefix("stun:")?;
-    let hostport = if hostport.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+    let hostport = if hostport
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
         hostport.to_owned()
     } else {
         format!("{hostport}:3478")
@@ -514,7 +519,9 @@ async fn discover(udp: &UdpSocket, server: &str) -> Option<IpAddr> {
         .ok()?
         .find(|a| a.is_ipv4() == udp.local_addr().map(|l| l.is_ipv4()).unwrap_or(true))?;
     let transaction: [u8; 12] = rand::random();
-    udp.send_to(&ice::binding_request(transaction), target).await.ok()?;
+    udp.send_to(&ice::binding_request(transaction), target)
+        .await
+        .ok()?;
     let mut buf = [0u8; 1500];
     let deadline = tokio::time::Instant::now() + STUN_WAIT;
     loop {

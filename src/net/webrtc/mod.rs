@@ -507,10 +507,12 @@ pub fn one_media_stream(sdp: &str) -> String {
     }
     // `a=msid-semantic: WMS a a` → one id.
     out.split_inclusive('\n')
-        .map(|line| match line.trim_end().strip_prefix("a=msid-semantic:") {
-            Some(_) => format!("a=msid-semantic: WMS {first}\r\n"),
-            None => line.to_owned(),
-        })
+        .map(
+            |line| match line.trim_end().strip_prefix("a=msid-semantic:") {
+                Some(_) => format!("a=msid-semantic: WMS {first}\r\n"),
+                None => line.to_owned(),
+            },
+        )
         .collect()
 }
 
