@@ -320,11 +320,7 @@ fn video_sample(codec: &CodecConfig, frame: &Frame) -> Option<Bytes> {
             } else {
                 Vec::new()
             };
-            Some(Bytes::from(avcc_to_annexb(
-                &frame.data,
-                avc.nal_length_size,
-                &prefix,
-            )))
+            Some(avcc_to_annexb(&frame.data, avc.nal_length_size, &prefix))
         }
         CodecConfig::Vp9(_) => Some(frame.data.clone()),
         CodecConfig::Av1(c) => Some(av1_sample(c, frame)),
@@ -373,14 +369,14 @@ async fn run(
                             .set_desired_bitrate(Bitrate::bps(stream_bps * 11 / 10));
                     }
                 }
-                StrEvent::KeyframeRequest(_) => {
-                    // The viewer lost video: the publisher is asked for a keyframe (at most
-                    // once a second per viewer); until one comes the viewer keeps decoding
-                    // what it gets, as browsers conceal.
-                    if last_keyframe_ask.is_none_or(|t| t.elapsed() >= KEYFRAME_ASK_INTERVAL) {
-                        stream.request_keyframe();
-                        last_keyframe_ask = Some(Instant::now());
-                    }
+                // The viewer lost video: the publisher is asked for a keyframe (at most once a
+                // second per viewer); until one comes the viewer keeps decoding what it gets,
+                // as browsers conceal.
+                StrEvent::KeyframeRequest(_)
+                    if last_keyframe_ask.is_none_or(|t| t.elapsed() >= KEYFRAME_ASK_INTERVAL) =>
+                {
+                    stream.request_keyframe();
+                    last_keyframe_ask = Some(Instant::now());
                 }
                 _ => {}
             }
