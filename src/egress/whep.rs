@@ -346,6 +346,7 @@ async fn run(
     let mut last_keyframe_ask: Option<Instant> = None;
     let mut congestion = Congestion::default();
     let mut connected = false;
+    let mut desired: Option<Bitrate> = None;
     let reason = loop {
         if let Err(reason) = driver.drain(&mut events) {
             break reason;
@@ -360,13 +361,11 @@ async fn run(
                     if congestion.on_estimate(estimate.as_u64(), Instant::now()) {
                         waiting_for_keyframe = true;
                     }
-                    // Lets the estimator probe up to what the stream needs.
+                    // Lets the estimator probe up to what the stream needs (after the
+                    // events: one mutation, then a drain).
                     let stream_bps = congestion.stream_bps();
                     if stream_bps > 0 {
-                        driver
-                            .rtc()
-                            .bwe()
-                            .set_desired_bitrate(Bitrate::bps(stream_bps * 11 / 10));
+                        desired = Some(Bitrate::bps(stream_bps * 11 / 10));
                     }
                 }
                 // The viewer lost video: the publisher is asked for a keyframe (at most once a
@@ -380,6 +379,10 @@ async fn run(
                 }
                 _ => {}
             }
+        }
+        if let Some(bitrate) = desired.take() {
+            driver.rtc().bwe().set_desired_bitrate(bitrate);
+            continue;
         }
         if connected && sub.is_none() && !mids.is_empty() {
             // Media starts once ICE and DTLS are up (str0m reports the m-lines after that),

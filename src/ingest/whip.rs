@@ -367,6 +367,7 @@ async fn run(mut driver: Driver, publisher: Publisher, mut media: WhipMedia, fir
     let mut video_mid: Option<Mid> = None;
     let mut kinds: HashMap<Ssrc, bool> = HashMap::new();
     let mut last_pli: Option<Instant> = None;
+    let mut fir_due = false;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let reason = loop {
         if let Err(reason) = driver.drain(&mut events) {
@@ -399,14 +400,22 @@ async fn run(mut driver: Driver, publisher: Publisher, mut media: WhipMedia, fir
                 _ => {}
             }
         }
+        if fir_due {
+            fir_due = false;
+            if let Some(mid) = video_mid {
+                if let Some(rx) = driver.rtc().direct_api().stream_rx_by_mid(mid, None) {
+                    rx.request_keyframe(KeyframeRequestKind::Fir);
+                    continue;
+                }
+            }
+        }
         if media.needs_keyframe() && last_pli.is_none_or(|t| t.elapsed() >= PLI_INTERVAL) {
             if let Some(mid) = video_mid {
                 let mut api = driver.rtc().direct_api();
                 if let Some(rx) = api.stream_rx_by_mid(mid, None) {
+                    // One request per mutation: a FIR (when offered) after the next drain.
                     rx.request_keyframe(KeyframeRequestKind::Pli);
-                    if fir {
-                        rx.request_keyframe(KeyframeRequestKind::Fir);
-                    }
+                    fir_due = fir;
                     media.keyframe_requested();
                     last_pli = Some(Instant::now());
                     continue;

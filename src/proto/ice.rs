@@ -104,6 +104,46 @@ pub fn mapped_address(packet: &[u8], transaction: [u8; 12]) -> Option<std::net::
     plain
 }
 
+/// The MESSAGE-INTEGRITY attribute type.
+const MESSAGE_INTEGRITY: u16 = 0x0008;
+
+/// Whether the STUN message carries a MESSAGE-INTEGRITY (HMAC-SHA1, RFC 8489 §14.5) made
+/// with `password` (ICE's short-term credential: our `ice-pwd` for requests sent to us).
+/// Only a message that proves it knows a session's password may move that session's route.
+pub fn integrity_ok(packet: &[u8], password: &str) -> bool {
+    use hmac::{Hmac, Mac};
+    if !is_stun(packet) {
+        return false;
+    }
+    let mut at = 20;
+    while at + 4 <= packet.len() {
+        let typ = u16::from_be_bytes([packet[at], packet[at + 1]]);
+        let len = usize::from(u16::from_be_bytes([packet[at + 2], packet[at + 3]]));
+        if typ == MESSAGE_INTEGRITY {
+            let Some(mac) = packet.get(at + 4..at + 4 + 20) else {
+                return false;
+            };
+            if len != 20 {
+                return false;
+            }
+            // The HMAC covers the message up to the attribute, with the header's length
+            // set as if the message ended right after it.
+            let Ok(covered_len) = u16::try_from(at + 24 - 20) else {
+                return false;
+            };
+            let Ok(mut h) = Hmac::<sha1::Sha1>::new_from_slice(password.as_bytes()) else {
+                return false;
+            };
+            h.update(&packet[..2]);
+            h.update(&covered_len.to_be_bytes());
+            h.update(&packet[4..at]);
+            return h.verify_slice(mac).is_ok();
+        }
+        at += 4 + ((len + 3) & !3);
+    }
+    false
+}
+
 /// Splits RFC 4571 frames (a 16-bit big-endian length, then the packet) off a TCP stream.
 #[derive(Debug, Default)]
 pub struct FrameReader {
@@ -218,6 +258,27 @@ mod tests {
         );
         assert_eq!(mapped_address(&p, [0; 12]), None, "another transaction");
         assert_eq!(mapped_address(&p[..p.len() - 2], tx), None);
+    }
+
+    #[test]
+    fn checks_message_integrity_with_the_password() {
+        // RFC 5769 §2.1: a sample request, short-term credential "VOkJxbRl1RmTxUk/WvJxBt".
+        let hex = "000100582112a442b7e7a701bc34d686fa87dfae802200105354554e207465737420636c69656e74002400046e0001ff80290008932ff9b151263b36000600096576746a3a68367659202020000800149aeaa70cbfd8cb56781ef2b5b2d3f249c1b571a280280004e57a3bcf";
+        let p: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        assert!(is_stun(&p));
+        assert_eq!(local_ufrag(&p), Some("evtj"));
+        assert!(integrity_ok(&p, "VOkJxbRl1RmTxUk/WvJxBt"));
+        assert!(!integrity_ok(&p, "another password"));
+        let mut forged = p.clone();
+        forged[40] ^= 1;
+        assert!(!integrity_ok(&forged, "VOkJxbRl1RmTxUk/WvJxBt"));
+        assert!(
+            !integrity_ok(&request_with_username("a:b"), "x"),
+            "no MESSAGE-INTEGRITY"
+        );
     }
 
     #[test]

@@ -33,6 +33,12 @@ const TCP_QUEUE: usize = 1024;
 const SOCKET_BUFFER: usize = 8 << 20;
 /// An ICE-TCP connection that has not sent a routable STUN request in this long is closed.
 const TCP_HELLO: std::time::Duration = std::time::Duration::from_secs(10);
+/// An ICE-TCP connection silent this long is closed (ICE checks come every few seconds).
+const TCP_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+/// Remote addresses one session may be reached from at once (ICE tries a few pairs).
+const MAX_ADDRS_PER_SESSION: usize = 8;
+/// Longer packets are no WebRTC traffic of ours (the engines send at most ~1,200 bytes).
+const MAX_DATAGRAM: usize = 2048;
 
 /// One packet for a session.
 #[derive(Debug)]
@@ -52,6 +58,8 @@ pub struct Datagram {
 #[derive(Clone)]
 struct Route {
     session: Arc<str>,
+    /// The session's ICE password: a STUN request must prove it before it moves a route.
+    password: Arc<str>,
     tx: mpsc::Sender<Datagram>,
 }
 
@@ -82,6 +90,7 @@ pub struct Endpoint {
     discovered: Vec<IpAddr>,
     routes: Mutex<Routes>,
     tcp_conns: Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>,
+    max_tcp: usize,
     /// Counters.
     pub stats: EndpointStats,
 }
@@ -179,6 +188,7 @@ impl Endpoint {
             host_ips,
             routes: Mutex::new(Routes::default()),
             tcp_conns: Mutex::new(HashMap::new()),
+            max_tcp: config.max_sessions.saturating_mul(2),
             stats: EndpointStats::default(),
         });
         tracing::info!(udp = %udp_local, tcp = ?tcp_local, candidates = ?endpoint.host_ips, "webrtc: media port open");
@@ -211,10 +221,17 @@ impl Endpoint {
             if let Ok(c) = Candidate::host(SocketAddr::new(*ip, self.udp_local.port()), "udp") {
                 out.push(c);
             }
-            if let Some(tcp) = self.tcp_local {
+        }
+        if let Some(tcp) = self.tcp_local {
+            let ips = if tcp.ip().is_unspecified() {
+                self.host_ips.clone()
+            } else {
+                vec![tcp.ip()]
+            };
+            for ip in ips {
                 let c = Candidate::builder()
                     .tcp()
-                    .host(SocketAddr::new(*ip, tcp.port()))
+                    .host(SocketAddr::new(ip, tcp.port()))
                     .tcptype(TcpType::Passive)
                     .build();
                 if let Ok(c) = c {
@@ -226,12 +243,13 @@ impl Endpoint {
     }
 
     /// Routes STUN requests naming `ufrag` (and then their peers' packets) to a new inbox.
-    pub fn register(&self, session: &str, ufrag: &str) -> mpsc::Receiver<Datagram> {
+    pub fn register(&self, session: &str, ufrag: &str, password: &str) -> mpsc::Receiver<Datagram> {
         let (tx, rx) = mpsc::channel(INBOX);
         self.routes().by_ufrag.insert(
             ufrag.to_owned(),
             Route {
                 session: Arc::from(session),
+                password: Arc::from(password),
                 tx,
             },
         );
@@ -250,27 +268,71 @@ impl Endpoint {
         self.routes().by_ufrag.len()
     }
 
+    /// Remote addresses routed to a session (for tests: none left behind).
+    pub fn routed_addresses(&self) -> usize {
+        self.routes().by_addr.len()
+    }
+
+    /// Open ICE-TCP connections.
+    pub fn tcp_connections(&self) -> usize {
+        self.tcp_conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
     fn routes(&self) -> std::sync::MutexGuard<'_, Routes> {
         self.routes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Hands a packet to its session, or counts it as unrouted.
-    fn dispatch(&self, proto: Protocol, source: SocketAddr, destination: SocketAddr, data: &[u8]) {
+    /// Hands a packet to its session, or counts it as unrouted; true if a session took it.
+    /// A STUN request that names a session and proves its password (MESSAGE-INTEGRITY)
+    /// routes its source address to that session; nothing else moves a route, so a forged
+    /// request cannot divert another session's media.
+    fn dispatch(
+        &self,
+        proto: Protocol,
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+    ) -> bool {
+        if data.len() > MAX_DATAGRAM {
+            self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
         let mut routes = self.routes();
+        let key = (proto, source);
         let route = match ice::local_ufrag(data) {
             Some(ufrag) => match routes.by_ufrag.get(ufrag).cloned() {
-                Some(route) => {
-                    routes.by_addr.insert((proto, source), route.clone());
+                Some(route) if ice::integrity_ok(data, &route.password) => {
+                    let known = routes
+                        .by_addr
+                        .get(&key)
+                        .is_some_and(|r| r.session == route.session);
+                    if !known {
+                        let mine: Vec<(Protocol, SocketAddr)> = routes
+                            .by_addr
+                            .iter()
+                            .filter(|(_, r)| r.session == route.session)
+                            .map(|(k, _)| *k)
+                            .collect();
+                        if mine.len() >= MAX_ADDRS_PER_SESSION {
+                            if let Some(oldest) = mine.first() {
+                                routes.by_addr.remove(oldest);
+                            }
+                        }
+                        routes.by_addr.insert(key, route.clone());
+                    }
                     Some(route)
                 }
-                None => None,
+                _ => None,
             },
-            None => routes.by_addr.get(&(proto, source)).cloned(),
+            None => routes.by_addr.get(&key).cloned(),
         };
         drop(routes);
         let Some(route) = route else {
             self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
-            return;
+            return false;
         };
         let d = Datagram {
             proto,
@@ -282,6 +344,7 @@ impl Endpoint {
         if let Err(mpsc::error::TrySendError::Full(_)) = route.tx.try_send(d) {
             self.stats.inbox_full.fetch_add(1, Ordering::Relaxed);
         }
+        true
     }
 
     async fn read_udp(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
@@ -338,6 +401,10 @@ impl Endpoint {
                 _ = crate::shutdown::requested(&mut shutdown) => return,
             };
             match accepted {
+                Ok((stream, _)) if self.tcp_connections() >= self.max_tcp => {
+                    // Full: the connection is dropped (closed) at once.
+                    drop(stream);
+                }
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     tokio::spawn(self.clone().serve_tcp(stream, peer, shutdown.clone()));
@@ -351,8 +418,8 @@ impl Endpoint {
     }
 
     /// One ICE-TCP connection: frames in are routed like datagrams; frames out come from
-    /// its queue. It lives until the peer closes it, the server shuts down, or it never
-    /// sends a STUN request a session claims.
+    /// its queue. It lives until the peer closes it, the server shuts down, it never sends a
+    /// STUN request a session claims, or it is silent for [`TCP_IDLE`].
     async fn serve_tcp(
         self: Arc<Self>,
         stream: TcpStream,
@@ -383,19 +450,19 @@ impl Endpoint {
         let mut routed = false;
         loop {
             let n = tokio::select! {
-                r = read.read(&mut buf) => match r {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
+                r = tokio::time::timeout(TCP_IDLE, read.read(&mut buf)) => match r {
+                    Ok(Ok(0) | Err(_)) | Err(_) => break,
+                    Ok(Ok(n)) => n,
                 },
                 _ = tokio::time::sleep_until(hello_by), if !routed => break,
                 _ = crate::shutdown::requested(&mut shutdown) => break,
             };
             frames.push(&buf[..n]);
             while let Some(frame) = frames.next_frame() {
-                if !routed && ice::local_ufrag(&frame).is_some() {
+                let stun = ice::local_ufrag(&frame).is_some();
+                if self.dispatch(Protocol::Tcp, peer, local, &frame) && stun {
                     routed = true;
                 }
-                self.dispatch(Protocol::Tcp, peer, local, &frame);
             }
             if frames.buffered() > 2 * ice::MAX_FRAME {
                 break;
@@ -413,7 +480,7 @@ impl Endpoint {
     /// their connection. A run of UDP packets to one destination, equal in size but for a
     /// shorter last one, goes out in one GSO send where the kernel supports it.
     pub fn send(&self, batch: &mut Vec<str0m::net::Transmit>) {
-        let max_segments = self.udp_state.max_gso_segments().max(1);
+        let max_gso = self.udp_state.max_gso_segments().max(1);
         let mut i = 0;
         while i < batch.len() {
             let t = &batch[i];
@@ -423,6 +490,8 @@ impl Endpoint {
                 continue;
             }
             let size = t.contents.len();
+            // One GSO send is one UDP datagram's worth of bytes at most.
+            let max_segments = max_gso.min(65_000 / size.max(1)).max(1);
             let mut end = i + 1;
             while end < batch.len()
                 && end - i < max_segments

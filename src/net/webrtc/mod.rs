@@ -107,6 +107,8 @@ pub struct Session {
     close: Notify,
     closing: AtomicBool,
     connected: AtomicBool,
+    /// Remote candidates trickled so far (capped).
+    trickled: std::sync::atomic::AtomicUsize,
     commands: mpsc::UnboundedSender<Command>,
     _client: Option<crate::net::limits::IpGuard>,
 }
@@ -189,6 +191,9 @@ impl From<PeerError> for HttpError {
 fn webrtc_err(e: impl std::fmt::Display) -> PeerError {
     PeerError::WebRtc(e.to_string())
 }
+
+/// Remote candidates one session may trickle in all.
+const MAX_TRICKLED: usize = 128;
 
 /// A negotiated session: the answer to send and the driver to run.
 pub struct Accepted {
@@ -444,15 +449,18 @@ impl WebRtc {
             stream_id: stream_id.to_owned(),
             bearer_hash: bearer.map(crate::store::hash_secret),
             created: Instant::now(),
-            local_ufrag: creds.ufrag,
+            local_ufrag: creds.ufrag.clone(),
             remote_ufrag,
             close: Notify::new(),
             closing: AtomicBool::new(false),
             connected: AtomicBool::new(false),
+            trickled: std::sync::atomic::AtomicUsize::new(0),
             commands,
             _client: client,
         });
-        let inbox = self.endpoint.register(&session.id, &session.local_ufrag);
+        let inbox = self
+            .endpoint
+            .register(&session.id, &session.local_ufrag, &creds.pass);
         self.sessions().insert(id, session.clone());
         let driver = Driver::new(
             rtc,
@@ -475,6 +483,14 @@ impl WebRtc {
         session: &Session,
         fragment: &crate::proto::sdp::TrickleFragment,
     ) -> Result<(), PeerError> {
+        let before = session
+            .trickled
+            .fetch_add(fragment.candidates.len(), Ordering::SeqCst);
+        if before + fragment.candidates.len() > MAX_TRICKLED {
+            return Err(PeerError::WebRtc(format!(
+                "more than {MAX_TRICKLED} trickled candidates in one session"
+            )));
+        }
         for (candidate, _mid) in &fragment.candidates {
             let line = candidate.strip_prefix("candidate:").unwrap_or(candidate);
             let c = Candidate::from_sdp_string(&format!("candidate:{line}"))
