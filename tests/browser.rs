@@ -824,6 +824,34 @@ impl Drop for Netns {
     }
 }
 
+/// A server whose HTTP and WebRTC ports are on `ip` (the root side of a [`Netns`] link, so a
+/// browser inside the namespace reaches it), with a baseline H.264/AAC stream published
+/// over RTMP in a loop until the returned task is aborted.
+async fn baseline_stream_on(
+    ip: std::net::Ipv4Addr,
+    tag: &str,
+    edit: impl FnOnce(&mut media_server::Config),
+) -> (TestServer, String, tokio::task::JoinHandle<()>) {
+    let ts = start_with(tag, |c| {
+        c.http.listen = std::net::SocketAddr::from((ip, 0));
+        c.webrtc.udp_listen = std::net::SocketAddr::from((ip, 0));
+        edit(c);
+    })
+    .await;
+    let (id, key) = ts.create_stream("s").await;
+    let tags = read_flv(BASELINE_FIXTURE);
+    let mut publisher = RtmpPublisher::connect(ts.server.rtmp_addr, "live", &key)
+        .await
+        .expect("publish accepted");
+    let pusher = tokio::spawn(async move {
+        loop {
+            publisher.send_tags(&tags, true).await;
+        }
+    });
+    wait_for_200(&ts.http(&format!("/hls/{id}/index.m3u8")), 10).await;
+    (ts, id, pusher)
+}
+
 /// A viewer whose network drops every UDP packet (iptables inside a namespace the test
 /// makes) still plays: Chromium reaches the server's ICE-TCP port (RFC 6544) and the media
 /// flows over that TCP connection.
@@ -836,23 +864,10 @@ async fn chromium_behind_a_udp_blocker_plays_over_ice_tcp() {
     let ns = Netns::create("tcp");
     ns.exec("iptables -A OUTPUT -p udp -j DROP && iptables -A INPUT -p udp -j DROP");
     let ip = ns.root_ip;
-    let ts = start_with("browser-ice-tcp", |c| {
-        c.http.listen = std::net::SocketAddr::from((ip, 0));
-        c.webrtc.udp_listen = std::net::SocketAddr::from((ip, 0));
+    let (ts, id, pusher) = baseline_stream_on(ip, "browser-ice-tcp", |c| {
         c.webrtc.tcp_listen = format!("{ip}:0");
     })
     .await;
-    let (id, key) = ts.create_stream("tcp").await;
-    let tags = read_flv(BASELINE_FIXTURE);
-    let mut publisher = RtmpPublisher::connect(ts.server.rtmp_addr, "live", &key)
-        .await
-        .expect("publish accepted");
-    let pusher = tokio::spawn(async move {
-        loop {
-            publisher.send_tags(&tags, true).await;
-        }
-    });
-    wait_for_200(&ts.http(&format!("/hls/{id}/index.m3u8")), 10).await;
     let reports = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
     let report_url = format!("http://{}/report", reports.local_addr().unwrap());
     let page = ts.dir.join("whep-tcp.html");
@@ -909,22 +924,7 @@ async fn a_lossy_viewer_recovers_by_nack_and_rtx_and_costs_the_others_nothing() 
     let ns = Netns::create("loss");
     ns.exec("iptables -A INPUT -p udp -m statistic --mode random --probability 0.05 -j DROP");
     let ip = ns.root_ip;
-    let ts = start_with("browser-loss", |c| {
-        c.http.listen = std::net::SocketAddr::from((ip, 0));
-        c.webrtc.udp_listen = std::net::SocketAddr::from((ip, 0));
-    })
-    .await;
-    let (id, key) = ts.create_stream("loss").await;
-    let tags = read_flv(BASELINE_FIXTURE);
-    let mut publisher = RtmpPublisher::connect(ts.server.rtmp_addr, "live", &key)
-        .await
-        .expect("publish accepted");
-    let pusher = tokio::spawn(async move {
-        loop {
-            publisher.send_tags(&tags, true).await;
-        }
-    });
-    wait_for_200(&ts.http(&format!("/hls/{id}/index.m3u8")), 10).await;
+    let (ts, id, pusher) = baseline_stream_on(ip, "browser-loss", |_| {}).await;
     let mut pages = Vec::new();
     for name in ["lossy", "clean"] {
         let reports = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();

@@ -667,3 +667,50 @@ async fn a_peer_that_never_connects_is_closed_and_its_stream_ends() {
     assert!(ts.server.hub.get(&id).is_none(), "the stream ended");
     ts.server.shutdown().await;
 }
+
+/// `webrtc.ice_servers`: at startup the server asks the STUN server (here a responder on
+/// loopback that reports a documentation address, as a NAT would report the public one)
+/// which address its UDP port has, and every answer announces that address too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stun_discovered_public_address_is_announced() {
+    let stun = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let stun_addr = stun.local_addr().unwrap();
+    let responder = tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        loop {
+            let Ok((n, from)) = stun.recv_from(&mut buf).await else {
+                return;
+            };
+            // A binding request: answer with XOR-MAPPED-ADDRESS 198.51.100.77:{its port}.
+            if n < 20 || buf[0..2] != [0, 1] {
+                continue;
+            }
+            let cookie = [0x21u8, 0x12, 0xa4, 0x42];
+            let port = from.port() ^ 0x2112;
+            let ip = [198u8, 51, 100, 77];
+            let mut resp = vec![0x01, 0x01, 0x00, 0x0c];
+            resp.extend_from_slice(&cookie);
+            resp.extend_from_slice(&buf[8..20]);
+            resp.extend_from_slice(&[0x00, 0x20, 0x00, 0x08, 0x00, 0x01]);
+            resp.extend_from_slice(&port.to_be_bytes());
+            resp.extend(ip.iter().zip(cookie).map(|(a, k)| a ^ k));
+            let _ = stun.send_to(&resp, from).await;
+        }
+    });
+    let ts = start_with("stun-discovery", |c| {
+        c.webrtc.ice_servers = vec![format!("stun:{stun_addr}")];
+    })
+    .await;
+    let (_, key) = ts.create_stream("s1").await;
+    let (peer, offer) = publisher_offer().await;
+    let (status, _, answer) = post_sdp(&ts.http("/whip/live/s1"), Some(&key), &offer).await;
+    assert_eq!(status, 201, "{answer}");
+    let udp = ts.server.webrtc.endpoint().udp_addr();
+    assert!(
+        answer.contains(&format!(" 198.51.100.77 {} typ host", udp.port())),
+        "the STUN-discovered address is not announced: {answer}"
+    );
+    let _ = peer.pc.close().await;
+    responder.abort();
+    ts.server.shutdown().await;
+}

@@ -11,6 +11,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(ice::is_stun(data));
         assert!(!ufrag.is_empty() && ufrag.len() < data.len());
     }
+    let _ = ice::integrity_ok(data, "a-session-password");
     if data.len() >= 20 {
         let mut tx = [0u8; 12];
         tx.copy_from_slice(&data[8..20]);
