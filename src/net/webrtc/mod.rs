@@ -383,8 +383,8 @@ impl WebRtc {
         let mut builder = match who {
             PeerFor::Publisher => builder.set_rtp_mode(true).enable_h264(true),
             PeerFor::Viewer(_, video) => {
-                // No ssrc-audio-level: we do not decode the audio to know its level, and a
-                // negotiated extension without values makes Chromium report silence.
+                // No ssrc-audio-level: we do not decode the audio, so we have no level to
+                // send in it.
                 let b = builder
                     .clear_extension_map()
                     .set_extension(2, Extension::AbsoluteSendTime)
