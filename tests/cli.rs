@@ -53,6 +53,22 @@ fn bad_config_is_one_line_and_exit_code_2() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// `GET /healthz` on 127.0.0.1:`port` answers 200.
+fn healthz_ok(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).is_ok() && head.ends_with(b" 200")
+}
+
 #[test]
 fn first_start_prints_the_welcome_once_and_sigterm_exits_cleanly() {
     let dir = common::temp_dir("cli-run");
@@ -76,9 +92,17 @@ fn first_start_prints_the_welcome_once_and_sigterm_exits_cleanly() {
             .stderr(std::fs::File::create(dir.join(format!("stderr-{run}.log"))).unwrap())
             .spawn()
             .unwrap();
-        // Wait until the HTTP port answers.
+        // Wait until the server answers its health check (a TCP connect alone could reach
+        // another process; a server that exits early shows its log).
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
+        while !healthz_ok(http) {
+            if let Some(exit) = child.try_wait().unwrap() {
+                panic!(
+                    "the server exited ({exit}) before answering; its log: {}",
+                    std::fs::read_to_string(dir.join(format!("stderr-{run}.log")))
+                        .unwrap_or_default()
+                );
+            }
             assert!(Instant::now() < deadline, "server did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
