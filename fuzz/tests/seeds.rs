@@ -62,7 +62,7 @@ fn session_events(data: &[u8]) -> Vec<SessionEvent> {
 #[test]
 fn rtmp_session_seeds_reach_publish_and_play() {
     let ev = session_events(&seed("rtmp_session", "publish_flow"));
-    assert!(matches!(&ev[0], SessionEvent::Publish { app, name } if app == "live" && name == "key"), "{ev:?}");
+    assert!(matches!(&ev[0], SessionEvent::Publish { app, name, .. } if app == "live" && name == "key"), "{ev:?}");
     assert!(matches!(ev[1], SessionEvent::Metadata(_)), "{ev:?}");
     assert!(ev.iter().any(|e| matches!(e, SessionEvent::Video { timestamp: 33, .. })), "{ev:?}");
     assert!(matches!(ev.last(), Some(SessionEvent::Unpublish)), "{ev:?}");
@@ -121,7 +121,7 @@ fn ingest_seeds_reach_the_hub() {
     for (name, data) in seeds("ingest_rtmp") {
         let hub = Hub::default();
         let mut ingest = RtmpIngest::new(hub.publish("s", "rtmp").unwrap());
-        let mut sub = hub.subscribe("s").unwrap();
+        let mut sub = hub.subscribe("s", "test").unwrap();
         let mut ts = 0u32;
         let (mut pos, mut tracks, mut frames) = (0, 0, 0);
         while pos + 3 <= data.len() {
