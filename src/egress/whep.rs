@@ -259,7 +259,8 @@ fn write(driver: &mut Driver, out: &mut Outgoing, frame: &Frame, timescale: u32,
     let Some(writer) = driver.rtc().writer(out.mid) else {
         return;
     };
-    if let Err(err) = writer.write(out.pt, wallclock, time, data.to_vec()) {
+    // A sample made for this viewer (Annex B) moves into the engine without a copy.
+    if let Err(err) = writer.write(out.pt, wallclock, time, Vec::from(data)) {
         tracing::debug!(%err, "whep: frame not sent");
     }
 }
