@@ -7,6 +7,8 @@ mod common;
 
 use std::time::Duration;
 
+use rtc::peer_connection::configuration::RTCOfferOptions;
+
 use common::webrtc::*;
 use common::*;
 
@@ -350,22 +352,23 @@ async fn bad_offers_keys_and_requests_are_refused_without_a_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whip_session_trickle_and_second_publisher() {
     let ts = start_server("whip-trickle").await;
-    let (_id, key) = ts.create_stream("tr1").await;
+    let (id, key) = ts.create_stream("tr1").await;
     let url = ts.http("/whip/live/tr1");
-    let publishing = whip_publish(&url, &key, 1).await;
+    let publishing = whip_publish(&url, &key, 20).await;
     let session = ts.http(&publishing.location);
     let client = reqwest::Client::new();
-    let etag = ts.server.webrtc.list()[0].etag.clone();
-    // Trickle candidates are accepted (204); a new ufrag is an ICE restart we refuse (422);
-    // a stale ETag fails the precondition (412); DELETE needs the stream key (401).
+    let server_session = ts.server.webrtc.list()[0].clone();
+    let etag = server_session.etag();
+    // Trickle candidates are accepted (204); a stale ETag fails the precondition (412).
     let frag = "a=ice-ufrag:ZZZZ\r\na=ice-pwd:x\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\na=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\n";
     let remote = publishing.peer.pc.local_description().await.unwrap().sdp;
-    let ufrag = remote
-        .lines()
-        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let attr = |sdp: &str, name: &str| {
+        sdp.lines()
+            .find_map(|l| l.trim_end().strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {sdp}"))
+            .to_owned()
+    };
+    let ufrag = attr(&remote, "a=ice-ufrag:");
     let patch = |body: String, tag: &str| {
         client
             .patch(&session)
@@ -379,13 +382,114 @@ async fn whip_session_trickle_and_second_publisher() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 204);
-    let resp = patch(frag.to_owned(), &etag).send().await.unwrap();
-    assert_eq!(resp.status().as_u16(), 422);
     let resp = patch(frag.replace("ZZZZ", &ufrag), "\"stale\"")
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 412);
+    // A new ufrag without its password is not a restart anyone can carry out (422).
+    let resp = patch("a=ice-ufrag:YYYY\r\n".to_owned(), "*")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 422);
+
+    // ICE restart (RFC 9725 §4.3.2) by the client's own ICE agent: its new credentials go in
+    // a PATCH with If-Match: *; the 200 carries ours (new) and a new ETag; the client's checks
+    // with them succeed (the server's ICE comes up a second time) and media keeps coming.
+    let connects = server_session.ice_connects();
+    assert_eq!(connects, 1, "connected once before the restart");
+    let restart = publishing
+        .peer
+        .pc
+        .create_offer(Some(RTCOfferOptions { ice_restart: true }))
+        .await
+        .unwrap();
+    publishing
+        .peer
+        .pc
+        .set_local_description(restart)
+        .await
+        .unwrap();
+    let offer = publishing.peer.pc.local_description().await.unwrap().sdp;
+    let (new_ufrag, new_pwd) = (attr(&offer, "a=ice-ufrag:"), attr(&offer, "a=ice-pwd:"));
+    assert_ne!(new_ufrag, ufrag, "the client restarts with new credentials");
+    let resp = patch(
+        format!(
+            "a=ice-ufrag:{new_ufrag}\r\na=ice-pwd:{new_pwd}\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\n\
+             a=mid:0\r\na=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\n"
+        ),
+        "*",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/trickle-ice-sdpfrag"
+    );
+    let new_etag = resp.headers()["etag"].to_str().unwrap().to_owned();
+    assert_ne!(
+        new_etag, etag,
+        "a restart makes a new ICE session: a new ETag"
+    );
+    let fragment = resp.text().await.unwrap();
+    let answer = publishing.peer.pc.remote_description().await.unwrap().sdp;
+    let (our_ufrag, our_pwd) = (
+        attr(&fragment, "a=ice-ufrag:"),
+        attr(&fragment, "a=ice-pwd:"),
+    );
+    assert_ne!(our_ufrag, attr(&answer, "a=ice-ufrag:"), "{fragment}");
+    assert!(fragment.contains("a=ice-lite\r\n"), "{fragment}");
+    assert!(fragment.contains("a=candidate:"), "{fragment}");
+    let answer: String = answer
+        .lines()
+        .map(|l| {
+            let l = l.trim_end();
+            if l.starts_with("a=ice-ufrag:") {
+                format!("a=ice-ufrag:{our_ufrag}\r\n")
+            } else if l.starts_with("a=ice-pwd:") {
+                format!("a=ice-pwd:{our_pwd}\r\n")
+            } else {
+                format!("{l}\r\n")
+            }
+        })
+        .collect();
+    publishing.peer.accept(answer).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while server_session.ice_connects() <= connects {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the restarted ICE did not connect with the new credentials"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The session goes on (media flowed on the old path meanwhile, and still comes).
+    let before = api_get(&ts, &format!("/api/v1/streams/{id}")).await["live"]["bytes_in"]
+        .as_u64()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = api_get(&ts, &format!("/api/v1/streams/{id}")).await["live"]["bytes_in"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        after > before + 10_000,
+        "media after the restart: {before} -> {after}"
+    );
+    // The old ETag is stale now; the new one takes trickled candidates.
+    let resp = patch(frag.replace("ZZZZ", &new_ufrag), &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 412);
+    let resp = patch(frag.replace("ZZZZ", &new_ufrag), &new_etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    assert_eq!(ts.server.webrtc.endpoint().routed_sessions(), 1);
+
     // A second publisher on the same stream gets 409.
     let (second, offer) = publisher_offer().await;
     let (status, _, _) = post_sdp(&url, Some(&key), &offer).await;

@@ -1,5 +1,6 @@
 //! Our SDP offer checks and trickle-ICE fragment parser on arbitrary bytes: never panic, and
-//! an accepted offer's summary is consistent.
+//! an accepted offer's summary is consistent; str0m negotiates what our checks pass, and an
+//! ICE restart of it (`restart_offer`) answers with credentials.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -21,7 +22,23 @@ fuzz_target!(|data: &[u8]| {
             let mut rtc = str0m::Rtc::builder()
                 .set_ice_lite(true)
                 .build(std::time::Instant::now());
-            let _ = rtc.sdp_api().accept_offer(offer);
+            if rtc.sdp_api().accept_offer(offer).is_ok() {
+                // An ICE restart renegotiates the same offer with new credentials: it must
+                // not panic, and an answer to it carries our new ones.
+                let again = media_server::net::webrtc::restart_offer(
+                    text,
+                    "fuzzufrag",
+                    "fuzzpassword0123456789",
+                );
+                if let Ok(offer) = str0m::change::SdpOffer::from_sdp_string(&again) {
+                    if let Ok(answer) = rtc.sdp_api().accept_offer(offer) {
+                        let answer = answer.to_sdp_string();
+                        let (_, ufrag, _) = media_server::net::webrtc::restart_fragment(&answer)
+                            .expect("an answer has our credentials");
+                        assert!(!ufrag.is_empty());
+                    }
+                }
+            }
         }
     }
     let _ = sdp::parse_trickle_fragment(data);

@@ -1,6 +1,7 @@
 //! The HTTP side of WHIP (RFC 9725) and WHEP: routes, CORS for browser publishers and
 //! players, and the session resources behind `Location` (`DELETE` ends a session, `PATCH`
-//! takes trickle-ICE candidates, an ICE restart is refused with 422).
+//! takes trickle-ICE candidates, and answers an ICE restart with new credentials and a new
+//! ETag, RFC 9725 §4.3.2).
 //!
 //! ```text
 //! POST    /whip/{app}/{name}        Bearer {stream_key}, application/sdp  → 201 + answer
@@ -8,6 +9,7 @@
 //! DELETE  /whip/session/{id}        Bearer {stream_key}                   → 200
 //! DELETE  /whep/session/{id}                                              → 200
 //! PATCH   /wh{i,e}p/session/{id}    application/trickle-ice-sdpfrag       → 204
+//!                                   (new ice-ufrag/pwd: ICE restart)      → 200 + fragment
 //! OPTIONS on each                   Accept-Post / Allow, CORS preflight
 //! ```
 
@@ -100,7 +102,7 @@ pub fn created_response(session: &Session, prefix: &str, answer: String) -> Resp
     if let Ok(v) = HeaderValue::from_str(&format!("/{prefix}/session/{}", session.id)) {
         h.insert(LOCATION, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&session.etag) {
+    if let Ok(v) = HeaderValue::from_str(&session.etag()) {
         h.insert(ETAG, v);
     }
     res
@@ -268,7 +270,7 @@ async fn patch_session(
         ));
     }
     if let Some(tag) = headers.get(IF_MATCH).and_then(|h| h.to_str().ok()) {
-        if tag != "*" && tag != session.etag {
+        if tag != "*" && tag != session.etag() {
             return Err(HttpError::new(
                 StatusCode::PRECONDITION_FAILED,
                 "precondition_failed",
@@ -277,19 +279,29 @@ async fn patch_session(
         }
     }
     let fragment = sdp::parse_trickle_fragment(&body).map_err(sdp_error)?;
-    if let (Some(ufrag), Some(current)) = (fragment.ufrag.as_deref(), session.remote_ufrag()) {
-        if ufrag != current {
-            return Err(HttpError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "ice_restart_unsupported",
-                "ICE restarts are not supported: start a new session",
-            ));
-        }
+    let restart = fragment
+        .ufrag
+        .as_deref()
+        .is_some_and(|u| session.remote_ufrag().as_deref() != Some(u));
+    if !restart {
+        ctx.webrtc
+            .trickle(&session, &fragment)
+            .map_err(HttpError::from)?;
+        return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    ctx.webrtc
-        .trickle(&session, &fragment)
-        .map_err(HttpError::from)?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    // An ICE restart (RFC 9725 §4.3.2): new credentials of ours in a fragment, a new ETag;
+    // the fragment's candidates belong to the new ICE session.
+    let answer = ctx.webrtc.ice_restart(&session, &fragment).await?;
+    let mut res = (StatusCode::OK, answer).into_response();
+    let h = res.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/trickle-ice-sdpfrag"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&session.etag()) {
+        h.insert(ETAG, v);
+    }
+    Ok(res)
 }
 
 async fn patch_whip(

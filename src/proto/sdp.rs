@@ -325,6 +325,8 @@ fn media_attribute(m: &mut MediaSection, name: &str, arg: &str) -> Result<(), Sd
 pub struct TrickleFragment {
     /// `a=ice-ufrag` of the fragment, if present (a change means an ICE restart).
     pub ufrag: Option<String>,
+    /// `a=ice-pwd` of the fragment (an ICE restart carries the new one).
+    pub pwd: Option<String>,
     /// `candidate:…` values (without the `a=`), with the `mid` of their section.
     pub candidates: Vec<(String, Option<String>)>,
     /// `a=end-of-candidates` seen.
@@ -354,7 +356,8 @@ pub fn parse_trickle_fragment(raw: &[u8]) -> Result<TrickleFragment, SdpError> {
         }
         let (name, arg) = value.split_once(':').unwrap_or((value, ""));
         match name {
-            "ice-ufrag" => out.ufrag = Some(arg.to_owned()),
+            "ice-ufrag" => out.ufrag = Some(arg.trim().to_owned()),
+            "ice-pwd" => out.pwd = Some(arg.trim().to_owned()),
             "mid" => mid = Some(arg.to_owned()),
             "candidate" => {
                 if out.candidates.len() >= 64 {

@@ -57,6 +57,8 @@ pub struct Driver {
     shutdown: tokio::sync::watch::Receiver<bool>,
     next_timeout: Instant,
     connect_by: Option<Instant>,
+    /// An ICE restart must find a checked pair by then.
+    restart_by: Option<Instant>,
     lost_since: Option<Instant>,
     transmits: Vec<str0m::net::Transmit>,
 }
@@ -89,6 +91,7 @@ impl Driver {
             shutdown,
             next_timeout: now,
             connect_by: Some(connect_by),
+            restart_by: None,
             lost_since: None,
             transmits: Vec::new(),
         }
@@ -114,6 +117,7 @@ impl Driver {
         [
             Some(self.next_timeout),
             self.connect_by,
+            self.restart_by,
             self.lost_since.map(|t| t + disconnect),
         ]
         .into_iter()
@@ -157,9 +161,52 @@ impl Driver {
                 }
             }
             Wake::Command(Command::Candidate(c)) => self.rtc.add_remote_candidate(c),
+            Wake::Command(Command::IceRestart {
+                offer,
+                ufrag,
+                candidates,
+                reply,
+            }) => {
+                let answer = str0m::change::SdpOffer::from_sdp_string(&offer)
+                    .map_err(|e| e.to_string())
+                    .and_then(|offer| {
+                        // As at the first offer, a state str0m does not expect is caught.
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            self.rtc.sdp_api().accept_offer(offer)
+                        }))
+                        .map_err(|_| "the restart could not be negotiated".to_owned())?
+                        .map(|answer| answer.to_sdp_string())
+                        .map_err(|e| e.to_string())
+                    });
+                let fragment = answer.and_then(|answer| {
+                    self.webrtc
+                        .restarted(&self.session, &answer, ufrag)
+                        .ok_or_else(|| "the restart's answer has no credentials".to_owned())
+                });
+                match fragment {
+                    Ok(fragment) => {
+                        for c in candidates {
+                            self.rtc.add_remote_candidate(c);
+                        }
+                        let timeout = Duration::from_millis(self.webrtc.config.connect_timeout_ms);
+                        self.restart_by = Some(now + timeout);
+                        let _ = reply.send(Ok(fragment));
+                    }
+                    // The engine may be half-way through a restart: the session ends (the
+                    // peer starts a new one) rather than carry on in a state nobody knows.
+                    Err(err) => {
+                        tracing::info!(session = %self.session.id, %err, "webrtc: ICE restart failed");
+                        let _ = reply.send(Err(err));
+                        return Err("ICE restart failed");
+                    }
+                }
+            }
             Wake::Timeout => {
                 if self.connect_by.is_some_and(|t| now >= t) {
                     return Err("not connected in time");
+                }
+                if self.restart_by.is_some_and(|t| now >= t) {
+                    return Err("ICE restart not completed in time");
                 }
                 let disconnect = Duration::from_millis(self.webrtc.config.disconnect_timeout_ms);
                 if self.lost_since.is_some_and(|t| now >= t + disconnect) {
@@ -210,7 +257,14 @@ impl Driver {
                                     self.lost_since.get_or_insert_with(Instant::now);
                                 }
                                 IceConnectionState::Connected | IceConnectionState::Completed => {
-                                    self.lost_since = None
+                                    self.lost_since = None;
+                                    self.restart_by = None;
+                                    if !self.session.ice_up.swap(true, Ordering::SeqCst) {
+                                        self.session.ice_connects.fetch_add(1, Ordering::SeqCst);
+                                    }
+                                }
+                                IceConnectionState::Checking => {
+                                    self.session.ice_up.store(false, Ordering::SeqCst)
                                 }
                                 _ => {}
                             }

@@ -256,6 +256,29 @@ impl Endpoint {
         rx
     }
 
+    /// Routes a session by new ICE credentials (after an ICE restart) instead of its old
+    /// ones; the addresses it was reached from stay routed until the new checks move them.
+    pub fn reroute(&self, session: &str, ufrag: &str, password: &str) {
+        let mut routes = self.routes();
+        let Some(tx) = routes
+            .by_ufrag
+            .values()
+            .find(|r| &*r.session == session)
+            .map(|r| r.tx.clone())
+        else {
+            return;
+        };
+        routes.by_ufrag.retain(|_, r| &*r.session != session);
+        routes.by_ufrag.insert(
+            ufrag.to_owned(),
+            Route {
+                session: Arc::from(session),
+                password: Arc::from(password),
+                tx,
+            },
+        );
+    }
+
     /// Forgets every route to a session.
     pub fn unregister(&self, session: &str) {
         let mut routes = self.routes();

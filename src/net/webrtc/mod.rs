@@ -84,6 +84,18 @@ pub enum WebVideo {
 pub enum Command {
     /// A trickled remote candidate (RFC 8840).
     Candidate(Candidate),
+    /// An ICE restart (RFC 9725 §4.3.2): the session's offer again with the peer's new
+    /// credentials; the engine's answer (with our new credentials) or why not goes back.
+    IceRestart {
+        /// The renegotiating offer.
+        offer: String,
+        /// The peer's new username fragment.
+        ufrag: String,
+        /// Candidates that came with the restart (they belong to the new ICE session).
+        candidates: Vec<Candidate>,
+        /// The fragment that answers it, or why there is none.
+        reply: tokio::sync::oneshot::Sender<Result<String, String>>,
+    },
 }
 
 /// One WHIP or WHEP session, addressed by its `Location`.
@@ -94,19 +106,26 @@ pub struct Session {
     pub kind: SessionKind,
     /// The stream published or played.
     pub stream_id: String,
-    /// Entity tag of the ICE session (RFC 9725 §4.3.1), quoted.
-    pub etag: String,
     /// SHA-256 of the bearer that created it, if any; DELETE/PATCH must present the same.
     pub bearer_hash: Option<String>,
     /// When it was created.
     pub created: Instant,
-    /// Our ICE username fragment (the STUN USERNAME that routes datagrams to this session).
-    local_ufrag: String,
-    /// The peer's ICE username fragment from its offer.
-    remote_ufrag: Option<String>,
+    /// The peer's offer (an ICE restart renegotiates it with new credentials).
+    offer: String,
+    /// The peer's ICE username fragment: from its offer, then from its last ICE restart.
+    remote_ufrag: Mutex<Option<String>>,
+    /// The entity tag of the ICE session (RFC 9725 §4.3.1), quoted: a new one after each
+    /// ICE restart.
+    etag: Mutex<String>,
+    /// When the last ICE restart was asked for (one a second at most).
+    last_restart: Mutex<Option<Instant>>,
     close: Notify,
     closing: AtomicBool,
     connected: AtomicBool,
+    /// ICE has a checked pair now.
+    ice_up: AtomicBool,
+    /// Times ICE got a checked pair (the first connection, then after each restart).
+    ice_connects: std::sync::atomic::AtomicU64,
     /// Remote candidates trickled so far (capped).
     trickled: std::sync::atomic::AtomicUsize,
     commands: mpsc::UnboundedSender<Command>,
@@ -146,9 +165,23 @@ impl Session {
         self.connected.load(Ordering::SeqCst)
     }
 
+    /// How many times ICE got a checked pair: 1 once connected, one more after each ICE
+    /// restart whose new checks succeeded.
+    pub fn ice_connects(&self) -> u64 {
+        self.ice_connects.load(Ordering::SeqCst)
+    }
+
     /// The peer's ICE username fragment (to tell a trickle from an ICE restart).
-    pub fn remote_ufrag(&self) -> Option<&str> {
-        self.remote_ufrag.as_deref()
+    pub fn remote_ufrag(&self) -> Option<String> {
+        self.remote_ufrag
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The entity tag of the current ICE session (`ETag`, `If-Match`).
+    pub fn etag(&self) -> String {
+        self.etag.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Whether `bearer` is the one that created the session (or none was needed).
@@ -443,24 +476,27 @@ impl WebRtc {
         let (commands, command_rx) = mpsc::unbounded_channel();
         let id = crate::store::random_id("", 16);
         let session = Arc::new(Session {
-            etag: format!("\"{}\"", crate::store::random_id("", 8)),
+            etag: Mutex::new(new_etag()),
             id: id.clone(),
             kind,
             stream_id: stream_id.to_owned(),
             bearer_hash: bearer.map(crate::store::hash_secret),
             created: Instant::now(),
-            local_ufrag: creds.ufrag.clone(),
-            remote_ufrag,
+            offer: offer.to_owned(),
+            remote_ufrag: Mutex::new(remote_ufrag),
+            last_restart: Mutex::new(None),
             close: Notify::new(),
             closing: AtomicBool::new(false),
             connected: AtomicBool::new(false),
+            ice_up: AtomicBool::new(false),
+            ice_connects: std::sync::atomic::AtomicU64::new(0),
             trickled: std::sync::atomic::AtomicUsize::new(0),
             commands,
             _client: client,
         });
         let inbox = self
             .endpoint
-            .register(&session.id, &session.local_ufrag, &creds.pass);
+            .register(&session.id, &creds.ufrag, &creds.pass);
         self.sessions().insert(id, session.clone());
         let driver = Driver::new(
             rtc,
@@ -477,6 +513,74 @@ impl WebRtc {
         })
     }
 
+    /// Restarts a session's ICE (RFC 9725 §4.3.2) with the peer's new credentials in
+    /// `fragment`. The session's driver does it in one step: the engine renegotiates the
+    /// session's offer with them and picks new credentials of ours, the shared port routes the
+    /// new ones to the session, the session gets a new entity tag, and the fragment's
+    /// candidates are added. Media keeps flowing on the old path while the peer checks the
+    /// new one; a restart that does not connect within `connect_timeout_ms` ends the session.
+    /// Returns the fragment for the `200 OK`.
+    pub async fn ice_restart(
+        &self,
+        session: &Session,
+        fragment: &crate::proto::sdp::TrickleFragment,
+    ) -> Result<String, HttpError> {
+        let (Some(ufrag), Some(pwd)) = (fragment.ufrag.as_deref(), fragment.pwd.as_deref()) else {
+            return Err(HttpError::new(
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "ice_restart_without_password",
+                "an ICE restart (a new a=ice-ufrag) must carry the new a=ice-pwd",
+            ));
+        };
+        if !ice_chars(ufrag, 4) || !ice_chars(pwd, 22) {
+            return Err(HttpError::bad_request(
+                "a=ice-ufrag must be 4-256 and a=ice-pwd 22-256 ice-chars (RFC 8839)",
+            ));
+        }
+        {
+            let mut last = session
+                .last_restart
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < RESTART_INTERVAL) {
+                return Err(HttpError::rate_limited(1));
+            }
+            *last = Some(Instant::now());
+        }
+        let candidates = parse_candidates(fragment).map_err(HttpError::from)?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let gone = || HttpError::not_found("the session has ended");
+        session
+            .commands
+            .send(Command::IceRestart {
+                offer: restart_offer(&session.offer, ufrag, pwd),
+                ufrag: ufrag.to_owned(),
+                candidates,
+                reply,
+            })
+            .map_err(|_| gone())?;
+        answer
+            .await
+            .map_err(|_| gone())?
+            .map_err(|e| HttpError::from(PeerError::WebRtc(e)))
+    }
+
+    /// Applies what an ICE restart's answer says to the session and the shared port (in the
+    /// session's driver, right after the engine took the restart); returns the fragment.
+    fn restarted(&self, session: &Session, answer: &str, remote_ufrag: String) -> Option<String> {
+        let answer = announce_public_ips(answer, &self.announced);
+        let (fragment, ufrag, pwd) = restart_fragment(&answer)?;
+        self.endpoint.reroute(&session.id, &ufrag, &pwd);
+        *session
+            .remote_ufrag
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(remote_ufrag);
+        *session.etag.lock().unwrap_or_else(|e| e.into_inner()) = new_etag();
+        session.trickled.store(0, Ordering::SeqCst);
+        tracing::info!(session = %session.id, "webrtc: ICE restarted");
+        Some(fragment)
+    }
+
     /// Applies a trickle-ICE fragment (RFC 8840) to a session.
     pub fn trickle(
         &self,
@@ -491,16 +595,90 @@ impl WebRtc {
                 "more than {MAX_TRICKLED} trickled candidates in one session"
             )));
         }
-        for (candidate, _mid) in &fragment.candidates {
-            let line = candidate.strip_prefix("candidate:").unwrap_or(candidate);
-            let c = Candidate::from_sdp_string(&format!("candidate:{line}"))
-                .or_else(|_| Candidate::from_sdp_string(line))
-                .map_err(webrtc_err)?;
+        for c in parse_candidates(fragment)? {
             // A closed session's driver is gone: nothing to apply, nothing to report.
             let _ = session.commands.send(Command::Candidate(c));
         }
         Ok(())
     }
+}
+
+/// The candidates of a trickle-ICE fragment.
+fn parse_candidates(
+    fragment: &crate::proto::sdp::TrickleFragment,
+) -> Result<Vec<Candidate>, PeerError> {
+    fragment
+        .candidates
+        .iter()
+        .map(|(candidate, _mid)| {
+            let line = candidate.strip_prefix("candidate:").unwrap_or(candidate);
+            Candidate::from_sdp_string(&format!("candidate:{line}"))
+                .or_else(|_| Candidate::from_sdp_string(line))
+                .map_err(webrtc_err)
+        })
+        .collect()
+}
+
+/// Least time between two ICE restarts of one session.
+const RESTART_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Whether `value` is an ICE ufrag/pwd: `min`..=256 ice-chars (ALPHA / DIGIT / "+" / "/").
+fn ice_chars(value: &str, min: usize) -> bool {
+    (min..=256).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+}
+
+/// A fresh entity tag for an ICE session.
+fn new_etag() -> String {
+    format!("\"{}\"", crate::store::random_id("", 8))
+}
+
+/// The offer of an ICE restart: the session's offer with the peer's new credentials in place
+/// of the old (its candidates come as trickled ones).
+pub fn restart_offer(offer: &str, ufrag: &str, pwd: &str) -> String {
+    let mut out = String::with_capacity(offer.len());
+    for line in offer.lines().map(|l| l.trim_end_matches('\r')) {
+        if line.starts_with("a=ice-ufrag:") {
+            out.push_str("a=ice-ufrag:");
+            out.push_str(ufrag);
+        } else if line.starts_with("a=ice-pwd:") {
+            out.push_str("a=ice-pwd:");
+            out.push_str(pwd);
+        } else if line.starts_with("a=candidate:") || line == "a=end-of-candidates" {
+            continue;
+        } else {
+            out.push_str(line);
+        }
+        out.push_str("\r\n");
+    }
+    out
+}
+
+/// The trickle-ICE fragment (RFC 8840) that answers an ICE restart: our new credentials, and
+/// each m-section's `mid` with our candidates; with our new ufrag and password.
+pub fn restart_fragment(answer: &str) -> Option<(String, String, String)> {
+    let mut ufrag = None;
+    let mut pwd = None;
+    let mut sections = String::new();
+    for line in answer.lines().map(|l| l.trim_end_matches('\r')) {
+        if let Some(u) = line.strip_prefix("a=ice-ufrag:") {
+            ufrag.get_or_insert_with(|| u.to_owned());
+        } else if let Some(p) = line.strip_prefix("a=ice-pwd:") {
+            pwd.get_or_insert_with(|| p.to_owned());
+        } else if line.starts_with("m=")
+            || line.starts_with("a=mid:")
+            || line.starts_with("a=candidate:")
+            || line == "a=end-of-candidates"
+        {
+            sections.push_str(line);
+            sections.push_str("\r\n");
+        }
+    }
+    let (ufrag, pwd) = (ufrag?, pwd?);
+    let fragment = format!("a=ice-lite\r\na=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\n{sections}");
+    Some((fragment, ufrag, pwd))
 }
 
 /// The answer with every track we send in one MediaStream. str0m gives each answered m-line
@@ -566,6 +744,29 @@ pub fn announce_public_ips(sdp: &str, public_ips: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ice_restart_renegotiates_the_offer_with_new_credentials_only() {
+        let offer = "v=0\r\na=ice-ufrag:old\r\na=ice-pwd:oldpass\r\nm=audio 9 x\r\na=mid:0\r\n\
+                     a=candidate:1 1 udp 1 10.0.0.1 9 typ host\r\na=end-of-candidates\r\n";
+        let re = restart_offer(offer, "new", "newpass");
+        assert_eq!(
+            re,
+            "v=0\r\na=ice-ufrag:new\r\na=ice-pwd:newpass\r\nm=audio 9 x\r\na=mid:0\r\n"
+        );
+        let answer =
+            "v=0\r\na=ice-lite\r\nm=audio 9 x\r\na=ice-ufrag:ours\r\na=ice-pwd:ourpass\r\n\
+                      a=mid:0\r\na=candidate:1 1 udp 1 127.0.0.1 8189 typ host\r\n\
+                      a=end-of-candidates\r\na=rtpmap:111 opus/48000/2\r\n";
+        let (fragment, ufrag, pwd) = restart_fragment(answer).unwrap();
+        assert_eq!((ufrag.as_str(), pwd.as_str()), ("ours", "ourpass"));
+        assert_eq!(
+            fragment,
+            "a=ice-lite\r\na=ice-ufrag:ours\r\na=ice-pwd:ourpass\r\nm=audio 9 x\r\na=mid:0\r\n\
+             a=candidate:1 1 udp 1 127.0.0.1 8189 typ host\r\na=end-of-candidates\r\n"
+        );
+        assert!(restart_fragment("v=0\r\nm=audio 9 x\r\n").is_none());
+    }
 
     #[test]
     fn answered_tracks_share_one_media_stream() {
