@@ -358,16 +358,7 @@ async fn chromium_plays_an_rtmp_stream_over_whep() {
     let (id, key) = ts.create_stream("whep").await;
     // WebRTC decoders in browsers do not take B-frames: an RTMP source made for WebRTC
     // (x264 baseline, AAC), as the stream detail advises.
-    let tags = read_flv(BASELINE_FIXTURE);
-    let mut publisher = RtmpPublisher::connect(ts.server.rtmp_addr, "live", &key)
-        .await
-        .expect("publish accepted");
-    let pusher = tokio::spawn(async move {
-        loop {
-            publisher.send_tags(&tags, true).await;
-        }
-    });
-    wait_for_200(&ts.http(&format!("/hls/{id}/index.m3u8")), 10).await;
+    let pusher = publish_baseline(&ts, &id, &key).await;
 
     // The page reports to this listener.
     let reports = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -839,8 +830,15 @@ async fn baseline_stream_on(
     })
     .await;
     let (id, key) = ts.create_stream("s").await;
+    let pusher = publish_baseline(&ts, &id, &key).await;
+    (ts, id, pusher)
+}
+
+/// Publishes the baseline H.264/AAC fixture to stream `id` over RTMP in a loop until the
+/// returned task is aborted; returns once the stream's HLS playlist answers.
+async fn publish_baseline(ts: &TestServer, id: &str, key: &str) -> tokio::task::JoinHandle<()> {
     let tags = read_flv(BASELINE_FIXTURE);
-    let mut publisher = RtmpPublisher::connect(ts.server.rtmp_addr, "live", &key)
+    let mut publisher = RtmpPublisher::connect(ts.server.rtmp_addr, "live", key)
         .await
         .expect("publish accepted");
     let pusher = tokio::spawn(async move {
@@ -849,7 +847,7 @@ async fn baseline_stream_on(
         }
     });
     wait_for_200(&ts.http(&format!("/hls/{id}/index.m3u8")), 10).await;
-    (ts, id, pusher)
+    pusher
 }
 
 /// A viewer whose network drops every UDP packet (iptables inside a namespace the test
